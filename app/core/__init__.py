@@ -1,0 +1,1 @@
+"""Cross-cutting service pieces: configuration, errors, logging, API-key auth."""

@@ -1,0 +1,40 @@
+"""Service errors. Each maps to one HTTP status with ``{"detail": "..."}``; never a 500 for bad input."""
+from __future__ import annotations
+
+
+class ServiceError(Exception):
+    status_code = 400
+
+    def __init__(self, detail: str):
+        super().__init__(detail)
+        self.detail = detail
+
+
+class BadRequest(ServiceError):
+    status_code = 400
+
+
+class Unauthorized(ServiceError):
+    status_code = 401
+
+
+class Forbidden(ServiceError):
+    status_code = 403
+
+
+class NotFound(ServiceError):
+    status_code = 404
+
+
+class Conflict(ServiceError):
+    status_code = 409
+
+
+class TooLarge(ServiceError):
+    status_code = 413
+
+
+class Invalid(ServiceError):
+    """Well-formed request whose content cannot be used (bad columns, one class, NaN, ...)."""
+
+    status_code = 422

@@ -1,0 +1,1 @@
+"""SQL storage: SQLAlchemy 2 models (``models``) and engine/session helpers (``session``)."""

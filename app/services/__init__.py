@@ -1,0 +1,1 @@
+"""Service logic (routes and the CLI call these; they never touch HTTP)."""

@@ -1,0 +1,162 @@
+"""The feature cache: features of a dataset under an encoder, computed once per
+(encoder, dataset sha256) on a worker and stored as a blob referenced from ``feature_sets``.
+
+Task embeddings (mean of the base-encoder features, L2-normalised) are derived here too and
+stored on the dataset row; FAISS is updated by ``app.services.index``.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from typing import Callable, Sequence
+
+import numpy as np
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
+
+from app.core.errors import Invalid
+from app.core.logging import get_logger
+from app.db.models import Dataset, FeatureSet
+
+log = get_logger("features")
+
+Progress = Callable[[float], None]
+
+
+def task_embedding(X: np.ndarray) -> np.ndarray:
+    """Mean of the rows, L2-normalised, float32 (the index helper's definition when available)."""
+    try:
+        from app.index.faiss_index import task_embedding as _te
+
+        return np.asarray(_te(X), dtype=np.float32).reshape(-1)
+    except ImportError:
+        v = np.asarray(X, dtype=np.float64).mean(axis=0)
+        norm = np.linalg.norm(v)
+        return (v / norm if norm > 0 else v).astype(np.float32)
+
+
+def cached(session, dataset_sha256: str, encoder: str) -> FeatureSet | None:
+    return session.scalar(select(FeatureSet).where(FeatureSet.dataset_sha256 == dataset_sha256,
+                                                   FeatureSet.encoder == encoder))
+
+
+def cached_encoders(session, dataset_sha256: str) -> set[str]:
+    return set(session.scalars(select(FeatureSet.encoder).where(FeatureSet.dataset_sha256 == dataset_sha256)))
+
+
+def load(ctx, fs: FeatureSet) -> np.ndarray:
+    return ctx.blobs.get_array(fs.blob)
+
+
+def get_features(ctx, ds: Dataset, encoder: str) -> np.ndarray | None:
+    with ctx.Session() as s:
+        fs = cached(s, ds.sha256, encoder)
+    return None if fs is None else load(ctx, fs)
+
+
+def store(ctx, ds: Dataset, encoder: str, X: np.ndarray, seconds: float | None = None,
+          *, base_encoder: str | None = None) -> FeatureSet:
+    """Blob first, then the row; a concurrent duplicate keeps the first row (same content)."""
+    X = np.ascontiguousarray(X, dtype=np.float32)
+    if X.ndim != 2 or X.shape[0] != ds.n_examples:
+        raise ValueError(f"encoder {encoder} returned shape {X.shape} for {ds.n_examples} texts")
+    if not np.all(np.isfinite(X)):
+        raise ValueError(f"encoder {encoder} produced NaN/inf features for dataset {ds.id}")
+    with ctx.blobs.writer() as w:
+        key = w.put_array(X)
+        te_key = None
+        if encoder == (base_encoder or ctx.settings.base_encoder):
+            te_key = w.put_array(task_embedding(X))
+        try:
+            with ctx.Session.begin() as s:
+                fs = FeatureSet(dataset_id=ds.id, dataset_sha256=ds.sha256, encoder=encoder, blob=key,
+                                n=int(X.shape[0]), dim=int(X.shape[1]), seconds=seconds)
+                s.add(fs)
+                if te_key is not None:
+                    s.execute(update(Dataset).where(Dataset.id == ds.id).values(task_embedding_blob=te_key))
+        except IntegrityError:
+            w.keep_all()
+            with ctx.Session() as s:
+                fs = cached(s, ds.sha256, encoder)
+            if fs is None:
+                raise
+    return fs
+
+
+def dataset_task_embedding(ctx, ds: Dataset) -> np.ndarray | None:
+    with ctx.Session() as s:
+        key = s.scalar(select(Dataset.task_embedding_blob).where(Dataset.id == ds.id))
+    return None if key is None else ctx.blobs.get_array(key)
+
+
+def ensure(ctx, ds: Dataset, encoders: Sequence[str], progress: Progress | None = None) -> dict[str, np.ndarray]:
+    """Features of ``ds`` under each encoder: cached ones loaded, missing ones computed on the
+    worker backend (all submitted at once, progress averaged), stored, then returned."""
+    from app.services import datasets as datasets_svc
+
+    out: dict[str, np.ndarray] = {}
+    missing: list[str] = []
+    with ctx.Session() as s:
+        for enc in encoders:
+            fs = cached(s, ds.sha256, enc)
+            if fs is not None:
+                out[enc] = load(ctx, fs)
+            else:
+                missing.append(enc)
+    if not missing:
+        if progress:
+            progress(1.0)
+        return out
+    if ds.kind != "text":
+        raise Invalid(f"dataset {ds.id} holds precomputed features; it cannot be embedded with {', '.join(missing)}")
+    texts = datasets_svc.texts(ctx, ds)
+    fractions = {enc: 0.0 for enc in missing}
+
+    def report(enc):
+        def cb(p: float) -> None:
+            fractions[enc] = min(max(float(p), 0.0), 1.0)
+            if progress:
+                progress(sum(fractions.values()) / len(fractions))
+        return cb
+
+    t0 = time.perf_counter()
+    owned, futures = _submit_once(ctx, ds, missing, texts, report)
+    errors = []
+    try:
+        for enc, fut in futures.items():
+            try:
+                X = np.asarray(fut.result())
+            except Exception as exc:  # noqa: BLE001 - reported on the job
+                errors.append(f"{enc}: {exc}")
+                continue
+            seconds = time.perf_counter() - t0
+            if enc in owned:
+                store(ctx, ds, enc, X, seconds)
+                log.info("features %s x %s: %s in %.2fs", ds.id, enc, X.shape, seconds)
+            out[enc] = np.ascontiguousarray(X, dtype=np.float32)
+    finally:
+        with _INFLIGHT_LOCK:
+            for enc in owned:
+                _INFLIGHT.pop((ctx.instance_id, ds.sha256, enc), None)
+    if errors:
+        raise RuntimeError("feature extraction failed: " + "; ".join(errors))
+    return out
+
+
+# (service instance, dataset sha256, encoder) -> Future of a running extraction, so that two requests needing
+# the same features at the same time share one forward pass instead of computing it twice.
+_INFLIGHT: dict[tuple[str, str, str], object] = {}
+_INFLIGHT_LOCK = threading.Lock()
+
+
+def _submit_once(ctx, ds: Dataset, encoders: list[str], texts: list[str], report) -> tuple[set[str], dict]:
+    owned, futures = set(), {}
+    with _INFLIGHT_LOCK:
+        for enc in encoders:
+            key = (ctx.instance_id, ds.sha256, enc)
+            if key in _INFLIGHT:
+                futures[enc] = _INFLIGHT[key]
+            else:
+                futures[enc] = _INFLIGHT[key] = ctx.backend.submit_embed(enc, texts, progress=report(enc))
+                owned.add(enc)
+    return owned, futures

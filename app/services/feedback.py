@@ -1,0 +1,45 @@
+"""Observed transfer results: "source S fine-tuned on target T reached metric M = v"."""
+from __future__ import annotations
+
+import math
+
+from sqlalchemy import select
+
+from app.core.errors import Invalid, NotFound
+from app.db.models import EncoderRow, Feedback, SourceTask, iso
+from app.services import datasets as datasets_svc
+
+
+def feedback_dict(f: Feedback) -> dict:
+    return {"id": f.id, "source": f.source, "target": f.target_id, "target_sha256": f.target_sha256,
+            "metric": f.metric, "value": f.value, "higher_is_better": f.higher_is_better, "note": f.note,
+            "created_at": iso(f.created_at)}
+
+
+def create(ctx, source: str, target: str, metric: str, value: float, higher_is_better: bool = True,
+           note: str | None = None) -> dict:
+    if not math.isfinite(value):
+        raise Invalid("value must be a finite number")
+    if not metric.strip():
+        raise Invalid("metric must be a non-empty name such as 'accuracy'")
+    ds = datasets_svc.get(ctx, target)
+    with ctx.Session() as s:
+        known = s.scalar(select(SourceTask.id).where(SourceTask.name == source)) is not None \
+            or s.get(EncoderRow, source) is not None
+    if not known:
+        raise NotFound(f"no source task or model named {source!r}; list them with GET /v1/sources")
+    with ctx.Session.begin() as s:
+        f = Feedback(source=source, target_id=ds.id, target_sha256=ds.sha256, metric=metric.strip(),
+                     value=float(value), higher_is_better=higher_is_better, note=note)
+        s.add(f)
+    return feedback_dict(f)
+
+
+def list_all(ctx, target: str | None = None, source: str | None = None) -> list[dict]:
+    with ctx.Session() as s:
+        q = select(Feedback).order_by(Feedback.id)
+        if target:
+            q = q.where(Feedback.target_id == target)
+        if source:
+            q = q.where(Feedback.source == source)
+        return [feedback_dict(f) for f in s.scalars(q)]

@@ -1,0 +1,129 @@
+"""The FAISS task index of source tasks (inner product on L2-normalised task embeddings).
+
+The index file lives in the data dir (``TaskIndex`` writes a metadata file with an id
+checksum beside it). SQL is the truth: ``ensure()`` rebuilds the file from the task embeddings
+referenced in SQL when it is missing, unreadable or its ids disagree with SQL (stale),
+and inserts / deletes keep both in step.
+"""
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+from sqlalchemy import select
+
+from app.core.logging import get_logger
+from app.db.models import Dataset, SourceTask
+
+log = get_logger("index")
+
+
+class IndexManager:
+    def __init__(self, ctx):
+        self.ctx = ctx
+        self.path: Path = ctx.settings.index_path
+        self._lock = threading.RLock()
+        self._index = None
+        self._ids: set[int] = set()
+        self._dim: int | None = None
+        self.rebuilds = 0
+
+    # ------------------------------------------------------------------ SQL truth
+    def _sql_items(self) -> list[tuple[int, np.ndarray]]:
+        with self.ctx.Session() as s:
+            rows = s.execute(
+                select(SourceTask.id, Dataset.task_embedding_blob)
+                .join(Dataset, Dataset.id == SourceTask.dataset_id)
+                .where(Dataset.task_embedding_blob.is_not(None), SourceTask.status != "failed",
+                       SourceTask.base_encoder == self.ctx.settings.base_encoder)
+            ).all()
+        items = []
+        for sid, key in rows:
+            try:
+                items.append((int(sid), np.asarray(self.ctx.blobs.get_array(key), dtype=np.float32).reshape(-1)))
+            except FileNotFoundError:
+                log.warning("task embedding blob %s of source %s is missing; not indexed", key, sid)
+        return items
+
+    def _sql_ids(self) -> set[int]:
+        with self.ctx.Session() as s:
+            return set(s.scalars(
+                select(SourceTask.id).join(Dataset, Dataset.id == SourceTask.dataset_id)
+                .where(Dataset.task_embedding_blob.is_not(None), SourceTask.status != "failed",
+                       SourceTask.base_encoder == self.ctx.settings.base_encoder)))
+
+    # ------------------------------------------------------------------ file
+    def _base_dim(self) -> int:
+        try:
+            from app.encoders.registry import get_spec
+
+            return int(get_spec(self.ctx.settings.base_encoder).dim or 384)
+        except Exception:
+            return 384
+
+    def rebuild(self) -> int:
+        from app.index.faiss_index import TaskIndex
+
+        with self._lock:
+            items = self._sql_items()
+            dim = int(items[0][1].shape[0]) if items else self._base_dim()
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._index = TaskIndex.rebuild(self.path, dim, items)
+            self._ids, self._dim = {i for i, _ in items}, dim
+            self.rebuilds += 1
+            log.info("FAISS task index rebuilt from SQL: %d sources, dim %d -> %s", len(items), dim, self.path)
+            return len(items)
+
+    def ensure(self) -> None:
+        """Open the index, rebuilding it from SQL if the file is missing, unreadable or stale."""
+        from app.index.faiss_index import TaskIndex
+
+        with self._lock:
+            sql_ids = self._sql_ids()
+            if self._index is not None and self._ids == sql_ids and self.path.exists():
+                return
+            if self.path.exists():
+                idx = TaskIndex(self.path, self._dim or self._base_dim())
+                if not idx.is_stale(sql_ids):
+                    self._index, self._ids, self._dim = idx, sql_ids, idx.dim
+                    return
+                log.warning("task index %s is stale (%s); rebuilding from SQL", self.path,
+                            idx.load_problem or "ids differ from SQL")
+            self.rebuild()
+
+    # ------------------------------------------------------------------ updates
+    def add(self, source_id: int, vector: np.ndarray) -> None:
+        with self._lock:
+            self.ensure()
+            if source_id in self._ids:
+                return
+            v = np.asarray(vector, dtype=np.float32).reshape(1, -1)
+            if self._dim is not None and v.shape[1] != self._dim:
+                if self._ids:
+                    raise ValueError(f"task embedding has dim {v.shape[1]}, the index {self._dim}")
+                self.rebuild()
+                return
+            self._index.add(np.asarray([source_id], dtype=np.int64), v)
+            self._index.save()
+            self._ids.add(source_id)
+
+    def remove(self, source_id: int) -> None:
+        with self._lock:
+            if self._index is None or source_id not in self._ids:
+                return
+            self._index.remove(np.asarray([source_id], dtype=np.int64))
+            self._index.save()
+            self._ids.discard(source_id)
+
+    def search(self, vector: np.ndarray, k: int) -> list[tuple[int, float]]:
+        with self._lock:
+            self.ensure()
+            if not self._ids:
+                return []
+            hits = self._index.search(np.asarray(vector, dtype=np.float32).reshape(-1), int(k))
+            return [(int(i), float(sim)) for i, sim in hits]
+
+    def describe(self) -> dict:
+        with self._lock:
+            return {"path": str(self.path), "sources": len(self._ids), "dim": self._dim, "rebuilds": self.rebuilds}

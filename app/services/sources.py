@@ -1,0 +1,238 @@
+"""The source catalogue: source tasks (datasets with base embeddings, an optional ESM and a
+FAISS entry) and models (the encoders table). Registering a source queues an ESM training job on
+the worker backend; the service then writes the ESM blob, the base embeddings and the index."""
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from sqlalchemy import delete, select
+from sqlalchemy.exc import IntegrityError
+
+from app.core.errors import Conflict, Invalid, NotFound
+from app.core.logging import get_logger
+from app.db.models import Dataset, EncoderRow, Score, SourceTask, iso
+from app.services import datasets as datasets_svc
+from app.services import features as features_svc
+
+log = get_logger("sources")
+
+TRAIN_KEYS = {"epochs", "learning_rate", "max_length", "batch_size", "train_layers", "seed", "map_fit"}
+
+
+def source_dict(t: SourceTask, d: Dataset | None = None) -> dict:
+    out = {"id": t.id, "name": t.name, "kind": "task", "dataset_id": t.dataset_id, "description": t.description,
+           "licence": t.licence, "origin": t.origin, "status": t.status, "base_encoder": t.base_encoder,
+           "has_esm": t.esm_blob is not None, "esm": t.esm_meta or {}, "job": t.job_id, "error": t.error,
+           "created_at": iso(t.created_at)}
+    if d is not None:
+        out.update(n_examples=d.n_examples, n_classes=d.n_classes, sha256=d.sha256)
+    return out
+
+
+def model_dict(e: EncoderRow) -> dict:
+    return {"name": e.name, "kind": "model", "encoder_kind": e.kind, "dim": e.dim, "params": e.params,
+            "licence": e.licence, "enabled": e.enabled}
+
+
+def list_sources(ctx) -> dict:
+    with ctx.Session() as s:
+        tasks = [source_dict(t, d) for t, d in s.execute(
+            select(SourceTask, Dataset).join(Dataset, Dataset.id == SourceTask.dataset_id).order_by(SourceTask.name))]
+        models = [model_dict(e) for e in s.scalars(select(EncoderRow).order_by(EncoderRow.name))]
+    return {"tasks": tasks, "models": models, "base_encoder": ctx.settings.base_encoder}
+
+
+def get_source(ctx, name: str) -> dict:
+    with ctx.Session() as s:
+        row = s.execute(select(SourceTask, Dataset).join(Dataset, Dataset.id == SourceTask.dataset_id)
+                        .where(SourceTask.name == name)).first()
+        if row is None:
+            raise NotFound(f"no source task named {name!r}; list them with GET /v1/sources")
+        return source_dict(*row)
+
+
+def sync_encoders(ctx) -> None:
+    """Mirror the encoder registry's catalogue into the ``encoders`` table (idempotent)."""
+    from app.encoders.registry import catalogue
+
+    with ctx.Session.begin() as s:
+        for spec in catalogue():
+            row = s.get(EncoderRow, spec.name)
+            if row is None:
+                s.add(EncoderRow(name=spec.name, kind=spec.kind, path=spec.path or "", dim=spec.dim,
+                                 params=spec.params, licence=spec.licence or "", enabled=True))
+            else:
+                row.kind, row.path, row.dim, row.params, row.licence = (
+                    spec.kind, spec.path or "", spec.dim, spec.params, spec.licence or "")
+
+
+def _store_esm(ctx, writer, weight, bias, metadata: dict) -> str:
+    from estimators.esm import EmbeddingSpaceMap
+
+    esm = EmbeddingSpaceMap(np.asarray(weight), np.asarray(bias),
+                            metadata={k: v for k, v in metadata.items() if v is not None})
+    with tempfile.TemporaryDirectory() as tmp:
+        path = esm.save(Path(tmp) / "esm.safetensors", dtype="float32")
+        return writer.put_file(path, "safetensors")
+
+
+def _activate(ctx, source_id: int) -> None:
+    """Index a source whose base embeddings exist (the task embedding is on its dataset row)."""
+    with ctx.Session() as s:
+        t = s.get(SourceTask, source_id)
+        key = s.scalar(select(Dataset.task_embedding_blob).where(Dataset.id == t.dataset_id))
+    if key is not None:
+        ctx.index.add(source_id, ctx.blobs.get_array(key))
+
+
+def register(ctx, dataset_id: str, name: str | None = None, description: str = "", licence: str = "",
+             train_esm: bool = True, train: dict | None = None, origin: str = "user") -> tuple[dict, bool]:
+    """Register a source task. Returns ``(source, queued)``: queued -> a job trains/embeds it."""
+    ds = datasets_svc.get(ctx, dataset_id)
+    name = (name or ds.name).strip()
+    if not name:
+        raise Invalid("a source needs a non-empty name")
+    train = dict(train or {})
+    bad = set(train) - TRAIN_KEYS
+    if bad:
+        raise Invalid(f"unknown training option(s) {', '.join(sorted(bad))}; allowed: {', '.join(sorted(TRAIN_KEYS))}")
+    base = ctx.settings.base_encoder
+    with ctx.Session() as s:
+        if s.scalar(select(SourceTask).where(SourceTask.name == name)) is not None:
+            raise Conflict(f"a source task named {name!r} already exists")
+        if s.scalar(select(SourceTask).where(SourceTask.dataset_id == ds.id)) is not None:
+            raise Conflict(f"dataset {ds.id} is already registered as a source")
+        base_row = s.get(EncoderRow, base)
+    if ds.kind == "features":
+        dim = (ds.meta or {}).get("dim")
+        if base_row is None or dim != base_row.dim:
+            raise Invalid(f"an NPZ source must carry base-encoder features ({base}, dim "
+                          f"{base_row.dim if base_row else '?'}); this one has dim {dim}. Upload the texts instead")
+        if train_esm and train:
+            raise Invalid("an NPZ source has no texts, so no ESM can be trained for it")
+        X = ctx.blobs.get_array(ds.features_blob)
+        with ctx.Session() as s:
+            have = features_svc.cached(s, ds.sha256, base) is not None
+        if not have:
+            features_svc.store(ctx, ds, base, X)
+        with ctx.Session.begin() as s:
+            t = SourceTask(name=name, dataset_id=ds.id, description=description, licence=licence, origin=origin,
+                           status="ready", base_encoder=base, esm_meta={"note": "NPZ source: no texts, no ESM"})
+            s.add(t)
+            s.flush()
+            sid = t.id
+        _activate(ctx, sid)
+        return get_source(ctx, name), False
+
+    try:
+        with ctx.Session.begin() as s:
+            job = ctx.jobs.create(s, "train_esm" if train_esm else "embed_source",
+                                  message=f"queued: {'ESM training' if train_esm else 'embedding'} for source {name}")
+            t = SourceTask(name=name, dataset_id=ds.id, description=description, licence=licence, origin=origin,
+                           status="pending", base_encoder=base, job_id=job.id, esm_meta={"train": train})
+            s.add(t)
+            s.flush()
+            sid, job_id = t.id, job.id
+    except IntegrityError:
+        raise Conflict(f"a source task named {name!r} already exists") from None
+
+    def run(progress):
+        return _train_job(ctx, sid, ds, train_esm, train, progress)
+
+    def on_error(err: str) -> None:
+        with ctx.Session.begin() as s:
+            row = s.get(SourceTask, sid)
+            if row is not None:
+                row.status, row.error = "failed", err
+
+    ctx.jobs.submit(job_id, run, on_error)
+    return get_source(ctx, name), True
+
+
+def _train_job(ctx, sid: int, ds: Dataset, train_esm: bool, train: dict, progress) -> dict:
+    from app.workers.base import EsmTrainRequest
+
+    base = ctx.settings.base_encoder
+    with ctx.Session.begin() as s:
+        s.get(SourceTask, sid).status = "training" if train_esm else "pending"
+    if not train_esm:
+        features_svc.ensure(ctx, ds, [base], progress=progress)
+        with ctx.Session.begin() as s:
+            s.get(SourceTask, sid).status = "ready"
+        _activate(ctx, sid)
+        return {"source": sid, "esm": False}
+    texts = datasets_svc.texts(ctx, ds)
+    labels = datasets_svc.labels(ctx, ds)
+    request = EsmTrainRequest(base_encoder=base, texts=texts, labels=labels.tolist(), **train)
+    t0 = time.perf_counter()
+    result = ctx.backend.submit_train_esm(request, progress=lambda p: progress(0.95 * p)).result()
+    seconds = time.perf_counter() - t0
+    with ctx.Session() as s:
+        have_base = features_svc.cached(s, ds.sha256, base) is not None
+    if not have_base:
+        features_svc.store(ctx, ds, base, np.asarray(result.base_embeddings), seconds)
+    metrics = {k: (float(v) if isinstance(v, (int, float, np.floating)) else str(v))
+               for k, v in (result.metrics or {}).items()}
+    with ctx.blobs.writer() as w:
+        key = _store_esm(ctx, w, result.weight, result.bias, {"base_encoder": base, "source_sha256": ds.sha256,
+                                                             "method": request.map_fit})
+        with ctx.Session.begin() as s:
+            t = s.get(SourceTask, sid)
+            t.esm_blob, t.status, t.error = key, "ready", None
+            t.esm_meta = {"train": train, "metrics": metrics, "seconds": round(seconds, 2),
+                          "bytes": ctx.blobs.path(key).stat().st_size}
+    _activate(ctx, sid)
+    progress(1.0, "ESM trained")
+    return {"source": sid, "esm": key, "metrics": metrics}
+
+
+def add_ready_source(ctx, *, name: str, dataset: Dataset, base_embeddings: np.ndarray | None, esm=None,
+                     description: str = "", licence: str = "", origin: str = "demo",
+                     encoder: str | None = None) -> int:
+    """Insert a source whose base embeddings (and ESM) already exist, e.g. the demo catalogue."""
+    base = encoder or ctx.settings.base_encoder
+    if base_embeddings is not None:
+        with ctx.Session() as s:
+            have = features_svc.cached(s, dataset.sha256, base) is not None
+        if not have:
+            features_svc.store(ctx, dataset, base, np.asarray(base_embeddings, dtype=np.float32), base_encoder=base)
+    with ctx.blobs.writer() as w:
+        key = None
+        meta: dict = {}
+        if esm is not None:
+            key = _store_esm(ctx, w, esm.weight, esm.bias, {"base_encoder": base, "source_sha256": dataset.sha256,
+                                                           "method": getattr(esm, "method", None)})
+            meta = {"method": getattr(esm, "method", None), "shipped": True}
+        try:
+            with ctx.Session.begin() as s:
+                t = SourceTask(name=name, dataset_id=dataset.id, description=description, licence=licence,
+                               origin=origin, status="ready", base_encoder=base, esm_blob=key, esm_meta=meta)
+                s.add(t)
+                s.flush()
+                sid = t.id
+        except IntegrityError:  # another process registered it meanwhile (same content blobs)
+            w.keep_all()
+            raise Conflict(f"a source task named {name!r} already exists") from None
+    _activate(ctx, sid)
+    return sid
+
+
+def delete_source(ctx, name: str) -> dict:
+    with ctx.Session.begin() as s:
+        t = s.scalar(select(SourceTask).where(SourceTask.name == name))
+        if t is None:
+            raise NotFound(f"no source task named {name!r}")
+        if t.status in ("pending", "training"):
+            raise Conflict(f"source {name!r} is still {t.status} (job {t.job_id}); wait for the job to end")
+        sid, esm_key = t.id, t.esm_blob
+        n_scores = s.execute(delete(Score).where(Score.source == name, Score.source_kind == "task")).rowcount
+        s.delete(t)
+    ctx.index.remove(sid)
+    if esm_key:
+        with ctx.Session() as s:
+            if esm_key not in datasets_svc.referenced_blobs(s):
+                ctx.blobs.delete(esm_key)
+    return {"name": name, "deleted": True, "scores_removed": n_scores}

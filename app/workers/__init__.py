@@ -1,0 +1,87 @@
+"""Worker backends: ``local`` (thread pool, default) or ``ray`` (actors on a Ray cluster).
+
+Chosen by configuration:
+
+- ``TRANSFERRANK_RAY_ADDRESS`` unset or empty -> ``LocalBackend``; ``host:port``, ``ray://host:port``
+  or ``auto`` -> ``RayBackend`` connected to that cluster (``local`` starts a private Ray
+  instance in this process, handy for a one-machine try).
+- ``TRANSFERRANK_WORKERS``: local pool size (default 2), or number of Ray actors (default: one
+  per GPU of the cluster, else one per CPU up to 8; an explicit number is capped at the GPUs).
+
+``get_backend(settings)`` reads ``settings.ray_address`` / ``settings.workers`` when the settings
+object has them (``app.core.config.Settings`` does; ``None`` there means the default), else the
+environment.
+"""
+from __future__ import annotations
+
+import os
+
+from app.workers.base import EsmTrainRequest, EsmTrainResult, ProgressFn, WorkerBackend
+
+__all__ = [
+    "EsmTrainRequest",
+    "EsmTrainResult",
+    "ProgressFn",
+    "WorkerBackend",
+    "get_backend",
+    "backend_config",
+]
+
+DEFAULT_WORKERS = 2
+
+
+def _setting(settings, attr: str, env: str):
+    """``settings.attr`` when the settings object has it (it is authoritative), else ``$env``."""
+    if settings is not None and hasattr(settings, attr):
+        value = getattr(settings, attr)
+    else:
+        value = os.environ.get(env)
+    return None if value is None or value == "" else value
+
+
+def backend_config(settings=None) -> dict:
+    """Resolve ``{"kind": "local"|"ray", "address": str|None, "workers": int|None}`` from settings/env.
+
+    ``workers`` is None for Ray when not set: the backend sizes the pool from the cluster."""
+    address = _setting(settings, "ray_address", "TRANSFERRANK_RAY_ADDRESS")
+    raw_workers = _setting(settings, "workers", "TRANSFERRANK_WORKERS")
+    explicit = raw_workers is not None
+    if raw_workers is None:
+        workers = DEFAULT_WORKERS
+    else:
+        try:
+            workers = int(raw_workers)
+        except (TypeError, ValueError):
+            raise ValueError(f"TRANSFERRANK_WORKERS must be a positive integer, got {raw_workers!r}") from None
+        if workers < 1:
+            raise ValueError(f"TRANSFERRANK_WORKERS must be a positive integer, got {workers}")
+    address = str(address).strip() if address is not None else None
+    if not address:
+        return {"kind": "local", "address": None, "workers": workers}
+    if not explicit:  # Ray: size the actor pool from the cluster (one per GPU, or per CPU)
+        workers = None
+    if address != "auto" and address != "local" and ":" not in address:
+        raise ValueError(
+            f"TRANSFERRANK_RAY_ADDRESS={address!r} is not a Ray address: use host:port "
+            "(e.g. 127.0.0.1:6379), ray://host:10001, 'auto' (the cluster started by `ray start` "
+            "on this machine) or leave it unset for the local thread pool"
+        )
+    return {"kind": "ray", "address": address, "workers": workers}
+
+
+def get_backend(settings=None) -> WorkerBackend:
+    """Build the configured backend (see module docstring)."""
+    cfg = backend_config(settings)
+    if cfg["kind"] == "local":
+        from app.workers.local import LocalBackend
+
+        return LocalBackend(max_workers=cfg["workers"])
+    try:
+        from app.workers.ray_backend import RayBackend
+    except ModuleNotFoundError as exc:  # ray is an optional extra
+        if exc.name != "ray" and not (exc.name or "").startswith("ray."):
+            raise
+        raise RuntimeError(
+            "TRANSFERRANK_RAY_ADDRESS is set but Ray is not installed: pip install 'transferrank[ray]'"
+        ) from exc
+    return RayBackend(cfg["address"], num_actors=cfg["workers"])

@@ -1,0 +1,160 @@
+"""The embedded worker backend: a bounded thread pool inside the API process.
+
+Encoders come from ``app.encoders.registry.get_encoder`` (a process-wide bounded LRU shared with
+the rest of the API process), so repeated jobs on the same encoder do not reload weights. torch releases the GIL in its kernels, so threads are
+enough to overlap a forward pass with request handling; ``max_workers`` bounds concurrency
+(and memory: each in-flight job holds one batch of activations).
+"""
+from __future__ import annotations
+
+import os
+import threading
+from collections import OrderedDict
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Callable, Sequence
+
+import numpy as np
+
+from app.workers.base import EsmTrainRequest, ProgressFn, WorkerBackend
+
+
+class EncoderCache:
+    """A thread-safe LRU of loaded encoders: at most ``capacity`` kept at once.
+
+    ``loader(name)`` builds an encoder (default: ``registry.build_encoder(registry.resolve(name))``,
+    uncached, so this LRU alone bounds the memory). Two threads asking for the same missing
+    encoder load it once. Used by each Ray actor.
+    """
+
+    def __init__(self, capacity: int = 2, loader: Callable[[str], object] | None = None) -> None:
+        if capacity < 1:
+            raise ValueError(f"encoder cache capacity must be >= 1, got {capacity}")
+        self.capacity = capacity
+        self._loader = loader
+        self._items: OrderedDict[str, object] = OrderedDict()
+        self._lock = threading.Lock()
+        self._loading: dict[str, threading.Lock] = {}
+
+    def _load(self, name: str):
+        if self._loader is not None:
+            return self._loader(name)
+        from app.encoders.registry import build_encoder, resolve
+
+        return build_encoder(resolve(name))  # not the registry's cache: this LRU is the bound
+
+    def get(self, name: str):
+        with self._lock:
+            if name in self._items:
+                self._items.move_to_end(name)
+                return self._items[name]
+            name_lock = self._loading.setdefault(name, threading.Lock())
+        with name_lock:
+            with self._lock:
+                if name in self._items:
+                    self._items.move_to_end(name)
+                    return self._items[name]
+            encoder = self._load(name)  # errors propagate to the job, the cache stays clean
+            with self._lock:
+                self._items[name] = encoder
+                self._items.move_to_end(name)
+                while len(self._items) > self.capacity:
+                    self._items.popitem(last=False)
+                self._loading.pop(name, None)
+            return encoder
+
+    def names(self) -> list[str]:
+        with self._lock:
+            return list(self._items)
+
+
+def _safe_progress(progress: ProgressFn | None) -> ProgressFn | None:
+    """Wrap a progress callback so it is clamped, monotone and never breaks the job."""
+    if progress is None:
+        return None
+    last = [0.0]
+
+    def report(value: float) -> None:
+        v = min(1.0, max(last[0], float(value)))
+        last[0] = v
+        try:
+            progress(v)
+        except Exception:  # a failing progress sink must not fail the computation
+            pass
+
+    return report
+
+
+def embed_texts(encoder, texts: Sequence[str], *, batch_size: int | None = None,
+                progress: ProgressFn | None = None) -> np.ndarray:
+    """Run ``encoder.encode`` and check the result is a float32 (n, dim) array."""
+    kwargs = {"progress": progress}
+    if batch_size is not None:
+        kwargs["batch_size"] = int(batch_size)
+    out = np.asarray(encoder.encode(list(texts), **kwargs), dtype=np.float32)
+    if out.ndim != 2 or out.shape[0] != len(texts):
+        raise RuntimeError(
+            f"encoder {getattr(getattr(encoder, 'spec', None), 'name', encoder)!r} returned shape "
+            f"{out.shape} for {len(texts)} texts; expected ({len(texts)}, dim)"
+        )
+    return out
+
+
+class LocalBackend(WorkerBackend):
+    """Runs jobs on a bounded thread pool in this process (the embedded default)."""
+
+    name = "local"
+
+    def __init__(self, max_workers: int = 2) -> None:
+        if max_workers < 1:
+            raise ValueError(f"max_workers must be >= 1, got {max_workers}")
+        self.max_workers = int(max_workers)
+        self._pool = ThreadPoolExecutor(max_workers=self.max_workers, thread_name_prefix="transferrank-worker")
+
+    def submit_embed(self, encoder: str, texts: Sequence[str], *, progress: ProgressFn | None = None) -> Future:
+        texts = list(texts)
+        report = _safe_progress(progress)
+
+        def run() -> np.ndarray:
+            from app.encoders.registry import get_encoder  # the process-wide bounded LRU
+
+            enc = get_encoder(encoder)
+            out = embed_texts(enc, texts, progress=report)
+            if report is not None:
+                report(1.0)
+            return out
+
+        return self._pool.submit(run)
+
+    def submit_train_esm(self, request: EsmTrainRequest, *, progress: ProgressFn | None = None) -> Future:
+        report = _safe_progress(progress)
+
+        def run():
+            from app.training.esm_job import train_esm
+
+            result = train_esm(request, report)
+            if report is not None:
+                report(1.0)
+            return result
+
+        return self._pool.submit(run)
+
+    def describe(self) -> dict:
+        devices = ["cpu"]
+        try:
+            import torch
+
+            threads = torch.get_num_threads()
+            if torch.cuda.is_available():
+                devices = [f"cuda:{i} ({torch.cuda.get_device_name(i)})" for i in range(torch.cuda.device_count())]
+        except Exception:  # pragma: no cover - torch is a service dependency
+            threads = None
+        return {
+            "backend": self.name,
+            "workers": self.max_workers,
+            "devices": devices,
+            "cpu_count": os.cpu_count(),
+            "torch_threads": threads,
+        }
+
+    def shutdown(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,435 @@
+"""Shared benchmark utilities: metrics over targets, markdown tables, plots, score caching.
+
+Every benchmark ends in ``evaluate_rankings``: predictions ``{target: {method: {source: score}}}``
+and gold values ``{target: {source: value}}`` -> per-target and mean metrics, a markdown report
+``bench/results/<name>.md`` (with the command that made it), ``<name>.json`` (read by the
+headline), and PNG plots. ``python -m bench.common`` rebuilds the headline table and heatmap
+(estimators x benchmarks) from every ``bench/results/*.json``.
+
+JSON schema written per benchmark (other benchmarks may write the same to join the headline)::
+
+    {"benchmark": str, "title": str, "command": str,
+     "summary": {method: {metric: mean over targets}},
+     "per_target": {target: {method: {metric: value}}}, "info": {...}}
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+CACHE_DIR = ROOT / "bench" / ".cache"
+RESULTS_DIR = ROOT / "bench" / "results"
+
+#: metric columns, in table order
+METRICS = ("kendall_tau", "weighted_tau", "spearman", "regret@1", "regret@3", "regret@5",
+           "tw_regret@1", "tw_regret@3", "tw_regret@5", "ndcg", "ndcg@5", "top3_precision")
+LOWER_IS_BETTER = {"regret@1", "regret@3", "regret@5", "tw_regret@1", "tw_regret@3", "tw_regret@5"}
+SHORT = {"kendall_tau": "tau-b", "weighted_tau": "w-tau", "spearman": "rho", "regret@1": "R@1",
+         "regret@3": "R@3", "regret@5": "R@5", "tw_regret@1": "twR@1", "tw_regret@3": "twR@3",
+         "tw_regret@5": "twR@5", "ndcg": "NDCG", "ndcg@5": "NDCG@5", "top3_precision": "P@3"}
+METRIC_DOC = (
+    "tau-b: Kendall tau-b; w-tau: weighted tau (hyperbolic weights, top ranks count more); rho: "
+    "Spearman; R@k: regret@k, ESM form = (best gold - best gold among the top-k predicted) / best "
+    "gold; twR@k: TaskWeb form = (mean gold of the k gold-best - mean gold of the k predicted-best) "
+    "/ the former; NDCG / NDCG@5: NDCG with TaskWeb's rank-based relevance (n - gold rank, gains 2^rel - 1), full list / top 5; P@3: fraction of the "
+    "3 gold-best among the 3 predicted-best. Means over targets; regrets lower is better."
+)
+
+
+# ------------------------------------------------------------------------------------ metrics
+def metrics(pred: Mapping[str, float], gold: Mapping[str, float],
+            regret_gold: Mapping[str, float] | None = None) -> dict[str, float]:
+    """All metrics for one target. ``pred`` may hold NaN (the method failed on that source: it
+    is ranked last). ``regret_gold`` (default ``gold``) is the absolute performance used by the
+    regrets, when the ranking gold is a relative score (TaskWeb)."""
+    from estimators import evaluation as ev
+
+    srcs = sorted(gold)
+    g = np.array([float(gold[s]) for s in srcs])
+    p = np.array([float(pred.get(s, np.nan)) for s in srcs])
+    bad = ~np.isfinite(p)
+    if bad.all():
+        return {m: math.nan for m in METRICS}
+    if bad.any():  # failures rank last, tied
+        p[bad] = np.nanmin(p) - 1.0 - abs(np.nanmin(p))
+    rg = g if regret_gold is None else np.array([float(regret_gold[s]) for s in srcs])
+
+    def value(fn, *args, **kw):
+        try:
+            return float(fn(*args, **kw))
+        except ev.UndefinedMetric:
+            return math.nan
+
+    out = {
+        "kendall_tau": value(ev.kendall_tau, p, g),
+        "weighted_tau": value(ev.weighted_tau, p, g),
+        "spearman": value(ev.spearman, p, g),
+        "ndcg": value(ev.ndcg_at_k, p, g, None, gains="exponential", relevance="rank"),
+        "ndcg@5": value(ev.ndcg_at_k, p, g, min(5, len(g)), gains="exponential", relevance="rank"),
+        "top3_precision": value(ev.top_k_precision, p, g, min(3, len(g))),
+    }
+    for k in (1, 3, 5):
+        out[f"regret@{k}"] = value(ev.regret_at_k, p, rg, k, form="esm") if k <= len(g) else math.nan
+        out[f"tw_regret@{k}"] = value(ev.regret_at_k, p, rg, k, form="taskweb") if k <= len(g) else math.nan
+    return {m: float(out[m]) for m in METRICS}
+
+
+def mean_over_targets(per_target: Mapping[str, Mapping[str, Mapping[str, float]]]) -> dict:
+    """{target: {method: {metric}}} -> {method: {metric: nanmean over targets, 'n_targets'}}."""
+    methods = list(dict.fromkeys(m for t in per_target.values() for m in t))
+    out = {}
+    for m in methods:
+        rows = [per_target[t][m] for t in per_target if m in per_target[t]]
+        out[m] = {k: float(np.nanmean([r[k] for r in rows])) if any(np.isfinite(r[k]) for r in rows) else math.nan
+                  for k in METRICS}
+        out[m]["n_targets"] = sum(1 for r in rows if np.isfinite(r["kendall_tau"]))
+    return out
+
+
+# ------------------------------------------------------------------------------------- tables
+def _fmt(v, digits=3) -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "—"
+    if isinstance(v, (int, np.integer)):
+        return str(int(v))
+    return f"{v:.{digits}f}"
+
+
+def markdown_table(rows: Mapping[str, Mapping[str, float]], columns, *, header=None, first="method",
+                   bold_best: bool = True) -> str:
+    """Rows {label: {column: value}} as a GitHub markdown table; best value per column in bold."""
+    columns = list(columns)
+    best = {}
+    if bold_best:
+        for c in columns:
+            vals = [r.get(c) for r in rows.values() if isinstance(r.get(c), float) and math.isfinite(r.get(c))]
+            if vals:
+                best[c] = min(vals) if c in LOWER_IS_BETTER else max(vals)
+    names = header or [SHORT.get(c, c) for c in columns]
+    lines = ["| " + " | ".join([first, *names]) + " |", "|" + "---|" * (len(columns) + 1)]
+    for label, r in rows.items():
+        cells = []
+        for c in columns:
+            s = _fmt(r.get(c))
+            if c in best and isinstance(r.get(c), float) and math.isfinite(r.get(c)) and abs(r[c] - best[c]) < 1e-12:
+                s = f"**{s}**"
+            cells.append(s)
+        lines.append("| " + " | ".join([f"`{label}`" if first == "method" else str(label), *cells]) + " |")
+    return "\n".join(lines)
+
+
+# -------------------------------------------------------------------------------------- plots
+def heatmap(matrix, row_labels, col_labels, path: Path, *, title: str, cmap="viridis",
+            fmt="{:.2f}", center=None, colorbar_label=""):
+    """Annotated heatmap PNG (NaN cells blank)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    M = np.asarray(matrix, dtype=float)
+    h = max(3.0, 0.32 * len(row_labels) + 1.6)
+    w = max(4.5, 0.62 * len(col_labels) + 3.2)
+    fig, ax = plt.subplots(figsize=(w, h))
+    kw = {}
+    if center is not None and np.isfinite(M).any():
+        span = np.nanmax(np.abs(M - center))
+        kw = {"vmin": center - span, "vmax": center + span}
+    im = ax.imshow(np.ma.masked_invalid(M), cmap=cmap, aspect="auto", **kw)
+    ax.set_xticks(range(len(col_labels)), col_labels, rotation=40, ha="right", fontsize=8)
+    ax.set_yticks(range(len(row_labels)), row_labels, fontsize=8)
+    if M.size <= 900:
+        for i in range(M.shape[0]):
+            for j in range(M.shape[1]):
+                if np.isfinite(M[i, j]):
+                    r, g, b, _ = im.cmap(im.norm(M[i, j]))
+                    dark = 0.299 * r + 0.587 * g + 0.114 * b < 0.5
+                    ax.text(j, i, fmt.format(M[i, j]), ha="center", va="center", fontsize=6.5,
+                            color="white" if dark else "black")
+    fig.colorbar(im, ax=ax, fraction=0.04, pad=0.02, label=colorbar_label)
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# --------------------------------------------------------------------------------- evaluation
+def evaluate_rankings(name: str, preds, gold, *, title: str, command: str, out_dir: Path = RESULTS_DIR,
+                      regret_gold=None, info: dict | None = None, notes: str = "", gold_spread=None,
+                      matrix_plot: tuple | None = None, elapsed: float | None = None,
+                      method_order=None, per_target_style: str = "full", group_by=None,
+                      show_gold_values: bool = True) -> dict:
+    """Score predictions against gold per target, print and write the report; returns the JSON dict.
+
+    preds: {target: {method: {source: score}}}; gold: {target: {source: value}};
+    regret_gold: optional {target: {source: absolute value}} for the regrets;
+    gold_spread: optional {target: {source: seed std}} (reported);
+    matrix_plot: optional (matrix, row_labels, col_labels, title) for <name>_matrix.png;
+    per_target_style: "full" (a table per target) or "compact" (targets x methods, w-tau and R@1);
+    group_by: optional fn(target) -> group label; adds mean tables per group;
+    show_gold_values: False keeps raw gold numbers out of the report (data without a licence).
+    """
+    per_target = {}
+    for t in gold:
+        per_target[t] = {m: metrics(p, gold[t], None if regret_gold is None else regret_gold[t])
+                         for m, p in preds[t].items()}
+    summary = mean_over_targets(per_target)
+    if method_order:
+        summary = {m: summary[m] for m in method_order if m in summary} | {m: v for m, v in summary.items() if m not in method_order}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    report = [f"# {title}", "", f"Made by `{command}` (from the repository root)"
+              + (f" in {elapsed:.0f} s" if elapsed is not None else "") + f", {time.strftime('%Y-%m-%d')}.", ""]
+    if notes:
+        report += [notes.strip(), ""]
+    report += ["## Mean over targets", "", markdown_table(summary, METRICS), "", METRIC_DOC, ""]
+    if gold_spread is not None:
+        sp = [v for t in gold_spread.values() for v in t.values()]
+        report += [f"Ground-truth seed spread: mean std over seeds {np.mean(sp):.4f}, max {np.max(sp):.4f} "
+                   f"(per pair, accuracy units).", ""]
+    plots = []
+    if matrix_plot is not None:
+        M, rl, cl, mt = matrix_plot
+        p = out_dir / f"{name}_matrix.png"
+        heatmap(M, rl, cl, p, title=mt, cmap="magma")
+        plots.append(p.name)
+    # methods x targets weighted tau
+    methods = list(summary)
+    tnames = list(per_target)
+    if len(tnames) > 40 and group_by is not None:  # too many targets for one plot: per group
+        cols = list(dict.fromkeys(group_by(t) for t in tnames))
+        W = np.array([[np.nanmean([per_target[t][m]["weighted_tau"] for t in tnames
+                                   if group_by(t) == gname and m in per_target[t]]) for gname in cols]
+                      for m in methods])
+        what = "mean weighted tau per group"
+    else:
+        cols = tnames
+        W = np.array([[per_target[t].get(m, {}).get("weighted_tau", np.nan) for t in tnames] for m in methods])
+        what = "weighted tau per target"
+    p = out_dir / f"{name}_weighted_tau.png"
+    heatmap(W, methods, cols, p, title=f"{title}:\n{what}", cmap="RdYlGn", center=0.0)
+    plots.append(p.name)
+    report += ["## Plots", ""] + [f"![{q}]({q})" for q in plots] + [""]
+    if group_by is not None:
+        groups = list(dict.fromkeys(group_by(t) for t in tnames))
+        for metric in ("weighted_tau", "regret@1"):
+            rows = {}
+            for gname in groups:
+                sub = mean_over_targets({t: per_target[t] for t in tnames if group_by(t) == gname})
+                rows[gname] = {m: sub[m][metric] for m in methods if m in sub}
+            report += [f"## Mean {SHORT[metric]} per group", "",
+                       markdown_table(rows, methods, first="group", header=methods, bold_best=False), ""]
+    report += ["## Per target", ""]
+    if per_target_style == "compact":
+        for metric in ("weighted_tau", "regret@1"):
+            rows = {t: {m: per_target[t][m][metric] for m in methods if m in per_target[t]} for t in tnames}
+            report += [f"### {SHORT[metric]} per target", "",
+                       markdown_table(rows, methods, first="target", header=methods, bold_best=False), ""]
+    for t in (tnames if per_target_style == "full" else []):
+        extra = ""
+        if gold_spread is not None:
+            extra = f" (gold seed std: mean {np.mean(list(gold_spread[t].values())):.4f})"
+        best = max(gold[t], key=lambda s: gold[t][s])
+        best_txt = f"`{best}` ({gold[t][best]:.4f})" if show_gold_values else f"`{best}`"
+        report += [f"### {t}{extra}", "", f"gold best: {best_txt}", "",
+                   markdown_table(per_target[t], ["kendall_tau", "weighted_tau", "regret@1", "regret@3",
+                                                  "tw_regret@1", "ndcg", "top3_precision"]), ""]
+    result = {"benchmark": name, "title": title, "command": command, "summary": summary,
+              "per_target": per_target, "info": info or {}, "plots": plots}
+    (out_dir / f"{name}.md").write_text("\n".join(report))
+    (out_dir / f"{name}.json").write_text(json.dumps(_jsonable(result), separators=(",", ":")))
+    print(f"\n## {title}\n")
+    print(markdown_table(summary, METRICS))
+    print(f"\n(per-target tables: {out_dir / (name + '.md')})")
+    return result
+
+
+def _jsonable(o):
+    if isinstance(o, dict):
+        return {str(k): _jsonable(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_jsonable(v) for v in o]
+    if isinstance(o, (np.floating, float)):
+        return None if not math.isfinite(float(o)) else float(f"{float(o):.6g}")
+    if isinstance(o, np.integer):
+        return int(o)
+    return o
+
+
+# ------------------------------------------------------------------ feature-based benchmarks
+def _estimator_fingerprint(name: str) -> str:
+    """Hash of the estimator's module source, so cached scores follow code changes."""
+    import importlib
+
+    import estimators
+
+    mod = importlib.import_module(f"estimators.{estimators.info(name).target.split(':')[0]}")
+    src = Path(mod.__file__).read_text()
+    return hashlib.sha256(src.encode()).hexdigest()[:12]
+
+
+def score_all(cache_name: str, candidates, labels, *, verbose=True):
+    """Every features/probs estimator on every (target, source): {target: {est: {src: value|nan}}},
+    plus {est: [error strings]}. Cached in bench/.cache/<cache_name>_scores.json."""
+    import estimators
+
+    path = CACHE_DIR / f"{cache_name}_scores.json"
+    cache = json.loads(path.read_text()) if path.exists() else {}
+    names = [e for e in estimators.names() if estimators.info(e).needs in ("features", "probs")]
+    fps = {}
+    for e in names:
+        try:
+            fps[e] = _estimator_fingerprint(e)
+        except Exception as exc:  # module not written yet
+            fps[e] = None
+            print(f"  {e}: not available ({type(exc).__name__}: {exc})", file=sys.stderr)
+    out, errors = {}, {}
+    for t, cands in candidates.items():
+        y = labels[t]
+        out[t] = {}
+        for e in names:
+            out[t][e] = {}
+            if fps[e] is None:
+                for s in cands:
+                    out[t][e][s] = math.nan
+                errors.setdefault(e, []).append("module not available")
+                continue
+            for s, c in cands.items():
+                X = c[estimators.info(e).needs]
+                key = hashlib.sha256(np.ascontiguousarray(X).tobytes() + np.ascontiguousarray(y).tobytes()
+                                     + f"{e}:{fps[e]}".encode()).hexdigest()[:20]
+                if key in cache:
+                    v = cache[key]
+                    out[t][e][s] = math.nan if v is None or isinstance(v, str) else v
+                    if isinstance(v, str):
+                        errors.setdefault(e, []).append(v)
+                    continue
+                t0 = time.time()
+                try:
+                    v = estimators.score(e, X, y)
+                    cache[key] = v
+                except Exception as exc:  # record and go on: one failure must not stop the benchmark
+                    v = math.nan
+                    cache[key] = f"{t}/{s}: {type(exc).__name__}: {exc}"[:300]
+                    errors.setdefault(e, []).append(cache[key])
+                out[t][e][s] = v
+                if verbose and time.time() - t0 > 5:
+                    print(f"  slow: {e} on {t}/{s}: {time.time() - t0:.1f}s", file=sys.stderr)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(cache))
+    return out, errors
+
+
+def run_feature_benchmark(name, candidates, labels, gold_runs, *, info, out_dir, command, elapsed, title,
+                          extra_methods=None):
+    """Score estimators + static + the default ranker, evaluate against mean-of-seeds gold, report."""
+    from estimators import info as einfo
+    from estimators.ranking import rank_candidates, static_score
+
+    t0 = time.time()
+    scores, errors = score_all(name, candidates, labels)
+    gold = {t: {s: float(np.mean(v)) for s, v in d.items()} for t, d in gold_runs.items()}
+    spread = {t: {s: float(np.std(v)) for s, v in d.items()} for t, d in gold_runs.items()}
+    preds = {}
+    for t, cands in candidates.items():
+        P = {}
+        for e, d in scores[t].items():
+            sign = 1.0 if einfo(e).higher_is_better else -1.0
+            P[e] = {s: sign * v for s, v in d.items()}
+        P["static"] = {s: static_score(c["meta"]) for s, c in cands.items()}
+        pre = {s: {e: scores[t][e][s] for e in scores[t] if math.isfinite(scores[t][e][s])} for s in cands}
+        ranked = rank_candidates({s: {**c, "scores": pre[s]} for s, c in cands.items()}, labels[t])
+        P["default"] = {r["name"]: r["score"] for r in ranked}
+        # the same with the static size prior switched on (weight 0.25): reported for transparency
+        ranked = rank_candidates({s: {**c, "scores": pre[s]} for s, c in cands.items()}, labels[t],
+                                 weights={"static": 0.25})
+        P["default+static"] = {r["name"]: r["score"] for r in ranked}
+        for label, fn in (extra_methods or {}).items():
+            P[label] = fn(cands, labels[t], pre)
+        preds[t] = P
+    names = list(preds[next(iter(preds))])
+    order = ["default", "default+static", "static"] + [m for m in names if m not in ("default", "default+static", "static")]
+    # gold transfer matrix (sources x targets)
+    tnames = list(gold)
+    snames = list(gold[tnames[0]])
+    M = np.array([[gold[t][s] for t in tnames] for s in snames])
+    err_lines = [f"- `{e}` failed on {len(v)} (target, source) pair(s), ranked last there; e.g. {v[0]}"
+                 for e, v in errors.items() if v]
+    notes = (info.get("notes", "") + "\n\n" if isinstance(info, dict) and info.get("notes") else "")
+    notes += ("Methods: every estimator of `estimators.names()` that scores features or source "
+              "probabilities (sign-corrected so higher = predicted better), `static` = log10(params) + "
+              "log10(1 + source-set size) (target-agnostic), `default` = `estimators.ranking.rank_candidates` "
+              "with its default settings (z-scored mean of logme, nleep and, with source probabilities, leep), "
+              "`default+static` = the same with `weights={'static': 0.25}`.")
+    if err_lines:
+        notes += "\n\nEstimator failures:\n" + "\n".join(err_lines)
+    res = evaluate_rankings(
+        name, preds, gold, title=title, command=command, out_dir=out_dir, info=info, notes=notes,
+        gold_spread=spread, elapsed=elapsed + (time.time() - t0), method_order=order,
+        matrix_plot=(M, snames, tnames, f"{title}: fine-tuned test accuracy (mean of seeds)"),
+    )
+    return res
+
+
+# ------------------------------------------------------------------------------------ headline
+def headline(out_dir: Path = RESULTS_DIR) -> str:
+    """Estimators x benchmarks table and heatmaps (weighted tau, regret@1) from every results JSON."""
+    results = []
+    for p in sorted(out_dir.glob("*.json")):
+        try:
+            d = json.loads(p.read_text())
+        except json.JSONDecodeError:
+            continue
+        if isinstance(d, dict) and "summary" in d and "benchmark" in d:
+            results.append(d)
+    if not results:
+        raise SystemExit(f"no benchmark results in {out_dir}")
+    benches = [d["benchmark"] for d in results]
+    # the observed-transfer matrices have no features: their "default" is the similarity-weighted
+    # prior the service uses (prior_sim), their "static" the mean over other targets
+    for d in results:
+        summ = d["summary"]
+        for alias, real in (("default", "prior_sim"), ("static", "static_mean")):
+            if alias not in summ and real in summ:
+                summ[alias] = summ.pop(real)
+    methods = list(dict.fromkeys(m for d in results for m in d["summary"]))
+    first = [m for m in ("default", "static") if m in methods]
+    methods = first + sorted(m for m in methods if m not in first)
+    lines = ["# Headline: every method on every benchmark", "",
+             "Made by `python -m bench.common` from the `bench/results/*.json` of each benchmark "
+             "(see each benchmark's `.md` for the command that made it). On the observed-transfer "
+             "matrices (`matrix_*`, no features) `default` is the similarity-weighted observed prior "
+             "(`prior_sim`) and `static` the plain mean over the other targets (`static_mean`). "
+             "— = the method does not apply to that benchmark.", ""]
+    for metric in ("weighted_tau", "regret@1", "kendall_tau"):
+        M = np.array([[_get(d["summary"], m, metric) for d in results] for m in methods])
+        rows = {m: {b: M[i, j] for j, b in enumerate(benches)} for i, m in enumerate(methods)}
+        lines += [f"## Mean {SHORT[metric]} ({metric})", "",
+                  markdown_table(rows, benches, bold_best=False).replace("| method |", "| method |"), ""]
+        if metric != "kendall_tau":
+            png = out_dir / f"headline_{metric.replace('@', '')}.png"
+            heatmap(M, methods, benches, png, title=f"mean {metric} (methods x benchmarks)",
+                    cmap="RdYlGn_r" if metric in LOWER_IS_BETTER else "RdYlGn",
+                    center=None if metric in LOWER_IS_BETTER else 0.0)
+            lines += [f"![{png.name}]({png.name})", ""]
+    text = "\n".join(lines)
+    (out_dir / "headline.md").write_text(text)
+    print(text)
+    return text
+
+
+def _get(summary, m, metric):
+    v = summary.get(m, {}).get(metric)
+    return math.nan if v is None else float(v)
+
+
+if __name__ == "__main__":
+    headline()

@@ -1,0 +1,274 @@
+"""estimators.ranking: the default ranker's contract, determinism, failure handling, priors, validation."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+import estimators
+from estimators.ranking import (DEFAULT_WEIGHTS, observed_prior, profile_similarity, rank_candidates,
+                                static_score)
+
+N, C = 90, 3
+
+
+def _data(seed=0):
+    rng = np.random.default_rng(seed)
+    y = np.repeat(np.arange(C), N // C)
+    means = rng.normal(size=(C, 8))
+
+    def feats(sep):  # class-separated features, separation `sep`
+        return sep * means[y] + rng.normal(size=(N, 8))
+
+    def probs(sharp):  # source probabilities whose argmax tracks the class with prob. `sharp`
+        Z = 5
+        logits = rng.normal(size=(N, Z))
+        logits[np.arange(N), y] += sharp
+        e = np.exp(logits - logits.max(1, keepdims=True))
+        return e / e.sum(1, keepdims=True)
+
+    cands = {
+        "good": {"features": feats(3.0), "probs": probs(4.0), "meta": {"params": 10_000, "source_size": 5000}},
+        "mid": {"features": feats(1.0), "probs": probs(1.0), "meta": {"params": 10_000, "source_size": 5000}},
+        "noise": {"features": feats(0.0), "probs": probs(0.0), "meta": {"params": 10_000, "source_size": 5000}},
+    }
+    return cands, y
+
+
+def test_contract_and_order():
+    cands, y = _data()
+    out = rank_candidates(cands, y)
+    assert [r["name"] for r in out] == ["good", "mid", "noise"]
+    scores = [r["score"] for r in out]
+    assert scores == sorted(scores, reverse=True)
+    for r in out:
+        assert set(r) >= {"name", "score", "scores"} and isinstance(r["score"], float)
+        # the default uses logme, nleep, leep (all have probs) and reports the static prior
+        assert set(r["scores"]) == {"logme", "nleep", "leep", "static"}
+        assert r["scores"]["logme"] == pytest.approx(estimators.score("logme", cands[r["name"]]["features"], y))
+        assert r["scores"]["static"] == pytest.approx(math.log10(10_000) + math.log10(5001))
+    assert out[0]["skipped"] == {}
+
+
+def test_default_estimators_follow_the_inputs():
+    cands, y = _data()
+    feats_only = {k: {"features": v["features"]} for k, v in cands.items()}
+    out = rank_candidates(feats_only, y)
+    assert set(out[0]["scores"]) == {"logme", "nleep"}
+    assert [r["name"] for r in out][0] == "good"
+
+
+def test_deterministic_and_independent_of_input_order():
+    cands, y = _data()
+    a = rank_candidates(cands, y)
+    b = rank_candidates(dict(reversed(list(cands.items()))), y)
+    assert a == b == rank_candidates(cands, y)
+
+
+def test_ties_are_broken_by_name():
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(20, 4))
+    y = np.arange(20) % 2
+    out = rank_candidates({"b": {"features": X}, "a": {"features": X}, "c": {"features": X}}, y)
+    assert [r["name"] for r in out] == ["a", "b", "c"]
+    assert all(r["score"] == 0.0 for r in out)
+
+
+def test_failing_estimator_is_skipped_with_reason():
+    cands, y = _data()
+    del cands["mid"]["probs"]  # leep cannot run for every candidate
+    out = rank_candidates(cands, y, estimators=["logme", "leep"])
+    assert "leep" in out[0]["skipped"] and "probs" in out[0]["skipped"]["leep"]
+    assert all(set(r["scores"]) == {"logme"} for r in out)
+    assert out[0]["name"] == "good"
+
+
+def test_unexpected_exception_is_skipped_too(monkeypatch):
+    cands, y = _data()
+    from estimators import ranking
+
+    real = ranking._score
+
+    def flaky(name, X, y, **kw):
+        if name == "nleep":
+            raise RuntimeError("EM did not converge")
+        return real(name, X, y, **kw)
+
+    monkeypatch.setattr(ranking, "_score", flaky)
+    out = rank_candidates(cands, y)
+    assert out[0]["skipped"]["nleep"].startswith("RuntimeError: EM did not converge")
+    assert set(out[0]["scores"]) == {"logme", "leep", "static"} and out[0]["name"] == "good"
+
+
+def test_nleep_falls_back_to_one_component_per_class(monkeypatch):
+    cands, y = _data()
+    from estimators import ranking
+
+    real = ranking._score
+    calls = []
+
+    def picky(name, X, y, **kw):
+        if name == "nleep":
+            calls.append(kw)
+            if kw.get("n_components") != C:
+                raise ValueError("mixture could not be fitted")
+        return real(name, X, y, **kw)
+
+    monkeypatch.setattr(ranking, "_score", picky)
+    out = rank_candidates(cands, y)
+    assert "nleep" in out[0]["scores"] and "nleep" not in out[0]["skipped"]
+    assert "n_components" in out[0]["notes"]["nleep"]
+    assert calls[-1] == {"n_components": C} and len(calls) == 1 + len(cands)  # every candidate re-scored
+    # explicit parameters are respected: no silent fallback
+    out = rank_candidates(cands, y, nleep={"n_components": 2 * C})
+    assert "nleep" in out[0]["skipped"] and "notes" not in out[0]
+
+
+def test_all_estimators_failing_raises():
+    cands, y = _data()
+    for c in cands.values():
+        c.pop("probs")
+    with pytest.raises(ValueError, match="no estimator could score"):
+        rank_candidates(cands, y, estimators=["leep"])
+
+
+def test_lower_is_better_estimators_are_flipped(monkeypatch):
+    cands, y = _data()
+    from estimators import _registry
+
+    info = _registry.REGISTRY["logme"]
+    monkeypatch.setitem(_registry.REGISTRY, "logme", info.__class__(**{**info.__dict__, "higher_is_better": False}))
+    out = rank_candidates(cands, y, estimators=["logme"])
+    assert [r["name"] for r in out][-1] == "good"
+
+
+def test_prior_is_used_and_weighted():
+    cands, y = _data()
+    prior = {"noise": 0.9, "mid": 0.5, "good": 0.1}
+    only_prior = rank_candidates(cands, y, prior=prior, weights={"logme": 0, "nleep": 0, "leep": 0})
+    assert [r["name"] for r in only_prior] == ["noise", "mid", "good"]
+    assert only_prior[0]["scores"]["prior"] == 0.9
+    # a candidate without a prior value gets the mean prior, not an advantage
+    partial = rank_candidates(cands, y, prior={"noise": 1.0, "good": 0.0},
+                              weights={"logme": 0, "nleep": 0, "leep": 0})
+    assert [r["name"] for r in partial] == ["noise", "mid", "good"]
+    assert "prior" not in partial[1]["scores"]
+    # with the default weights the prior moves scores but the estimators still count
+    mixed = rank_candidates(cands, y, prior=prior)
+    base = rank_candidates(cands, y)
+    assert {r["name"]: r["score"] for r in mixed} != {r["name"]: r["score"] for r in base}
+    assert DEFAULT_WEIGHTS["prior"] > 0
+
+
+def test_precomputed_scores_without_features():
+    y = np.arange(10) % 2
+    cands = {"a": {"scores": {"logme": 1.0, "nleep": -2.0}}, "b": {"scores": {"logme": 2.0, "nleep": -1.0}}}
+    out = rank_candidates(cands, y)
+    assert [r["name"] for r in out] == ["b", "a"] and set(out[0]["scores"]) == {"logme", "nleep"}
+
+
+def test_precomputed_scores_are_used():
+    cands, y = _data()
+    for name, v in zip(["good", "mid", "noise"], [-3.0, 2.0, 1.0]):
+        cands[name]["scores"] = {"logme": v}
+    out = rank_candidates(cands, y, estimators=["logme"])
+    assert [r["name"] for r in out] == ["mid", "noise", "good"]
+    assert out[0]["scores"]["logme"] == 2.0
+
+
+def test_static_is_reported_with_weight_zero_by_default():
+    cands, y = _data()
+    cands["noise"]["meta"] = {"params": 10**9, "source_size": 10**7}
+    default = rank_candidates(cands, y)
+    assert default[-1]["name"] == "noise" and DEFAULT_WEIGHTS["static"] == 0.0
+    assert default[-1]["scores"]["static"] == pytest.approx(9 + math.log10(10**7 + 1))
+    heavy = rank_candidates(cands, y, weights={"static": 100.0})
+    assert heavy[0]["name"] == "noise"
+
+
+def test_static_only_and_static_score():
+    y = np.arange(10) % 2
+    cands = {"small": {"meta": {"params": 1e3, "source_size": 10}}, "big": {"meta": {"params": 1e6, "source_size": 10}}}
+    out = rank_candidates(cands, y, estimators=["static"])
+    assert [r["name"] for r in out] == ["big", "small"]
+    assert [r["name"] for r in rank_candidates(cands, y)] == ["big", "small"]  # default: static alone
+    assert static_score({"params": 100}) == pytest.approx(2.0)
+    assert static_score(None) is None
+    assert static_score({"source_size": 999}) == pytest.approx(3.0)
+    with pytest.raises(ValueError, match="params"):
+        static_score({"params": -1})
+
+
+def test_estimator_params_are_passed(monkeypatch):
+    cands, y = _data()
+    seen = {}
+    from estimators import ranking
+
+    def fake_score(name, X, y, **kw):
+        seen[name] = kw
+        return float(np.asarray(X).std())
+
+    monkeypatch.setattr(ranking, "_score", fake_score)
+    rank_candidates(cands, y, estimators=["logme"], logme={"regression": False})
+    assert seen["logme"] == {"regression": False}
+
+
+@pytest.mark.parametrize("bad, match", [
+    ({}, "non-empty"),
+    ({"a": [1, 2]}, "must be a dict"),
+    ({"a": {"features": np.zeros((5, 2))}}, "shape"),
+    ({"a": {"feature": np.zeros((90, 2))}}, "unknown key"),
+    ({"a": {"features": np.zeros((90, 2)), "meta": 3}}, "meta must be a dict"),
+])
+def test_validation_of_candidates(bad, match):
+    y = np.arange(N) % C
+    with pytest.raises(ValueError, match=match):
+        rank_candidates(bad, y)
+
+
+def test_validation_of_options():
+    cands, y = _data()
+    with pytest.raises(ValueError, match="unknown estimator"):
+        rank_candidates(cands, y, estimators=["nope"])
+    with pytest.raises(ValueError, match="needs 'domains'"):
+        rank_candidates(cands, y, estimators=["mmd"])
+    with pytest.raises(ValueError, match="list of names"):
+        rank_candidates(cands, y, estimators="logme")
+    with pytest.raises(ValueError, match="weight"):
+        rank_candidates(cands, y, weights={"logme": -1})
+    with pytest.raises(ValueError, match="unknown keyword"):
+        rank_candidates(cands, y, top_k=3)
+    with pytest.raises(ValueError, match="prior must be a dict"):
+        rank_candidates(cands, y, prior=[1, 2, 3])
+    with pytest.raises(ValueError, match="1-D"):
+        rank_candidates(cands, np.zeros((N, 2)))
+
+
+def test_observed_prior_weighted_mean_by_hand():
+    observed = {"t1": {"a": 1.0, "b": 3.0}, "t2": {"a": 5.0, "b": 1.0, "c": 2.0}}
+    p = observed_prior(observed, {"t1": 3.0, "t2": 1.0}, normalize="none")
+    assert p == pytest.approx({"a": (3 * 1 + 5) / 4, "b": (3 * 3 + 1) / 4, "c": 2.0})
+    # negative / missing similarities count as 0; all-zero falls back to the plain mean
+    assert observed_prior(observed, {"t1": -1.0}, normalize="none") == pytest.approx({"a": 3.0, "b": 2.0, "c": 2.0})
+    assert observed_prior(observed, {"t2": 1.0}, normalize="none") == pytest.approx({"a": 5.0, "b": 1.0, "c": 2.0})
+    # z-scoring puts targets with different scales on par
+    z = observed_prior({"t1": {"a": 0.1, "b": 0.2}, "t2": {"a": 90.0, "b": 10.0}}, {"t1": 1, "t2": 1})
+    assert z == pytest.approx({"a": 0.0, "b": 0.0})
+    assert observed_prior({}, {}) == {}
+    with pytest.raises(ValueError, match="normalize"):
+        observed_prior(observed, {}, normalize="rank")
+    with pytest.raises(ValueError, match="finite"):
+        observed_prior({"t": {"a": float("nan")}}, {"t": 1.0})
+
+
+def test_profile_similarity():
+    profiles = {"same": {"a": 1, "b": 2, "c": 3, "d": 4}, "reverse": {"a": 4, "b": 3, "c": 2, "d": 1},
+                "disjoint": {"x": 1.0}}
+    s = profile_similarity(profiles, {"a": 10, "b": 20, "c": 30})
+    assert s["same"] == pytest.approx(1.0) and s["reverse"] == 0.0 and s["disjoint"] == 0.0
+    # one shared source: a kernel on the level difference
+    k = profile_similarity({"near": {"a": 1.0}, "far": {"a": 5.0}}, {"a": 1.2}, bandwidth=1.0)
+    assert k["near"] == pytest.approx(math.exp(-0.04 / 2)) and k["far"] < k["near"]
+    with pytest.raises(ValueError, match="bandwidth"):
+        profile_similarity(profiles, {"a": 1}, bandwidth=0)

@@ -13,9 +13,11 @@ def test_restart_keeps_datasets_scores_and_index(make_client, tmp_path):
     data = tmp_path / "shared-data"
     c1 = make_client(data)
     rng = np.random.default_rng(0)
+    rebuilds_at_start = c1.app.state.ctx.index.rebuilds
     for i in range(3):
         did = upload(c1, npz_bytes(features=rng.normal(size=(25, 50)), labels=np.arange(25) % 2), f"s{i}.npz").json()["id"]
         assert c1.post("/v1/sources", json={"dataset": did, "name": f"src{i}"}).status_code == 201
+    assert c1.app.state.ctx.index.rebuilds == rebuilds_at_start  # inserts are incremental, no rebuild
     tid = upload(c1, csv_bytes(*make_texts(30, 3)), "target.csv").json()["id"]
     first = rank(c1, {"target": tid, "candidates": "tasks", "estimators": ["semb"], "prefilter_k": 2})
     assert first["computed"] == 2

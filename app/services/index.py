@@ -75,12 +75,16 @@ class IndexManager:
             log.info("FAISS task index rebuilt from SQL: %d sources, dim %d -> %s", len(items), dim, self.path)
             return len(items)
 
-    def ensure(self) -> None:
-        """Open the index, rebuilding it from SQL if the file is missing, unreadable or stale."""
+    def ensure(self, *, adding: int | None = None) -> None:
+        """Open the index, rebuilding it from SQL if the file is missing, unreadable or stale.
+
+        ``adding``: a source id already in SQL that the caller is about to add; its absence from
+        the file is expected and does not make the index stale (no full rebuild per insert).
+        """
         from app.index.faiss_index import TaskIndex
 
         with self._lock:
-            sql_ids = self._sql_ids()
+            sql_ids = self._sql_ids() - {adding}
             if self._index is not None and self._ids == sql_ids and self.path.exists():
                 return
             if self.path.exists():
@@ -95,7 +99,7 @@ class IndexManager:
     # ------------------------------------------------------------------ updates
     def add(self, source_id: int, vector: np.ndarray) -> None:
         with self._lock:
-            self.ensure()
+            self.ensure(adding=source_id)
             if source_id in self._ids:
                 return
             v = np.asarray(vector, dtype=np.float32).reshape(1, -1)

@@ -22,7 +22,29 @@ import numpy as np
 _KEY = re.compile(r"^[0-9a-f]{64}\.[a-z0-9]{1,16}$")
 
 
-class BlobStore:
+class _Serializers:
+    """Typed writes on top of ``put_bytes`` (shared by the store and its transactional writer)."""
+
+    def put_bytes(self, data: bytes, ext: str) -> str:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def put_array(self, array: np.ndarray) -> str:
+        array = np.ascontiguousarray(array)
+        if array.dtype == object:
+            raise ValueError("object arrays cannot be stored (no pickles)")
+        buf = io.BytesIO()
+        np.save(buf, array, allow_pickle=False)
+        return self.put_bytes(buf.getvalue(), "npy")
+
+    def put_json(self, obj: Any) -> str:
+        data = json.dumps(obj, ensure_ascii=False, separators=(",", ":"), sort_keys=True).encode()
+        return self.put_bytes(data, "json")
+
+    def put_file(self, path: Path | str, ext: str) -> str:
+        return self.put_bytes(Path(path).read_bytes(), ext)
+
+
+class BlobStore(_Serializers):
     def __init__(self, root: Path | str):
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
@@ -66,20 +88,6 @@ class BlobStore:
             raise
         return key
 
-    def put_array(self, array: np.ndarray) -> str:
-        array = np.ascontiguousarray(array)
-        if array.dtype == object:
-            raise ValueError("object arrays cannot be stored (no pickles)")
-        buf = io.BytesIO()
-        np.save(buf, array, allow_pickle=False)
-        return self.put_bytes(buf.getvalue(), "npy")
-
-    def put_json(self, obj: Any) -> str:
-        data = json.dumps(obj, ensure_ascii=False, separators=(",", ":"), sort_keys=True).encode()
-        return self.put_bytes(data, "json")
-
-    def put_file(self, path: Path | str, ext: str) -> str:
-        return self.put_bytes(Path(path).read_bytes(), ext)
 
     # ---------------------------------------------------------------- reads
     def get_bytes(self, key: str) -> bytes:
@@ -132,7 +140,7 @@ class BlobStore:
         return [k for k in self.keys() if k not in referenced]
 
 
-class BlobWriter:
+class BlobWriter(_Serializers):
     """``with store.writer() as w: key = w.put_array(a); <SQL insert>`` — if the block raises,
     every blob that did not exist before it is removed, so nothing is left half-written."""
 
@@ -148,20 +156,6 @@ class BlobWriter:
             self.created.append(key)
         return key
 
-    def put_array(self, array: np.ndarray) -> str:
-        array = np.ascontiguousarray(array)
-        if array.dtype == object:
-            raise ValueError("object arrays cannot be stored (no pickles)")
-        buf = io.BytesIO()
-        np.save(buf, array, allow_pickle=False)
-        return self.put_bytes(buf.getvalue(), "npy")
-
-    def put_json(self, obj: Any) -> str:
-        data = json.dumps(obj, ensure_ascii=False, separators=(",", ":"), sort_keys=True).encode()
-        return self.put_bytes(data, "json")
-
-    def put_file(self, path: Path | str, ext: str) -> str:
-        return self.put_bytes(Path(path).read_bytes(), ext)
 
     def keep_all(self) -> None:
         self.created.clear()

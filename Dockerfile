@@ -2,7 +2,7 @@
 # (Ray needs the same Python and Ray versions on the driver and on every worker).
 #
 #   docker build -t transferrank .                       # torch from PyPI (CUDA-capable)
-#   docker build --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu \
+#   docker build --build-arg TORCH_INDEX_URL=<a CPU-only torch wheel index> \
 #                -t transferrank:cpu .                    # smaller CPU-only image
 FROM python:3.11-slim-bookworm
 

@@ -75,13 +75,13 @@ CORPUS_OF = {
 }
 CONFIG = {
     "max_length": 32,
-    "train_layers": "top-1",  # source and target fine-tuning update the top layer (of 6) + head
+    "train_layers": "top-3",  # source and target fine-tuning update the top 3 (of 6) layers + head
     "batch_size": 16,
     "lr": 1e-4,
     "head_lr": 1e-3,
-    "source_epochs": 2,
-    "target_epochs": 2,
-    "seeds": [0, 1],
+    "source_epochs": 3,
+    "target_epochs": 3,
+    "seeds": [0, 1, 2],
     "esm_texts": 600,  # source texts embedded (base + fine-tuned) to fit each ESM
     "split_seed": 0,
     "torch_threads": 2,
@@ -379,9 +379,15 @@ def _rescore(data_dir: Path, out_dir: Path, command: str | None) -> dict:
 
     t_start = time.time()
     rows, A, meta = load_committed(data_dir)
-    runs: dict[tuple[str, str], list[float]] = {}
+    # use, per target, only the seeds that finished for every source of that target
+    by_seed: dict[tuple[str, str], dict[int, float]] = {}
     for r in rows:
-        runs.setdefault((r["target"], r["source"]), []).append(float(r["accuracy"]))
+        by_seed.setdefault((r["target"], r["source"]), {})[int(r["seed"])] = float(r["accuracy"])
+    complete: dict[str, set[int]] = {}
+    for (t, s), d in by_seed.items():
+        complete[t] = set(d) if t not in complete else complete[t] & set(d)
+    runs = {k: [v for sd, v in sorted(d.items()) if sd in complete[k[0]]] for k, d in by_seed.items()}
+    runs = {k: v for k, v in runs.items() if v}
     targets = [t for t in meta["targets"] if any(k[0] == t and k[1] != BASELINE for k in runs)]
     f64 = lambda k: A[k].astype(np.float64)  # noqa: E731
 
@@ -446,10 +452,13 @@ def _rescore(data_dir: Path, out_dir: Path, command: str | None) -> dict:
     n_sources = len(meta["sources"])
     M = np.full((n_sources, len(targets)), np.nan)
     snames = list(meta["sources"])
+    have_base = all(t in baseline for t in targets)
     for j, t in enumerate(targets):
         for i, s in enumerate(snames):
-            if s in gold[t] and t in baseline:
-                M[i, j] = gold[t][s] - baseline[t]
+            if s in gold[t]:
+                M[i, j] = gold[t][s] - baseline[t] if have_base else gold[t][s]
+    matrix_title = ("Transfer gain: accuracy(source→target) − target-only" if have_base
+                    else "Accuracy after source→target fine-tuning")
     base_lines = " · ".join(f"{t}: {baseline[t]:.3f}" for t in targets if t in baseline)
     best_lines = " · ".join(f"{t}: `{max(gold[t], key=gold[t].get)}` {max(gold[t].values()):.3f}" for t in targets)
     cfg = meta["config"]
@@ -481,7 +490,7 @@ Licences of the data: see `bench/data/text/meta.json` (`bench/corpora.py: LICENC
         info={"config": cfg, "baseline": baseline, "n_sources": n_sources, "targets": targets},
         notes=notes, gold_spread=spread, elapsed=time.time() - t_start,
         method_order=["default", "esm_logme", "logme_finetuned", "prior_loo", "static"],
-        matrix_plot=(M, snames, targets, "Transfer gain: accuracy(source→target) − target-only"),
+        matrix_plot=(M, snames, targets, matrix_title),
     )
     return res
 

@@ -87,7 +87,9 @@ def test_finetune_changes_encoder_and_reduces_loss(base, trained):
 def test_finetune_is_seeded(base):
     model, tok = base
     state = torch.random.get_rng_state()
-    enc_a, enc_b, enc_c = (ft.finetune_classifier(model, tok, SMALL, SMALL_LABELS, seed=s, **KW) for s in (7, 7, 8))
+    enc_a, enc_b, enc_c = (
+        ft.finetune_classifier(model, tok, SMALL, SMALL_LABELS, seed=s, train_layers="top-2", **KW) for s in (7, 7, 8)
+    )
     assert torch.equal(state, torch.random.get_rng_state())  # global RNG not disturbed
     ea, eb, ec = (ft.embed(e, tok, SMALL, max_length=32) for e in (enc_a, enc_b, enc_c))
     np.testing.assert_array_equal(ea, eb)
@@ -114,7 +116,7 @@ def test_evaluate_classifier_learns_sentiment(base):
     test_idx = list(range(1, 40, 2))
     res = ft.evaluate_classifier(
         model, tok, [TEXTS[i] for i in train_idx], [LABELS[i] for i in train_idx],
-        [TEXTS[i] for i in test_idx], [LABELS[i] for i in test_idx], **{**KW, "epochs": 2},
+        [TEXTS[i] for i in test_idx], [LABELS[i] for i in test_idx], train_layers="top-2", **{**KW, "epochs": 2},
     )
     assert res["n_test"] == 20 and res["n_train"] == 20
     assert res["accuracy"] >= 0.75, res

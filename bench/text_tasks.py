@@ -226,7 +226,7 @@ def stage_sources(splits: dict, deadline: float) -> None:
         _log(f"source {s}: fine-tuned on {len(texts)} texts in {time.time() - t0:.0f}s")
 
 
-def stage_targets(splits: dict, deadline: float) -> None:
+def stage_targets(splits: dict, deadline: float, only: list[str] | None = None) -> None:
     """Ground truth: every (target, source | none, seed) fine-tune + test accuracy (seed-major order)."""
     from app.training import finetune as ft
 
@@ -241,6 +241,8 @@ def stage_targets(splits: dict, deadline: float) -> None:
         te = splits["targets"][t]["test"]
         states = states_of.get(t)
         for s in srcs:
+            if only and s not in only:
+                continue
             path = runs / f"{t}__{s}__{seed}.json"
             if path.exists():
                 continue
@@ -330,13 +332,13 @@ def export(splits: dict) -> None:
     _log(f"exported {len(rows)} runs, {len(arrays)} arrays ({size:.1f} MB) to {DATA_DIR}")
 
 
-def run(stage: str = "all", max_minutes: float = 1e9) -> None:
+def run(stage: str = "all", max_minutes: float = 1e9, only: list[str] | None = None) -> None:
     deadline = time.time() + 60 * max_minutes
     splits = make_splits()
     if stage in ("all", "sources"):
         stage_sources(splits, deadline)
     if stage in ("all", "targets"):
-        stage_targets(splits, deadline)
+        stage_targets(splits, deadline, only)
     if stage in ("all", "features"):
         stage_features(splits)
     if stage in ("all", "export", "features", "targets"):
@@ -385,8 +387,10 @@ def _rescore(data_dir: Path, out_dir: Path, command: str | None) -> dict:
         by_seed.setdefault((r["target"], r["source"]), {})[int(r["seed"])] = float(r["accuracy"])
     complete: dict[str, set[int]] = {}
     for (t, s), d in by_seed.items():
-        complete[t] = set(d) if t not in complete else complete[t] & set(d)
-    runs = {k: [v for sd, v in sorted(d.items()) if sd in complete[k[0]]] for k, d in by_seed.items()}
+        if s != BASELINE:
+            complete[t] = set(d) if t not in complete else complete[t] & set(d)
+    runs = {k: [v for sd, v in sorted(d.items()) if k[1] == BASELINE or sd in complete.get(k[0], set())]
+            for k, d in by_seed.items()}
     runs = {k: v for k, v in runs.items() if v}
     targets = [t for t in meta["targets"] if any(k[0] == t and k[1] != BASELINE for k in runs)]
     f64 = lambda k: A[k].astype(np.float64)  # noqa: E731
@@ -500,6 +504,7 @@ def main(argv=None) -> None:
     ap.add_argument("command", nargs="?", choices=["run", "splits"], help="compute (resumable)")
     ap.add_argument("--stage", default="all", choices=["all", "sources", "targets", "features", "export"])
     ap.add_argument("--max-minutes", type=float, default=1e9, help="stop starting new runs after this long")
+    ap.add_argument("--only", default=None, help="comma-separated sources for the targets stage (e.g. none)")
     ap.add_argument("--rescore", action="store_true", help="re-score from the committed bench/data/text files")
     args = ap.parse_args(argv)
     if args.rescore:
@@ -507,7 +512,7 @@ def main(argv=None) -> None:
     elif args.command == "splits":
         make_splits()
     elif args.command == "run":
-        run(args.stage, args.max_minutes)
+        run(args.stage, args.max_minutes, args.only.split(",") if args.only else None)
     else:
         ap.print_help()
 

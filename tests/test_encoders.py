@@ -1,7 +1,6 @@
 """Encoders with the real packaged weights (MiniLM, GloVe, model2vec distillation): no downloads."""
 from __future__ import annotations
 
-import os
 import threading
 import time
 
@@ -175,11 +174,7 @@ def test_model2vec_static_model_dir(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(
-    os.environ.get("TRANSFERRANK_SLOW_TESTS") != "1",
-    reason="distillation takes ~20 s on 2 idle cores (minutes on a loaded machine); "
-    "set TRANSFERRANK_SLOW_TESTS=1",
-)
+@pytest.mark.slow
 def test_model2vec_distils_once_and_caches(tmp_path, monkeypatch):
     """Distils the packaged MiniLM (~20 s on 2 idle cores), then reloads from the cache."""
     from app.encoders.model2vec_encoder import Model2VecEncoder, distilled_model_dir

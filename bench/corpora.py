@@ -39,7 +39,6 @@ import lzma
 import os
 import re
 import subprocess
-import tempfile
 import warnings
 import zlib
 from functools import lru_cache

@@ -47,7 +47,11 @@ NAME = "text_tasks"
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("TRANSFERRANK_TEXT_CACHE", "/work/cache/textbench"))
+    """``$TRANSFERRANK_TEXT_CACHE`` (default /work/cache/textbench) / a hash of the design, so runs
+    made with another configuration are never mixed in."""
+    design = json.dumps([SOURCES, TARGETS, CONFIG], sort_keys=True)
+    tag = hashlib.sha256(design.encode()).hexdigest()[:10]
+    return Path(os.environ.get("TRANSFERRANK_TEXT_CACHE", "/work/cache/textbench")) / f"design-{tag}"
 
 
 # ------------------------------------------------------------------------------ the design
@@ -466,10 +470,13 @@ def _rescore(data_dir: Path, out_dir: Path, command: str | None) -> dict:
     base_lines = " · ".join(f"{t}: {baseline[t]:.3f}" for t in targets if t in baseline)
     best_lines = " · ".join(f"{t}: `{max(gold[t], key=gold[t].get)}` {max(gold[t].values()):.3f}" for t in targets)
     cfg = meta["config"]
+    seeds_used = ", ".join(f"{t}: {sorted(complete.get(t, []))}" for t in targets)
     notes = f"""Base encoder all-MiniLM-L6-v2 ({meta['base_params']:,} parameters). Ground truth: fine-tune the base
-encoder on the source ({cfg['source_epochs']} epochs), then on the target's train set ({cfg['target_epochs']} epochs,
-seeds {cfg['seeds']}), accuracy on the target's test set; mean over seeds. Max length {cfg['max_length']} tokens,
-lr {cfg['lr']} (head {cfg['head_lr']}), batch {cfg['batch_size']}. Same-task pairs excluded.
+encoder on the source ({cfg['source_epochs']} epochs, `{cfg.get('train_layers', 'all')}` layers), then on the target's train set
+({cfg['target_epochs']} epochs), accuracy on the target's test set; mean over the seeds that finished for
+every source of the target ({seeds_used}; planned {cfg['seeds']}). Max length {cfg['max_length']} tokens,
+lr {cfg['lr']} (head {cfg['head_lr']}, first fitted as a logistic-regression probe: LP-FT), batch
+{cfg['batch_size']}, AdamW with linear warm-up/decay. Same-task pairs excluded.
 
 Sources: {', '.join(f"`{s}` ({v['n_train']} texts, {v['n_classes']} classes)" for s, v in meta['sources'].items())}.
 Targets: {', '.join(f"`{t}` ({v['n_train']} train / {v['n_test']} test, {len(v['classes'])} classes)" for t, v in meta['targets'].items())}.
@@ -491,7 +498,8 @@ Licences of the data: see `bench/data/text/meta.json` (`bench/corpora.py: LICENC
     res = evaluate_rankings(
         NAME, preds, gold, title="Intermediate tasks (text, MiniLM, ESMs)",
         command=command or "python -m bench.text_tasks --rescore", out_dir=out_dir,
-        info={"config": cfg, "baseline": baseline, "n_sources": n_sources, "targets": targets},
+        info={"config": cfg, "baseline": baseline, "n_sources": n_sources, "targets": targets,
+              "seeds_used": {t: sorted(complete.get(t, [])) for t in targets}},
         notes=notes, gold_spread=spread, elapsed=time.time() - t_start,
         method_order=["default", "esm_logme", "logme_finetuned", "prior_loo", "static"],
         matrix_plot=(M, snames, targets, matrix_title),

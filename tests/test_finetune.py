@@ -96,6 +96,17 @@ def test_finetune_is_seeded(base):
     assert np.abs(ea - ec).max() > 1e-6
 
 
+def test_device_is_explicit_and_followed(base):
+    """The copy trains on the requested device; batches and outputs follow the model's device."""
+    model, tok = base
+    res = ft.finetune_with_head(model, tok, SMALL, SMALL_LABELS, train_layers="top-1", device="cpu", **KW)
+    assert next(res.encoder.parameters()).device.type == "cpu" and res.head.weight.device.type == "cpu"
+    assert ft.embed(res.encoder, tok, SMALL[:3], max_length=32).shape == (3, model.config.hidden_size)
+    assert len(ft.predict(res, tok, SMALL[:3], max_length=32)) == 3
+    with pytest.raises(ValueError, match="device"):
+        ft.finetune_with_head(model, tok, SMALL, SMALL_LABELS, device="no-such-device", **KW)
+
+
 def test_train_layers_modes(base):
     model, tok = base
     head_only = ft.finetune_with_head(model, tok, SMALL, SMALL_LABELS, train_layers="head", **KW)

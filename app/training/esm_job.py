@@ -37,7 +37,7 @@ _PHASES = {"load": 0.02, "finetune": 0.70, "embed_base": 0.125, "embed_ft": 0.12
 ESM_FIT_DEFAULTS = {"esm_epochs": 10, "esm_lr": 1e-3, "esm_batch_size": 32, "esm_weight_decay": 0.0}
 
 #: other accepted ``request.options`` keys
-_OTHER_OPTIONS = {"head_lr", "weight_decay", "warmup", "embed_max_length", "embed_batch_size", "base_path"}
+_OTHER_OPTIONS = {"head_lr", "weight_decay", "warmup", "embed_max_length", "embed_batch_size", "base_path", "device"}
 
 
 def _phase_progress(progress: ProgressFn | None, start: float, width: float) -> ProgressFn | None:
@@ -136,6 +136,11 @@ def train_esm(request: EsmTrainRequest, progress: ProgressFn | None = None) -> E
         raise
     except Exception as exc:
         raise ValueError(f"cannot load base encoder {request.base_encoder!r} from {path}: {type(exc).__name__}: {exc}") from None
+    import torch
+
+    # fine-tuning and both embeddings run on the worker's GPU when it has one
+    device = str(options.get("device") or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model.to(device)
     mark("load", t0)
     if progress:
         progress(_PHASES["load"])
@@ -147,7 +152,7 @@ def train_esm(request: EsmTrainRequest, progress: ProgressFn | None = None) -> E
         model, tokenizer, texts, labels.tolist(),
         epochs=request.epochs, lr=request.learning_rate, max_length=request.max_length,
         batch_size=request.batch_size, train_layers=request.train_layers, seed=request.seed,
-        progress=_phase_progress(progress, pos, _PHASES["finetune"]), **extra,
+        progress=_phase_progress(progress, pos, _PHASES["finetune"]), device=device, **extra,
     )
     mark("finetune", t0)
     pos += _PHASES["finetune"]

@@ -107,7 +107,12 @@ def _tokenize(tokenizer, texts: list[str], max_length: int) -> list[list[int]]:
     return enc["input_ids"]
 
 
-def _collate(ids: list[list[int]], pad_id: int):
+def _device(model):
+    """The device of ``model``'s parameters: batches follow the model (CPU here, CUDA on a GPU worker)."""
+    return next(model.parameters()).device
+
+
+def _collate(ids: list[list[int]], pad_id: int, device=None):
     import torch
 
     width = max(len(x) for x in ids)
@@ -116,6 +121,8 @@ def _collate(ids: list[list[int]], pad_id: int):
     for i, x in enumerate(ids):
         input_ids[i, : len(x)] = torch.as_tensor(x, dtype=torch.long)
         mask[i, : len(x)] = 1
+    if device is not None:
+        return input_ids.to(device), mask.to(device)
     return input_ids, mask
 
 
@@ -140,7 +147,7 @@ def _top_forward(model, hidden, mask, start: int):
     return hidden
 
 
-def _pad_states(states: list, width: int | None = None):
+def _pad_states(states: list, width: int | None = None, device=None):
     import torch
 
     width = width or max(s.shape[0] for s in states)
@@ -150,6 +157,8 @@ def _pad_states(states: list, width: int | None = None):
     for i, st in enumerate(states):
         hidden[i, : st.shape[0]] = st
         mask[i, : st.shape[0]] = 1
+    if device is not None:
+        return hidden.to(device), mask.to(device)
     return hidden, mask
 
 
@@ -178,7 +187,7 @@ def encode_prefix(model, tokenizer, texts: Sequence[str], n_layers: int, *, max_
         with torch.inference_mode():
             for start in range(0, len(order), int(batch_size)):
                 idx = order[start : start + int(batch_size)]
-                input_ids, mask = _collate([ids[i] for i in idx], pad_id)
+                input_ids, mask = _collate([ids[i] for i in idx], pad_id, _device(model))
                 h = model.embeddings(input_ids=input_ids)
                 if n_layers:
                     from transformers.masking_utils import create_bidirectional_mask
@@ -188,7 +197,7 @@ def encode_prefix(model, tokenizer, texts: Sequence[str], n_layers: int, *, max_
                         o = layer(h, am)
                         h = o[0] if isinstance(o, tuple) else o
                 for j, i in enumerate(idx):
-                    out[i] = h[j, : len(ids[i])].clone()
+                    out[i] = h[j, : len(ids[i])].cpu().clone()
     finally:
         model.train(was_training)
     return out
@@ -221,10 +230,10 @@ def embed(
         with torch.inference_mode():
             for start in range(0, len(order), int(batch_size)):
                 idx = order[start : start + int(batch_size)]
-                input_ids, mask = _collate([ids[i] for i in idx], pad_id)
+                input_ids, mask = _collate([ids[i] for i in idx], pad_id, _device(model))
                 pooled = _encoder_forward(model, input_ids, mask)
                 pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
-                out[idx] = pooled.float().numpy()
+                out[idx] = pooled.float().cpu().numpy()
                 if progress is not None:
                     progress(min(1.0, (start + len(idx)) / len(order)))
     finally:
@@ -247,9 +256,9 @@ def embed_from_states(model, states: list, n_frozen_layers: int, *, batch_size: 
         with torch.inference_mode():
             for start in range(0, len(order), int(batch_size)):
                 idx = order[start : start + int(batch_size)]
-                hidden, mask = _pad_states([states[i] for i in idx])
+                hidden, mask = _pad_states([states[i] for i in idx], device=_device(model))
                 pooled = mean_pool(_top_forward(model, hidden, mask, n_frozen_layers), mask)
-                out[idx] = torch.nn.functional.normalize(pooled, p=2, dim=1).float().numpy()
+                out[idx] = torch.nn.functional.normalize(pooled, p=2, dim=1).float().cpu().numpy()
     finally:
         model.train(was_training)
     return out
@@ -295,11 +304,11 @@ def _pooled_features(enc, ids, states, n_frozen: int, pad_id: int, batch_size: i
         for start in range(0, n, batch_size):
             idx = order[start : start + batch_size]
             if states is not None:
-                hidden, mask = _pad_states([states[i] for i in idx])
-                out[idx] = mean_pool(_top_forward(enc, hidden, mask, n_frozen), mask)
+                hidden, mask = _pad_states([states[i] for i in idx], device=_device(enc))
+                out[idx] = mean_pool(_top_forward(enc, hidden, mask, n_frozen), mask).cpu()
             else:
-                input_ids, mask = _collate([ids[i] for i in idx], pad_id)
-                out[idx] = _encoder_forward(enc, input_ids, mask)
+                input_ids, mask = _collate([ids[i] for i in idx], pad_id, _device(enc))
+                out[idx] = _encoder_forward(enc, input_ids, mask).cpu()
     enc.train(was)
     return out
 
@@ -339,6 +348,7 @@ def finetune_with_head(
     train_states: list | None = None,
     head_init: str = "probe",
     probe_l2: float = 1e-2,
+    device: str | None = None,
 ) -> FinetuneResult:
     """Fine-tune a copy of ``model`` with a linear head on (texts, labels); see ``finetune_classifier``.
 
@@ -353,6 +363,8 @@ def finetune_with_head(
     fine-tunes everything (LP-FT, Kumar et al., ICLR 2022): with a few hundred examples a random
     head otherwise stays near the majority class for the first epochs; ``"random"``: PyTorch's
     default initialisation.
+    ``device``: where the copy is trained (``"cpu"``, ``"cuda"``, ...); default: CUDA when
+    available, else the device of ``model``. The returned encoder and head stay on it.
     """
     import torch
 
@@ -398,7 +410,13 @@ def finetune_with_head(
             states = encode_prefix(model, tokenizer, texts, n_frozen, max_length=int(max_length))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        enc = copy.deepcopy(model)
+        if device is None:
+            device = "cuda" if torch.cuda.is_available() else _device(model)
+        try:
+            dev = torch.device(device)
+        except RuntimeError as exc:
+            raise ValueError(f"unknown device {device!r}: {exc}") from None
+        enc = copy.deepcopy(model).to(dev)
         enc.train()
         for p in enc.parameters():
             p.requires_grad_(top is None)
@@ -409,6 +427,8 @@ def finetune_with_head(
         head = torch.nn.Linear(enc.config.hidden_size, len(classes))
         if head_init == "probe":
             _fit_probe(head, _pooled_features(enc, ids, states, n_frozen, pad_id), y, probe_l2)
+        head.to(dev)
+        y = y.to(dev)
         enc_params = [p for p in enc.parameters() if p.requires_grad]
         groups = [{"params": list(head.parameters()), "lr": head_lr if head_lr is not None else lr}]
         if enc_params:
@@ -433,16 +453,16 @@ def finetune_with_head(
             ep = []
             for idx in _batches(lengths, int(batch_size), rng):
                 if states is not None:
-                    hidden, mask = _pad_states([states[i] for i in idx])
+                    hidden, mask = _pad_states([states[i] for i in idx], device=dev)
                     pooled = mean_pool(_top_forward(enc, hidden, mask, n_frozen), mask)
                 elif top == 0:
-                    input_ids, mask = _collate([ids[i] for i in idx], pad_id)
+                    input_ids, mask = _collate([ids[i] for i in idx], pad_id, dev)
                     with torch.no_grad():
                         pooled = _encoder_forward(enc, input_ids, mask)
                 else:
-                    input_ids, mask = _collate([ids[i] for i in idx], pad_id)
+                    input_ids, mask = _collate([ids[i] for i in idx], pad_id, dev)
                     pooled = _encoder_forward(enc, input_ids, mask)
-                loss = torch.nn.functional.cross_entropy(head(pooled), y[idx])
+                loss = torch.nn.functional.cross_entropy(head(pooled), y[torch.as_tensor(idx, device=dev)])
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], 1.0)
@@ -516,9 +536,9 @@ def predict(result: FinetuneResult, tokenizer, texts: Sequence[str], *, batch_si
         with torch.inference_mode():
             for start in range(0, len(order), int(batch_size)):
                 idx = order[start : start + int(batch_size)]
-                hidden, mask = _pad_states([states[i] for i in idx])
+                hidden, mask = _pad_states([states[i] for i in idx], device=_device(result.encoder))
                 h = _top_forward(result.encoder, hidden, mask, result.n_frozen_layers)
-                pred[idx] = result.head(mean_pool(h, mask)).argmax(1).numpy()
+                pred[idx] = result.head(mean_pool(h, mask)).argmax(1).cpu().numpy()
         return [result.classes[j] for j in pred]
     ids = _tokenize(tokenizer, texts, int(max_length))
     order = np.argsort([len(x) for x in ids], kind="stable")
@@ -527,8 +547,8 @@ def predict(result: FinetuneResult, tokenizer, texts: Sequence[str], *, batch_si
     with torch.inference_mode():
         for start in range(0, len(order), int(batch_size)):
             idx = order[start : start + int(batch_size)]
-            input_ids, mask = _collate([ids[i] for i in idx], pad_id)
-            pred[idx] = result.head(_encoder_forward(result.encoder, input_ids, mask)).argmax(1).numpy()
+            input_ids, mask = _collate([ids[i] for i in idx], pad_id, _device(result.encoder))
+            pred[idx] = result.head(_encoder_forward(result.encoder, input_ids, mask)).argmax(1).cpu().numpy()
     return [result.classes[j] for j in pred]
 
 

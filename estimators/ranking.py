@@ -139,7 +139,7 @@ def _default_estimators(cands) -> list[str]:
     return chosen
 
 
-def _zscores(values: np.ndarray) -> np.ndarray:
+def zscores(values: np.ndarray) -> np.ndarray:
     """Direction-corrected values -> z-scores across candidates (all zeros when constant)."""
     sd = values.std()
     if not np.isfinite(sd) or sd <= 1e-12 * max(1.0, float(np.abs(values).max())):
@@ -254,13 +254,13 @@ def rank_candidates(
         for i, n in enumerate(names_):
             raw[n][e] = float(vals[i])
         hib = True if e == "static" else _info(e).higher_is_better
-        columns[e] = _zscores(vals if hib else -vals)
+        columns[e] = zscores(vals if hib else -vals)
     if prior is not None:
         pv = np.array([float(prior[n]) if n in prior and prior[n] is not None else np.nan for n in names_])
         finite = np.isfinite(pv)
         if finite.any():
             pv[~finite] = pv[finite].mean()
-            columns["prior"] = _zscores(pv)
+            columns["prior"] = zscores(pv)
             for i, n in enumerate(names_):
                 if finite[i]:
                     raw[n]["prior"] = float(pv[i])

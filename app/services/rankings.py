@@ -28,6 +28,7 @@ import numpy as np
 from sqlalchemy import select
 
 import estimators
+from estimators.ranking import DEFAULT_WEIGHTS, observed_prior, static_score, zscores
 from app.core.errors import Invalid, NotFound
 from app.core.logging import get_logger
 from app.db.models import Dataset, EncoderRow, Feedback, Ranking, SourceTask, iso, utcnow
@@ -230,31 +231,15 @@ def _skip_reason(info, cand: Candidate) -> str | None:
 
 
 def _zscores(values: dict[str, float], higher_is_better: bool) -> dict[str, float]:
+    """Per-candidate z-scores of one estimator, direction-corrected (the default ranker's column)."""
     if not values:
         return {}
     v = np.array(list(values.values()), dtype=np.float64)
-    sd = v.std()
-    z = (v - v.mean()) / sd if sd > 1e-12 * max(1.0, float(np.abs(v).max())) else np.zeros_like(v)
-    if not higher_is_better:
-        z = -z
-    return dict(zip(values, z.tolist()))
-
-
-def _weights() -> dict[str, float]:
-    try:
-        from estimators.ranking import DEFAULT_WEIGHTS
-
-        return dict(DEFAULT_WEIGHTS)
-    except ImportError:
-        return {"static": 0.5}
+    return dict(zip(values, zscores(v if higher_is_better else -v).tolist()))
 
 
 def _static_scores(cands: list[Candidate]) -> dict[str, float]:
     """The target-agnostic size baseline (log10 parameter count) when every model has a count."""
-    try:
-        from estimators.ranking import static_score
-    except ImportError:
-        return {}
     out = {}
     for c in cands:
         params = c.meta.get("params")
@@ -304,23 +289,8 @@ def _observed(ctx, target: Dataset, kind: str, sources: list[str]) -> tuple[dict
 
 
 def _prior(observed: dict, similarity: dict) -> dict[str, float]:
-    try:
-        from estimators.ranking import observed_prior
-    except ImportError:
-        observed_prior = None
-    if observed_prior is not None:
-        return {k: float(v) for k, v in observed_prior(observed, similarity).items() if v is not None
-                and math.isfinite(float(v))}
-    # similarity-weighted mean of per-target z-scored results (TaskShop/AutoTransfer style)
-    num: dict[str, float] = {}
-    den: dict[str, float] = {}
-    for tgt, vals in observed.items():
-        z = _zscores(vals, True) if len(vals) > 1 else {s: 0.0 for s in vals}
-        w = max(similarity.get(tgt, 0.0), 0.0) + 0.05
-        for s, zv in z.items():
-            num[s] = num.get(s, 0.0) + w * zv
-            den[s] = den.get(s, 0.0) + w
-    return {s: num[s] / den[s] for s in num}
+    return {k: float(v) for k, v in observed_prior(observed, similarity).items()
+            if v is not None and math.isfinite(float(v))}
 
 
 # ---------------------------------------------------------------------- the computation
@@ -438,7 +408,7 @@ def compute(ctx, spec: RankingSpec, progress: Callable[[float], None] | None = N
         raise Invalid("no candidate could be scored: " + "; ".join(errors[:3]))
 
     # -- combine: the default ranker's formula (estimators.ranking) on the cached scores
-    weights = _weights()
+    weights = dict(DEFAULT_WEIGHTS)
     columns = {est: _zscores({c: e["scores"][est] for c, e in entries.items() if e["scores"].get(est) is not None},
                              infos[est].higher_is_better) for est in names}
     pseudo: dict[str, dict[str, float]] = {}

@@ -446,6 +446,12 @@ def _rescore(data_dir: Path, out_dir: Path, command: str | None) -> dict:
             z_other.append((g - np.nanmean(g)) / sd if sd > 0 else np.zeros_like(g))
         zo = np.nanmean(np.array(z_other), axis=0) if z_other else np.full(len(srcs), np.nan)
         P["prior_loo"] = {s: float(v) for s, v in zip(srcs, zo)}
+        # what the service's default tasks ranking computes (app/services/rankings.py): the mean of
+        # the z-scored esm_logme and semb columns (estimators.ranking.zscores)
+        from estimators.ranking import zscores
+
+        z_cols = [zscores(np.array([P[m][s] for s in srcs])) for m in ("esm_logme", "semb")]
+        P["service_tasks"] = {s: float(v) for s, v in zip(srcs, np.mean(z_cols, axis=0))}
         try:
             from estimators.ranking import rank_candidates
 
@@ -492,7 +498,8 @@ divergences between the base embeddings of source and target texts (`semb` = cos
 embeddings; the others negated); `static` = log10(1 + source size) (target-agnostic);
 `prior_loo` = the source's mean z-scored gold accuracy on the *other* targets (observed-results
 prior, leave-one-target-out); `default` = `estimators.ranking.rank_candidates` on the
-ESM-mapped target features with meta params/source size. LogME on the *base* features is the
+ESM-mapped target features with meta params/source size; `service_tasks` = what the service's
+default tasks ranking computes (mean of the z-scored `esm_logme` and `semb`). LogME on the *base* features is the
 same for every source, so it cannot rank sources and is not listed.
 Licences of the data: see `bench/data/text/meta.json` (`bench/corpora.py: LICENCES`)."""
     res = evaluate_rankings(
@@ -501,7 +508,7 @@ Licences of the data: see `bench/data/text/meta.json` (`bench/corpora.py: LICENC
         info={"config": cfg, "baseline": baseline, "n_sources": n_sources, "targets": targets,
               "seeds_used": {t: sorted(complete.get(t, [])) for t in targets}},
         notes=notes, gold_spread=spread, elapsed=time.time() - t_start,
-        method_order=["default", "esm_logme", "logme_finetuned", "prior_loo", "static"],
+        method_order=["default", "service_tasks", "esm_logme", "logme_finetuned", "prior_loo", "static"],
         matrix_plot=(M, snames, targets, matrix_title),
     )
     return res

@@ -88,7 +88,6 @@ class BlobStore(_Serializers):
             raise
         return key
 
-
     # ---------------------------------------------------------------- reads
     def get_bytes(self, key: str) -> bytes:
         try:
@@ -155,7 +154,6 @@ class BlobWriter(_Serializers):
         if not existed:
             self.created.append(key)
         return key
-
 
     def keep_all(self) -> None:
         self.created.clear()

@@ -363,8 +363,9 @@ def finetune_with_head(
     fine-tunes everything (LP-FT, Kumar et al., ICLR 2022): with a few hundred examples a random
     head otherwise stays near the majority class for the first epochs; ``"random"``: PyTorch's
     default initialisation.
-    ``device``: where the copy is trained (``"cpu"``, ``"cuda"``, ...); default: CUDA when
-    available, else the device of ``model``. The returned encoder and head stay on it.
+    ``device``: where the copy is trained (``"cpu"``, ``"cuda"``, ...); default: the device of
+    ``model`` (the caller places the model, e.g. the ESM job on the worker's GPU). The returned
+    encoder and head stay on it.
     """
     import torch
 
@@ -410,10 +411,8 @@ def finetune_with_head(
             states = encode_prefix(model, tokenizer, texts, n_frozen, max_length=int(max_length))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        if device is None:
-            device = "cuda" if torch.cuda.is_available() else _device(model)
         try:
-            dev = torch.device(device)
+            dev = torch.device(device) if device is not None else _device(model)
         except RuntimeError as exc:
             raise ValueError(f"unknown device {device!r}: {exc}") from None
         enc = copy.deepcopy(model).to(dev)

@@ -167,7 +167,7 @@ def evaluate_rankings(name: str, preds, gold, *, title: str, command: str, out_d
                       regret_gold=None, info: dict | None = None, notes: str = "", gold_spread=None,
                       matrix_plot: tuple | None = None, elapsed: float | None = None,
                       method_order=None, per_target_style: str = "full", group_by=None,
-                      show_gold_values: bool = True) -> dict:
+                      show_gold_values: bool = True, ablation=None, ablation_note: str = "") -> dict:
     """Score predictions against gold per target, print and write the report; returns the JSON dict.
 
     preds: {target: {method: {source: score}}}; gold: {target: {source: value}};
@@ -176,7 +176,10 @@ def evaluate_rankings(name: str, preds, gold, *, title: str, command: str, out_d
     matrix_plot: optional (matrix, row_labels, col_labels, title) for <name>_matrix.png;
     per_target_style: "full" (a table per target) or "compact" (targets x methods, w-tau and R@1);
     group_by: optional fn(target) -> group label; adds mean tables per group;
-    show_gold_values: False keeps raw gold numbers out of the report (data without a licence).
+    show_gold_values: False keeps raw gold numbers out of the report (data without a licence);
+    ablation: optional {target: {combination: {source: score}}} (e.g. from ``zmean``): evaluated the
+        same way and reported in a separate "Combinations" table (JSON key ``ablation``), so the
+        headline keeps to the methods themselves.
     """
     per_target = {}
     for t in gold:
@@ -195,6 +198,12 @@ def evaluate_rankings(name: str, preds, gold, *, title: str, command: str, out_d
         sp = [v for t in gold_spread.values() for v in t.values()]
         report += [f"Ground-truth seed spread: mean std over seeds {np.mean(sp):.4f}, max {np.max(sp):.4f} "
                    f"(per pair, accuracy units).", ""]
+    ablation_summary = None
+    if ablation:
+        ablation_summary = mean_over_targets({t: {m: metrics(p, gold[t], None if regret_gold is None else regret_gold[t])
+                                                  for m, p in ablation[t].items()} for t in gold})
+        report += ["## Combinations (ablation of the default ranker)", "", ablation_note.strip(), "",
+                   markdown_table(ablation_summary, METRICS), ""]
     plots = []
     if matrix_plot is not None:
         M, rl, cl, mt = matrix_plot
@@ -244,6 +253,8 @@ def evaluate_rankings(name: str, preds, gold, *, title: str, command: str, out_d
                                                   "tw_regret@1", "ndcg", "top3_precision"]), ""]
     result = {"benchmark": name, "title": title, "command": command, "summary": summary,
               "per_target": per_target, "info": info or {}, "plots": plots}
+    if ablation_summary is not None:
+        result["ablation"] = ablation_summary
     (out_dir / f"{name}.md").write_text("\n".join(report))
     (out_dir / f"{name}.json").write_text(json.dumps(_jsonable(result), separators=(",", ":")))
     print(f"\n## {title}\n")
@@ -328,6 +339,35 @@ def score_all(cache_name: str, candidates, labels, *, verbose=True):
     return out, errors
 
 
+#: estimators tried as an addition to the default's set in the ablation
+ABLATION_EXTRAS = ("nce", "gbc", "etran_lda", "hscore_shrinkage", "transrate", "tmi", "static")
+ABLATION_NOTE = ("The default's combination formula (`zmean`: mean of z-scores across the candidates) "
+                 "applied to subsets of the estimators: the default's set without each member "
+                 "(`-x`), and with one more estimator (`+x`). The `models` default set was chosen before "
+                 "these rows were computed; they show what each member contributes, not a search. "
+                 "`models set, features only` is what the default ranks by when the candidates have no "
+                 "source probabilities. `tasks set` is the default for ESM-mapped features: it is the "
+                 "best of all subsets (up to 4) of logme, gbc, etran_lda, hscore_shrinkage, transrate, "
+                 "tmi, sfda, ped and hscore on this benchmark's features (N-LEEP left out: it is "
+                 "invariant to the ESM's linear map); the text benchmark then tests it.")
+
+
+def feature_combinations(P: Mapping[str, Mapping[str, float]]) -> dict[str, list[str]]:
+    """Ablation sets around the default "models" estimators present in ``P`` (+ leep)."""
+    from estimators.ranking import DEFAULT_ESTIMATORS
+
+    base = [e for e in (*DEFAULT_ESTIMATORS["models"], "leep") if e in P]
+    out = {"default set": base}
+    for e in base:
+        out[f"-{e}"] = [m for m in base if m != e]
+    for e in ABLATION_EXTRAS:
+        if e in P and e not in base:
+            out[f"+{e}"] = base + [e]
+    out["models set, features only"] = [e for e in DEFAULT_ESTIMATORS["models"] if e in P]
+    out["tasks set"] = [e for e in DEFAULT_ESTIMATORS["tasks"] if e in P]
+    return out
+
+
 def run_feature_benchmark(name, candidates, labels, gold_runs, *, info, out_dir, command, elapsed, title,
                           extra_methods=None):
     """Score estimators + static + the default ranker, evaluate against mean-of-seeds gold, report."""
@@ -338,7 +378,7 @@ def run_feature_benchmark(name, candidates, labels, gold_runs, *, info, out_dir,
     scores, errors = score_all(name, candidates, labels)
     gold = {t: {s: float(np.mean(v)) for s, v in d.items()} for t, d in gold_runs.items()}
     spread = {t: {s: float(np.std(v)) for s, v in d.items()} for t, d in gold_runs.items()}
-    preds = {}
+    preds, ablation = {}, {}
     for t, cands in candidates.items():
         P = {}
         for e, d in scores[t].items():
@@ -355,6 +395,7 @@ def run_feature_benchmark(name, candidates, labels, gold_runs, *, info, out_dir,
         for label, fn in (extra_methods or {}).items():
             P[label] = fn(cands, labels[t], pre)
         preds[t] = P
+        ablation[t] = {label: zmean(P, members) for label, members in feature_combinations(P).items()}
     names = list(preds[next(iter(preds))])
     order = ["default", "default+static", "static"] + [m for m in names if m not in ("default", "default+static", "static")]
     # gold transfer matrix (sources x targets)
@@ -375,8 +416,28 @@ def run_feature_benchmark(name, candidates, labels, gold_runs, *, info, out_dir,
         name, preds, gold, title=title, command=command, out_dir=out_dir, info=info, notes=notes,
         gold_spread=spread, elapsed=elapsed + (time.time() - t0), method_order=order,
         matrix_plot=(M, snames, tnames, f"{title}: fine-tuned test accuracy (mean of seeds)"),
+        ablation=ablation, ablation_note=ABLATION_NOTE,
     )
     return res
+
+
+def zmean(P: Mapping[str, Mapping[str, float]], members, weights: Mapping[str, float] | None = None) -> dict[str, float]:
+    """The default ranker's combination formula on precomputed, sign-corrected method scores:
+    the weighted mean over ``members`` of their z-scores across the sources
+    (``estimators.ranking.zscores``). A member that failed (NaN) on some source is left out."""
+    from estimators.ranking import zscores
+
+    srcs = sorted(next(iter(P.values())))
+    cols, ws = [], []
+    for m in members:
+        v = np.array([float(P[m].get(s, np.nan)) for s in srcs])
+        if np.all(np.isfinite(v)):
+            cols.append(zscores(v))
+            ws.append(1.0 if weights is None else float(weights.get(m, 1.0)))
+    if not cols or sum(ws) <= 0:
+        return {s: math.nan for s in srcs}
+    comb = np.average(np.array(cols), axis=0, weights=ws)
+    return {s: float(v) for s, v in zip(srcs, comb)}
 
 
 # ------------------------------------------------------------------------------------ headline

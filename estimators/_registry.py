@@ -47,6 +47,8 @@ REGISTRY: dict[str, EstimatorInfo] = {
         _E("etran_lda", "etran:etran_lda", "features", True, "Gholami et al., ICCV 2023", "O(ndC)"),
         _E("ped", "ped:ped", "features", True, "Li et al., ICCV 2023", "O(nd + steps C^2 d) + base estimator"),
         _E("esm_logme", "esm:esm_logme", "esm", True, "Schulte et al., EMNLP 2024", "O(nd^2) map + LogME"),
+        _E("esm_etran_lda", "esm:esm_etran_lda", "esm", True, "Gholami et al., ICCV 2023 through an ESM (Schulte et al., EMNLP 2024)", "O(nd^2) map + O(ndC)"),
+        _E("esm_hscore_shrinkage", "esm:esm_hscore_shrinkage", "esm", True, "Ibrahim et al., ICLR 2023 through an ESM (Schulte et al., EMNLP 2024)", "O(nd^2) map + O(nd^2 + d^3 + Cd^2)"),
         _E("mmd", "divergences:mmd", "domains", False, "Gretton et al., JMLR 2012", "O((n+m)^2 d)"),
         _E("frechet", "divergences:frechet_distance", "domains", False, "Heusel et al., NeurIPS 2017", "O((n+m) d^2 + d^3)"),
         _E("gaussian_kl", "divergences:gaussian_kl", "domains", False, "Gaussian KL(P||Q)", "O((n+m) d^2 + d^3)"),

@@ -33,7 +33,8 @@ import numpy as np
 
 from ._validation import check_features
 
-__all__ = ["EmbeddingSpaceMap", "esm_logme", "FORMAT", "FORMAT_VERSION"]
+__all__ = ["EmbeddingSpaceMap", "esm_logme", "esm_etran_lda", "esm_hscore_shrinkage", "map_target",
+           "FORMAT", "FORMAT_VERSION"]
 
 FORMAT = "transferrank-esm"
 FORMAT_VERSION = "1"
@@ -400,6 +401,19 @@ def _as_esm(esm) -> EmbeddingSpaceMap:
     )
 
 
+def map_target(X, esm, *, name: str = "this estimator") -> np.ndarray:
+    """The target's base-encoder embeddings ``X`` mapped through a source's ESM (validated)."""
+    if esm is None:
+        raise ValueError(f"{name} needs esm=: the source's EmbeddingSpaceMap (object, file path or arrays)")
+    m = _as_esm(esm)
+    X = check_features(X, name="X (target base-encoder embeddings)")
+    if X.shape[1] != m.dim_in:
+        raise ValueError(
+            f"X has {X.shape[1]} features but the ESM expects {m.dim_in}; use the ESM's base encoder for the target"
+        )
+    return m.transform(X)
+
+
 def esm_logme(X, y, *, esm=None, **logme_params) -> float:
     """ESM-LogME (Schulte et al., EMNLP 2024): LogME of the target's base-encoder embeddings
     mapped through a source's ESM, ``LogME(X @ W.T + b, y)``.
@@ -410,14 +424,30 @@ def esm_logme(X, y, *, esm=None, **logme_params) -> float:
     (the evidence that the fine-tuned-on-source features fit the target labels). Cost
     O(n d_in d_out) for the map + LogME's O(n d^2 + d^3 + dC).
     """
-    if esm is None:
-        raise ValueError("esm_logme needs esm=: the source's EmbeddingSpaceMap (object, file path or arrays)")
-    m = _as_esm(esm)
-    X = check_features(X, name="X (target base-encoder embeddings)")
-    if X.shape[1] != m.dim_in:
-        raise ValueError(
-            f"X has {X.shape[1]} features but the ESM expects {m.dim_in}; use the ESM's base encoder for the target"
-        )
     from .logme import logme  # lazy: keeps `import estimators.esm` light
 
-    return float(logme(m.transform(X), y, **logme_params))
+    return float(logme(map_target(X, esm, name="esm_logme"), y, **logme_params))
+
+
+def esm_etran_lda(X, y, *, esm=None, **params) -> float:
+    """ETran's LDA score (Gholami et al., ICCV 2023) of the target's base-encoder embeddings
+    mapped through a source's ESM (Schulte et al., EMNLP 2024): ``etran_lda(X @ W.T + b, y)``.
+
+    Same inputs as ``esm_logme``; keyword arguments go to ``etran_lda``. Higher is better.
+    Cost O(n d_in d_out) for the map + O(ndC) (shrinkage LDA).
+    """
+    from .etran import etran_lda
+
+    return float(etran_lda(map_target(X, esm, name="esm_etran_lda"), y, **params))
+
+
+def esm_hscore_shrinkage(X, y, *, esm=None, **params) -> float:
+    """Shrinkage H-score (Ibrahim et al., ICLR 2023) of the target's base-encoder embeddings
+    mapped through a source's ESM (Schulte et al., EMNLP 2024): ``hscore_shrinkage(X @ W.T + b, y)``.
+
+    Same inputs as ``esm_logme``; keyword arguments go to ``hscore_shrinkage``. Higher is better.
+    Cost O(n d_in d_out) for the map + O(nd^2 + d^3 + Cd^2).
+    """
+    from .hscore_shrinkage import hscore_shrinkage
+
+    return float(hscore_shrinkage(map_target(X, esm, name="esm_hscore_shrinkage"), y, **params))

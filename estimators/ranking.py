@@ -11,14 +11,28 @@ probabilities, ...) is skipped for *all* candidates, and the reason is returned 
 candidate under ``"skipped"``; the ranking never depends on one estimator working. Ties are broken
 by candidate name, so the output is deterministic.
 
-Default set (designed from the ``bench/`` results, see ``bench/results/headline.md``): one
-estimator per family of evidence, equal weights --
-  * ``logme`` on the candidate's features: Bayesian evidence of a linear model (the most
-    reliable single estimator on the model zoo);
-  * ``nleep`` on the features: how well unsupervised clusters of the features (a Gaussian
-    mixture) transfer to the labels -- a non-linear, cluster-structure view that LogME lacks;
+Default sets (designed from the ``bench/`` results, see ``bench/results/headline.md``), equal
+weights, chosen by what the candidates' features are (``kind``):
+
+``kind="models"`` -- each candidate is a different model, its features are that model's
+embeddings of the target (and maybe its source-class probabilities):
+  * ``logme``: Bayesian evidence of a linear model (the most reliable single estimator on the
+    model zoo);
+  * ``nleep``: how well unsupervised clusters of the features (a Gaussian mixture) transfer to the
+    labels -- a non-linear, cluster-structure view that LogME lacks;
   * ``leep`` when every candidate has source-class probabilities: what the source *head* says
     about the target labels (needs no fitting on features at all).
+
+``kind="tasks"`` -- each candidate is a source task and its features are the *same* base-encoder
+embeddings of the target mapped through that source's ESM (a linear map): ``logme``,
+``etran_lda`` (ETran's LDA energy) and ``hscore_shrinkage``. N-LEEP is left out on principle: a
+full-covariance Gaussian mixture is equivariant to invertible linear maps, so on linear images of
+one feature set its posteriors -- hence its score -- differ only through the PCA truncation and
+the mixture's initialisation (noise); on the text benchmark it is the weakest ESM estimator. The
+three were the best set of non-invariant features estimators on the model zoo's ablation (features
+only), then checked on the text benchmark (``bench/results/text_tasks.md``, "Combinations").
+
+Both kinds:
   * ``static`` (log10(parameter count) + log10(1 + source-set size), the target-agnostic
     baseline of Singh et al., ICLR 2026) is computed and returned when candidates carry
     ``meta``, with weight 0 by default: on the model zoo it lowered the combination's
@@ -46,23 +60,36 @@ from . import score as _score
 
 __all__ = [
     "rank_candidates",
+    "DEFAULT_ESTIMATORS",
+    "KINDS",
     "observed_prior",
     "profile_similarity",
     "static_score",
     "DEFAULT_WEIGHTS",
+    "FALLBACK_PARAMS",
     "PSEUDO_ESTIMATORS",
 ]
 
+#: What the candidates' features are: each model's own embeddings, or ESM-mapped base embeddings.
+KINDS = ("models", "tasks")
+#: The default features estimators per kind (``leep`` joins "models" when every candidate has
+#: source probabilities; ``static`` is reported with weight 0). The service scores "tasks" with
+#: the ``esm_<name>`` variants of these (the same numbers, from the stored ESMs).
+DEFAULT_ESTIMATORS: dict[str, tuple[str, ...]] = {
+    "models": ("logme", "nleep"),
+    "tasks": ("logme", "etran_lda", "hscore_shrinkage"),
+}
 #: Weights of the default combination (an estimator absent from the input is left out).
 #: Explicitly requested estimators get weight 1.0 unless ``weights`` says otherwise.
-DEFAULT_WEIGHTS: dict[str, float] = {"logme": 1.0, "nleep": 1.0, "leep": 1.0, "static": 0.0, "prior": 1.0}
+DEFAULT_WEIGHTS: dict[str, float] = {"logme": 1.0, "nleep": 1.0, "leep": 1.0, "etran_lda": 1.0,
+                                     "hscore_shrinkage": 1.0, "static": 0.0, "prior": 1.0}
 #: Scores that are not in ``estimators.names()`` but can be combined.
 PSEUDO_ESTIMATORS = ("static", "prior")
 
 
 #: Second settings tried, for every candidate, when an estimator's defaults fail on some candidate
 #: (NLEEP's 5-components-per-class mixture needs many examples per class in the PCA space).
-_FALLBACK = {"nleep": lambda n_classes: {"n_components": n_classes}}
+FALLBACK_PARAMS = {"nleep": lambda n_classes: {"n_components": n_classes}}
 
 
 def static_score(meta: Mapping | None) -> float | None:
@@ -127,12 +154,12 @@ def _validate(candidates, y):
     return out, y
 
 
-def _default_estimators(cands) -> list[str]:
+def _default_estimators(cands, kind: str) -> list[str]:
     def available(e: str, needs: str) -> bool:
         return all(c.get(needs) is not None or (c.get("scores") or {}).get(e) is not None for c in cands.values())
 
-    chosen = [e for e in ("logme", "nleep") if available(e, "features")]
-    if available("leep", "probs"):
+    chosen = [e for e in DEFAULT_ESTIMATORS[kind] if available(e, "features")]
+    if kind == "models" and available("leep", "probs"):
         chosen.append("leep")
     if all(static_score(c.get("meta")) is not None for c in cands.values()):
         chosen.append("static")
@@ -154,6 +181,7 @@ def rank_candidates(
     estimators: Sequence[str] | None = None,
     prior: Mapping[str, float] | None = None,
     weights: Mapping[str, float] | None = None,
+    kind: str = "models",
     **params,
 ) -> list[dict]:
     """Rank candidate sources for one target, best first.
@@ -162,12 +190,17 @@ def rank_candidates(
         {"params": int, "source_size": int}, "scores": optional {estimator: precomputed value}}}``,
         all on the same n target examples with labels ``y``.
     estimators: names from ``estimators.names()`` that need ``features`` or ``probs``, plus
-        ``"static"``; default: ``logme`` and ``nleep`` (+ ``leep`` when all candidates have probs,
-        + ``static`` with weight 0 when all have ``meta`` with ``params`` or ``source_size``).
+        ``"static"``; default: ``DEFAULT_ESTIMATORS[kind]`` (models: ``logme`` and ``nleep``, +
+        ``leep`` when all candidates have probs; tasks: ``logme``, ``etran_lda``,
+        ``hscore_shrinkage``), + ``static`` with weight 0 when all have ``meta`` with ``params``
+        or ``source_size``.
     prior: ``{name: value}`` from observed results (e.g. ``observed_prior``); higher is better;
         candidates without a value get the prior's mean. Combined with weight ``weights['prior']``.
     weights: per-estimator weights; defaults: ``DEFAULT_WEIGHTS`` for the default estimators,
         1.0 for explicitly requested ones.
+    kind: ``"models"`` (default: each candidate's features are its own model's embeddings of the
+        target) or ``"tasks"`` (each candidate's features are the target's base-encoder embeddings
+        mapped through the source's ESM); selects the default estimators.
     params: per-estimator keyword arguments, ``{estimator_name: {kwarg: value}}``.
 
     Returns ``[{"name", "score", "scores": {estimator: raw value}, "skipped": {estimator: reason}}]``
@@ -175,6 +208,8 @@ def rank_candidates(
     estimator needed its fallback settings (NLEEP: one mixture component per class). Raises ``ValueError`` for invalid
     input, or when no estimator could score the candidates and there is no prior.
     """
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
     cands, y = _validate(candidates, y)
     known = set(_names()) | set(PSEUDO_ESTIMATORS)
     for key, val in params.items():
@@ -184,7 +219,7 @@ def rank_candidates(
         if not isinstance(val, Mapping):
             raise ValueError(f"parameters for {key!r} must be a dict, got {type(val).__name__}")
     if estimators is None:
-        ests = _default_estimators(cands)
+        ests = _default_estimators(cands, kind)
     else:
         if isinstance(estimators, str):
             raise ValueError("estimators must be a list of names, e.g. ['logme', 'leep']")
@@ -241,8 +276,8 @@ def rank_candidates(
         except Exception as exc:  # noqa: BLE001 -- any failure of one estimator skips it, recorded
             reason = f"{type(exc).__name__}: {exc}"[:500]
             vals = None
-            if e in _FALLBACK and e not in params:
-                kw = _FALLBACK[e](n_classes)
+            if e in FALLBACK_PARAMS and e not in params:
+                kw = FALLBACK_PARAMS[e](n_classes)
                 try:
                     vals = column(e, kw, False)
                     notes[e] = f"default settings failed ({reason[:200]}); used {kw} for every candidate"

@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+import estimators
 from conftest import csv_bytes, make_texts, npz_bytes, rank, upload, wait_job
 
 
@@ -280,7 +281,7 @@ def test_full_flow_on_each_database(make_client, db_url, tmp_path):
     assert client.post("/v1/feedback", json={"source": "src2", "target": tid, "metric": "f1",
                                              "value": 0.9}).status_code == 201
     csv = client.get("/v1/transfer-matrix", params={"format": "csv"}).text
-    assert csv.count("\n") == 1 + 6 + 2
+    assert csv.count("\n") == 1 + 6 + 4  # header, 3 sources x 2 task estimators, 2 models x (logme, nleep)
     client.__exit__(None, None, None)
 
     again = make_client(data, database_url=db_url)
@@ -347,6 +348,27 @@ def test_npz_default_ranking_adds_leep_when_every_candidate_has_probabilities(cl
         arrays[f"probs_{name}"] = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
     did = upload(client, npz_bytes(**arrays), "zoo.npz").json()["id"]
     out = rank(client, {"target": did, "candidates": "models", "sources": ["a", "b"]})
-    assert out["estimators"] == ["logme", "leep"]
+    assert out["estimators"] == ["logme", "nleep", "leep"]
     assert [r["source"] for r in out["ranking"]] == ["a", "b"]
     assert all(r["scores"]["leep"] is not None for r in out["ranking"])
+
+
+def test_default_models_ranking_falls_back_for_nleep_and_says_so(client):
+    """N-LEEP's 5-components-per-class mixture cannot be fitted on 60 noisy samples in 120 dims:
+    the service retries with one component per class (the library's FALLBACK_PARAMS) and notes it."""
+    rng = np.random.default_rng(2)
+    y = np.arange(60) % 3
+    X = rng.normal(size=(60, 120))
+    X[:, :3] += np.eye(3)[y]
+    X = X.astype(np.float32).astype(np.float64)  # as the service stores features
+    with pytest.raises(ValueError, match="could not be fitted"):
+        estimators.score("nleep", X, y)
+    good = np.eye(3)[y] * 3 + rng.normal(size=(60, 3))
+    did = upload(client, npz_bytes(features=X, labels=y, features_good=good), "fb.npz").json()["id"]
+    out = rank(client, {"target": did, "candidates": "models"})
+    assert out["estimators"] == ["logme", "nleep"] and out["errors"] == []
+    by = {r["source"]: r for r in out["ranking"]}
+    assert "n_components" in by["features"]["details"]["nleep"]["fallback"]
+    expected = estimators.score("nleep", X, y, n_components=3)
+    assert by["features"]["scores"]["nleep"] == pytest.approx(expected, rel=1e-6)
+    assert out["ranking"][0]["source"] == "good"

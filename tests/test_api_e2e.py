@@ -53,10 +53,17 @@ def test_source_esm_training_then_tasks_and_models_rankings(make_client):
     assert by["topics"]["scores"]["esm_logme"] is not None and by["topics"]["has_esm"]
     assert all(by[name]["scores"]["esm_logme"] is not None for name in demo)
     assert by["no-esm"]["scores"]["esm_logme"] is None and by["no-esm"]["scores"]["semb"] is not None
+    # the library's tasks default: the ESM trio weighs 1; semb weighs 0 and only orders the source
+    # without an ESM, which comes last, unscored, with a note saying why
+    assert out["estimators"] == ["esm_logme", "esm_etran_lda", "esm_hscore_shrinkage", "semb"]
+    assert out["combine"]["weights"]["semb"] == 0.0 and out["combine"]["weights"]["esm_etran_lda"] == 1.0
+    assert all(by[name]["scores"]["esm_hscore_shrinkage"] is not None for name in demo | {"topics"})
+    assert out["ranking"][-1]["source"] == "no-esm" and by["no-esm"]["score"] is None
+    assert "semb" in by["no-esm"]["note"]
     assert out["ranking"][0]["source"] == "topics"  # same topics as the target
     assert rank(client, {"target": tid, "candidates": "tasks"})["computed"] == 0
 
     models = rank(client, {"target": tid, "candidates": "models", "sources": ["minilm-l6", "glove-6b-50d"]})
     assert {r["source"] for r in models["ranking"]} == {"minilm-l6", "glove-6b-50d"}
-    assert all(r["scores"]["logme"] is not None for r in models["ranking"])
-    assert models["computed"] == 2
+    assert all(r["scores"]["logme"] is not None and r["scores"]["nleep"] is not None for r in models["ranking"])
+    assert models["computed"] == 4  # logme + nleep per model

@@ -298,3 +298,20 @@ def test_esm_logme_bad_input():
     with pytest.raises(ValueError, match="not fitted"):
         esm_logme(X, y, esm=EmbeddingSpaceMap())
     assert estimators.info("esm_logme").needs == "esm"
+
+
+@pytest.mark.parametrize("name", ["etran_lda", "hscore_shrinkage"])
+def test_esm_variants_equal_the_estimator_on_mapped_features(name, tmp_path):
+    X, y = _labelled()
+    rng = np.random.default_rng(13)
+    esm = EmbeddingSpaceMap(rng.normal(size=(6, 6)), rng.normal(size=6))
+    expected = estimators.score(name, esm.transform(X), y)
+    path = esm.save(tmp_path / "m.safetensors")
+    assert estimators.score(f"esm_{name}", X, y, esm=esm) == pytest.approx(expected, rel=1e-12)
+    assert estimators.score(f"esm_{name}", X, y, esm=path) == pytest.approx(expected, rel=1e-12)
+    info = estimators.info(f"esm_{name}")
+    assert info.needs == "esm" and info.higher_is_better == estimators.info(name).higher_is_better
+    with pytest.raises(ValueError, match=f"esm_{name} needs esm="):
+        estimators.score(f"esm_{name}", X, y)
+    with pytest.raises(ValueError, match="expects 4"):
+        estimators.score(f"esm_{name}", X, y, esm=EmbeddingSpaceMap(np.eye(4)))

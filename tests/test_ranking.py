@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import estimators
-from estimators.ranking import (DEFAULT_WEIGHTS, observed_prior, profile_similarity, rank_candidates,
+from estimators.ranking import (DEFAULT_ESTIMATORS, DEFAULT_WEIGHTS, observed_prior, profile_similarity, rank_candidates,
                                 static_score)
 
 N, C = 90, 3
@@ -57,6 +57,20 @@ def test_default_estimators_follow_the_inputs():
     out = rank_candidates(feats_only, y)
     assert set(out[0]["scores"]) == {"logme", "nleep"}
     assert [r["name"] for r in out][0] == "good"
+
+
+def test_tasks_kind_uses_the_esm_default_set():
+    """kind="tasks" (ESM-mapped features): LogME, ETran-LDA and the shrinkage H-score, never N-LEEP
+    nor LEEP; an unknown kind is a ValueError."""
+    cands, y = _data()
+    out = rank_candidates(cands, y, kind="tasks")
+    assert set(out[0]["scores"]) == {"logme", "etran_lda", "hscore_shrinkage", "static"}
+    assert set(DEFAULT_ESTIMATORS["tasks"]) == {"logme", "etran_lda", "hscore_shrinkage"}
+    assert [r["name"] for r in out] == ["good", "mid", "noise"]
+    for r in out:
+        assert r["scores"]["etran_lda"] == pytest.approx(estimators.score("etran_lda", cands[r["name"]]["features"], y))
+    with pytest.raises(ValueError, match="kind must be one of models, tasks"):
+        rank_candidates(cands, y, kind="datasets")
 
 
 def test_deterministic_and_independent_of_input_order():

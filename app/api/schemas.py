@@ -14,8 +14,10 @@ class RankingRequest(_Body):
     target: str = Field(..., description="dataset id (POST /v1/datasets)")
     candidates: Literal["tasks", "models"] = Field(..., description="rank source tasks or pretrained models")
     estimators: list[str] | None = Field(
-        None, description="estimator names; default: logme for models, esm_logme + semb for tasks "
-                          "(plus the observed-feedback prior when feedback exists)")
+        None, description="estimator names; default: logme + nleep for models (+ leep when every model "
+                          "has source probabilities), esm_logme + esm_etran_lda + esm_hscore_shrinkage for "
+                          "tasks (semb reported with weight 0), plus the observed-feedback prior when "
+                          "feedback exists")
     top_k: int = Field(10, ge=1, le=10_000)
     prefilter_k: int | None = Field(None, ge=1, description="tasks: score only the k nearest sources (FAISS)")
     sources: list[str] | None = Field(None, description="restrict to these candidate names")

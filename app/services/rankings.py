@@ -1,21 +1,27 @@
 """Rankings: which source tasks / pretrained models should a target dataset transfer from?
 
-``models``: the target is embedded by each candidate encoder (feature cache) and scored with
-feature-based estimators (default LogME); an NPZ target ranks the feature arrays it carries
-(``features``, ``features_<model>``, ``probs_<model>``).
+The default estimators are the library's (``estimators.ranking.DEFAULT_ESTIMATORS``):
 
-``tasks``: the target is embedded once with the base encoder; each source task is scored by
-ESM-LogME when it has an ESM and by divergence / similarity estimators between the two domains'
-base embeddings. ``prefilter_k`` scores only the sources nearest in the FAISS task index.
+``models``: the target is embedded by each candidate encoder (feature cache) and scored with
+LogME and N-LEEP (+ LEEP for an NPZ target whose every model carries source probabilities); an
+NPZ target ranks the feature arrays it carries (``features``, ``features_<model>``,
+``probs_<model>``). N-LEEP falls back to one mixture component per class where its default
+fails (noted in the score's details).
+
+``tasks``: the target is embedded once with the base encoder; each source task with an ESM is
+scored by LogME, ETran-LDA and the shrinkage H-score of the target mapped through that ESM
+(``esm_logme``, ``esm_etran_lda``, ``esm_hscore_shrinkage``); ``semb`` (similarity of the two
+domains' mean base embeddings) is reported with weight 0 and orders the sources that have no ESM
+yet, after the others. ``prefilter_k`` scores only the sources nearest in the FAISS task index.
 
 Every score goes through the SQL cache, so a repeated request computes nothing (``computed``
 and ``cached`` counts in the response, ``cached`` per score). The combined ``score`` is the
 default ranker's formula (``estimators.ranking``) applied to the cached values: a weighted mean
 of per-estimator z-scores across the candidates (lower-is-better estimators negated), plus, for
-default requests, the ``static`` size baseline (models; weight 0.5) and the prior from observed
-fine-tuning results (``POST /v1/feedback``; ``estimators.ranking.observed_prior`` over targets
-weighted by task-embedding similarity). A candidate missing a score is combined over the
-estimators it has.
+default requests, the ``static`` size baseline (models; weight 0, reported) and the prior from
+observed fine-tuning results (``POST /v1/feedback``; ``estimators.ranking.observed_prior`` over
+targets weighted by task-embedding similarity; weight 1). A candidate missing a score is
+combined over the estimators it has.
 """
 from __future__ import annotations
 
@@ -28,7 +34,8 @@ import numpy as np
 from sqlalchemy import select
 
 import estimators
-from estimators.ranking import DEFAULT_WEIGHTS, observed_prior, static_score, zscores
+from estimators.ranking import DEFAULT_ESTIMATORS as LIBRARY_DEFAULTS
+from estimators.ranking import DEFAULT_WEIGHTS, FALLBACK_PARAMS, observed_prior, static_score, zscores
 from app.core.errors import Invalid, NotFound
 from app.core.logging import get_logger
 from app.db.models import Dataset, EncoderRow, Feedback, Ranking, SourceTask, iso, utcnow
@@ -38,7 +45,15 @@ from app.services import scores as scores_svc
 
 log = get_logger("rankings")
 
-DEFAULT_ESTIMATORS = {"models": ["logme"], "tasks": ["esm_logme", "semb"]}
+#: The library's default estimators per kind (``estimators.ranking.DEFAULT_ESTIMATORS``); tasks are
+#: scored through each source's stored ESM (``esm_<name>``: the same numbers as ``<name>`` on the
+#: ESM-mapped target features). ``semb`` is computed for tasks with weight 0: it orders the sources
+#: that have no ESM yet, after those that have one.
+DEFAULT_ESTIMATORS = {"models": list(LIBRARY_DEFAULTS["models"]),
+                      "tasks": [f"esm_{e}" for e in LIBRARY_DEFAULTS["tasks"]] + ["semb"]}
+#: Column weights of a default ranking (explicitly requested estimators all weigh 1).
+DEFAULT_COLUMN_WEIGHTS = {**DEFAULT_WEIGHTS, **{f"esm_{e}": DEFAULT_WEIGHTS[e] for e in LIBRARY_DEFAULTS["tasks"]},
+                          "semb": 0.0}
 NEEDS_FOR = {"models": ("features", "probs"), "tasks": ("esm", "domains")}
 SYNC_SCORE_LIMIT = 64  # more uncached scores than this -> run as a job
 DOMAIN_MAX_ROWS = 2000  # divergences on at most this many rows per domain (seeded subsample)
@@ -220,6 +235,21 @@ def _compute_one(ctx, est: str, info, cand: Candidate, X_target: np.ndarray | No
                             **user)
 
 
+def _compute_with_fallback(ctx, est: str, info, cand: Candidate, X_target, y, params: dict,
+                           spec: RankingSpec) -> tuple[float, str | None]:
+    """``_compute_one``; when the defaults fail and the estimator has fallback settings
+    (``estimators.ranking.FALLBACK_PARAMS``: N-LEEP with one mixture component per class) and the
+    user set none, retry with those. Returns ``(value, note about the fallback or None)``."""
+    try:
+        return _compute_one(ctx, est, info, cand, X_target, y, params), None
+    except ValueError as exc:
+        if est not in FALLBACK_PARAMS or (spec.params or {}).get(est):
+            raise
+        kw = FALLBACK_PARAMS[est](int(np.unique(y).shape[0]))
+        value = _compute_one(ctx, est, info, cand, X_target, y, {**params, **kw})
+        return value, f"default settings failed ({str(exc)[:160]}); used {kw}"
+
+
 def _skip_reason(info, cand: Candidate) -> str | None:
     if info.needs == "probs" and cand.probs is None:
         return f"{cand.source} has no source-class probabilities (NPZ probs_{cand.source})"
@@ -385,13 +415,15 @@ def compute(ctx, spec: RankingSpec, progress: Callable[[float], None] | None = N
                 continue
             t1 = time.perf_counter()
             try:
-                value = _compute_one(ctx, est, info, c, X_target, y, params)
+                value, fallback = _compute_with_fallback(ctx, est, info, c, X_target, y, params, spec)
             except (ValueError, TypeError) as exc:  # TypeError: unknown keyword in params
                 msg = str(exc) if isinstance(exc, ValueError) else f"bad parameters for {est}: {exc}"
                 errors.append(f"{est} on {c.source}: {msg}")
                 entries[c.source]["scores"][est] = None
                 entries[c.source]["details"][est] = dict(detail, cached=False, error=msg)
                 continue
+            if fallback is not None:
+                detail["fallback"] = fallback
             seconds = time.perf_counter() - t1
             new_rows.append(dict(source=c.source, source_kind=c.kind, target_sha256=ds.sha256, encoder=c.encoder,
                                  estimator=est, params_hash=ph, params=params, version=ver, value=value,
@@ -408,7 +440,7 @@ def compute(ctx, spec: RankingSpec, progress: Callable[[float], None] | None = N
         raise Invalid("no candidate could be scored: " + "; ".join(errors[:3]))
 
     # -- combine: the default ranker's formula (estimators.ranking) on the cached scores
-    weights = dict(DEFAULT_WEIGHTS)
+    weights = dict(DEFAULT_COLUMN_WEIGHTS) if spec.estimators is None else {"prior": DEFAULT_WEIGHTS["prior"]}
     columns = {est: _zscores({c: e["scores"][est] for c, e in entries.items() if e["scores"].get(est) is not None},
                              infos[est].higher_is_better) for est in names}
     pseudo: dict[str, dict[str, float]] = {}
@@ -427,14 +459,18 @@ def compute(ctx, spec: RankingSpec, progress: Callable[[float], None] | None = N
                 mean = float(np.mean(list(raw.values())))
                 columns["prior"] = _zscores({s_: raw.get(s_, mean) for s_ in entries}, True)
                 pseudo["prior"] = raw
-    ranking = []
+    ranking, order_by = [], {}
     for src, e in entries.items():
         total = weight = 0.0
+        unweighted = []  # zero-weight columns (semb for tasks): they order the candidates left unscored
         for col, z in columns.items():
             if src in z:
                 total += weights.get(col, 1.0) * z[src]
                 weight += weights.get(col, 1.0)
+                if weights.get(col, 1.0) == 0:
+                    unweighted.append(z[src])
         combined = total / weight if weight > 0 else None
+        order_by[src] = combined if combined is not None else (float(np.mean(unweighted)) if unweighted else None)
         cand = next(c for c in cands if c.source == src)
         item = {"source": src, "kind": cand.kind, "score": None if combined is None else round(combined, 6),
                 "scores": e["scores"], "details": e["details"]}
@@ -448,8 +484,12 @@ def compute(ctx, spec: RankingSpec, progress: Callable[[float], None] | None = N
                 item[col] = round(vals[src], 6)
         if src in own:
             item["observed"] = own[src]
+        if combined is None and order_by[src] is not None:
+            item["note"] = ("no score from the weighted estimators: placed after the scored candidates, "
+                            "ordered by " + ", ".join(c for c in columns if weights.get(c, 1.0) == 0 and src in columns[c]))
         ranking.append(item)
-    ranking.sort(key=lambda r: (r["score"] is None, -(r["score"] or 0.0), r["source"]))
+    ranking.sort(key=lambda r: (r["score"] is None, order_by[r["source"]] is None,
+                                -(order_by[r["source"]] or 0.0), r["source"]))
     for i, r in enumerate(ranking, 1):
         r["rank"] = i
     progress(1.0)

@@ -167,7 +167,8 @@ def evaluate_rankings(name: str, preds, gold, *, title: str, command: str, out_d
                       regret_gold=None, info: dict | None = None, notes: str = "", gold_spread=None,
                       matrix_plot: tuple | None = None, elapsed: float | None = None,
                       method_order=None, per_target_style: str = "full", group_by=None,
-                      show_gold_values: bool = True, ablation=None, ablation_note: str = "") -> dict:
+                      show_gold_values: bool = True, ablation=None, ablation_note: str = "",
+                      held_out=None, held_out_note: str = "") -> dict:
     """Score predictions against gold per target, print and write the report; returns the JSON dict.
 
     preds: {target: {method: {source: score}}}; gold: {target: {source: value}};
@@ -179,7 +180,9 @@ def evaluate_rankings(name: str, preds, gold, *, title: str, command: str, out_d
     show_gold_values: False keeps raw gold numbers out of the report (data without a licence);
     ablation: optional {target: {combination: {source: score}}} (e.g. from ``zmean``): evaluated the
         same way and reported in a separate "Combinations" table (JSON key ``ablation``), so the
-        headline keeps to the methods themselves.
+        headline keeps to the methods themselves;
+    held_out: optional target names added after the default was designed: their mean is reported
+        as a "Held-out check" (JSON key ``held_out_summary``).
     """
     per_target = {}
     for t in gold:
@@ -198,6 +201,14 @@ def evaluate_rankings(name: str, preds, gold, *, title: str, command: str, out_d
         sp = [v for t in gold_spread.values() for v in t.values()]
         report += [f"Ground-truth seed spread: mean std over seeds {np.mean(sp):.4f}, max {np.max(sp):.4f} "
                    f"(per pair, accuracy units).", ""]
+    held_summary = None
+    held = [t for t in (held_out or []) if t in per_target]
+    if held:
+        held_summary = mean_over_targets({t: per_target[t] for t in held})
+        held_summary = {m: held_summary[m] for m in summary if m in held_summary}
+        report += [f"## Held-out check: the {len(held)} targets added after the default was designed", "",
+                   f"({', '.join(held)}{'; ' + held_out_note.strip() if held_out_note else ''})", "",
+                   markdown_table(held_summary, METRICS), ""]
     ablation_summary = None
     if ablation:
         ablation_summary = mean_over_targets({t: {m: metrics(p, gold[t], None if regret_gold is None else regret_gold[t])
@@ -255,10 +266,14 @@ def evaluate_rankings(name: str, preds, gold, *, title: str, command: str, out_d
               "per_target": per_target, "info": info or {}, "plots": plots}
     if ablation_summary is not None:
         result["ablation"] = ablation_summary
+    if held_summary is not None:
+        result["held_out_summary"] = held_summary
     (out_dir / f"{name}.md").write_text("\n".join(report))
     (out_dir / f"{name}.json").write_text(json.dumps(_jsonable(result), separators=(",", ":")))
     print(f"\n## {title}\n")
     print(markdown_table(summary, METRICS))
+    if held_summary is not None:
+        print(f"\n### held-out targets ({', '.join(held)})\n\n{markdown_table(held_summary, METRICS)}")
     print(f"\n(per-target tables: {out_dir / (name + '.md')})")
     return result
 
@@ -369,7 +384,7 @@ def feature_combinations(P: Mapping[str, Mapping[str, float]]) -> dict[str, list
 
 
 def run_feature_benchmark(name, candidates, labels, gold_runs, *, info, out_dir, command, elapsed, title,
-                          extra_methods=None):
+                          extra_methods=None, held_out=None, held_out_note: str = ""):
     """Score estimators + static + the default ranker, evaluate against mean-of-seeds gold, report."""
     from estimators import info as einfo
     from estimators.ranking import rank_candidates, static_score
@@ -416,7 +431,7 @@ def run_feature_benchmark(name, candidates, labels, gold_runs, *, info, out_dir,
         name, preds, gold, title=title, command=command, out_dir=out_dir, info=info, notes=notes,
         gold_spread=spread, elapsed=elapsed + (time.time() - t0), method_order=order,
         matrix_plot=(M, snames, tnames, f"{title}: fine-tuned test accuracy (mean of seeds)"),
-        ablation=ablation, ablation_note=ABLATION_NOTE,
+        ablation=ablation, ablation_note=ABLATION_NOTE, held_out=held_out, held_out_note=held_out_note,
     )
     return res
 

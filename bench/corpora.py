@@ -303,6 +303,19 @@ def load_bing_lexicon(root: str | Path | None = None) -> Corpus:
     return _dedupe([str(w) for w in df["word"]], [str(s) for s in df["sentiment"]])
 
 
+def top_classes(corpus: Corpus, k: int, prefix: str = "") -> Corpus:
+    """Only the examples of the ``k`` most frequent labels (among those starting with ``prefix``;
+    ties by label name): a coarser task on the same texts."""
+    texts, labels = corpus
+    counts: dict[str, int] = {}
+    for lab in labels:
+        if lab.startswith(prefix):
+            counts[lab] = counts.get(lab, 0) + 1
+    keep = set(sorted(counts, key=lambda c: (-counts[c], c))[:k])
+    idx = [i for i, lab in enumerate(labels) if lab in keep]
+    return [texts[i] for i in idx], [labels[i] for i in idx]
+
+
 #: Short name -> loader(root) for every corpus / label set.
 DATASETS: dict[str, Callable[..., Corpus]] = {
     "wordnet_supersense": lambda root=None: load_wordnet(root, "supersense"),
@@ -314,6 +327,10 @@ DATASETS: dict[str, Callable[..., Corpus]] = {
     "trump_period": lambda root=None: load_trump_tweets(root, "period"),
     "chatterbot": load_chatterbot,
     "bing_lexicon": load_bing_lexicon,
+    # coarser label sets (the most frequent topics / noun supersenses)
+    "fortunes_top4": lambda root=None: top_classes(load_fortunes(root), 4),
+    "wordnet_nouns_top6": lambda root=None: top_classes(load_wordnet(root, "supersense"), 6, prefix="noun."),
+    "chatterbot_top4": lambda root=None: top_classes(load_chatterbot(root), 4),
 }
 
 #: Short dataset name -> corpus key of ``LICENCES`` / ``DEBIAN_PACKAGES``.
@@ -321,6 +338,7 @@ DATASET_CORPUS: dict[str, str] = {
     "wordnet_supersense": "wordnet", "wordnet_pos": "wordnet", "fortunes": "fortunes",
     "austen": "austen", "fine_foods": "fine_foods", "trump_client": "trump_tweets",
     "trump_period": "trump_tweets", "chatterbot": "chatterbot", "bing_lexicon": "bing_lexicon",
+    "fortunes_top4": "fortunes", "wordnet_nouns_top6": "wordnet", "chatterbot_top4": "chatterbot",
 }
 
 

@@ -393,27 +393,12 @@ def compute(*, verbose: bool = True):
 
 def run(out_dir: Path = common.RESULTS_DIR, *, verbose: bool = True) -> dict:
     candidates, labels, gold_runs, info, elapsed = compute(verbose=verbose)
-    res = common.run_feature_benchmark(
+    return common.run_feature_benchmark(
         "model_zoo", candidates, labels, gold_runs, info=info, out_dir=out_dir,
         command="python -m bench.model_zoo", elapsed=elapsed,
         title="Model zoo (Fashion-MNIST / MNIST sources, few-shot image targets)",
+        held_out=HELD_OUT_TARGETS, held_out_note="the default's estimators and weights were fixed on the other targets.",
     )
-    held = {t: res["per_target"][t] for t in HELD_OUT_TARGETS if t in res["per_target"]}
-    if held:
-        sub = common.mean_over_targets(held)
-        sub = {m: sub[m] for m in res["summary"] if m in sub}
-        table = common.markdown_table(sub, common.METRICS)
-        md = out_dir / "model_zoo.md"
-        text = md.read_text().replace(
-            "## Plots",
-            f"## Held-out check: the {len(held)} targets added after the default was designed\n\n"
-            f"({', '.join(held)}; the default's estimators and weights were fixed on the other "
-            f"targets.)\n\n{table}\n\n## Plots", 1)
-        md.write_text(text)
-        res["held_out_summary"] = sub
-        (out_dir / "model_zoo.json").write_text(json.dumps(common._jsonable(res), separators=(",", ":")))
-        print(f"\n### held-out targets ({', '.join(held)})\n\n{table}")
-    return res
 
 
 def main(argv=None) -> int:

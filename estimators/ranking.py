@@ -30,7 +30,8 @@ full-covariance Gaussian mixture is equivariant to invertible linear maps, so on
 one feature set its posteriors -- hence its score -- differ only through the PCA truncation and
 the mixture's initialisation (noise); on the text benchmark it is the weakest ESM estimator. The
 three were the best set of non-invariant features estimators on the model zoo's ablation (features
-only), then checked on the text benchmark (``bench/results/text_tasks.md``, "Combinations").
+only), then checked on the text benchmark (``bench/results/text_tasks.md``: best of all methods over
+its nine targets, mid-pack on the three held-out ones, where single estimators led).
 
 Both kinds:
   * ``static`` (log10(parameter count) + log10(1 + source-set size), the target-agnostic

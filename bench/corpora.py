@@ -303,15 +303,15 @@ def load_bing_lexicon(root: str | Path | None = None) -> Corpus:
     return _dedupe([str(w) for w in df["word"]], [str(s) for s in df["sentiment"]])
 
 
-def top_classes(corpus: Corpus, k: int, prefix: str = "") -> Corpus:
-    """Only the examples of the ``k`` most frequent labels (among those starting with ``prefix``;
-    ties by label name): a coarser task on the same texts."""
+def top_classes(corpus: Corpus, k: int, prefix: str = "", skip: int = 0) -> Corpus:
+    """Only the examples of the ``k`` most frequent labels after the ``skip`` most frequent (among
+    labels starting with ``prefix``; ties by label name): a coarser task on the same texts."""
     texts, labels = corpus
     counts: dict[str, int] = {}
     for lab in labels:
         if lab.startswith(prefix):
             counts[lab] = counts.get(lab, 0) + 1
-    keep = set(sorted(counts, key=lambda c: (-counts[c], c))[:k])
+    keep = set(sorted(counts, key=lambda c: (-counts[c], c))[skip:skip + k])
     idx = [i for i, lab in enumerate(labels) if lab in keep]
     return [texts[i] for i in idx], [labels[i] for i in idx]
 
@@ -331,6 +331,9 @@ DATASETS: dict[str, Callable[..., Corpus]] = {
     "fortunes_top4": lambda root=None: top_classes(load_fortunes(root), 4),
     "wordnet_nouns_top6": lambda root=None: top_classes(load_wordnet(root, "supersense"), 6, prefix="noun."),
     "chatterbot_top4": lambda root=None: top_classes(load_chatterbot(root), 4),
+    "fortunes_next4": lambda root=None: top_classes(load_fortunes(root), 4, skip=4),
+    "wordnet_verbs_top6": lambda root=None: top_classes(load_wordnet(root, "supersense"), 6, prefix="verb."),
+    "wordnet_adj_adv": lambda root=None: top_classes(load_wordnet(root, "supersense"), 3, prefix="ad"),
 }
 
 #: Short dataset name -> corpus key of ``LICENCES`` / ``DEBIAN_PACKAGES``.
@@ -339,6 +342,7 @@ DATASET_CORPUS: dict[str, str] = {
     "austen": "austen", "fine_foods": "fine_foods", "trump_client": "trump_tweets",
     "trump_period": "trump_tweets", "chatterbot": "chatterbot", "bing_lexicon": "bing_lexicon",
     "fortunes_top4": "fortunes", "wordnet_nouns_top6": "wordnet", "chatterbot_top4": "chatterbot",
+    "fortunes_next4": "fortunes", "wordnet_verbs_top6": "wordnet", "wordnet_adj_adv": "wordnet",
 }
 
 

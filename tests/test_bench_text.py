@@ -29,15 +29,21 @@ def test_rescore_reproduces_the_committed_results(rescored):
     assert rescored["info"]["targets"] == list(json.loads((text_tasks.DATA_DIR / "meta.json").read_text())["targets"])
 
 
-def test_default_beats_every_single_method(rescored):
-    """Mean weighted tau higher and mean regret@1 lower than every single estimator / divergence /
-    prior and the static baseline (the combinations of the ablation are not single methods)."""
-    summary = rescored["summary"]
+def test_what_the_readme_claims_about_the_default(rescored):
+    """On the committed data: the default has the lowest mean regret@1 of all methods, beats the
+    static baseline, ESM-LogME alone and both earlier designs on weighted tau, and its row equals
+    the ablation's 'default set' (the service's formula). It does *not* beat every single method
+    on weighted tau (ESM-GBC is level with it): the README says so, and so does this test."""
+    summary, ablation = rescored["summary"], rescored["ablation"]
     default = summary["default"]
     for method, row in summary.items():
-        if method == "default":
-            continue
-        if math.isfinite(row["weighted_tau"]):
-            assert default["weighted_tau"] > row["weighted_tau"], method
-        assert default["regret@1"] < row["regret@1"], method
-    assert rescored["ablation"]["default set"]["weighted_tau"] == pytest.approx(default["weighted_tau"])
+        if method != "default":
+            assert default["regret@1"] < row["regret@1"], method
+    for other in ("static", "esm_logme"):
+        assert default["weighted_tau"] > summary[other]["weighted_tau"] + 0.1, other
+    for earlier in ("earlier: esm_logme+esm_nleep", "earlier: esm_logme+semb"):
+        assert default["weighted_tau"] > ablation[earlier]["weighted_tau"], earlier
+    assert abs(default["weighted_tau"] - summary["esm_gbc"]["weighted_tau"]) < 0.01
+    assert ablation["default set"]["weighted_tau"] == pytest.approx(default["weighted_tau"])
+    gbc = rescored["paired"]["esm_gbc"]["weighted_tau"]
+    assert gbc["ci"][0] < 0 < gbc["ci"][1]  # level: the difference is within the spread over targets

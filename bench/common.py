@@ -433,6 +433,7 @@ def feature_combinations(P: Mapping[str, Mapping[str, float]]) -> dict[str, list
     for e in ABLATION_EXTRAS:
         if e in P and e not in base:
             out[f"+{e}"] = base + [e]
+    out["default set, Borda (mean rank)"] = base
     out["models set, features only"] = [e for e in DEFAULT_ESTIMATORS["models"] if e in P]
     out["tasks set"] = [e for e in DEFAULT_ESTIMATORS["tasks"] if e in P]
     return out
@@ -465,7 +466,8 @@ def run_feature_benchmark(name, candidates, labels, gold_runs, *, info, out_dir,
         for label, fn in (extra_methods or {}).items():
             P[label] = fn(cands, labels[t], pre)
         preds[t] = P
-        ablation[t] = {label: zmean(P, members) for label, members in feature_combinations(P).items()}
+        ablation[t] = {label: zmean(P, members, borda="Borda" in label)
+                       for label, members in feature_combinations(P).items()}
     names = list(preds[next(iter(preds))])
     order = ["default", "default+static", "static"] + [m for m in names if m not in ("default", "default+static", "static")]
     # gold transfer matrix (sources x targets)
@@ -491,23 +493,25 @@ def run_feature_benchmark(name, candidates, labels, gold_runs, *, info, out_dir,
     return res
 
 
-def zmean(P: Mapping[str, Mapping[str, float]], members, weights: Mapping[str, float] | None = None) -> dict[str, float]:
+def zmean(P: Mapping[str, Mapping[str, float]], members, *, borda: bool = False) -> dict[str, float]:
     """The default ranker's combination formula on precomputed, sign-corrected method scores:
-    the weighted mean over ``members`` of their z-scores across the sources
-    (``estimators.ranking.zscores``). A member that failed (NaN) on some source is left out."""
+    the mean over ``members`` of their z-scores across the sources (``estimators.ranking.zscores``).
+    A member that failed (NaN) on some source is left out. ``borda=True`` averages the members'
+    ranks instead (the usual alternative aggregation)."""
+    from scipy.stats import rankdata
+
     from estimators.ranking import zscores
 
+    scale = rankdata if borda else zscores
     srcs = sorted(next(iter(P.values())))
-    cols, ws = [], []
+    cols = []
     for m in members:
         v = np.array([float(P[m].get(s, np.nan)) for s in srcs])
         if np.all(np.isfinite(v)):
-            cols.append(zscores(v))
-            ws.append(1.0 if weights is None else float(weights.get(m, 1.0)))
-    if not cols or sum(ws) <= 0:
+            cols.append(scale(v))
+    if not cols:
         return {s: math.nan for s in srcs}
-    comb = np.average(np.array(cols), axis=0, weights=ws)
-    return {s: float(v) for s, v in zip(srcs, comb)}
+    return {s: float(v) for s, v in zip(srcs, np.mean(np.array(cols), axis=0))}
 
 
 # ------------------------------------------------------------------------------------ headline

@@ -432,6 +432,7 @@ def combinations() -> dict[str, list[str]]:
     out = {"default set": base}
     out.update({f"-{e}": [m for m in base if m != e] for e in base})
     out.update({f"+{e}": base + [e] for e in ABLATION_EXTRAS})
+    out["default set, Borda (mean rank)"] = base
     return out | EARLIER_DEFAULTS
 
 
@@ -545,7 +546,7 @@ def _rescore(data_dir: Path, out_dir: Path, command: str | None) -> dict:
                                                       "source_size": meta["sources"][s]["n_train"]}}
                  for s in srcs}
         P = {"default": {r["name"]: r["score"] for r in rank_candidates(cands, y, kind="tasks")}, **P}
-        ablation[t] = {label: zmean(P, members) for label, members in combinations().items()}
+        ablation[t] = {label: zmean(P, members, borda="Borda" in label) for label, members in combinations().items()}
         preds[t] = P
 
     n_sources = len(meta["sources"])

@@ -16,6 +16,7 @@ def nleep(
     n_components: int | None = None,
     variance: float = 0.8,
     random_state: int = 123,
+    covariance_type: str = "full",
 ) -> float:
     """N-LEEP (Li et al., CVPR 2021, "Ranking neural checkpoints").
 
@@ -24,7 +25,8 @@ def nleep(
     on it, and ``NLEEP = LEEP(posteriors of the mixture components, y)``. Settings and
     numerics follow the authors' code (google-research ``stable_transfer``: sklearn
     ``PCA(0.8, svd_solver="full")``, output cast to float32, ``GaussianMixture(5 C,
-    random_state=123)`` with sklearn's defaults).
+    random_state=123)`` with sklearn's defaults). ``covariance_type="diag"`` (not the reference)
+    fits where full covariances are singular: few samples per component in many PCA dimensions.
 
     Higher is better (at most 0). Needs target features ``X`` (n, d) and labels ``y`` (n,);
     ``ValueError`` when the mixture cannot be fitted (too few samples for its components).
@@ -43,6 +45,8 @@ def nleep(
     K = 5 * C if n_components is None else int(n_components)
     if K < 1:
         raise ValueError(f"n_components must be >= 1, got {n_components}")
+    if covariance_type not in ("full", "tied", "diag", "spherical"):
+        raise ValueError(f"covariance_type must be full, tied, diag or spherical, got {covariance_type!r}")
     if n < K:
         raise ValueError(
             f"nleep fits a Gaussian mixture with {K} components (5 per class) but there are only "
@@ -52,7 +56,7 @@ def nleep(
     # float32 after PCA as in the reference: the mixture's k-means initialisation and EM
     # depend on it, and matching the reference's optimum needs the same input.
     Z = PCA(n_components=n_pca, svd_solver="full").fit_transform(X).astype(np.float32)
-    gmm = GaussianMixture(n_components=K, random_state=random_state)
+    gmm = GaussianMixture(n_components=K, random_state=random_state, covariance_type=covariance_type)
     try:
         # EM makes many small (d' x d') BLAS calls per component: one BLAS thread is faster
         # there, and much faster on a busy machine (threads spin-wait; ~30x measured).
@@ -60,7 +64,7 @@ def nleep(
             posteriors = gmm.fit(Z).predict_proba(Z)
     except ValueError as exc:
         raise ValueError(
-            f"nleep: the {K}-component Gaussian mixture could not be fitted on {n} samples in "
+            f"nleep: the {K}-component {covariance_type}-covariance Gaussian mixture could not be fitted on {n} samples in "
             f"{Z.shape[1]} PCA dimensions (some components have singular covariance); pass a "
             f"smaller n_components or use more samples. sklearn said: {str(exc)[:160]}"
         ) from None

@@ -43,7 +43,8 @@ Both kinds:
     1, when the caller passes one.
 Each estimator's scores are z-scored across the candidates (clipped to [-3, 3] so a single
 outlying candidate cannot dominate) before averaging. An estimator that fails is skipped, so
-the default degrades to the remaining ones (e.g. NLEEP needs at least 5 examples per class).
+the default degrades to the remaining ones (NLEEP first retries with one mixture component per
+class, then with diagonal covariances: ``FALLBACK_PARAMS``).
 
 ``observed_prior`` turns observed results on *other* targets into a per-source prior, weighted by
 target-target similarity (TaskShop / AutoTransfer style); ``profile_similarity`` computes such
@@ -89,9 +90,12 @@ DEFAULT_WEIGHTS: dict[str, float] = {"logme": 1.0, "nleep": 1.0, "leep": 1.0, "e
 PSEUDO_ESTIMATORS = ("static", "prior")
 
 
-#: Second settings tried, for every candidate, when an estimator's defaults fail on some candidate
-#: (NLEEP's 5-components-per-class mixture needs many examples per class in the PCA space).
-FALLBACK_PARAMS = {"nleep": lambda n_classes: {"n_components": n_classes}}
+#: Settings tried in turn, for every candidate, when an estimator's defaults fail on some candidate:
+#: NLEEP's 5-components-per-class full-covariance mixture needs many examples per class in the PCA
+#: space; one component per class needs fewer, diagonal covariances fewer still (few-shot targets
+#: with many classes).
+FALLBACK_PARAMS = {"nleep": lambda n_classes: [{"n_components": n_classes},
+                                               {"n_components": n_classes, "covariance_type": "diag"}]}
 
 
 def static_score(meta: Mapping | None) -> float | None:
@@ -278,11 +282,11 @@ def rank_candidates(
         except Exception as exc:  # noqa: BLE001 -- any failure of one estimator skips it, recorded
             reason = f"{type(exc).__name__}: {exc}"[:500]
             vals = None
-            if e in FALLBACK_PARAMS and e not in params:
-                kw = FALLBACK_PARAMS[e](n_classes)
+            for kw in (FALLBACK_PARAMS[e](n_classes) if e in FALLBACK_PARAMS and e not in params else []):
                 try:
                     vals = column(e, kw, False)
                     notes[e] = f"default settings failed ({reason[:200]}); used {kw} for every candidate"
+                    break
                 except Exception as exc2:  # noqa: BLE001
                     reason += f"; retry with {kw}: {type(exc2).__name__}: {exc2}"[:300]
             if vals is None:

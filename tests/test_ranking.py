@@ -139,6 +139,27 @@ def test_nleep_falls_back_to_one_component_per_class(monkeypatch):
     assert "nleep" in out[0]["skipped"] and "notes" not in out[0]
 
 
+def test_nleep_falls_back_to_diagonal_covariances_on_few_shot_many_class_targets():
+    """10 examples per class, 40 classes, 200-dim features: neither 5 C nor C full-covariance
+    components can be fitted; the diagonal fallback keeps N-LEEP in the default."""
+    rng = np.random.default_rng(5)
+    n_cls = 40
+    y = np.repeat(np.arange(n_cls), 10)
+    means = rng.normal(size=(n_cls, 16))
+    cands = {f"m{i}": {"features": (sep * means[y] + rng.normal(size=(len(y), 16))) @ rng.normal(size=(16, 200))
+                       + rng.normal(size=(len(y), 200))} for i, sep in enumerate((0.3, 1.0, 3.0))}
+    with pytest.raises(ValueError, match="could not be fitted"):
+        estimators.score("nleep", cands["m0"]["features"], y, n_components=n_cls)
+    out = rank_candidates(cands, y)
+    assert "nleep" in out[0]["scores"] and out[0]["skipped"] == {}
+    assert "'covariance_type': 'diag'" in out[0]["notes"]["nleep"]
+    assert out[0]["scores"]["nleep"] == pytest.approx(estimators.score(
+        "nleep", cands[out[0]["name"]]["features"], y, n_components=n_cls, covariance_type="diag"))
+    assert out[0]["name"] == "m2"
+    with pytest.raises(ValueError, match="covariance_type"):
+        estimators.score("nleep", cands["m0"]["features"], y, covariance_type="banana")
+
+
 def test_all_estimators_failing_raises():
     cands, y = _data()
     for c in cands.values():

@@ -5,8 +5,8 @@ The default estimators are the library's (``estimators.ranking.DEFAULT_ESTIMATOR
 ``models``: the target is embedded by each candidate encoder (feature cache) and scored with
 LogME and N-LEEP (+ LEEP for an NPZ target whose every model carries source probabilities); an
 NPZ target ranks the feature arrays it carries (``features``, ``features_<model>``,
-``probs_<model>``). N-LEEP falls back to one mixture component per class where its default
-fails (noted in the score's details).
+``probs_<model>``). N-LEEP falls back to one mixture component per class, then to diagonal
+covariances, where its default fails (noted in the score's details).
 
 ``tasks``: the target is embedded once with the base encoder; each source task with an ESM is
 scored by LogME, ETran-LDA and the shrinkage H-score of the target mapped through that ESM
@@ -238,16 +238,21 @@ def _compute_one(ctx, est: str, info, cand: Candidate, X_target: np.ndarray | No
 def _compute_with_fallback(ctx, est: str, info, cand: Candidate, X_target, y, params: dict,
                            spec: RankingSpec) -> tuple[float, str | None]:
     """``_compute_one``; when the defaults fail and the estimator has fallback settings
-    (``estimators.ranking.FALLBACK_PARAMS``: N-LEEP with one mixture component per class) and the
-    user set none, retry with those. Returns ``(value, note about the fallback or None)``."""
+    (``estimators.ranking.FALLBACK_PARAMS``: N-LEEP with one mixture component per class, then
+    with diagonal covariances) and the user set none, retry with those in turn. Returns ``(value, note about the fallback or None)``."""
     try:
         return _compute_one(ctx, est, info, cand, X_target, y, params), None
     except ValueError as exc:
         if est not in FALLBACK_PARAMS or (spec.params or {}).get(est):
             raise
-        kw = FALLBACK_PARAMS[est](int(np.unique(y).shape[0]))
-        value = _compute_one(ctx, est, info, cand, X_target, y, {**params, **kw})
-        return value, f"default settings failed ({str(exc)[:160]}); used {kw}"
+        first = exc
+    for kw in FALLBACK_PARAMS[est](int(np.unique(y).shape[0])):
+        try:
+            value = _compute_one(ctx, est, info, cand, X_target, y, {**params, **kw})
+        except ValueError:
+            continue
+        return value, f"default settings failed ({str(first)[:160]}); used {kw}"
+    raise first
 
 
 def _skip_reason(info, cand: Candidate) -> str | None:

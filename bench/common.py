@@ -213,7 +213,7 @@ def evaluate_rankings(name: str, preds, gold, *, title: str, command: str, out_d
                       matrix_plot: tuple | None = None, elapsed: float | None = None,
                       method_order=None, per_target_style: str = "full", group_by=None,
                       show_gold_values: bool = True, ablation=None, ablation_note: str = "",
-                      held_out=None, held_out_note: str = "") -> dict:
+                      held_out=None, held_out_note: str = "", reference: str = "default") -> dict:
     """Score predictions against gold per target, print and write the report; returns the JSON dict.
 
     preds: {target: {method: {source: score}}}; gold: {target: {source: value}};
@@ -227,7 +227,8 @@ def evaluate_rankings(name: str, preds, gold, *, title: str, command: str, out_d
         same way and reported in a separate "Combinations" table (JSON key ``ablation``), so the
         headline keeps to the methods themselves;
     held_out: optional target names added after the default was designed: their mean is reported
-        as a "Held-out check" (JSON key ``held_out_summary``).
+        as a "Held-out check" (JSON key ``held_out_summary``);
+    reference: the method paired against every other one (``paired_vs``; JSON key ``paired``).
     """
     per_target = {}
     for t in gold:
@@ -247,13 +248,13 @@ def evaluate_rankings(name: str, preds, gold, *, title: str, command: str, out_d
         report += [f"Ground-truth seed spread: mean std over seeds {np.mean(sp):.4f}, max {np.max(sp):.4f} "
                    f"(per pair, accuracy units).", ""]
     paired = None
-    if "default" in summary and len(per_target) > 1:
-        paired = paired_vs(per_target)
-        report += ["## The default against each method, paired over targets", "",
-                   "Mean per-target difference, 95% bootstrap interval over targets, and the default's "
-                   "wins / ties / losses per target (for R@1 a negative difference favours the default). "
+    if reference in summary and len(per_target) > 1:
+        paired = paired_vs(per_target, reference)
+        report += [f"## `{reference}` against each method, paired over targets", "",
+                   f"Mean per-target difference, 95% bootstrap interval over targets, and `{reference}`'s "
+                   f"wins / ties / losses per target (for R@1 a negative difference favours `{reference}`). "
                    "An interval that contains 0 means the lead is within the spread across targets.", "",
-                   paired_table(paired), ""]
+                   paired_table(paired, reference), ""]
     held_summary = None
     held = [t for t in (held_out or []) if t in per_target]
     if held:

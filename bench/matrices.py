@@ -223,6 +223,7 @@ def run(out_dir: Path = common.RESULTS_DIR, root: Path = SHARED, *, quick: bool 
         command="python -m bench.matrices", method_order=order, elapsed=time.time() - t0,
         info={"n_targets": len(tnames), "n_sources": len(snames)},
         notes=__doc__.split("\n\n", 1)[1].split("    python -m")[0], show_gold_values=False,
+        reference="prior_sim",
     )
     # model recycling: every base table; targets keyed base:target, one report
     preds, gold, absolute, per_base = {}, {}, {}, {}
@@ -241,7 +242,7 @@ def run(out_dir: Path = common.RESULTS_DIR, root: Path = SHARED, *, quick: bool 
         command="python -m bench.matrices", method_order=order + ["mnli_lp"], elapsed=time.time() - t0,
         info={"sources_per_base": per_base}, per_target_style="compact",
         group_by=lambda key: key.split(":")[0],
-        notes=__doc__.split("\n\n", 1)[1].split("    python -m")[0],
+        notes=__doc__.split("\n\n", 1)[1].split("    python -m")[0], reference="prior_sim",
     )
     return results
 

@@ -472,8 +472,20 @@ def _cos(a: np.ndarray, b: np.ndarray) -> float:
     return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-12))
 
 
-def _rescore(data_dir: Path, out_dir: Path, command: str | None) -> dict:
+def _signed_score(what: str, name: str, *args, **kw) -> float:
+    """Estimator ``name`` on args, sign-corrected so higher = predicted better; NaN (reported on
+    stderr) when it fails."""
     import estimators
+
+    sign = 1.0 if estimators.info(name).higher_is_better else -1.0
+    try:
+        return sign * estimators.score(name, *args, **kw)
+    except (ValueError, ArithmeticError, np.linalg.LinAlgError) as exc:
+        print(f"  {what} failed: {exc}", file=sys.stderr)
+        return math.nan
+
+
+def _rescore(data_dir: Path, out_dir: Path, command: str | None) -> dict:
     from bench.common import evaluate_rankings, zmean
     from estimators.esm import EmbeddingSpaceMap
     from estimators.ranking import observed_prior, rank_candidates
@@ -514,27 +526,20 @@ def _rescore(data_dir: Path, out_dir: Path, command: str | None) -> dict:
         srcs = list(gold[t])
         P: dict[str, dict[str, float]] = {}
 
-        def put(method, s, fn):
-            try:
-                v = float(fn())
-            except (ValueError, ArithmeticError, np.linalg.LinAlgError) as exc:
-                print(f"  {method} failed on {t}/{s}: {exc}", file=sys.stderr)
-                v = math.nan
-            P.setdefault(method, {})[s] = v
+        def put(method: str, s: str, name: str, *args, **kw) -> None:
+            P.setdefault(method, {})[s] = _signed_score(f"{method} on {t}/{s}", name, *args, **kw)  # noqa: B023
 
         mapped = {s: esms[s].transform(Xt) for s in srcs}
         for s in srcs:
-            put("esm_logme", s, lambda: estimators.score("esm_logme", Xt, y, esm=esms[s]))
+            put("esm_logme", s, "esm_logme", Xt, y, esm=esms[s])
             for e in ESM_FEATURE_ESTIMATORS:  # every other features estimator on the ESM-mapped features
-                sign = 1.0 if estimators.info(e).higher_is_better else -1.0
-                put(f"esm_{e}", s, lambda: sign * estimators.score(e, mapped[s], y))
+                put(f"esm_{e}", s, e, mapped[s], y)
             if f"tgt__{t}__ft__{s}" in A:
-                put("logme_finetuned", s, lambda: estimators.score("logme", f64(f"tgt__{t}__ft__{s}"), y))
+                put("logme_finetuned", s, "logme", f64(f"tgt__{t}__ft__{s}"), y)
             Xs = f64(f"src__{s}__base")
             for d in DIVERGENCES:
-                sign = 1.0 if estimators.info(d).higher_is_better else -1.0
-                put(d, s, lambda: sign * estimators.score(d, Xs, Xt))
-            put("static", s, lambda: math.log10(1 + meta["sources"][s]["n_train"]))
+                put(d, s, d, Xs, Xt)
+            P.setdefault("static", {})[s] = math.log10(1 + meta["sources"][s]["n_train"])
         # observed-results priors, leave-one-target-out, as the service computes them from feedback
         # (estimators.ranking.observed_prior: per-target z-scored gold on the *other* targets):
         # plain mean, and weighted by the cosine of the targets' task embeddings (mean base embedding)

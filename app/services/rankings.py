@@ -136,6 +136,7 @@ class Candidate:
     features_key: str | None = None  # tasks: blob of the source base features, loaded when needed
     probs: np.ndarray | None = None
     esm_key: str | None = None
+    esm: object | None = None  # the loaded ESM, once per ranking (every esm_* estimator uses it)
     source_sha256: str | None = None
     meta: dict = field(default_factory=dict)
 
@@ -202,10 +203,13 @@ def _subsample(X: np.ndarray, m: int, seed: int = 0) -> np.ndarray:
     return X[idx]
 
 
-def _load_esm(ctx, key: str):
+def _load_esm(ctx, cand: Candidate):
+    """The candidate's ESM, read from its blob on first use and kept on the candidate."""
     from estimators.esm import EmbeddingSpaceMap
 
-    return EmbeddingSpaceMap.load(ctx.blobs.path(key))
+    if cand.esm is None:
+        cand.esm = EmbeddingSpaceMap.load(ctx.blobs.path(cand.esm_key))
+    return cand.esm
 
 
 def _score_params(spec: RankingSpec, est: str, cand: Candidate, info) -> dict:
@@ -227,7 +231,7 @@ def _compute_one(ctx, est: str, info, cand: Candidate, X_target: np.ndarray | No
     if info.needs == "probs":
         return estimators.score(est, cand.probs, y, **user)
     if info.needs == "esm":
-        return estimators.score(est, X_target, y, esm=_load_esm(ctx, cand.esm_key), **user)
+        return estimators.score(est, X_target, y, esm=_load_esm(ctx, cand), **user)
     # domains: target vs source base embeddings (loaded only now: cached scores never load them)
     if cand.features is None and cand.features_key is not None:
         cand.features = ctx.blobs.get_array(cand.features_key)
@@ -239,7 +243,8 @@ def _compute_with_fallback(ctx, est: str, info, cand: Candidate, X_target, y, pa
                            spec: RankingSpec) -> tuple[float, str | None]:
     """``_compute_one``; when the defaults fail and the estimator has fallback settings
     (``estimators.ranking.FALLBACK_PARAMS``: N-LEEP with one mixture component per class, then
-    with diagonal covariances) and the user set none, retry with those in turn. Returns ``(value, note about the fallback or None)``."""
+    with diagonal covariances) and the user set none, retry with those in turn.
+    Returns ``(value, note about the fallback or None)``."""
     try:
         return _compute_one(ctx, est, info, cand, X_target, y, params), None
     except ValueError as exc:
@@ -438,7 +443,7 @@ def compute(ctx, spec: RankingSpec, progress: Callable[[float], None] | None = N
         entries[c.source]["scores"][est] = value
         entries[c.source]["details"][est] = detail
         if c.kind == "task" and est == names[-1]:
-            c.features = None  # free the source's embeddings before the next source
+            c.features = c.esm = None  # free the source's embeddings and ESM before the next source
         progress((0.85 if spec.candidates == "models" else 0.6) + 0.14 * (i + 1) / len(todo))
     scores_svc.store_many(ctx, new_rows)
     if n_computed + n_cached == 0 and errors:

@@ -230,10 +230,11 @@ def evaluate_rankings(name: str, preds, gold, *, title: str, command: str, out_d
         as a "Held-out check" (JSON key ``held_out_summary``);
     reference: the method paired against every other one (``paired_vs``; JSON key ``paired``).
     """
-    per_target = {}
-    for t in gold:
-        per_target[t] = {m: metrics(p, gold[t], None if regret_gold is None else regret_gold[t])
-                         for m, p in preds[t].items()}
+    def per_target_metrics(P):  # {target: {method: scores}} -> {target: {method: metrics}}
+        return {t: {m: metrics(p, gold[t], None if regret_gold is None else regret_gold[t])
+                    for m, p in P[t].items()} for t in gold}
+
+    per_target = per_target_metrics(preds)
     summary = mean_over_targets(per_target)
     if method_order:
         summary = {m: summary[m] for m in method_order if m in summary} | {m: v for m, v in summary.items() if m not in method_order}
@@ -265,8 +266,7 @@ def evaluate_rankings(name: str, preds, gold, *, title: str, command: str, out_d
                    markdown_table(held_summary, METRICS), ""]
     ablation_summary = None
     if ablation:
-        ablation_summary = mean_over_targets({t: {m: metrics(p, gold[t], None if regret_gold is None else regret_gold[t])
-                                                  for m, p in ablation[t].items()} for t in gold})
+        ablation_summary = mean_over_targets(per_target_metrics(ablation))
         report += ["## Combinations (ablation of the default ranker)", "", ablation_note.strip(), "",
                    markdown_table(ablation_summary, METRICS), ""]
     plots = []

@@ -485,10 +485,23 @@ def _signed_score(what: str, name: str, *args, **kw) -> float:
         return math.nan
 
 
+def _raw_scores(P: dict, s: str, names) -> dict[str, float]:
+    """Estimator -> its raw value for source ``s`` from the sign-corrected ``esm_<name>`` columns of
+    ``P`` (failed ones left out, so ``rank_candidates`` computes and reports them itself)."""
+    import estimators
+
+    out = {}
+    for e in names:
+        v = P[f"esm_{e}"][s] * (1.0 if estimators.info(e).higher_is_better else -1.0)
+        if math.isfinite(v):
+            out[e] = v
+    return out
+
+
 def _rescore(data_dir: Path, out_dir: Path, command: str | None) -> dict:
     from bench.common import evaluate_rankings, zmean
     from estimators.esm import EmbeddingSpaceMap
-    from estimators.ranking import observed_prior, rank_candidates
+    from estimators.ranking import DEFAULT_ESTIMATORS, observed_prior, rank_candidates
 
     t_start = time.time()
     rows, A, meta = load_committed(data_dir)
@@ -547,8 +560,10 @@ def _rescore(data_dir: Path, out_dir: Path, command: str | None) -> dict:
         P["prior_mean"] = _prior(observed_prior(others, {t2: 1.0 for t2 in others}), srcs)
         P["prior_sim"] = _prior(observed_prior(others, {t2: _cos(task_emb[t], task_emb[t2]) for t2 in others}), srcs)
         # the default ranker, as the library and the service run it on ESM-mapped target features
+        # (its estimators' values are the esm_* columns above: passed in, not computed again)
         cands = {s: {"features": mapped[s], "meta": {"params": meta["base_params"],
-                                                      "source_size": meta["sources"][s]["n_train"]}}
+                                                      "source_size": meta["sources"][s]["n_train"]},
+                     "scores": _raw_scores(P, s, DEFAULT_ESTIMATORS["tasks"])}
                  for s in srcs}
         P = {"default": {r["name"]: r["score"] for r in rank_candidates(cands, y, kind="tasks")}, **P}
         ablation[t] = {label: zmean(P, members, borda="Borda" in label) for label, members in combinations().items()}

@@ -64,8 +64,8 @@ def nleep(
             posteriors = gmm.fit(Z).predict_proba(Z)
     except ValueError as exc:
         raise ValueError(
-            f"nleep: the {K}-component {covariance_type}-covariance Gaussian mixture could not be fitted on {n} samples in "
-            f"{Z.shape[1]} PCA dimensions (some components have singular covariance); pass a "
+            f"nleep: the {K}-component {covariance_type}-covariance Gaussian mixture could not be "
+            f"fitted on {n} samples in {Z.shape[1]} PCA dimensions (some components have singular covariance); pass a "
             f"smaller n_components or use more samples. sklearn said: {str(exc)[:160]}"
         ) from None
     return leep_from_probs(np.asarray(posteriors, dtype=np.float64), y, C)

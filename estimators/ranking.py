@@ -211,8 +211,9 @@ def rank_candidates(
 
     Returns ``[{"name", "score", "scores": {estimator: raw value}, "skipped": {estimator: reason}}]``
     sorted by the combined score (descending; ties by name); ``"notes"`` is added when an
-    estimator needed its fallback settings (NLEEP: one mixture component per class). Raises ``ValueError`` for invalid
-    input, or when no estimator could score the candidates and there is no prior.
+    estimator needed fallback settings (``FALLBACK_PARAMS``; NLEEP: one mixture component per class,
+    then diagonal covariances). Raises ``ValueError`` for invalid input, or when no estimator could
+    score the candidates and there is no prior.
     """
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")

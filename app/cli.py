@@ -96,6 +96,7 @@ def cmd_rank(args) -> int:
         ranking = [{"source": r["source"], "rank": r["rank"], "score": r.get("score"), "scores": r["scores"],
                     "details": r.get("details", {})} for r in out["ranking"]]
         print(json.dumps({"ranking": ranking, "target": out.get("target"), "estimators": out.get("estimators"),
+                          "skipped": out.get("skipped", {}), "notes": out.get("notes", {}),
                           "computed": out.get("computed"), "cached": out.get("cached")}))
     else:
         print(_format_table(out))

@@ -62,6 +62,7 @@ def _format_table(result: dict) -> str:
 
 def cmd_rank(args) -> int:
     from app.core.errors import ServiceError
+    from app.core.status import RankingStatus
     from app.services import datasets as datasets_svc
     from app.services import rankings as rankings_svc
     from app.services.context import Context
@@ -81,7 +82,7 @@ def cmd_rank(args) -> int:
         spec = rankings_svc.RankingSpec(target=ds.id, candidates=args.candidates, estimators=ests,
                                         top_k=args.top_k, prefilter_k=args.prefilter_k, sources=sources)
         out, _ = rankings_svc.create(ctx, spec, inline=True)
-        if out.get("status") != "done":
+        if out.get("status") != RankingStatus.DONE:
             _print_err(f"error: {out.get('error') or 'ranking failed'}")
             return 1
     except ServiceError as exc:

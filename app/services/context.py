@@ -16,6 +16,7 @@ from sqlalchemy import select
 from app.core.config import Settings
 from app.core.errors import Conflict
 from app.core.logging import get_logger, setup_logging
+from app.core.status import SourceStatus
 from app.db.models import SourceTask
 from app.db.session import make_engine, make_sessionmaker, upgrade
 from app.storage.blobs import BlobStore
@@ -164,7 +165,7 @@ def _queue_demo_esm(ctx: Context, name: str, ds) -> None:
     with ctx.Session.begin() as s:
         t = s.scalar(select(ST).where(ST.name == name))
         job = ctx.jobs.create(s, "train_esm", message=f"queued: ESM training for demo source {name}")
-        t.job_id, t.status = job.id, "training"
+        t.job_id, t.status = job.id, SourceStatus.TRAINING
         sid, job_id = t.id, job.id
 
     def run(progress):
@@ -173,6 +174,6 @@ def _queue_demo_esm(ctx: Context, name: str, ds) -> None:
     def on_error(err):
         with ctx.Session.begin() as s:
             row = s.get(ST, sid)
-            row.status, row.error = "ready", f"ESM training failed: {err}"  # still usable by divergences
+            row.status, row.error = SourceStatus.READY, f"ESM training failed: {err}"  # still usable by divergences
 
     ctx.jobs.submit(job_id, run, on_error)

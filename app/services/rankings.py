@@ -36,17 +36,35 @@ import numpy as np
 from sqlalchemy import select
 
 import estimators
-from estimators.ranking import DEFAULT_ESTIMATORS as LIBRARY_DEFAULTS
-from estimators.ranking import (Combined, RankingFailed, ScoreTable, Unavailable, combine, default_weights,
-                                fallbacks_for, observed_prior, static_score)
 from app.core.errors import Invalid, NotFound
 from app.core.logging import get_logger
 from app.core.progress import ProgressFn, no_progress
 from app.core.status import JobStatus, RankingStatus, SourceStatus
-from app.db.models import Dataset, EncoderRow, Feedback, Ranking, Score, SourceTask, iso, utcnow
+from app.db.models import (
+    Dataset,
+    EncoderRow,
+    Feedback,
+    Ranking,
+    Score,
+    SourceTask,
+    iso,
+    utcnow,
+)
 from app.services import datasets as datasets_svc
 from app.services import features as features_svc
 from app.services import scores as scores_svc
+from estimators.ranking import DEFAULT_ESTIMATORS as LIBRARY_DEFAULTS
+from estimators.ranking import (
+    Combined,
+    RankingFailed,
+    ScoreTable,
+    Unavailable,
+    combine,
+    default_weights,
+    fallbacks_for,
+    observed_prior,
+    static_score,
+)
 
 if TYPE_CHECKING:
     from app.services.context import Context

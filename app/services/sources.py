@@ -13,6 +13,7 @@ from sqlalchemy.exc import IntegrityError
 
 from app.core.errors import Conflict, Invalid, NotFound
 from app.core.logging import get_logger
+from app.core.status import SourceStatus
 from app.db.models import Dataset, EncoderRow, Score, SourceTask, iso
 from app.services import datasets as datasets_svc
 from app.services import features as features_svc
@@ -120,7 +121,7 @@ def register(ctx, dataset_id: str, name: str | None = None, description: str = "
             features_svc.store(ctx, ds, base, X)
         with ctx.Session.begin() as s:
             t = SourceTask(name=name, dataset_id=ds.id, description=description, licence=licence, origin=origin,
-                           status="ready", base_encoder=base, esm_meta={"note": "NPZ source: no texts, no ESM"})
+                           status=SourceStatus.READY, base_encoder=base, esm_meta={"note": "NPZ source: no texts, no ESM"})
             s.add(t)
             s.flush()
             sid = t.id
@@ -132,7 +133,7 @@ def register(ctx, dataset_id: str, name: str | None = None, description: str = "
             job = ctx.jobs.create(s, "train_esm" if train_esm else "embed_source",
                                   message=f"queued: {'ESM training' if train_esm else 'embedding'} for source {name}")
             t = SourceTask(name=name, dataset_id=ds.id, description=description, licence=licence, origin=origin,
-                           status="pending", base_encoder=base, job_id=job.id, esm_meta={"train": train})
+                           status=SourceStatus.PENDING, base_encoder=base, job_id=job.id, esm_meta={"train": train})
             s.add(t)
             s.flush()
             sid, job_id = t.id, job.id
@@ -146,7 +147,7 @@ def register(ctx, dataset_id: str, name: str | None = None, description: str = "
         with ctx.Session.begin() as s:
             row = s.get(SourceTask, sid)
             if row is not None:
-                row.status, row.error = "failed", err
+                row.status, row.error = SourceStatus.FAILED, err
 
     ctx.jobs.submit(job_id, run, on_error)
     return get_source(ctx, name), True
@@ -157,11 +158,11 @@ def _train_job(ctx, sid: int, ds: Dataset, train_esm: bool, train: dict, progres
 
     base = ctx.settings.base_encoder
     with ctx.Session.begin() as s:
-        s.get(SourceTask, sid).status = "training" if train_esm else "pending"
+        s.get(SourceTask, sid).status = SourceStatus.TRAINING if train_esm else SourceStatus.PENDING
     if not train_esm:
         features_svc.ensure(ctx, ds, [base], progress=progress)
         with ctx.Session.begin() as s:
-            s.get(SourceTask, sid).status = "ready"
+            s.get(SourceTask, sid).status = SourceStatus.READY
         _activate(ctx, sid)
         return {"source": sid, "esm": False}
     texts = datasets_svc.texts(ctx, ds)
@@ -181,7 +182,7 @@ def _train_job(ctx, sid: int, ds: Dataset, train_esm: bool, train: dict, progres
                                                              "method": request.map_fit})
         with ctx.Session.begin() as s:
             t = s.get(SourceTask, sid)
-            t.esm_blob, t.status, t.error = key, "ready", None
+            t.esm_blob, t.status, t.error = key, SourceStatus.READY, None
             t.esm_meta = {"train": train, "metrics": metrics, "seconds": round(seconds, 2),
                           "bytes": ctx.blobs.path(key).stat().st_size}
     _activate(ctx, sid)
@@ -209,7 +210,7 @@ def add_ready_source(ctx, *, name: str, dataset: Dataset, base_embeddings: np.nd
         try:
             with ctx.Session.begin() as s:
                 t = SourceTask(name=name, dataset_id=dataset.id, description=description, licence=licence,
-                               origin=origin, status="ready", base_encoder=base, esm_blob=key, esm_meta=meta)
+                               origin=origin, status=SourceStatus.READY, base_encoder=base, esm_blob=key, esm_meta=meta)
                 s.add(t)
                 s.flush()
                 sid = t.id
@@ -225,7 +226,7 @@ def delete_source(ctx, name: str) -> dict:
         t = s.scalar(select(SourceTask).where(SourceTask.name == name))
         if t is None:
             raise NotFound(f"no source task named {name!r}")
-        if t.status in ("pending", "training"):
+        if t.status in (SourceStatus.PENDING, SourceStatus.TRAINING):
             raise Conflict(f"source {name!r} is still {t.status} (job {t.job_id}); wait for the job to end")
         sid, esm_key = t.id, t.esm_blob
         n_scores = s.execute(delete(Score).where(Score.source == name, Score.source_kind == "task")).rowcount

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 from sqlalchemy import select, update
@@ -16,11 +16,11 @@ from sqlalchemy.exc import IntegrityError
 
 from app.core.errors import Invalid
 from app.core.logging import get_logger
+from app.core.progress import ProgressFn
 from app.db.models import Dataset, FeatureSet
 
 log = get_logger("features")
 
-Progress = Callable[[float], None]
 
 
 def task_embedding(X: np.ndarray) -> np.ndarray:
@@ -89,7 +89,7 @@ def dataset_task_embedding(ctx, ds: Dataset) -> np.ndarray | None:
     return None if key is None else ctx.blobs.get_array(key)
 
 
-def ensure(ctx, ds: Dataset, encoders: Sequence[str], progress: Progress | None = None) -> dict[str, np.ndarray]:
+def ensure(ctx, ds: Dataset, encoders: Sequence[str], progress: ProgressFn | None = None) -> dict[str, np.ndarray]:
     """Features of ``ds`` under each encoder: cached ones loaded, missing ones computed on the
     worker backend (all submitted at once, progress averaged), stored, then returned."""
     from app.services import datasets as datasets_svc

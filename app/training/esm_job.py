@@ -22,13 +22,11 @@ from __future__ import annotations
 import gc
 import time
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
+from app.core.progress import ProgressFn, scaled
 from app.workers.base import EsmTrainRequest, EsmTrainResult
-
-ProgressFn = Callable[[float], None]
 
 #: fraction of the job's progress bar given to each phase
 _PHASES = {"load": 0.02, "finetune": 0.70, "embed_base": 0.125, "embed_ft": 0.125, "fit": 0.03}
@@ -41,9 +39,7 @@ _OTHER_OPTIONS = {"head_lr", "weight_decay", "warmup", "embed_max_length", "embe
 
 
 def _phase_progress(progress: ProgressFn | None, start: float, width: float) -> ProgressFn | None:
-    if progress is None:
-        return None
-    return lambda v: progress(start + width * min(1.0, max(0.0, float(v))))
+    return None if progress is None else scaled(progress, start, width)
 
 
 def resolve_base_path(base_encoder: str, options: dict | None = None) -> Path:

@@ -26,11 +26,11 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 
-ProgressFn = Callable[[float], None]
+from app.core.progress import ProgressFn
 
 TRAIN_LAYERS_HELP = "train_layers must be 'all', 'head' or 'top-N' (N >= 1 transformer layers)"
 

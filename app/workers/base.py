@@ -10,11 +10,11 @@ from __future__ import annotations
 import abc
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 
-ProgressFn = Callable[[float], None]
+from app.core.progress import ProgressFn
 
 
 @dataclass

@@ -26,7 +26,7 @@ import time
 import uuid
 from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 import ray
@@ -107,11 +107,11 @@ class EncoderWorker:
         return train_esm(request, _sink_progress(sink, job_id))
 
 
-def _sink_progress(sink, job_id: str) -> Callable[[float], None] | None:
+def _sink_progress(sink, job_id: str) -> ProgressFn | None:
     if sink is None:
         return None
 
-    def progress(value: float) -> None:
+    def progress(value: float, message: str | None = None, /) -> None:
         sink.report.remote(job_id, float(value))  # fire and forget
 
     return progress

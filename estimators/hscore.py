@@ -13,7 +13,7 @@ __all__ = ["hscore", "trace_pinv_product", "RCOND"]
 RCOND = 1e-7
 
 
-def hscore(X, y) -> float:
+def hscore(X: np.ndarray, y: np.ndarray) -> float:
     """H-score (Bao et al., ICIP 2019, "An information-theoretic approach to transferability").
 
     ``H = tr(cov(X)^+ cov(E[X | y]))``: covariances with ddof = 1 (their scale cancels) and a

@@ -36,7 +36,6 @@ import bz2
 import gzip
 import html
 import lzma
-import os
 import re
 import subprocess
 import warnings
@@ -49,7 +48,7 @@ import numpy as np
 
 Corpus = tuple[list[str], list[str]]
 
-DEFAULT_ROOT = "/work/cache/corpora"
+DEFAULT_ROOT = "/work/cache/corpora"  # Settings.corpora default
 _R_LIB = "usr/lib/R/site-library"
 
 #: Debian package that provides each corpus (chatterbot comes from PyPI).
@@ -88,7 +87,9 @@ WORDNET_LEXNAMES: tuple[str, ...] = (
 
 # ----------------------------------------------------------------------------------- paths
 def default_root() -> Path:
-    return Path(os.environ.get("TRANSFERRANK_CORPORA", DEFAULT_ROOT))
+    from app.core.config import Settings
+
+    return Settings.from_env().corpora
 
 
 def _find(root: str | Path | None, rel: str) -> Path:

@@ -29,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
+from app.core.config import Settings
+
 from bench import common
 
 SEEDS = (0, 1, 2)
@@ -53,7 +55,7 @@ def _fmnist_dir() -> Path:
     When absent, the Debian package is fetched with ``apt-get download`` and unpacked with
     ``dpkg-deb -x`` into ``~/.cache/transferrank/fashion-mnist`` (outside the repository).
     """
-    env = os.environ.get("TRANSFERRANK_FMNIST_DIR")
+    env = Settings.from_env().fmnist_dir
     user_cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "transferrank" / "fashion-mnist"
     candidates = ([Path(env)] if env else []) + [
         Path("/usr/share/datasets/fashion-mnist"),

@@ -33,12 +33,13 @@ import csv
 import hashlib
 import json
 import math
-import os
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+
+from app.core.config import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA_DIR = ROOT / "bench" / "data" / "text"
@@ -51,7 +52,7 @@ def cache_dir() -> Path:
     made with another configuration are never mixed in."""
     design = json.dumps([SOURCES, TARGETS, CONFIG], sort_keys=True)
     tag = hashlib.sha256(design.encode()).hexdigest()[:10]
-    return Path(os.environ.get("TRANSFERRANK_TEXT_CACHE", "/work/cache/textbench")) / f"design-{tag}"
+    return Settings.from_env().text_cache / f"design-{tag}"
 
 
 # ------------------------------------------------------------------------------ the design

@@ -144,9 +144,7 @@ def test_feature_sets_unique_and_deleted_with_dataset(ctx):
 
 
 def test_limits_are_enforced_before_anything_is_written(ctx):
-    from dataclasses import replace
-
-    ctx.settings = replace(ctx.settings, max_rows=10)
+    ctx.settings = ctx.settings.replace(max_rows=10)
     with pytest.raises(Invalid, match="exceed the limit of 10"):
         _parsed(ctx, n=30)
     assert list(ctx.blobs.keys()) == []

@@ -19,9 +19,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Callable
 
+from app.core.config import DEFAULT_BASE_ENCODER, Settings
 from app.encoders.base import Encoder, EncoderSpec
 
-BASE_ENCODER = "minilm-l6"
+BASE_ENCODER = DEFAULT_BASE_ENCODER
 KINDS = ("transformers", "model2vec", "word-vectors", "tfidf-svd")
 
 
@@ -203,7 +204,7 @@ class _LRU:
             return list(self._items)
 
 
-_cache = _LRU(int(os.environ.get("TRANSFERRANK_ENCODER_CACHE", "3")))
+_cache = _LRU(Settings.from_env().encoder_cache)
 
 
 def get_encoder(name: str | EncoderSpec, *, cache_dir: str | os.PathLike | None = None) -> Encoder:

@@ -104,10 +104,11 @@ class LocalBackend(WorkerBackend):
 
     name = "local"
 
-    def __init__(self, max_workers: int = 2) -> None:
+    def __init__(self, max_workers: int = 2, cache_dir: str | os.PathLike | None = None) -> None:
         if max_workers < 1:
             raise ValueError(f"max_workers must be >= 1, got {max_workers}")
         self.max_workers = int(max_workers)
+        self.cache_dir = cache_dir  # encoder caches (distilled model2vec); None: Settings.data_dir
         self._pool = ThreadPoolExecutor(max_workers=self.max_workers, thread_name_prefix="transferrank-worker")
 
     def submit_embed(self, encoder: str, texts: Sequence[str], *, progress: ProgressFn | None = None) -> Future:
@@ -117,7 +118,7 @@ class LocalBackend(WorkerBackend):
         def run() -> np.ndarray:
             from app.encoders.registry import get_encoder  # the process-wide bounded LRU
 
-            enc = get_encoder(encoder)
+            enc = get_encoder(encoder, cache_dir=self.cache_dir)
             out = embed_texts(enc, texts, progress=report)
             if report is not None:
                 report(1.0)

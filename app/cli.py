@@ -68,14 +68,14 @@ def cmd_rank(args) -> int:
     from app.core.errors import ServiceError
     from app.services import datasets as datasets_svc
     from app.services import rankings as rankings_svc
-    from app.services.context import Context
+    from app.services.startup import open_context
 
     path = Path(args.file)
     if not path.is_file():
         _print_err(f"error: no such file: {path}")
         return 2
     ests = [e.strip() for e in args.estimators.split(",") if e.strip()] if args.estimators else None
-    ctx = Context.open(_settings(args, log_level="WARNING") if args.json else _settings(args))
+    ctx = open_context(_settings(args, log_level="WARNING") if args.json else _settings(args))
     try:
         ds, created = datasets_svc.create_from_upload(ctx, path.read_bytes(), path.name, None)
         if not args.json:
@@ -109,9 +109,9 @@ def cmd_rank(args) -> int:
 def cmd_keys(args) -> int:
     from app.core.errors import ServiceError
     from app.services import keys as keys_svc
-    from app.services.context import Context
+    from app.services.startup import open_context
 
-    ctx = Context.open(_settings(args), seed=False)
+    ctx = open_context(_settings(args), seed=False)
     try:
         if args.keys_cmd == "create":
             _info, key = keys_svc.create(ctx, args.owner, args.scopes)

@@ -30,19 +30,19 @@ def _validation_message(exc: RequestValidationError) -> str:
 
 
 def create_app(settings: Settings | None = None, *, ctx=None, backend=None) -> FastAPI:
-    from app.api.deps import require
+    from app.api.deps import authenticate
     from app.api.routes import admin, router
 
     settings = settings or (ctx.settings if ctx is not None else Settings.from_env())
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        from app.services.context import Context
+        from app.services import startup
 
         own = ctx is None
-        app.state.ctx = ctx if ctx is not None else Context.open(settings, backend=backend)
+        app.state.ctx = ctx if ctx is not None else startup.open_context(settings, backend=backend)
         if own and settings.warm_up:
-            app.state.ctx.warm_up()
+            startup.warm_up(app.state.ctx)
         try:
             yield
         finally:
@@ -87,7 +87,7 @@ def create_app(settings: Settings | None = None, *, ctx=None, backend=None) -> F
     def healthz():
         return {"status": "ok"}
 
-    @app.get("/v1/info", tags=["health"], dependencies=[Depends(require())])
+    @app.get("/v1/info", tags=["health"], dependencies=[Depends(authenticate)])
     def info(request: Request):
         """Data dir, database kind, worker backend, FAISS index and base encoder of this service."""
         return request.app.state.ctx.describe()

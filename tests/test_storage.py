@@ -64,9 +64,9 @@ def test_blob_writer_removes_only_new_blobs_on_error(tmp_path):
 # ---------------------------------------------------------------------- SQL storage
 @pytest.fixture
 def ctx(db_url, settings_factory):
-    from app.services.context import Context
+    from app.services.startup import open_context
 
-    c = Context.open(settings_factory(database_url=db_url))
+    c = open_context(settings_factory(database_url=db_url))
     yield c
     c.close()
 

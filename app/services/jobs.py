@@ -12,13 +12,16 @@ import datetime as dt
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from sqlalchemy import or_, select, update
 
 from app.core.errors import NotFound, ServiceError
 from app.core.logging import get_logger
 from app.db.models import Dataset, Job, Ranking, SourceTask, iso, utcnow
+
+if TYPE_CHECKING:
+    from app.services.context import Context
 
 log = get_logger("jobs")
 
@@ -51,7 +54,7 @@ def job_dict(job: Job) -> dict:
 
 
 class JobRunner:
-    def __init__(self, ctx, max_workers: int = 2):
+    def __init__(self, ctx: Context, max_workers: int = 2):
         self.ctx = ctx
         self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="transferrank-job")
         self._active: set[str] = set()

@@ -159,7 +159,7 @@ def create_app(settings: Settings | None = None, *, ctx: Context | None = None,
         return HealthPublic(status="ok")
 
     @app.get("/v1/info", tags=["health"], dependencies=[Depends(authenticate)], response_model=InfoPublic,
-             responses=errors(401, 403, 422))
+             responses=errors(400, 401, 403, 422))
     def info(request: Request) -> dict[str, Any]:
         """Data dir, database kind, worker backend, FAISS index and base encoder of this service."""
         described: dict[str, Any] = request.app.state.ctx.describe()

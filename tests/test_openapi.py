@@ -76,3 +76,12 @@ def test_responses_match_their_models(client):
     SourceCataloguePublic.model_validate(client.get("/v1/sources").json())
     est = EstimatorListPublic.model_validate(client.get("/v1/estimators").json())
     assert "logme" in {e.name for e in est.estimators}
+
+
+def test_nul_in_a_body_string_is_a_4xx_on_every_database(make_client, db_url):
+    client = make_client(database_url=db_url)
+    r = client.post("/v1/keys", json={"owner": "a\x00b", "scopes": ["read"]})
+    assert r.status_code == 422 and isinstance(r.json()["detail"], str)
+    assert client.get("/v1/keys").json()["keys"] == []  # nothing half-written
+    r = client.post("/v1/rankings", json={"target": "a\x00b", "candidates": "models"})
+    assert r.status_code in (404, 422) and isinstance(r.json()["detail"], str)

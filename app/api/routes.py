@@ -44,9 +44,9 @@ from app.services import matrix as matrix_svc
 from app.services import rankings as rankings_svc
 from app.services import sources as sources_svc
 
-router = APIRouter(prefix="/v1", dependencies=[Depends(authenticate)], responses=errors(401, 403, 422))
+router = APIRouter(prefix="/v1", dependencies=[Depends(authenticate)], responses=errors(400, 401, 403, 422))
 admin = APIRouter(prefix="/v1/keys", tags=["keys"], dependencies=[Depends(require("admin"))],
-                  responses=errors(401, 403, 422))
+                  responses=errors(400, 401, 403, 422))
 
 CHUNK = 1 << 20
 NAME_MAX = 255

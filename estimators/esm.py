@@ -26,8 +26,9 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -120,7 +121,7 @@ class EmbeddingSpaceMap:
         schedule: str = "linear",
         clip_norm: float | None = 1.0,
         ridge: float = 1e-10,
-    ) -> "EmbeddingSpaceMap":
+    ) -> EmbeddingSpaceMap:
         """Fit ``W, b`` so that ``X_base @ W.T + b ~= X_ft`` (both (n, d), rows = same texts).
 
         ``method="adam"`` (paper default): mini-batch AdamW on the MSE, seeded (shuffling and
@@ -226,7 +227,7 @@ class EmbeddingSpaceMap:
         return {"weight": self.weight.copy(), "bias": self.bias.copy(), "metadata": meta}
 
     @classmethod
-    def from_arrays(cls, d: Mapping[str, Any]) -> "EmbeddingSpaceMap":
+    def from_arrays(cls, d: Mapping[str, Any]) -> EmbeddingSpaceMap:
         """Inverse of ``to_arrays``; also accepts ``{"weight", "bias"}`` alone."""
         if "weight" not in d:
             raise ValueError("ESM arrays need a 'weight' entry (d_out, d_in) and a 'bias' entry (d_out,)")
@@ -258,7 +259,7 @@ class EmbeddingSpaceMap:
         return path
 
     @classmethod
-    def load(cls, path) -> "EmbeddingSpaceMap":
+    def load(cls, path) -> EmbeddingSpaceMap:
         """Read a file written by ``save`` (safetensors or ``.npz``); never unpickles."""
         path = Path(path)
         if not path.is_file():
@@ -397,7 +398,8 @@ def _as_esm(esm) -> EmbeddingSpaceMap:
     if isinstance(esm, Mapping):
         return EmbeddingSpaceMap.from_arrays(esm)
     raise ValueError(
-        f"esm must be an EmbeddingSpaceMap, a path to a saved ESM, or a dict with 'weight'/'bias'; got {type(esm).__name__}"
+        "esm must be an EmbeddingSpaceMap, a path to a saved ESM, or a dict with 'weight'/'bias'; "
+        f"got {type(esm).__name__}"
     )
 
 

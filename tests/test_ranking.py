@@ -7,8 +7,14 @@ import numpy as np
 import pytest
 
 import estimators
-from estimators.ranking import (DEFAULT_ESTIMATORS, DEFAULT_WEIGHTS, observed_prior, profile_similarity, rank_candidates,
-                                static_score)
+from estimators.ranking import (
+    DEFAULT_ESTIMATORS,
+    DEFAULT_WEIGHTS,
+    observed_prior,
+    profile_similarity,
+    rank_candidates,
+    static_score,
+)
 
 N, C = 90, 3
 

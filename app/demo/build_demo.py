@@ -143,10 +143,10 @@ def sha256_file(path: Path) -> str:
 def build_one(sd: SourceDef, *, epochs: int, force: bool) -> dict:
     from safetensors.numpy import save_file
 
+    from app.demo import corpora
     from app.encoders.registry import get_encoder
     from app.training.esm_job import train_esm
     from app.workers.base import EsmTrainRequest
-    from app.demo import corpora
 
     text_path = DATA_DIR / f"{sd.name}.json.gz"
     arr_path = DATA_DIR / f"{sd.name}.safetensors"

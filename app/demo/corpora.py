@@ -40,9 +40,9 @@ import re
 import subprocess
 import warnings
 import zlib
-from functools import lru_cache
+from collections.abc import Callable, Sequence
+from functools import cache
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 
@@ -66,8 +66,10 @@ LICENCES: dict[str, str] = {
     "wordnet": "WordNet 3.0 licence (Princeton University; permissive, BSD-like) — Debian wordnet-base",
     "fortunes": "BSD-3-Clause (fortune-mod, The Regents of the University of California) — Debian fortunes",
     "austen": "Public domain texts (Project Gutenberg); janeaustenr package MIT — Debian r-cran-janeaustenr",
-    "fine_foods": "modeldata package MIT; reviews from the SNAP Amazon Fine Food Reviews (McAuley & Leskovec, WWW 2013) — Debian r-cran-modeldata",
-    "trump_tweets": "dslabs package Artistic-2.0 (tweets collected from the Trump Twitter Archive) — Debian r-cran-dslabs",
+    "fine_foods": "modeldata package MIT; reviews from the SNAP Amazon Fine Food Reviews (McAuley & Leskovec, "
+                  "WWW 2013) — Debian r-cran-modeldata",
+    "trump_tweets": "dslabs package Artistic-2.0 (tweets collected from the Trump Twitter Archive) — Debian "
+                    "r-cran-dslabs",
     "chatterbot": "BSD-3-Clause — PyPI chatterbot-corpus",
     "bing_lexicon": "tidytext package MIT; opinion lexicon by Hu & Liu (KDD 2004) — Debian r-cran-tidytext",
 }
@@ -126,7 +128,7 @@ def _rdata_convert(raw: bytes):
         return rdata.conversion.convert(rdata.parser.parse_data(raw, extension=".rds"))
 
 
-@lru_cache(maxsize=None)
+@cache
 def _r_index(data_dir: str) -> dict:
     return _rdata_convert(gzip.decompress(Path(data_dir, "Rdata.rdx").read_bytes()))["variables"]
 

@@ -15,9 +15,9 @@ from __future__ import annotations
 import os
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable
 
 from app.core.config import DEFAULT_BASE_ENCODER, Settings
 from app.encoders.base import Encoder, EncoderSpec

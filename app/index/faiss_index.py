@@ -31,8 +31,8 @@ import math
 import os
 import tempfile
 import threading
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Callable, Iterable
 
 import numpy as np
 
@@ -217,7 +217,7 @@ class TaskIndex:
         *,
         save: bool = True,
         **kwargs,
-    ) -> "TaskIndex":
+    ) -> TaskIndex:
         """A fresh index of ``items`` (``(id, vector)`` pairs or an ``(ids, vectors)`` pair)."""
         if isinstance(items, tuple) and len(items) == 2 and isinstance(items[1], np.ndarray) and np.ndim(items[1]) == 2:
             ids, vecs = _as_ids(items[0]), np.asarray(items[1], dtype=np.float32)

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import TYPE_CHECKING, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 from sqlalchemy import select, update
@@ -92,7 +93,8 @@ def dataset_task_embedding(ctx: Context, ds: Dataset) -> np.ndarray | None:
     return None if key is None else ctx.blobs.get_array(key)
 
 
-def ensure(ctx: Context, ds: Dataset, encoders: Sequence[str], progress: Progress | None = None) -> dict[str, np.ndarray]:
+def ensure(ctx: Context, ds: Dataset, encoders: Sequence[str],
+           progress: Progress | None = None) -> dict[str, np.ndarray]:
     """Features of ``ds`` under each encoder: cached ones loaded, missing ones computed on the
     worker backend (all submitted at once, progress averaged), stored, then returned."""
     from app.services import datasets as datasets_svc

@@ -27,21 +27,21 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 from sqlalchemy import select
 
 import estimators
-from estimators.ranking import DEFAULT_ESTIMATORS as LIBRARY_DEFAULTS
-from estimators.ranking import DEFAULT_WEIGHTS, FALLBACK_PARAMS, observed_prior, static_score, zscores
 from app.core.errors import Invalid, NotFound
 from app.core.logging import get_logger
 from app.db.models import Dataset, EncoderRow, Feedback, Ranking, SourceTask, iso, utcnow
 from app.services import datasets as datasets_svc
 from app.services import features as features_svc
 from app.services import scores as scores_svc
+from estimators.ranking import DEFAULT_ESTIMATORS as LIBRARY_DEFAULTS
+from estimators.ranking import DEFAULT_WEIGHTS, FALLBACK_PARAMS, observed_prior, static_score, zscores
 
 log = get_logger("rankings")
 
@@ -115,7 +115,8 @@ def _validate(ctx, spec: RankingSpec) -> tuple[Dataset, list[str]]:
         base_dim = _base_dim(ctx)
         if (ds.meta or {}).get("dim") != base_dim:
             raise Invalid(f"a tasks ranking of an NPZ dataset needs features from the base encoder "
-                          f"{ctx.settings.base_encoder} (dim {base_dim}); this one has dim {(ds.meta or {}).get('dim')}. "
+                          f"{ctx.settings.base_encoder} (dim {base_dim}); this one has dim "
+                          f"{(ds.meta or {}).get('dim')}. "
                           "Upload the texts instead, or rank candidates='models'")
     return ds, list(names)
 
@@ -146,7 +147,8 @@ def _model_names(ctx, ds: Dataset, spec: RankingSpec) -> list[str]:
         names = ["features"] + sorted({k.split("_", 1)[1] for k in (ds.extra_blobs or {})})
     else:
         with ctx.Session() as s:
-            names = list(s.scalars(select(EncoderRow.name).where(EncoderRow.enabled.is_(True)).order_by(EncoderRow.name)))
+            names = list(s.scalars(select(EncoderRow.name).where(EncoderRow.enabled.is_(True))
+                                   .order_by(EncoderRow.name)))
     if spec.sources:
         unknown = [n for n in spec.sources if n not in names]
         if unknown:
@@ -496,7 +498,8 @@ def compute(ctx, spec: RankingSpec, progress: Callable[[float], None] | None = N
             item["observed"] = own[src]
         if combined is None and order_by[src] is not None:
             item["note"] = ("no score from the weighted estimators: placed after the scored candidates, "
-                            "ordered by " + ", ".join(c for c in columns if weights.get(c, 1.0) == 0 and src in columns[c]))
+                            "ordered by " + ", ".join(c for c in columns
+                                                      if weights.get(c, 1.0) == 0 and src in columns[c]))
         ranking.append(item)
     ranking.sort(key=lambda r: (r["score"] is None, order_by[r["source"]] is None,
                                 -(order_by[r["source"]] or 0.0), r["source"]))

@@ -1,17 +1,18 @@
 """The embedded worker backend: a bounded thread pool inside the API process.
 
 Encoders come from ``app.encoders.registry.get_encoder`` (a process-wide bounded LRU shared with
-the rest of the API process), so repeated jobs on the same encoder do not reload weights. torch releases the GIL in its kernels, so threads are
-enough to overlap a forward pass with request handling; ``max_workers`` bounds concurrency
-(and memory: each in-flight job holds one batch of activations).
+the rest of the API process), so repeated jobs on the same encoder do not reload weights. torch
+releases the GIL in its kernels, so threads are enough to overlap a forward pass with request
+handling; ``max_workers`` bounds concurrency (and memory: each in-flight job holds one batch of
+activations).
 """
 from __future__ import annotations
 
 import os
 import threading
 from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Callable, Sequence
 
 import numpy as np
 

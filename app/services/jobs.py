@@ -11,8 +11,9 @@ from __future__ import annotations
 import datetime as dt
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import or_, select, update
 
@@ -20,6 +21,9 @@ from app.core.errors import NotFound, ServiceError
 from app.core.logging import get_logger
 from app.core.status import FINISHED, UNFINISHED, JobStatus, RankingStatus, SourceStatus
 from app.db.models import Dataset, Job, Ranking, SourceTask, iso, utcnow
+
+if TYPE_CHECKING:
+    from app.services.context import Context
 
 log = get_logger("jobs")
 
@@ -32,7 +36,7 @@ HEARTBEAT_SECONDS = 10.0
 
 def _aware(t: dt.datetime | None) -> dt.datetime | None:
     if t is not None and t.tzinfo is None:  # SQLite returns naive datetimes
-        return t.replace(tzinfo=dt.timezone.utc)
+        return t.replace(tzinfo=dt.UTC)
     return t
 
 
@@ -52,7 +56,7 @@ def job_dict(job: Job) -> dict:
 
 
 class JobRunner:
-    def __init__(self, ctx, max_workers: int = 2):
+    def __init__(self, ctx: Context, max_workers: int = 2):
         self.ctx = ctx
         self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="transferrank-job")
         self._active: set[str] = set()

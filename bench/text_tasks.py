@@ -8,7 +8,7 @@ would have before fine-tuning on the target: base-encoder embeddings of the targ
 each source's ESM (a linear map base -> fine-tuned embeddings, fitted on the source texts) and
 the base embeddings of the source texts.
 
-Sources and targets come from ``bench.corpora`` (WordNet, fortune-mod, Jane Austen, Amazon
+Sources and targets come from ``app.demo.corpora`` (WordNet, fortune-mod, Jane Austen, Amazon
 fine-food reviews, Trump tweets, chatterbot-corpus, Bing lexicon), including different label
 sets of one corpus (WordNet supersense vs. POS, tweets by period vs. by client). A target is
 never paired with the identical source task, and its train/test texts are removed from every
@@ -33,12 +33,13 @@ import csv
 import hashlib
 import json
 import math
-import os
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+
+from app.core.config import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA_DIR = ROOT / "bench" / "data" / "text"
@@ -51,11 +52,11 @@ def cache_dir() -> Path:
     made with another configuration are never mixed in."""
     design = json.dumps([SOURCES, TARGETS, CONFIG], sort_keys=True)
     tag = hashlib.sha256(design.encode()).hexdigest()[:10]
-    return Path(os.environ.get("TRANSFERRANK_TEXT_CACHE", "/work/cache/textbench")) / f"design-{tag}"
+    return Settings.from_env().text_cache / f"design-{tag}"
 
 
 # ------------------------------------------------------------------------------ the design
-#: source task -> (bench.corpora dataset, number of training texts, min examples per class)
+#: source task -> (app.demo.corpora dataset, number of training texts, min examples per class)
 SOURCES: dict[str, tuple[str, int, int]] = {
     "wordnet_supersense": ("wordnet_supersense", 600, 400),
     "wordnet_pos": ("wordnet_pos", 600, 100),
@@ -154,7 +155,7 @@ def make_splits(force: bool = False) -> dict:
 
 
 def _load(ds: str, _cache: dict = {}):  # noqa: B006 -- a per-process memo of loaded corpora
-    from bench import corpora
+    from app.demo import corpora
 
     if ds not in _cache:
         _cache[ds] = corpora.load(ds)
@@ -162,7 +163,7 @@ def _load(ds: str, _cache: dict = {}):  # noqa: B006 -- a per-process memo of lo
 
 
 def _design_splits() -> dict:
-    from bench import corpora
+    from app.demo import corpora
 
     seed = CONFIG["split_seed"]
     used: dict[str, set[str]] = {}
@@ -184,7 +185,7 @@ def _design_splits() -> dict:
 
 def _add_held_out(out: dict, names: list[str]) -> None:
     """Split each held-out target from the texts no existing split of its corpus uses."""
-    from bench import corpora
+    from app.demo import corpora
 
     used: dict[str, set[str]] = {}
     for kind, table in (("targets", all_targets()), ("sources", SOURCES)):
@@ -348,7 +349,7 @@ def stage_features(splits: dict) -> None:
 
 def export(splits: dict) -> None:
     """Write the committed re-scoring inputs to bench/data/text/."""
-    from bench import corpora
+    from app.demo import corpora
 
     DATA_DIR.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -614,7 +615,7 @@ every source too (TMI is invariant to the ESM's linear map), so its rank correla
 so is `esm_hscore`: with n = 160 target examples in d = 384 dimensions the plain H-score is C − 1
 for every source, equal up to rounding (a spread within floating-point noise is scored as a tie,
 `bench.common.tie_noise`, the ranking core's rule), so it has no correlation and pessimistic regrets.
-Licences of the data: see `bench/data/text/meta.json` (`bench/corpora.py: LICENCES`)."""
+Licences of the data: see `bench/data/text/meta.json` (`app/demo/corpora.py: LICENCES`)."""
     res = evaluate_rankings(
         NAME, preds, gold, title="Intermediate tasks (text, MiniLM, ESMs)",
         command=command or "python -m bench.text_tasks --rescore", out_dir=out_dir,

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from ._classwise import class_sums
 from ._validation import check_features_labels
@@ -13,7 +14,7 @@ __all__ = ["hscore", "trace_pinv_product", "RCOND"]
 RCOND = 1e-7
 
 
-def hscore(X: np.ndarray, y: np.ndarray) -> float:
+def hscore(X: ArrayLike, y: ArrayLike) -> float:
     """H-score (Bao et al., ICIP 2019, "An information-theoretic approach to transferability").
 
     ``H = tr(cov(X)^+ cov(E[X | y]))``: covariances with ddof = 1 (their scale cancels) and a

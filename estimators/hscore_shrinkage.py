@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from ._classwise import class_sums
 from ._validation import check_features_labels
@@ -10,7 +11,7 @@ from .hscore import trace_pinv_product
 __all__ = ["hscore_shrinkage", "ledoit_wolf"]
 
 
-def hscore_shrinkage(X, y) -> float:
+def hscore_shrinkage(X: ArrayLike, y: ArrayLike) -> float:
     """Shrinkage H-score (Ibrahim, Ponomareva & Mazumder, ICLR 2023, "Newer is not always better").
 
     ``H_a = tr(Sigma_LW^-1 (1 - a) cov(E[X | y]))`` with ``Sigma_LW = (1 - a) S + a mu I`` the

@@ -27,7 +27,7 @@ from app.core.status import JobStatus, RankingStatus, SourceStatus
 
 
 def utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
+    return dt.datetime.now(dt.UTC)
 
 
 def iso(t: dt.datetime | None) -> str | None:
@@ -35,7 +35,7 @@ def iso(t: dt.datetime | None) -> str | None:
     if t is None:
         return None
     if t.tzinfo is None:
-        t = t.replace(tzinfo=dt.timezone.utc)
+        t = t.replace(tzinfo=dt.UTC)
     return t.isoformat()
 
 
@@ -68,7 +68,7 @@ class Dataset(Base):
     meta: Mapped[dict] = mapped_column(JSON, default=dict)  # format, columns, text_pair, ...
     created_at: Mapped[dt.datetime] = mapped_column(_TS, default=utcnow)
 
-    feature_sets: Mapped[list["FeatureSet"]] = relationship(
+    feature_sets: Mapped[list[FeatureSet]] = relationship(
         back_populates="dataset", cascade="all, delete-orphan", passive_deletes=True
     )
 

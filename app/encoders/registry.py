@@ -17,10 +17,11 @@ import threading
 from functools import lru_cache
 from pathlib import Path
 
+from app.core.config import DEFAULT_BASE_ENCODER, Settings
 from app.core.lru import LRU
 from app.encoders.base import Encoder, EncoderSpec
 
-BASE_ENCODER = "minilm-l6"
+BASE_ENCODER = DEFAULT_BASE_ENCODER
 KINDS = ("transformers", "model2vec", "word-vectors", "tfidf-svd")
 
 
@@ -157,7 +158,7 @@ def resolve(name: str | EncoderSpec) -> EncoderSpec:
 
 
 #: The process-wide bounded LRU of loaded encoders.
-_cache: LRU[tuple, Encoder] = LRU(int(os.environ.get("TRANSFERRANK_ENCODER_CACHE", "3")))
+_cache: LRU[tuple, Encoder] = LRU(Settings.from_env().encoder_cache)
 
 
 def get_encoder(name: str | EncoderSpec, *, cache_dir: str | os.PathLike | None = None) -> Encoder:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from sqlalchemy import select
@@ -17,11 +18,14 @@ from app.core.logging import get_logger
 from app.core.status import SourceStatus
 from app.db.models import Dataset, SourceTask
 
+if TYPE_CHECKING:
+    from app.services.context import Context
+
 log = get_logger("index")
 
 
 class IndexManager:
-    def __init__(self, ctx):
+    def __init__(self, ctx: Context):
         self.ctx = ctx
         self.path: Path = ctx.settings.index_path
         self._lock = threading.RLock()

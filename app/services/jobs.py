@@ -11,8 +11,9 @@ from __future__ import annotations
 import datetime as dt
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import or_, select, update
 
@@ -21,6 +22,9 @@ from app.core.logging import get_logger
 from app.core.progress import ProgressFn
 from app.core.status import FINISHED, UNFINISHED, JobStatus, RankingStatus, SourceStatus
 from app.db.models import Dataset, Job, Ranking, SourceTask, iso, utcnow
+
+if TYPE_CHECKING:
+    from app.services.context import Context
 
 log = get_logger("jobs")
 
@@ -32,7 +36,7 @@ HEARTBEAT_SECONDS = 10.0
 
 def _aware(t: dt.datetime | None) -> dt.datetime | None:
     if t is not None and t.tzinfo is None:  # SQLite returns naive datetimes
-        return t.replace(tzinfo=dt.timezone.utc)
+        return t.replace(tzinfo=dt.UTC)
     return t
 
 
@@ -52,7 +56,7 @@ def job_dict(job: Job) -> dict:
 
 
 class JobRunner:
-    def __init__(self, ctx, max_workers: int = 2):
+    def __init__(self, ctx: Context, max_workers: int = 2):
         self.ctx = ctx
         self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="transferrank-job")
         self._active: set[str] = set()
@@ -102,7 +106,8 @@ class JobRunner:
 
     def _run(self, job_id: str, fn: JobFn, on_error: ErrorHook | None) -> dict:
         t0 = time.perf_counter()
-        self._set(job_id, status=JobStatus.RUNNING, started_at=utcnow(), heartbeat_at=utcnow(), owner=self.ctx.instance_id)
+        self._set(job_id, status=JobStatus.RUNNING, started_at=utcnow(), heartbeat_at=utcnow(),
+                  owner=self.ctx.instance_id)
         log.info("job %s started", job_id)
         try:
             result = fn(lambda p, message=None: self.progress(job_id, p, message)) or {}
@@ -181,10 +186,12 @@ class JobRunner:
                     f"{_aware(job.heartbeat_at).isoformat() if job.heartbeat_at else 'creation'}); "
                     "repeat the request to run it again"
                 )
-                for r in s.scalars(select(Ranking).where(Ranking.job_id == job.id, Ranking.status != RankingStatus.DONE)):
+                for r in s.scalars(select(Ranking).where(Ranking.job_id == job.id,
+                                                         Ranking.status != RankingStatus.DONE)):
                     r.status, r.error = RankingStatus.FAILED, job.error
                 for t in s.scalars(select(SourceTask).where(SourceTask.job_id == job.id,
-                                                            SourceTask.status.in_((SourceStatus.PENDING, SourceStatus.TRAINING)))):
+                                                            SourceTask.status.in_((SourceStatus.PENDING,
+                                                                                   SourceStatus.TRAINING)))):
                     # a source whose base embeddings exist stays usable (divergences), just without ESM
                     embedded = s.scalar(select(Dataset.task_embedding_blob).where(Dataset.id == t.dataset_id))
                     t.status = SourceStatus.READY if embedded else SourceStatus.FAILED

@@ -43,6 +43,7 @@ from app.core.status import JobStatus, RankingStatus, SourceStatus
 from app.db.models import (
     Dataset,
     EncoderRow,
+    FeatureSet,
     Feedback,
     Ranking,
     Score,
@@ -95,10 +96,10 @@ class RankingSpec:
     top_k: int = 10
     prefilter_k: int | None = None
     sources: list[str] | None = None
-    params: dict[str, dict] = field(default_factory=dict)
+    params: dict[str, dict[str, Any]] = field(default_factory=dict)
     use_feedback: bool | None = None
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         return {"target": self.target, "candidates": self.candidates, "estimators": self.estimators,
                 "top_k": self.top_k, "prefilter_k": self.prefilter_k, "sources": self.sources,
                 "params": self.params, "use_feedback": self.use_feedback}
@@ -153,7 +154,8 @@ def _validate(ctx: Context, spec: RankingSpec) -> Plan:
         base_dim = _base_dim(ctx)
         if (ds.meta or {}).get("dim") != base_dim:
             raise Invalid(f"a tasks ranking of an NPZ dataset needs features from the base encoder "
-                          f"{ctx.settings.base_encoder} (dim {base_dim}); this one has dim {(ds.meta or {}).get('dim')}. "
+                          f"{ctx.settings.base_encoder} (dim {base_dim}); this one has dim "
+                          f"{(ds.meta or {}).get('dim')}. "
                           "Upload the texts instead, or rank candidates='models'")
     return Plan(spec, ds, list(names))
 
@@ -176,7 +178,7 @@ class Candidate:
     esm_key: str | None = None
     esm: object | None = None  # the loaded ESM, once per ranking (every esm_* estimator uses it)
     source_sha256: str | None = None
-    meta: dict = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
 
 
 def _model_names(ctx: Context, ds: Dataset, spec: RankingSpec) -> list[str]:
@@ -184,7 +186,8 @@ def _model_names(ctx: Context, ds: Dataset, spec: RankingSpec) -> list[str]:
         names = ["features"] + sorted({k.split("_", 1)[1] for k in (ds.extra_blobs or {})})
     else:
         with ctx.Session() as s:
-            names = list(s.scalars(select(EncoderRow.name).where(EncoderRow.enabled.is_(True)).order_by(EncoderRow.name)))
+            names = list(s.scalars(select(EncoderRow.name).where(EncoderRow.enabled.is_(True))
+                                   .order_by(EncoderRow.name)))
     if spec.sources:
         unknown = [n for n in spec.sources if n not in names]
         if unknown:
@@ -242,7 +245,7 @@ class CandidateSet:
     cands: list[Candidate]
     y: np.ndarray
     X_target: np.ndarray | None = None
-    prefilter: dict | None = None
+    prefilter: dict[str, Any] | None = None
 
 
 def _blob(ds: Dataset) -> str:
@@ -292,9 +295,9 @@ def _task_candidates(ctx: Context, plan: Plan, progress: ProgressFn) -> Candidat
         rows = [(t, d) for t, d in rows if t.id in keep]
     with ctx.Session() as s:
         fsets = {fs.dataset_sha256: fs for fs in s.scalars(
-            select(features_svc.FeatureSet).where(
-                features_svc.FeatureSet.encoder == base,
-                features_svc.FeatureSet.dataset_sha256.in_([d.sha256 for _, d in rows])))}
+            select(FeatureSet).where(
+                FeatureSet.encoder == base,
+                FeatureSet.dataset_sha256.in_([d.sha256 for _, d in rows])))}
     cands = []
     for t, d in rows:
         fs = fsets.get(d.sha256)
@@ -328,7 +331,7 @@ class ScoredTable:
     """The library's score table of a ranking, with the service's per-cell details."""
 
     table: ScoreTable
-    details: dict[str, dict[str, dict]]  # source -> estimator -> detail
+    details: dict[str, dict[str, dict[str, Any]]]  # source -> estimator -> detail
     computed: int = 0
     cached: int = 0
 
@@ -343,9 +346,9 @@ class _CachedScorer:
         self.ctx, self.plan, self.cs = ctx, plan, cs
         self.ver = scores_svc.version()
         with ctx.Session() as s:
-            self.cache: dict[tuple, Score] = scores_svc.lookup_target(s, plan.ds.sha256, plan.names, self.ver)
-        self.new_rows: list[dict] = []
-        self.details: dict[str, dict[str, dict]] = {c.source: {} for c in cs.cands}
+            self.cache: dict[tuple[str, ...], Score] = scores_svc.lookup_target(s, plan.ds.sha256, plan.names, self.ver)
+        self.new_rows: list[dict[str, Any]] = []
+        self.details: dict[str, dict[str, dict[str, Any]]] = {c.source: {} for c in cs.cands}
         self.computed = self.cached = 0
 
     def value(self, cand: Candidate, est: str, kw: dict[str, Any]) -> float:
@@ -462,15 +465,23 @@ def _load_esm(ctx: Context, cand: Candidate) -> Any:
     return cand.esm
 
 
+def _present(a: np.ndarray | None, why: str) -> np.ndarray:
+    if a is None:
+        raise Unavailable(why)
+    return a
+
+
 def _compute_one(ctx: Context, est: str, info: estimators.EstimatorInfo, cand: Candidate,
-                 X_target: np.ndarray | None, y: np.ndarray, params: dict) -> float:
+                 X_target: np.ndarray | None, y: np.ndarray, params: dict[str, Any]) -> float:
     user = {k: v for k, v in params.items() if k not in SERVICE_PARAMS}
     if info.needs == "features":
-        return estimators.score(est, cand.features, y, **user)
+        return estimators.score(est, _present(cand.features, f"{cand.source} has no features"), y, **user)
     if info.needs == "probs":
-        return estimators.score(est, cand.probs, y, **user)
+        return estimators.score(est, _present(cand.probs, f"{cand.source} has no source-class probabilities"), y,
+                                **user)
     if info.needs == "esm":
-        return estimators.score(est, X_target, y, esm=_load_esm(ctx, cand), **user)
+        return estimators.score(est, _present(X_target, "the target has no base-encoder features"), y,
+                                esm=_load_esm(ctx, cand), **user)
     # domains: target vs source base embeddings (loaded only now: cached scores never load them)
     if cand.features is None and cand.features_key is not None:
         cand.features = ctx.blobs.get_array(cand.features_key)
@@ -491,7 +502,11 @@ def _skip_reason(info: estimators.EstimatorInfo, cand: Candidate) -> str | None:
 
 
 # ---------------------------------------------------------------------- observed prior
-def _observed(ctx: Context, target: Dataset, kind: str, sources: list[str]) -> tuple[dict, dict, dict]:
+Observed = dict[str, dict[str, float]]  # {target sha256 or source: {source or metric: value}}
+
+
+def _observed(ctx: Context, target: Dataset, kind: str,
+              sources: list[str]) -> tuple[Observed, dict[str, float], Observed]:
     """Feedback -> (observed {target_sha: {source: value}}, similarity {target_sha: sim},
     this target's own observations {source: {metric: value}})."""
     with ctx.Session() as s:
@@ -501,7 +516,7 @@ def _observed(ctx: Context, target: Dataset, kind: str, sources: list[str]) -> t
         shas = {r.target_sha256 for r in rows}
         emb_keys = dict(s.execute(select(Dataset.sha256, Dataset.task_embedding_blob)
                                   .where(Dataset.sha256.in_(shas | {target.sha256}))).all())
-    own: dict[str, dict] = {}
+    own: dict[str, dict[str, float]] = {}
     by_target: dict[str, dict[str, dict[str, list[float]]]] = {}
     for r in rows:
         v = r.value if r.higher_is_better else -r.value
@@ -513,7 +528,7 @@ def _observed(ctx: Context, target: Dataset, kind: str, sources: list[str]) -> t
         metric = max(metrics, key=lambda m: len(metrics[m]))  # the metric most sources report
         observed[sha] = {src: float(np.mean(vals)) for src, vals in metrics[metric].items()}
 
-    def emb(sha):
+    def emb(sha: str) -> np.ndarray | None:
         key = emb_keys.get(sha)
         return None if not key else np.asarray(ctx.blobs.get_array(key), dtype=np.float64).reshape(-1)
 
@@ -529,7 +544,7 @@ def _observed(ctx: Context, target: Dataset, kind: str, sources: list[str]) -> t
     return observed, similarity, own
 
 
-def _prior(observed: dict, similarity: dict) -> dict[str, float]:
+def _prior(observed: dict[str, Any], similarity: dict[str, Any]) -> dict[str, float]:
     return {k: float(v) for k, v in observed_prior(observed, similarity).items()
             if v is not None and math.isfinite(float(v))}
 
@@ -539,7 +554,7 @@ def _weights(spec: RankingSpec) -> dict[str, float]:
     return dict(DEFAULT_COLUMN_WEIGHTS) if spec.estimators is None else default_weights(True)
 
 
-def _prior_for(ctx: Context, plan: Plan, sources: list[str]) -> tuple[dict[str, float] | None, dict]:
+def _prior_for(ctx: Context, plan: Plan, sources: list[str]) -> tuple[dict[str, float] | None, dict[str, Any]]:
     """The observed-results prior (default requests, or ``use_feedback``) and this target's own
     observations ``{source: {metric: value}}``."""
     spec = plan.spec
@@ -551,8 +566,8 @@ def _prior_for(ctx: Context, plan: Plan, sources: list[str]) -> tuple[dict[str, 
     return (prior or None), own
 
 
-def shape_response(plan: Plan, cs: CandidateSet, st: ScoredTable, res: Combined, own: dict,
-                   seconds: float) -> dict:
+def shape_response(plan: Plan, cs: CandidateSet, st: ScoredTable, res: Combined, own: dict[str, Any],
+                   seconds: float) -> dict[str, Any]:
     """The ranking's JSON: one item per candidate (best first) with its raw scores, their
     details (cached, fallback, error, skipped) and the combined score."""
     spec, ds, names, table = plan.spec, plan.ds, plan.names, st.table
@@ -604,7 +619,7 @@ def shape_response(plan: Plan, cs: CandidateSet, st: ScoredTable, res: Combined,
 
 
 def compute(ctx: Context, spec: RankingSpec, progress: ProgressFn | None = None, *,
-            plan: Plan | None = None) -> dict:
+            plan: Plan | None = None) -> dict[str, Any]:
     """Build the candidates, score them through the cache, combine (``estimators.ranking.combine``)
     and shape the response. ``Invalid`` (422) when no estimator produced a value."""
     t0 = time.perf_counter()
@@ -625,7 +640,7 @@ def compute(ctx: Context, spec: RankingSpec, progress: ProgressFn | None = None,
 
 
 # ---------------------------------------------------------------------- requests
-def ranking_dict(r: Ranking, job: dict | None = None) -> dict:
+def ranking_dict(r: Ranking, job: dict[str, Any] | None = None) -> dict[str, Any]:
     out = {"id": r.id, "status": r.status, "target": r.target_id, "candidates": r.candidates,
            "request": r.request, "job": r.job_id,
            "progress": 1.0 if r.status == RankingStatus.DONE else (job or {}).get("progress", 0.0),
@@ -639,7 +654,7 @@ def ranking_dict(r: Ranking, job: dict | None = None) -> dict:
     return out
 
 
-def _finish(ctx: Context, ranking_id: str, result: dict) -> None:
+def _finish(ctx: Context, ranking_id: str, result: dict[str, Any]) -> None:
     with ctx.Session.begin() as s:
         r = s.get(Ranking, ranking_id)
         if r is None:  # deleted meanwhile: nothing to record
@@ -654,7 +669,7 @@ def _fail(ctx: Context, ranking_id: str, error: str) -> None:
             r.status, r.error, r.finished_at = RankingStatus.FAILED, error, utcnow()
 
 
-def create(ctx: Context, spec: RankingSpec, *, inline: bool = False) -> tuple[dict, bool]:
+def create(ctx: Context, spec: RankingSpec, *, inline: bool = False) -> tuple[dict[str, Any], bool]:
     """Create a ranking. Returns ``(body, done)``: done -> 200 with the ranking, else 202 + job.
 
     The request is validated once. A synchronous ranking that cannot be computed (no estimator
@@ -676,7 +691,7 @@ def create(ctx: Context, spec: RankingSpec, *, inline: bool = False) -> tuple[di
         s.flush()
         ranking_id, job_id = r.id, job.id
 
-    def run(progress: ProgressFn) -> dict:
+    def run(progress: ProgressFn) -> dict[str, Any]:
         with ctx.Session.begin() as s:
             row = s.get(Ranking, ranking_id)
             if row is not None:
@@ -693,7 +708,7 @@ def create(ctx: Context, spec: RankingSpec, *, inline: bool = False) -> tuple[di
     return {"id": ranking_id, "status": RankingStatus.QUEUED, "job": job_id, "progress": 0.0}, False
 
 
-def get(ctx: Context, ranking_id: str) -> dict:
+def get(ctx: Context, ranking_id: str) -> dict[str, Any]:
     with ctx.Session() as s:
         r = s.get(Ranking, ranking_id)
         if r is None:

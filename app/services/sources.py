@@ -6,6 +6,7 @@ from __future__ import annotations
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from sqlalchemy import delete, select
@@ -18,6 +19,9 @@ from app.db.models import Dataset, EncoderRow, Score, SourceTask, iso
 from app.services import datasets as datasets_svc
 from app.services import features as features_svc
 from app.training.config import TRAIN_FIELDS
+
+if TYPE_CHECKING:
+    from app.services.context import Context
 
 log = get_logger("sources")
 
@@ -39,7 +43,7 @@ def model_dict(e: EncoderRow) -> dict:
             "licence": e.licence, "enabled": e.enabled}
 
 
-def list_sources(ctx) -> dict:
+def list_sources(ctx: Context) -> dict:
     with ctx.Session() as s:
         tasks = [source_dict(t, d) for t, d in s.execute(
             select(SourceTask, Dataset).join(Dataset, Dataset.id == SourceTask.dataset_id).order_by(SourceTask.name))]
@@ -47,7 +51,7 @@ def list_sources(ctx) -> dict:
     return {"tasks": tasks, "models": models, "base_encoder": ctx.settings.base_encoder}
 
 
-def get_source(ctx, name: str) -> dict:
+def get_source(ctx: Context, name: str) -> dict:
     with ctx.Session() as s:
         row = s.execute(select(SourceTask, Dataset).join(Dataset, Dataset.id == SourceTask.dataset_id)
                         .where(SourceTask.name == name)).first()
@@ -56,7 +60,7 @@ def get_source(ctx, name: str) -> dict:
         return source_dict(*row)
 
 
-def sync_encoders(ctx) -> None:
+def sync_encoders(ctx: Context) -> None:
     """Mirror the encoder registry's catalogue into the ``encoders`` table (idempotent)."""
     from app.encoders.registry import catalogue
 
@@ -71,7 +75,7 @@ def sync_encoders(ctx) -> None:
                     spec.kind, spec.path or "", spec.dim, spec.params, spec.licence or "")
 
 
-def _store_esm(ctx, writer, weight, bias, metadata: dict) -> str:
+def _store_esm(ctx: Context, writer, weight, bias, metadata: dict) -> str:
     from estimators.esm import EmbeddingSpaceMap
 
     esm = EmbeddingSpaceMap(np.asarray(weight), np.asarray(bias),
@@ -81,7 +85,7 @@ def _store_esm(ctx, writer, weight, bias, metadata: dict) -> str:
         return writer.put_file(path, "safetensors")
 
 
-def _activate(ctx, source_id: int) -> None:
+def _activate(ctx: Context, source_id: int) -> None:
     """Index a source whose base embeddings exist (the task embedding is on its dataset row)."""
     with ctx.Session() as s:
         t = s.get(SourceTask, source_id)
@@ -90,7 +94,7 @@ def _activate(ctx, source_id: int) -> None:
         ctx.index.add(source_id, ctx.blobs.get_array(key))
 
 
-def register(ctx, dataset_id: str, name: str | None = None, description: str = "", licence: str = "",
+def register(ctx: Context, dataset_id: str, name: str | None = None, description: str = "", licence: str = "",
              train_esm: bool = True, train: dict | None = None, origin: str = "user") -> tuple[dict, bool]:
     """Register a source task. Returns ``(source, queued)``: queued -> a job trains/embeds it."""
     ds = datasets_svc.get(ctx, dataset_id)
@@ -122,7 +126,8 @@ def register(ctx, dataset_id: str, name: str | None = None, description: str = "
             features_svc.store(ctx, ds, base, X)
         with ctx.Session.begin() as s:
             t = SourceTask(name=name, dataset_id=ds.id, description=description, licence=licence, origin=origin,
-                           status=SourceStatus.READY, base_encoder=base, esm_meta={"note": "NPZ source: no texts, no ESM"})
+                           status=SourceStatus.READY, base_encoder=base,
+                           esm_meta={"note": "NPZ source: no texts, no ESM"})
             s.add(t)
             s.flush()
             sid = t.id
@@ -154,7 +159,7 @@ def register(ctx, dataset_id: str, name: str | None = None, description: str = "
     return get_source(ctx, name), True
 
 
-def _train_job(ctx, sid: int, ds: Dataset, train_esm: bool, train: dict, progress) -> dict:
+def _train_job(ctx: Context, sid: int, ds: Dataset, train_esm: bool, train: dict, progress) -> dict:
     from app.workers.base import EsmTrainRequest
 
     base = ctx.settings.base_encoder
@@ -191,7 +196,7 @@ def _train_job(ctx, sid: int, ds: Dataset, train_esm: bool, train: dict, progres
     return {"source": sid, "esm": key, "metrics": metrics}
 
 
-def add_ready_source(ctx, *, name: str, dataset: Dataset, base_embeddings: np.ndarray | None, esm=None,
+def add_ready_source(ctx: Context, *, name: str, dataset: Dataset, base_embeddings: np.ndarray | None, esm=None,
                      description: str = "", licence: str = "", origin: str = "demo",
                      encoder: str | None = None) -> int:
     """Insert a source whose base embeddings (and ESM) already exist, e.g. the demo catalogue."""
@@ -222,7 +227,7 @@ def add_ready_source(ctx, *, name: str, dataset: Dataset, base_embeddings: np.nd
     return sid
 
 
-def delete_source(ctx, name: str) -> dict:
+def delete_source(ctx: Context, name: str) -> dict:
     with ctx.Session.begin() as s:
         t = s.scalar(select(SourceTask).where(SourceTask.name == name))
         if t is None:

@@ -124,7 +124,8 @@ def train_esm(request: EsmTrainRequest, progress: ProgressFn | None = None) -> E
     except ValueError:
         raise
     except Exception as exc:
-        raise ValueError(f"cannot load base encoder {request.base_encoder!r} from {path}: {type(exc).__name__}: {exc}") from None
+        raise ValueError(f"cannot load base encoder {request.base_encoder!r} from {path}: "
+                         f"{type(exc).__name__}: {exc}") from None
     import torch
 
     # fine-tuning and both embeddings run on the worker's GPU when it has one

@@ -1,15 +1,16 @@
 """The embedded worker backend: a bounded thread pool inside the API process.
 
 Encoders come from ``app.encoders.registry.get_encoder`` (a process-wide bounded LRU shared with
-the rest of the API process), so repeated jobs on the same encoder do not reload weights. torch releases the GIL in its kernels, so threads are
-enough to overlap a forward pass with request handling; ``max_workers`` bounds concurrency
-(and memory: each in-flight job holds one batch of activations).
+the rest of the API process), so repeated jobs on the same encoder do not reload weights. torch
+releases the GIL in its kernels, so threads are enough to overlap a forward pass with request
+handling; ``max_workers`` bounds concurrency (and memory: each in-flight job holds one batch of
+activations).
 """
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Callable, Sequence
 
 import numpy as np
 
@@ -81,10 +82,11 @@ class LocalBackend(WorkerBackend):
 
     name = "local"
 
-    def __init__(self, max_workers: int = 2) -> None:
+    def __init__(self, max_workers: int = 2, cache_dir: str | os.PathLike | None = None) -> None:
         if max_workers < 1:
             raise ValueError(f"max_workers must be >= 1, got {max_workers}")
         self.max_workers = int(max_workers)
+        self.cache_dir = cache_dir  # encoder caches (distilled model2vec); None: Settings.data_dir
         self._pool = ThreadPoolExecutor(max_workers=self.max_workers, thread_name_prefix="transferrank-worker")
 
     def submit_embed(self, encoder: str, texts: Sequence[str], *, progress: ProgressFn | None = None) -> Future:
@@ -94,7 +96,7 @@ class LocalBackend(WorkerBackend):
         def run() -> np.ndarray:
             from app.encoders.registry import get_encoder  # the process-wide bounded LRU
 
-            enc = get_encoder(encoder)
+            enc = get_encoder(encoder, cache_dir=self.cache_dir)
             out = embed_texts(enc, texts, progress=report)
             if report is not None:
                 report(1.0)

@@ -419,6 +419,10 @@ def score_table(ctx: Context, plan: Plan, cs: CandidateSet, progress: ProgressFn
             scorer.details[source][est]["fallback"] = note
         for source, why in table.errors[est].items():
             scorer.details[source][est] = dict(scorer.details[source].get(est, {}), cached=False, error=why)
+        if table.errors[est]:  # the column is dropped for every candidate: say so on every cell
+            for source in by_name:
+                if source not in table.errors[est] and est in scorer.details[source]:
+                    scorer.details[source][est]["skipped"] = f"{est} failed on another candidate"
     if spec.candidates == "models" and spec.estimators is None:
         _add_static(table, cs.cands)
     scores_svc.store_many(ctx, scorer.new_rows)

@@ -7,7 +7,25 @@ from numpy.typing import ArrayLike
 from ._validation import check_features_labels
 from .leep import leep_from_probs
 
-__all__ = ["nleep"]
+__all__ = ["nleep", "nleep_posteriors"]
+
+
+def nleep_posteriors(
+    X: ArrayLike,
+    y: ArrayLike,
+    *,
+    n_components: int | None = None,
+    variance: float = 0.8,
+    random_state: int = 123,
+    covariance_type: str = "full",
+) -> np.ndarray:
+    """The mixture posteriors (n, K) that N-LEEP scores: ``nleep(X, y) = LEEP(nleep_posteriors(X, y), y)``.
+
+    Same arguments and errors as ``nleep``; the bootstrap (``estimators.uncertainty``) resamples
+    LEEP on these per-example posteriors instead of refitting the mixture.
+    """
+    return _posteriors(X, y, n_components=n_components, variance=variance, random_state=random_state,
+                       covariance_type=covariance_type)[0]
 
 
 def nleep(
@@ -35,6 +53,13 @@ def nleep(
     the mixture dominates: at n = 10^4, d = 768, C = 100 it is 500 full covariances in ~500
     dimensions (~1 GiB, ~3 TFLOP per EM iteration), far beyond the 2 s budget of the others.
     """
+    P, y_checked, C = _posteriors(X, y, n_components=n_components, variance=variance,
+                                  random_state=random_state, covariance_type=covariance_type)
+    return leep_from_probs(P, y_checked, C)
+
+
+def _posteriors(X: ArrayLike, y: ArrayLike, *, n_components: int | None, variance: float, random_state: int,
+                covariance_type: str) -> tuple[np.ndarray, np.ndarray, int]:
     from sklearn.decomposition import PCA
     from sklearn.mixture import GaussianMixture
     from threadpoolctl import threadpool_limits
@@ -69,4 +94,4 @@ def nleep(
             f"fitted on {n} samples in {Z.shape[1]} PCA dimensions (some components have singular covariance); pass a "
             f"smaller n_components or use more samples. sklearn said: {str(exc)[:160]}"
         ) from None
-    return leep_from_probs(np.asarray(posteriors, dtype=np.float64), y, C)
+    return np.asarray(posteriors, dtype=np.float64), y, C

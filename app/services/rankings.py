@@ -66,6 +66,7 @@ from estimators.ranking import (
     observed_prior,
     static_score,
 )
+from estimators.uncertainty import DEFAULT_B, Bootstrap, bootstrap, rescore
 
 if TYPE_CHECKING:
     from app.services.context import Context
@@ -86,6 +87,10 @@ NEEDS_FOR = {"models": ("features", "probs"), "tasks": ("esm", "domains")}
 SYNC_SCORE_LIMIT = 64  # more uncached scores than this -> run as a job
 DOMAIN_MAX_ROWS = 2000  # divergences on at most this many rows per domain (seeded subsample)
 SERVICE_PARAMS = ("source_sha256", "esm", "max_rows")  # cache-key parameters the service adds
+#: The bootstrap's cost bound: at most this many estimator evaluations per ranking (B is lowered
+#: to fit, never below MIN_BOOTSTRAP); see estimators.uncertainty.
+BOOTSTRAP_BUDGET = 3000
+MIN_BOOTSTRAP = 20
 
 
 @dataclass
@@ -98,11 +103,12 @@ class RankingSpec:
     sources: list[str] | None = None
     params: dict[str, dict[str, Any]] = field(default_factory=dict)
     use_feedback: bool | None = None
+    bootstrap: int = DEFAULT_B
 
     def as_dict(self) -> dict[str, Any]:
         return {"target": self.target, "candidates": self.candidates, "estimators": self.estimators,
                 "top_k": self.top_k, "prefilter_k": self.prefilter_k, "sources": self.sources,
-                "params": self.params, "use_feedback": self.use_feedback}
+                "params": self.params, "use_feedback": self.use_feedback, "bootstrap": self.bootstrap}
 
 
 @dataclass
@@ -143,6 +149,8 @@ def _validate(ctx: Context, spec: RankingSpec) -> Plan:
         raise Invalid(f"params given for estimator(s) not requested: {', '.join(sorted(unknown_params))}")
     if spec.top_k < 1:
         raise Invalid("top_k must be >= 1")
+    if isinstance(spec.bootstrap, bool) or not isinstance(spec.bootstrap, int) or not 0 <= spec.bootstrap <= 1000:
+        raise Invalid(f"bootstrap must be an integer in 0..1000 (resamples; 0 = none), got {spec.bootstrap!r}")
     if spec.prefilter_k is not None and spec.prefilter_k < 1:
         raise Invalid("prefilter_k must be >= 1")
     if spec.prefilter_k is not None and spec.candidates != "tasks":
@@ -553,6 +561,55 @@ def _prior(observed: dict[str, Any], similarity: dict[str, Any]) -> dict[str, fl
             if v is not None and math.isfinite(float(v))}
 
 
+# ---------------------------------------------------------------------- uncertainty
+def _bootstrap(ctx: Context, plan: Plan, cs: CandidateSet, st: ScoredTable, res: Combined,
+               prior: dict[str, float] | None) -> Bootstrap | None:
+    """The library's bootstrap (``estimators.uncertainty``) over the target's examples, re-scoring
+    from the candidates' inputs with the settings each column used (fallbacks included): models
+    from their features / probabilities, tasks from the target mapped through each ESM (the
+    ``esm_*`` values are the base estimators on the mapped features); domain divergences and
+    ``static`` are held at their values. ``B`` is lowered to fit ``BOOTSTRAP_BUDGET``."""
+    B = plan.spec.bootstrap
+    if not B:
+        return None
+    table = st.table
+    cols = [c for c in table.columns if c not in res.skipped]
+    n_cells = sum(1 for c in cols for cand in table.candidates if table.value(c, cand) is not None)
+    B = min(B, max(MIN_BOOTSTRAP, BOOTSTRAP_BUDGET // max(n_cells, 1)))
+    by_name = {c.source: c for c in cs.cands}
+    mapped: dict[str, np.ndarray] = {}  # the current task's mapped target (one at a time)
+
+    def values(source: str, column: str, idx: np.ndarray) -> np.ndarray:
+        cand = by_name[source]
+        point = table.value(column, source)
+        const = np.full(idx.shape[0], np.nan if point is None else point)
+        if column not in estimators.names():
+            return const  # static
+        info = estimators.info(column)
+        kw = table.params.get(column, {})
+        if info.needs == "features" and cand.features is not None:
+            return rescore(column, cand.features, cs.y, idx, kw)
+        if info.needs == "probs" and cand.probs is not None:
+            return rescore(column, cand.probs, cs.y, idx, kw)
+        if info.needs == "esm" and cand.esm_key is not None and cs.X_target is not None \
+                and column[4:] in estimators.names():
+            if source not in mapped:
+                for other in list(mapped):  # free the previous source's ESM and mapped features
+                    by_name[other].esm = None
+                    del mapped[other]
+                mapped[source] = _load_esm(ctx, cand).transform(cs.X_target)
+            return rescore(column[4:], mapped[source], cs.y, idx, kw)
+        return const  # domains: held at the value
+
+    boot = bootstrap(table, res, cs.y, values, weights=_weights(plan.spec), prior=prior, B=B, seed=0)
+    for c in cs.cands:
+        c.esm = None
+    if B < plan.spec.bootstrap:
+        boot.warnings.append(f"B lowered from {plan.spec.bootstrap} to {B} to bound the cost "
+                             f"({n_cells} scores to re-compute per resample)")
+    return boot
+
+
 # ---------------------------------------------------------------------- combination and response
 def _weights(spec: RankingSpec) -> dict[str, float]:
     return dict(DEFAULT_COLUMN_WEIGHTS) if spec.estimators is None else default_weights(True)
@@ -571,7 +628,7 @@ def _prior_for(ctx: Context, plan: Plan, sources: list[str]) -> tuple[dict[str, 
 
 
 def shape_response(plan: Plan, cs: CandidateSet, st: ScoredTable, res: Combined, own: dict[str, Any],
-                   seconds: float) -> dict[str, Any]:
+                   seconds: float, boot: Bootstrap | None = None) -> dict[str, Any]:
     """The ranking's JSON: one item per candidate (best first) with its raw scores, their
     details (cached, fallback, error, skipped) and the combined score."""
     spec, ds, names, table = plan.spec, plan.ds, plan.names, st.table
@@ -593,6 +650,8 @@ def shape_response(plan: Plan, cs: CandidateSet, st: ScoredTable, res: Combined,
             item["prior"] = res.prior[src]
         if src in own:
             item["observed"] = own[src]
+        if boot is not None:
+            item.update(boot.for_candidate(src))
         if src in res.unscored:
             zero = [c for c, w in res.weights.items() if w == 0 and table.columns.count(c)
                     and table.value(c, src) is not None]
@@ -619,6 +678,8 @@ def shape_response(plan: Plan, cs: CandidateSet, st: ScoredTable, res: Combined,
     }
     if cs.prefilter is not None:
         result["prefilter"] = cs.prefilter
+    if boot is not None:
+        result["uncertainty"] = boot.summary()
     return result
 
 
@@ -636,8 +697,9 @@ def compute(ctx: Context, spec: RankingSpec, progress: ProgressFn | None = None,
         res = combine(st.table, _weights(plan.spec), prior)
     except RankingFailed as exc:
         raise Invalid(str(exc)) from None
+    boot = _bootstrap(ctx, plan, cs, st, res, prior)
     report(1.0)
-    result = shape_response(plan, cs, st, res, own, time.perf_counter() - t0)
+    result = shape_response(plan, cs, st, res, own, time.perf_counter() - t0, boot)
     log.info("ranking of %s (%s, %s): %d computed, %d cached in %.2fs", plan.ds.id, spec.candidates,
              ",".join(plan.names), st.computed, st.cached, result["seconds"])
     return result

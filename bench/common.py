@@ -616,6 +616,10 @@ def headline(out_dir: Path = RESULTS_DIR) -> str:
                     cmap="RdYlGn_r" if metric in LOWER_IS_BETTER else "RdYlGn",
                     center=None if metric in LOWER_IS_BETTER else 0.0)
             lines += [f"![{png.name}]({png.name})", ""]
+    if (out_dir / "lobo.json").exists():  # the leave-one-benchmark-out summary (bench.lobo)
+        from bench.lobo import headline_section
+
+        lines += headline_section(json.loads((out_dir / "lobo.json").read_text()))
     text = "\n".join(lines)
     (out_dir / "headline.md").write_text(text)
     print(text)

@@ -386,3 +386,25 @@ def main(argv=None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
+
+
+def headline_section(res: Mapping) -> list[str]:
+    """Markdown lines for ``bench/results/headline.md``: the LOBO result of each selection rule
+    next to the library's current default and the best single estimators."""
+    B = res["benchmarks"]
+    L = ["## Leave-one-benchmark-out (`bench/results/lobo.md`, made by `python -m bench.lobo`)", "",
+         "Weighted tau on each benchmark of the design chosen *without* it (rules: `mean` = best mean "
+         "w-tau over the other benchmarks, `worst` = best worst-case, `regret` = lowest mean regret@1), "
+         "beside fixed designs and single estimators evaluated as they are.", "",
+         "| design | " + " | ".join(B) + " | mean w-tau | worst w-tau | mean R@1 |", "|---|" + "---|" * (len(B) + 3)]
+    for rule, r in res["rules"].items():
+        L.append(f"| LOBO, rule `{rule}` | " + " | ".join(_f(r["held_out"][b]["weighted_tau"]) for b in B)
+                 + f" | {_f(r['mean_weighted_tau'])} | {_f(r['worst_weighted_tau'])} | {_f(r['mean_regret@1'])} |")
+    for name, f in res["fixed"].items():
+        L.append(f"| {name}: `{f['design']}` | " + " | ".join(_f(f["per_benchmark"][b]["weighted_tau"]) for b in B)
+                 + f" | {_f(f['mean_weighted_tau'])} | {_f(f['worst_weighted_tau'])} | {_f(f['mean_regret@1'])} |")
+    top = sorted(res["singles"].items(), key=lambda kv: -kv[1]["mean_weighted_tau"])[:5]
+    for e, s in top:
+        L.append(f"| `{e}` alone | " + " | ".join(_f(s["per_benchmark"][b]["weighted_tau"]) for b in B)
+                 + f" | {_f(s['mean_weighted_tau'])} | {_f(s['worst_weighted_tau'])} | {_f(s['mean_regret@1'])} |")
+    return L + [""]

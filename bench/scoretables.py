@@ -112,3 +112,36 @@ def report(doc: Mapping, *, title: str, command: str, notes: str = "", out_dir: 
         info=dict(info or {}), notes=notes, gold_spread=sd, elapsed=elapsed,
         method_order=["default", "static", *methods],
     )
+
+
+def agreement(a: Mapping, b: Mapping) -> dict[str, dict[str, float]]:
+    """How far two score tables of the same benchmark agree, per estimator: ``max_rel`` = largest
+    relative difference of a raw value (|a - b| / max(|a|, |b|, 1e-12)), ``max_wtau`` = largest
+    difference, over targets, of the weighted tau of the estimator's order against the gold of
+    ``a``, ``missing`` = values finite in one table and not in the other."""
+    from bench.common import metrics
+
+    out: dict[str, dict[str, float]] = {}
+    if set(a["targets"]) != set(b["targets"]):
+        raise ValueError(f"different targets: {sorted(set(a['targets']) ^ set(b['targets']))}")
+    for t, ta in a["targets"].items():
+        tb = b["targets"][t]
+        srcs = sorted(ta["gold"])
+        g = {s: float(np.mean(ta["gold"][s])) for s in srcs}
+        for e in set(ta["scores"]) | set(tb["scores"]):
+            row = out.setdefault(e, {"max_rel": 0.0, "max_wtau": 0.0, "missing": 0})
+            ca, cb = ta["scores"].get(e, {}), tb["scores"].get(e, {})
+            va = np.array([np.nan if ca.get(s) is None else float(ca[s]) for s in srcs])
+            vb = np.array([np.nan if cb.get(s) is None else float(cb[s]) for s in srcs])
+            both = np.isfinite(va) & np.isfinite(vb)
+            row["missing"] += int((np.isfinite(va) ^ np.isfinite(vb)).sum())
+            if both.any():
+                rel = np.abs(va - vb)[both] / np.maximum(np.maximum(np.abs(va), np.abs(vb))[both], 1e-12)
+                row["max_rel"] = max(row["max_rel"], float(rel.max()))
+            if both.all():
+                sign = 1.0 if higher_is_better(e) else -1.0
+                wa = metrics(dict(zip(srcs, sign * va)), g)["weighted_tau"]
+                wb = metrics(dict(zip(srcs, sign * vb)), g)["weighted_tau"]
+                if math.isfinite(wa) and math.isfinite(wb):
+                    row["max_wtau"] = max(row["max_wtau"], abs(wa - wb))
+    return out

@@ -57,7 +57,7 @@ DATA_DIR = common.ROOT / "bench" / "data" / NAME
 CACHE = common.CACHE_DIR / NAME
 SEEDS = (0, 1, 2)
 N_TRAIN = 160
-POOL = 900          # texts per target (train + test)
+POOL = 600          # texts per target (train + test)
 MAX_LENGTH = 64     # tokens, transformer encoders
 CS = (0.01, 0.1, 1.0, 10.0, 100.0)
 ALPHAS = tuple(np.logspace(-2, 4, 7))
@@ -236,9 +236,12 @@ LICENCES = {
 # --------------------------------------------------------------------------------------- probes
 def probe(X: np.ndarray, y: np.ndarray, task: str, tr: np.ndarray, te: np.ndarray) -> float:
     """Probe on frozen features: test accuracy (LogisticRegressionCV) or test R^2 (RidgeCV)."""
+    import warnings
+
     from sklearn.linear_model import LogisticRegressionCV, RidgeCV
     from sklearn.preprocessing import StandardScaler
 
+    warnings.filterwarnings("ignore", category=FutureWarning, module="sklearn")  # API-change notices
     sc = StandardScaler().fit(X[tr])
     A, B = sc.transform(X[tr]), sc.transform(X[te])
     if task == "classification":

@@ -1,12 +1,13 @@
 """The second image zoo re-scores from its committed inputs (bench/data/image_zoo2) to the committed
 score tables (bench/data/scores/image_zoo2*.json) and results (bench/results/image_zoo2.json).
 
-Tolerances, per estimator (measured by re-scoring the same inputs with 1 and 2 BLAS threads):
-closed-form or well-conditioned estimators (LogME's fixed point, LEEP, NCE, GBC, the ETran
-energies, shrinkage H-score, TransRate) agree to ~1e-9 relative, so their raw values must
-match to 1e-6; the ill-conditioned ones (plain H-score's inverse covariance, SFDA, PED, TMI,
-N-LEEP's Gaussian mixture) can move by more on another BLAS kernel, so for them only the order
-is checked: the weighted tau of each target's ranking within 0.05 of the committed one."""
+Tolerances, per estimator. Here, re-scoring with 1 and 2 BLAS threads gave bit-identical tables;
+across machines the BLAS kernel changes the rounding. Closed-form or well-conditioned estimators
+(LogME's fixed point, LEEP, NCE, GBC, the ETran energies, shrinkage H-score, TransRate) then move
+by ~1e-12 relative, so their raw values must match to 1e-6; the ill-conditioned ones (plain
+H-score's inverse covariance, SFDA, PED, TMI, N-LEEP's Gaussian mixture fitted by EM) can move
+their values by far more (about 1e-2 in weighted tau has been seen), so for them only the order
+is checked: each target's weighted tau within 0.05 of the committed one."""
 from __future__ import annotations
 
 import json

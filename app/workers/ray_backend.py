@@ -338,7 +338,7 @@ class RayBackend(WorkerBackend):
             "actor_options": dict(self.options),
         }
         try:
-            infos = ray.get([s.handle.info.remote() for s in self._slots], timeout=10)
+            infos = ray.get([s.handle.info.remote() for s in self._slots], timeout=60)
             out["devices"] = sorted({i["device"] for i in infos})
             out["actors"] = infos
         except Exception as exc:  # a restarting actor should not break a health report

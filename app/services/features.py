@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -17,6 +17,7 @@ from sqlalchemy.exc import IntegrityError
 
 from app.core.errors import Invalid
 from app.core.logging import get_logger
+from app.core.progress import ProgressFn
 from app.db.models import Dataset, FeatureSet
 
 if TYPE_CHECKING:
@@ -24,7 +25,6 @@ if TYPE_CHECKING:
 
 log = get_logger("features")
 
-Progress = Callable[[float], None]
 
 
 def task_embedding(X: np.ndarray) -> np.ndarray:
@@ -94,7 +94,7 @@ def dataset_task_embedding(ctx: Context, ds: Dataset) -> np.ndarray | None:
 
 
 def ensure(ctx: Context, ds: Dataset, encoders: Sequence[str],
-           progress: Progress | None = None) -> dict[str, np.ndarray]:
+           progress: ProgressFn | None = None) -> dict[str, np.ndarray]:
     """Features of ``ds`` under each encoder: cached ones loaded, missing ones computed on the
     worker backend (all submitted at once, progress averaged), stored, then returned."""
     from app.services import datasets as datasets_svc

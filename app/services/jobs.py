@@ -19,6 +19,7 @@ from sqlalchemy import or_, select, update
 
 from app.core.errors import NotFound, ServiceError
 from app.core.logging import get_logger
+from app.core.progress import ProgressFn
 from app.core.status import FINISHED, UNFINISHED, JobStatus, RankingStatus, SourceStatus
 from app.db.models import Dataset, Job, Ranking, SourceTask, iso, utcnow
 
@@ -27,8 +28,7 @@ if TYPE_CHECKING:
 
 log = get_logger("jobs")
 
-ProgressCb = Callable[..., None]
-JobFn = Callable[[ProgressCb], dict]
+JobFn = Callable[[ProgressFn], dict]
 ErrorHook = Callable[[str], None]
 
 HEARTBEAT_SECONDS = 10.0

@@ -18,13 +18,14 @@ from app.core.status import SourceStatus
 from app.db.models import Dataset, EncoderRow, Score, SourceTask, iso
 from app.services import datasets as datasets_svc
 from app.services import features as features_svc
+from app.training.config import TRAIN_FIELDS
 
 if TYPE_CHECKING:
     from app.services.context import Context
 
 log = get_logger("sources")
 
-TRAIN_KEYS = {"epochs", "learning_rate", "max_length", "batch_size", "train_layers", "seed", "map_fit"}
+TRAIN_KEYS = set(TRAIN_FIELDS)  # app.training.config.EsmTrainConfig
 
 
 def source_dict(t: SourceTask, d: Dataset | None = None) -> dict:

@@ -24,13 +24,13 @@ import copy
 import math
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-ProgressFn = Callable[[float], None]
+from app.core.progress import ProgressFn
 
 TRAIN_LAYERS_HELP = "train_layers must be 'all', 'head' or 'top-N' (N >= 1 transformer layers)"
 

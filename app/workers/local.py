@@ -51,11 +51,11 @@ def _safe_progress(progress: ProgressFn | None) -> ProgressFn | None:
         return None
     last = [0.0]
 
-    def report(value: float) -> None:
+    def report(value: float, message: str | None = None, /) -> None:
         v = min(1.0, max(last[0], float(value)))
         last[0] = v
         try:
-            progress(v)
+            progress(v) if message is None else progress(v, message)
         except Exception:  # a failing progress sink must not fail the computation
             pass
 

@@ -25,7 +25,7 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
@@ -107,11 +107,11 @@ class EncoderWorker:
         return train_esm(request, _sink_progress(sink, job_id))
 
 
-def _sink_progress(sink, job_id: str) -> Callable[[float], None] | None:
+def _sink_progress(sink, job_id: str) -> ProgressFn | None:
     if sink is None:
         return None
 
-    def progress(value: float) -> None:
+    def progress(value: float, message: str | None = None, /) -> None:
         sink.report.remote(job_id, float(value))  # fire and forget
 
     return progress

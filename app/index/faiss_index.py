@@ -33,6 +33,7 @@ import tempfile
 import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 
@@ -141,6 +142,10 @@ def _as_ids(ids) -> np.ndarray:
 class TaskIndex:
     """Persistent FAISS inner-product index of task embeddings keyed by int64 ids."""
 
+    nlist: int | None
+    nprobe: int | None
+    load_problem: str | None
+
     def __init__(
         self,
         path: str | os.PathLike,
@@ -222,7 +227,7 @@ class TaskIndex:
         if isinstance(items, tuple) and len(items) == 2 and isinstance(items[1], np.ndarray) and np.ndim(items[1]) == 2:
             ids, vecs = _as_ids(items[0]), np.asarray(items[1], dtype=np.float32)
         else:
-            pairs = list(items)
+            pairs = cast(list[tuple[int, np.ndarray]], list(items))
             ids = _as_ids([int(i) for i, _ in pairs])
             vecs = (
                 np.stack([np.asarray(v, dtype=np.float32).reshape(-1) for _, v in pairs])

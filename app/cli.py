@@ -66,6 +66,7 @@ def _format_table(result: dict) -> str:
 
 def cmd_rank(args) -> int:
     from app.core.errors import ServiceError
+    from app.core.status import RankingStatus
     from app.services import datasets as datasets_svc
     from app.services import rankings as rankings_svc
     from app.services.startup import open_context
@@ -85,7 +86,7 @@ def cmd_rank(args) -> int:
         spec = rankings_svc.RankingSpec(target=ds.id, candidates=args.candidates, estimators=ests,
                                         top_k=args.top_k, prefilter_k=args.prefilter_k, sources=sources)
         out, _ = rankings_svc.create(ctx, spec, inline=True)
-        if out.get("status") != "done":
+        if out.get("status") != RankingStatus.DONE:
             _print_err(f"error: {out.get('error') or 'ranking failed'}")
             return 1
     except ServiceError as exc:
@@ -100,6 +101,7 @@ def cmd_rank(args) -> int:
         ranking = [{"source": r["source"], "rank": r["rank"], "score": r.get("score"), "scores": r["scores"],
                     "details": r.get("details", {})} for r in out["ranking"]]
         print(json.dumps({"ranking": ranking, "target": out.get("target"), "estimators": out.get("estimators"),
+                          "skipped": out.get("skipped", {}), "notes": out.get("notes", {}),
                           "computed": out.get("computed"), "cached": out.get("cached")}))
     else:
         print(_format_table(out))

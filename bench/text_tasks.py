@@ -500,7 +500,7 @@ def _raw_scores(P: dict, s: str, names) -> dict[str, float]:
 
 
 def _rescore(data_dir: Path, out_dir: Path, command: str | None) -> dict:
-    from bench.common import evaluate_rankings, zmean
+    from bench.common import evaluate_rankings, tie_noise, zmean
     from estimators.esm import EmbeddingSpaceMap
     from estimators.ranking import DEFAULT_ESTIMATORS, observed_prior, rank_candidates
 
@@ -568,7 +568,7 @@ def _rescore(data_dir: Path, out_dir: Path, command: str | None) -> dict:
                  for s in srcs}
         P = {"default": {r["name"]: r["score"] for r in rank_candidates(cands, y, kind="tasks")}, **P}
         ablation[t] = {label: zmean(P, members, borda="Borda" in label) for label, members in combinations().items()}
-        preds[t] = P
+        preds[t] = {m: tie_noise(p) for m, p in P.items()}
 
     n_sources = len(meta["sources"])
     M = np.full((n_sources, len(targets)), np.nan)
@@ -611,7 +611,10 @@ leave-one-target-out; plain mean / weighted by the cosine of the targets' mean b
 features: the mean z-score of `esm_logme`, `esm_etran_lda` and `esm_hscore_shrinkage`, which is
 what the service's default tasks ranking computes. LogME on the *base* features is the
 same for every source, so it cannot rank sources and is not listed; `esm_tmi` is the same for
-every source too (TMI is invariant to the ESM's linear map), so its rank correlations are undefined (—).
+every source too (TMI is invariant to the ESM's linear map), so its rank correlations are undefined (—);
+so is `esm_hscore`: with n = 160 target examples in d = 384 dimensions the plain H-score is C − 1
+for every source, equal up to rounding (a spread within floating-point noise is scored as a tie,
+`bench.common.tie_noise`, the ranking core's rule), so it has no correlation and pessimistic regrets.
 Licences of the data: see `bench/data/text/meta.json` (`app/demo/corpora.py: LICENCES`)."""
     res = evaluate_rankings(
         NAME, preds, gold, title="Intermediate tasks (text, MiniLM, ESMs)",
@@ -625,7 +628,8 @@ Licences of the data: see `bench/data/text/meta.json` (`app/demo/corpora.py: LIC
         held_out_note="computed after the default `tasks` estimators were fixed; each has all 9 sources as "
                       "candidates, including the finer-grained task on the same corpus",
     )
-    return res
+    # not written to the JSON: the per-target predictions, for checks of their numerical margins
+    return dict(res, predictions=preds)
 
 
 def main(argv=None) -> None:

@@ -18,6 +18,10 @@ def hscore_shrinkage(X: ArrayLike, y: ArrayLike) -> float:
     Ledoit-Wolf covariance (S = empirical covariance, ddof = 0; mu = tr(S)/d; a = LW shrinkage),
     as in thuml/Transfer-Learning-Library ``regularized_h_score``.
 
+    The inverse goes through ``estimators.hscore.trace_pinv_product`` (eigh in float64, relative
+    eigenvalue cut-off 1e-7); the Ledoit-Wolf matrix's eigenvalues are at least ``a mu``, so the
+    cut-off only acts when the shrinkage is nearly 0 and S nearly singular.
+
     Higher is better. Needs target features ``X`` (n, d) and labels ``y`` (n,); stabler than the
     plain H-score when n is small relative to d. Cost: O(n d^2 + d^3 + C d^2).
     """

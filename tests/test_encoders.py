@@ -112,7 +112,9 @@ def test_registry_cache_is_shared_and_bounded():
     a = get_encoder("glove-6b-50d")
     assert get_encoder("glove-6b-50d") is a
 
-    lru = registry._LRU(2)
+    from app.core.lru import LRU
+
+    lru = LRU(2)
     calls = []
 
     def loader(tag):

@@ -15,6 +15,7 @@ import numpy as np
 from sqlalchemy import select
 
 from app.core.logging import get_logger
+from app.core.status import SourceStatus
 from app.db.models import Dataset, SourceTask
 
 if TYPE_CHECKING:
@@ -40,7 +41,7 @@ class IndexManager:
             rows = s.execute(
                 select(SourceTask.id, Dataset.task_embedding_blob)
                 .join(Dataset, Dataset.id == SourceTask.dataset_id)
-                .where(Dataset.task_embedding_blob.is_not(None), SourceTask.status != "failed",
+                .where(Dataset.task_embedding_blob.is_not(None), SourceTask.status != SourceStatus.FAILED,
                        SourceTask.base_encoder == self.ctx.settings.base_encoder)
             ).all()
         items = []
@@ -57,7 +58,7 @@ class IndexManager:
         with self.ctx.Session() as s:
             return set(s.scalars(
                 select(SourceTask.id).join(Dataset, Dataset.id == SourceTask.dataset_id)
-                .where(Dataset.task_embedding_blob.is_not(None), SourceTask.status != "failed",
+                .where(Dataset.task_embedding_blob.is_not(None), SourceTask.status != SourceStatus.FAILED,
                        SourceTask.base_encoder == self.ctx.settings.base_encoder)))
 
     # ------------------------------------------------------------------ file

@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 
 from app.core.errors import Conflict, Invalid, NotFound
 from app.core.logging import get_logger
+from app.core.status import SourceStatus
 from app.db.models import Dataset, EncoderRow, Score, SourceTask, iso
 from app.db.session import rowcount
 from app.services import datasets as datasets_svc
@@ -141,7 +142,8 @@ def register(ctx: Context, dataset_id: str, name: str | None = None, description
             features_svc.store(ctx, ds, base, X)
         with ctx.Session.begin() as s:
             t = SourceTask(name=name, dataset_id=ds.id, description=description, licence=licence, origin=origin,
-                           status="ready", base_encoder=base, esm_meta={"note": "NPZ source: no texts, no ESM"})
+                           status=SourceStatus.READY, base_encoder=base,
+                           esm_meta={"note": "NPZ source: no texts, no ESM"})
             s.add(t)
             s.flush()
             sid = t.id
@@ -153,7 +155,7 @@ def register(ctx: Context, dataset_id: str, name: str | None = None, description
             job = ctx.jobs.create(s, "train_esm" if train_esm else "embed_source",
                                   message=f"queued: {'ESM training' if train_esm else 'embedding'} for source {name}")
             t = SourceTask(name=name, dataset_id=ds.id, description=description, licence=licence, origin=origin,
-                           status="pending", base_encoder=base, job_id=job.id, esm_meta={"train": train})
+                           status=SourceStatus.PENDING, base_encoder=base, job_id=job.id, esm_meta={"train": train})
             s.add(t)
             s.flush()
             sid, job_id = t.id, job.id
@@ -167,7 +169,7 @@ def register(ctx: Context, dataset_id: str, name: str | None = None, description
         with ctx.Session.begin() as s:
             row = s.get(SourceTask, sid)
             if row is not None:
-                row.status, row.error = "failed", err
+                row.status, row.error = SourceStatus.FAILED, err
 
     ctx.jobs.submit(job_id, run, on_error)
     return get_source(ctx, name), True
@@ -179,11 +181,11 @@ def _train_job(ctx: Context, sid: int, ds: Dataset, train_esm: bool, train: dict
 
     base = ctx.settings.base_encoder
     with ctx.Session.begin() as s:
-        _row(s, sid).status = "training" if train_esm else "pending"
+        _row(s, sid).status = SourceStatus.TRAINING if train_esm else SourceStatus.PENDING
     if not train_esm:
         features_svc.ensure(ctx, ds, [base], progress=progress)
         with ctx.Session.begin() as s:
-            _row(s, sid).status = "ready"
+            _row(s, sid).status = SourceStatus.READY
         _activate(ctx, sid)
         return {"source": sid, "esm": False}
     texts = datasets_svc.texts(ctx, ds)
@@ -203,7 +205,7 @@ def _train_job(ctx: Context, sid: int, ds: Dataset, train_esm: bool, train: dict
                                                              "method": request.map_fit})
         with ctx.Session.begin() as s:
             t = _row(s, sid)
-            t.esm_blob, t.status, t.error = key, "ready", None
+            t.esm_blob, t.status, t.error = key, SourceStatus.READY, None
             t.esm_meta = {"train": train, "metrics": metrics, "seconds": round(seconds, 2),
                           "bytes": ctx.blobs.path(key).stat().st_size}
     _activate(ctx, sid)
@@ -233,7 +235,7 @@ def add_ready_source(ctx: Context, *, name: str, dataset: Dataset, base_embeddin
         try:
             with ctx.Session.begin() as s:
                 t = SourceTask(name=name, dataset_id=dataset.id, description=description, licence=licence,
-                               origin=origin, status="ready", base_encoder=base, esm_blob=key, esm_meta=meta)
+                               origin=origin, status=SourceStatus.READY, base_encoder=base, esm_blob=key, esm_meta=meta)
                 s.add(t)
                 s.flush()
                 sid = t.id
@@ -249,7 +251,7 @@ def delete_source(ctx: Context, name: str) -> dict[str, Any]:
         t = s.scalar(select(SourceTask).where(SourceTask.name == name))
         if t is None:
             raise NotFound(f"no source task named {name!r}")
-        if t.status in ("pending", "training"):
+        if t.status in (SourceStatus.PENDING, SourceStatus.TRAINING):
             raise Conflict(f"source {name!r} is still {t.status} (job {t.job_id}); wait for the job to end")
         sid, esm_key = t.id, t.esm_blob
         n_scores = rowcount(s.execute(delete(Score).where(Score.source == name, Score.source_kind == "task")))

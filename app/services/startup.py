@@ -19,6 +19,7 @@ from sqlalchemy import select
 from app.core.config import Settings
 from app.core.errors import Conflict
 from app.core.logging import get_logger, setup_logging
+from app.core.status import SourceStatus
 from app.db.models import Dataset, EncoderRow, SourceTask
 from app.db.session import upgrade
 from app.services.context import Context
@@ -131,7 +132,7 @@ def _queue_demo_esm(ctx: Context, name: str, ds: Dataset) -> None:
         t = s.scalar(select(SourceTask).where(SourceTask.name == name))
         assert t is not None  # added just before, in this process
         job = ctx.jobs.create(s, "train_esm", message=f"queued: ESM training for demo source {name}")
-        t.job_id, t.status = job.id, "training"
+        t.job_id, t.status = job.id, SourceStatus.TRAINING
         sid, job_id = t.id, job.id
 
     def run(progress: Any) -> dict[str, Any]:
@@ -141,6 +142,6 @@ def _queue_demo_esm(ctx: Context, name: str, ds: Dataset) -> None:
         with ctx.Session.begin() as s:
             row = s.get(SourceTask, sid)
             if row is not None:
-                row.status, row.error = "ready", f"ESM training failed: {err}"  # still usable by divergences
+                row.status, row.error = SourceStatus.READY, f"ESM training failed: {err}"  # still usable by divergences
 
     ctx.jobs.submit(job_id, run, on_error)

@@ -7,14 +7,12 @@ index built with another method is detected as stale).
 
 ``TaskIndex(path, dim)`` opens the index stored at ``path`` (FAISS binary, plus
 ``<path>.meta.json``) or creates an empty one. Index types:
-- ``"flat"`` (default): ``IndexIDMap2(IndexFlatIP)`` -- exact search, O(N d) per query;
-  measured on a busy 2-core machine (one FAISS thread, d = 384): ~5 ms per query over 5k
-  sources, ~60 ms over 50k.
+- ``"flat"`` (default): ``IndexIDMap2(IndexFlatIP)`` -- exact search, O(N d) per query.
 - ``"ivf"``: ``IndexIDMap2(IndexIVFFlat)`` with ``nlist`` inverted lists (default
   ~4 sqrt(N)) trained on the vectors it is built from and ``nprobe`` lists probed per query
   -- approximate, for very large catalogues; needs ``rebuild`` (or a first ``add``) with at
-  least ``nlist`` vectors to train. Measured: 50k sources, 11 ms per query, recall of the
-  exact top-10 within the top-50 = 1.00 on clustered synthetic data; training ~75 s.
+  least ``nlist`` vectors to train. Query cost O(nprobe N / nlist d); measured latencies and
+  recall are in ``bench/results/component_costs.md``.
 
 Ids are int64 (the SQL primary keys of the datasets). ``add`` is an upsert; ``remove``
 deletes; ``save`` writes atomically (temporary file + ``os.replace``; the metadata with the

@@ -16,7 +16,8 @@
 - ``evaluate_classifier(...)`` fine-tunes on a train set and reports accuracy on a test set:
   the ground truth of the intermediate-task benchmark.
 
-Costs measured on 2 CPU cores: embedding ≈ 5,000 tokens/s, full fine-tuning ≈ 950 tokens/s.
+Cost: embedding is one forward pass per token batch; fine-tuning one forward and backward pass
+per token batch and epoch (throughputs in ``bench/results/component_costs.md``).
 """
 from __future__ import annotations
 

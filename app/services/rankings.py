@@ -153,7 +153,8 @@ def _validate(ctx: Context, spec: RankingSpec) -> Plan:
         base_dim = _base_dim(ctx)
         if (ds.meta or {}).get("dim") != base_dim:
             raise Invalid(f"a tasks ranking of an NPZ dataset needs features from the base encoder "
-                          f"{ctx.settings.base_encoder} (dim {base_dim}); this one has dim {(ds.meta or {}).get('dim')}. "
+                          f"{ctx.settings.base_encoder} (dim {base_dim}); this one has dim "
+                          f"{(ds.meta or {}).get('dim')}. "
                           "Upload the texts instead, or rank candidates='models'")
     return Plan(spec, ds, list(names))
 
@@ -184,7 +185,8 @@ def _model_names(ctx: Context, ds: Dataset, spec: RankingSpec) -> list[str]:
         names = ["features"] + sorted({k.split("_", 1)[1] for k in (ds.extra_blobs or {})})
     else:
         with ctx.Session() as s:
-            names = list(s.scalars(select(EncoderRow.name).where(EncoderRow.enabled.is_(True)).order_by(EncoderRow.name)))
+            names = list(s.scalars(select(EncoderRow.name).where(EncoderRow.enabled.is_(True))
+                                   .order_by(EncoderRow.name)))
     if spec.sources:
         unknown = [n for n in spec.sources if n not in names]
         if unknown:

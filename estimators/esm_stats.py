@@ -1,0 +1,659 @@
+"""ESM scores of many sources from one target's sufficient statistics.
+
+An embedding-space map (ESM, Schulte et al., EMNLP 2024) is linear: the target's base-encoder
+embeddings ``X`` (n, d_in) become ``F = X W^T + b`` (n, d_out) for a source with map ``(W, b)``.
+Every quantity the default ``esm_*`` estimators read from ``F`` is a linear or quadratic
+function of ``X``, so it follows from statistics of the target computed once (``TargetStats``)
+and the source's ``(W, b)``. With ``m`` the mean of X, ``Xc = X - m``, ``Sc = Xc^T Xc``,
+per-class sums ``s_c`` of Xc, counts ``n_c``, and ``m_F = W m + b``:
+
+* **LogME** (``esm_logme``, You et al., JMLR 2022) needs ``F^T F = W Sc W^T + n m_F m_F^T``,
+  ``F^T Y`` (class c: ``W s_c + n_c m_F``; float targets: ``W Xc^T Y + m_F 1^T Y``),
+  ``||Y||^2`` and n. One symmetric eigendecomposition of the d_out x d_out ``F^T F`` per source,
+  then the same fixed point as ``estimators.logme`` (per-column convergence, numerical-rank
+  cut ``sigma > sigma_max * max(n, d_out) * eps``). When n < d_out the reference works on the
+  n x n Gram matrix ``F F^T`` instead; so does this module (rows needed, n is small then).
+* **Shrinkage H-score** (``esm_hscore_shrinkage``, Ibrahim et al., ICLR 2023): the covariance
+  of F is ``W Sc W^T / n``; class-mean deviations are ``W s_c``. Its Ledoit-Wolf shrinkage
+  also needs ``sum_i ||Fc_i||^4``, a fourth moment of X: that one term is computed from the
+  rows, ``||Xc W^T||`` row norms, one (n, d_in) x (d_in, d_out) product per source. The trace
+  ``tr(Sigma_LW^+ B^T B)`` is a linear solve when every eigenvalue of ``Sigma_LW`` is above
+  the pseudo-inverse cut-off (guaranteed when the shrinkage is positive: the smallest
+  eigenvalue is at least ``a * tr(S) / d``), else an eigendecomposition as in the reference.
+* **ETran-LDA** (``esm_etran_lda``, Gholami et al., ICCV 2023): the class means of F are
+  ``mu_c^F = W mu_c + b``; the logits ``F mu_c^F - ||mu_c^F||^2/2 + log pi_c`` equal
+  ``Xc A_c + const_c`` with ``A_c = W^T mu_c^F``: one (n, d_in) x (d_in, C) product per source.
+  The softmax is per row, so this term needs the rows; it is O(n d C), small next to d^3.
+
+Cost per source: O(d^3) (two d x d products, one eigendecomposition, one solve) + O(n d^2) for
+the H-score's fourth moment + O(n d C) for the LDA logits; nothing of the first two terms
+depends on n. ``TargetStats.from_data`` costs O(n d^2) once per target. Values equal
+``estimators.score("esm_<name>", X, y, esm=...)`` up to floating-point rounding.
+
+``score_many`` runs in numpy (batched ``np.linalg.eigh`` over a chunk of sources) or, with
+``device=`` (``"cpu"``, ``"cuda"``, ``"cuda:1"``), in torch float64 on that device.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from ._classwise import class_sums
+from ._validation import check_features, check_features_labels, check_targets
+from .logme import _EPS, _MAX_ITER, _RTOL
+
+__all__ = ["TargetStats", "score_many", "stack_esms", "SUPPORTED"]
+
+#: The estimators ``score_many`` computes from the statistics (the tasks default).
+SUPPORTED = ("esm_logme", "esm_etran_lda", "esm_hscore_shrinkage")
+_HSCORE_RCOND = 1e-15  # estimators.hscore's pseudo-inverse cut-off
+_SOLVE_MARGIN = 1e3  # the solve is used when the smallest eigenvalue bound is 1e3 x above the cut-off
+_CHUNK_BYTES = 256 * 2**20  # work arrays per chunk of sources
+_VECTORISE_ABOVE = 512  # tridiagonal systems per batch above which one vectorised sweep beats LAPACK calls
+
+
+@dataclass(frozen=True)
+class TargetStats:
+    """Sufficient statistics of one target (base-encoder embeddings + labels) for ESM scoring.
+
+    ``mean`` (d,), ``scatter = Xc^T Xc`` (d, d) with ``Xc = X - mean``, ``centred`` = Xc (n, d)
+    (the rows, for the two terms that need them), and either class statistics (``labels`` (n,)
+    in 0..C-1, ``counts`` (C,), ``class_sums`` (C, d) of Xc) or float targets (``targets``
+    (n, t), ``xty = Xc^T Y`` (d, t)).
+    """
+
+    n: int
+    d: int
+    mean: np.ndarray
+    scatter: np.ndarray
+    centred: np.ndarray
+    labels: np.ndarray | None = None
+    counts: np.ndarray | None = None
+    class_sums: np.ndarray | None = None
+    targets: np.ndarray | None = None
+    xty: np.ndarray | None = None
+
+    @property
+    def regression(self) -> bool:
+        return self.targets is not None
+
+    @property
+    def n_classes(self) -> int:
+        return 0 if self.counts is None else int(self.counts.shape[0])
+
+    @classmethod
+    def from_data(cls, X, y, *, regression: bool = False) -> "TargetStats":
+        """Statistics of target features ``X`` (n, d) with class labels ``y`` (n,) (any sortable
+        labels, remapped to 0..C-1 in sorted order as the estimators do) or, with
+        ``regression=True``, float targets (n,) / (n, t) (LogME only). Cost O(n d^2)."""
+        if regression:
+            X = check_features(X)
+            Y = check_targets(y, X.shape[0])
+        else:
+            X, labels, C = check_features_labels(X, y)
+        n, d = X.shape
+        mean = X.mean(axis=0)
+        Xc = np.ascontiguousarray(X - mean)
+        scatter = Xc.T @ Xc
+        scatter = (scatter + scatter.T) / 2.0
+        if regression:
+            return cls(n, d, mean, scatter, Xc, targets=Y, xty=Xc.T @ Y)
+        sums, counts = class_sums(Xc, labels, C)
+        return cls(n, d, mean, scatter, Xc, labels=labels, counts=counts.astype(np.int64), class_sums=sums)
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """Plain arrays (for a blob store); ``from_arrays`` inverts it."""
+        out = {"mean": self.mean, "scatter": self.scatter, "centred": self.centred}
+        for k in ("labels", "counts", "class_sums", "targets", "xty"):
+            v = getattr(self, k)
+            if v is not None:
+                out[k] = v
+        return out
+
+    @classmethod
+    def from_arrays(cls, arrays: Mapping[str, Any]) -> "TargetStats":
+        try:
+            Xc = np.ascontiguousarray(arrays["centred"], dtype=np.float64)
+            mean = np.asarray(arrays["mean"], dtype=np.float64)
+            scatter = np.asarray(arrays["scatter"], dtype=np.float64)
+        except KeyError as exc:
+            raise ValueError(f"target statistics lack the {exc.args[0]!r} array") from None
+        n, d = Xc.shape
+        if mean.shape != (d,) or scatter.shape != (d, d):
+            raise ValueError("target statistics have inconsistent shapes")
+        get = (lambda k, dt: None if arrays.get(k) is None else np.asarray(arrays[k], dtype=dt))
+        return cls(n, d, mean, scatter, Xc, labels=get("labels", np.int64), counts=get("counts", np.int64),
+                   class_sums=get("class_sums", np.float64), targets=get("targets", np.float64),
+                   xty=get("xty", np.float64))
+
+
+# ---------------------------------------------------------------------- ESM stacks
+def stack_esms(esms: Iterable) -> tuple[np.ndarray, np.ndarray]:
+    """``(W (S, d_out, d_in), b (S, d_out))`` float64 from ESMs (objects, paths or
+    ``{"weight", "bias"}`` dicts, as ``estimators.esm`` accepts); all must share their shapes."""
+    from .esm import _as_esm
+
+    maps = [_as_esm(e) for e in esms]
+    if not maps:
+        raise ValueError("no ESMs given")
+    shapes = {m.weight.shape for m in maps}
+    if len(shapes) != 1:
+        raise ValueError(f"the ESMs have different shapes {sorted(shapes)}; score each base encoder separately")
+    return np.stack([m.weight for m in maps]), np.stack([m.bias for m in maps])
+
+
+def _check_stack(W, b, d_in: int) -> tuple[np.ndarray, np.ndarray]:
+    W = np.asarray(W, dtype=np.float64)
+    if W.ndim == 2:
+        W = W[None]
+    if W.ndim != 3 or W.shape[0] < 1:
+        raise ValueError(f"ESM weights must be stacked as (S, d_out, d_in), got shape {W.shape}")
+    S, d_out, d = W.shape
+    if d != d_in:
+        raise ValueError(f"the ESMs expect {d}-dim inputs but the target statistics have d={d_in}; "
+                         "use the ESMs' base encoder for the target")
+    b = np.zeros((S, d_out)) if b is None else np.asarray(b, dtype=np.float64).reshape(S, -1)
+    if b.shape != (S, d_out):
+        raise ValueError(f"ESM biases must have shape ({S}, {d_out}), got {b.shape}")
+    if not (np.all(np.isfinite(W)) and np.all(np.isfinite(b))):
+        raise ValueError("ESM weights or biases contain NaN or infinite values")
+    return W, b
+
+
+# ---------------------------------------------------------------------- array back-ends
+class _Numpy:
+    float = np.float64
+
+    def asarray(self, a):
+        return np.asarray(a, dtype=np.float64)
+
+    def to_numpy(self, a):
+        return np.asarray(a)
+
+    def T(self, a):
+        return np.swapaxes(a, -1, -2)
+
+    def eigh(self, a):
+        return np.linalg.eigh(a)
+
+    def solve(self, a, b):
+        return np.linalg.solve(a, b)
+
+    def eye(self, d):
+        return np.eye(d)
+
+    def diag(self, a):
+        return np.diagonal(a, axis1=-2, axis2=-1)
+
+    def amax(self, a, axis):
+        return a.max(axis=axis)
+
+    def where(self, c, a, b):
+        return np.where(c, a, b)
+
+    def logsumexp(self, a, axis):
+        top = a.max(axis=axis, keepdims=True)
+        return np.log(np.exp(a - top).sum(axis=axis)) + np.squeeze(top, axis)
+
+    def take_last(self, a, idx):  # a (S, n, C), idx (n,) -> (S, n)
+        return np.take_along_axis(a, idx[None, :, None], axis=2)[..., 0]
+
+    def index(self, a):
+        return np.asarray(a, dtype=np.int64)
+
+    def fsum(self, a, axis):
+        return a.sum(axis=axis, dtype=np.float64)
+
+    log, sqrt, exp, abs = np.log, np.sqrt, np.exp, np.abs
+
+
+class _Torch:
+    def __init__(self, device: str):
+        import torch
+
+        self.torch = torch
+        self.device = torch.device(device)
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device={device!r} asked for, but torch sees no CUDA device")
+        self.float = torch.float64
+
+    def asarray(self, a):
+        return self.torch.as_tensor(np.asarray(a, dtype=np.float64), device=self.device)
+
+    def to_numpy(self, a):
+        return a.detach().cpu().numpy()
+
+    def T(self, a):
+        return a.transpose(-1, -2)
+
+    def eigh(self, a):
+        return self.torch.linalg.eigh(a)
+
+    def solve(self, a, b):
+        return self.torch.linalg.solve(a, b)
+
+    def eye(self, d):
+        return self.torch.eye(d, dtype=self.float, device=self.device)
+
+    def diag(self, a):
+        return self.torch.diagonal(a, dim1=-2, dim2=-1)
+
+    def amax(self, a, axis):
+        return a.amax(dim=axis)
+
+    def where(self, c, a, b):
+        t = self.torch
+        return t.where(c, t.as_tensor(a, dtype=self.float, device=self.device),
+                       t.as_tensor(b, dtype=self.float, device=self.device))
+
+    def logsumexp(self, a, axis):
+        return self.torch.logsumexp(a, dim=axis)
+
+    def take_last(self, a, idx):
+        return self.torch.gather(a, 2, idx[None, :, None].expand(a.shape[0], -1, 1))[..., 0]
+
+    def index(self, a):
+        return self.torch.as_tensor(np.asarray(a, dtype=np.int64), device=self.device)
+
+    def fsum(self, a, axis):
+        return a.sum(dim=axis, dtype=self.float)
+
+    def log(self, a):
+        return self.torch.log(a)
+
+    def sqrt(self, a):
+        return self.torch.sqrt(a)
+
+    def exp(self, a):
+        return self.torch.exp(a)
+
+    def abs(self, a):
+        return self.torch.abs(a)
+
+
+def _backend(device):
+    if device is None:
+        return _Numpy()
+    if not isinstance(device, str) and not hasattr(device, "type"):
+        raise ValueError(f"device must be None (numpy) or a torch device name such as 'cpu' or 'cuda', got {device!r}")
+    try:
+        return _Torch(str(device))
+    except ImportError:
+        raise ValueError("device= needs torch installed; leave device=None for the numpy path") from None
+    except RuntimeError as exc:
+        raise ValueError(f"invalid device {device!r}: {exc}") from None
+
+
+# ---------------------------------------------------------------------- LogME, batched
+def _fixed_point(xp, sigma, mask, x2, y_sq, n: int):
+    """``estimators.logme._fixed_point_evidence`` for a batch of sources.
+
+    sigma (S, k, 1) eigenvalues (zero where ``mask`` (S, k, 1) is False), x2 (S, k, t) squared
+    projections (zero where masked), y_sq (t,) or (S, t). Returns the evidence / n, (S, t).
+    """
+    k = xp.fsum(mask, 1)  # (S, 1)
+    res_x2 = y_sq - x2.sum(1)
+    ones = res_x2 * 0.0 + 1.0
+    alpha, beta = ones, ones
+    m2 = res2 = ones * 0.0
+    active = ones > 0
+    for _ in range(_MAX_ITER):
+        t = (alpha / beta)[:, None, :]
+        inv = 1.0 / (sigma + t)
+        gamma = (sigma * inv).sum(1)
+        m2_new = (sigma * x2 * inv**2).sum(1)
+        res2_new = (x2 * (t * inv) ** 2).sum(1) + res_x2
+        alpha_new = gamma / (m2_new + _EPS)
+        beta_new = (n - gamma) / (res2_new + _EPS)
+        alpha = xp.where(active, alpha_new, alpha)
+        beta = xp.where(active, beta_new, beta)
+        m2 = xp.where(active, m2_new, m2)
+        res2 = xp.where(active, res2_new, res2)
+        tt = t[:, 0, :]
+        active = active & ~(xp.abs(alpha_new / beta_new - tt) / tt <= _RTOL)
+        if not bool(active.any()):
+            break
+    logdet = (xp.log(alpha[:, None, :] + beta[:, None, :] * sigma) * mask).sum(1)
+    evidence = (k / 2.0 * xp.log(alpha) + n / 2.0 * xp.log(beta) - 0.5 * logdet
+                - beta / 2.0 * res2 - alpha / 2.0 * m2 - n / 2.0 * math.log(2 * math.pi))
+    return evidence / n
+
+
+def _logme_batch(xp, sigma, vecs, P, y_sq, n: int, size: int):
+    """Mean LogME evidence per source from the eigenvalues ``sigma`` (S, k, ascending) of a Gram
+    matrix and the targets' projections ``P`` (S, k, t): ``V^T F^T Y`` for ``F^T F`` (``vecs``
+    given: divided by sqrt(sigma) here) or ``U^T Y`` for ``F F^T`` (``vecs=None``). ``size`` =
+    max(n, d) sets the numerical-rank cut as in ``estimators.logme``."""
+    top = sigma[:, -1:]
+    mask = sigma > top * size * np.finfo(np.float64).eps
+    sig = xp.where(mask, sigma, 0.0)
+    if vecs is not None:  # d-side: x = V^T F^T Y / sqrt(sigma)
+        x = P / xp.sqrt(xp.where(mask, sigma, 1.0))[:, :, None]
+    else:
+        x = P
+    x = x * mask[:, :, None]
+    ev = _fixed_point(xp, sig[:, :, None], mask[:, :, None], x * x, y_sq, n)
+    bad = ~(top[:, 0] > 0)
+    return ev.mean(1), bad
+
+
+
+# ---------------------------------------------------------------------- main entry point
+def score_many(stats: TargetStats, esms, estimators: Sequence[str] = SUPPORTED, *, bias=None,
+               device=None, chunk_size: int | None = None, progress=None) -> np.ndarray:
+    """Scores of many sources' ESMs on one target, from the target's statistics.
+
+    stats: ``TargetStats.from_data(X, y)`` of the target's base-encoder embeddings.
+    esms: a sequence of ESMs (``EmbeddingSpaceMap``, saved path, or ``{"weight", "bias"}``), or
+        the weights stacked as an array (S, d_out, d_in) with ``bias`` (S, d_out) (default 0).
+    estimators: names from ``SUPPORTED``; the result's columns follow this order.
+    device: None = numpy; a torch device name (``"cpu"``, ``"cuda"``) runs the same algorithm in
+        torch float64 there. chunk_size: sources per batch (default: work arrays of ~256 MiB).
+    progress: optional callable ``progress(done_sources, total_sources)`` after each chunk.
+
+    Returns float64 (S, E), row s = source s. Higher is better for all three. An entry is NaN
+    where the one-source estimator would raise (e.g. a map that sends every target row to the
+    same point: LogME of rank-0 features).
+    """
+    ests = list(estimators)
+    if isinstance(estimators, str) or not ests:
+        raise ValueError(f"estimators must be a non-empty list of names from {SUPPORTED}")
+    for e in ests:
+        if e not in SUPPORTED:
+            raise ValueError(f"{e!r} has no statistics path; choose from {', '.join(SUPPORTED)}")
+    if not isinstance(stats, TargetStats):
+        raise ValueError("stats must be a TargetStats (TargetStats.from_data(X, y))")
+    if stats.regression and set(ests) - {"esm_logme"}:
+        raise ValueError("with float targets (regression) only esm_logme applies; "
+                         f"{', '.join(sorted(set(ests) - {'esm_logme'}))} need class labels")
+    if isinstance(esms, np.ndarray) or (hasattr(esms, "shape") and hasattr(esms, "ndim")):
+        W, b = _check_stack(esms, bias, stats.d)
+    else:
+        if bias is not None:
+            raise ValueError("bias= goes with stacked weights; ESM objects carry their own bias")
+        W, b = _check_stack(*stack_esms(esms), stats.d)
+    S, d_out, d_in = W.shape
+    n = stats.n
+    if chunk_size is None:
+        per_source = 8 * (4 * d_out * max(d_out, d_in) + 2 * n * max(d_out, n if n < d_out else 0)
+                          + n * max(stats.n_classes, 1) * 2)
+        chunk_size = int(max(1, min(256, _CHUNK_BYTES // max(per_source, 1))))
+    elif int(chunk_size) != chunk_size or chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive integer, got {chunk_size}")
+    xp = _backend(device)
+    t = _prepare(xp, stats)
+    out = np.empty((S, len(ests)))
+    for start in range(0, S, int(chunk_size)):
+        stop = min(S, start + int(chunk_size))
+        Wc, bc = xp.asarray(W[start:stop]), xp.asarray(b[start:stop])
+        res = _score_chunk(xp, t, stats, Wc, bc, ests)
+        for j, e in enumerate(ests):
+            out[start:stop, j] = res[e]
+        if progress is not None:
+            progress(stop, S)
+    out[~np.isfinite(out)] = np.nan
+    return out
+
+
+def _prepare(xp, st: TargetStats) -> dict:
+    lam, V = np.linalg.eigh(st.scatter)
+    root = V * np.sqrt(np.clip(lam, 0.0, None))  # Sc = root @ root.T
+    t = {"mean": xp.asarray(st.mean), "root": xp.asarray(root), "Xc": xp.asarray(st.centred)}
+    if st.regression:
+        t["xty"] = xp.asarray(st.xty)
+        t["ysum"] = xp.asarray(st.targets.sum(axis=0))
+        t["ysq"] = xp.asarray(np.einsum("ij,ij->j", st.targets, st.targets))
+        t["Y"] = xp.asarray(st.targets)
+    else:
+        C = st.n_classes
+        t["sums"] = xp.asarray(st.class_sums)
+        t["counts"] = xp.asarray(st.counts.astype(np.float64))
+        t["labels"] = xp.index(st.labels)
+        onehot = np.zeros((st.n, C))
+        onehot[np.arange(st.n), st.labels] = 1.0
+        t["Y"] = xp.asarray(onehot)
+        t["log_prior"] = xp.asarray(np.log(st.counts / st.n))
+    return t
+
+
+def _score_chunk(xp, t, st: TargetStats, W, b, ests) -> dict:
+    n = st.n
+    d_out = W.shape[1]
+    Wt = xp.T(W)
+    mF = (W @ t["mean"][:, None])[..., 0] + b  # (S, d_out)
+    res = {}
+    need_gram = "esm_hscore_shrinkage" in ests or ("esm_logme" in ests and n >= d_out)
+    if need_gram:
+        G = _gram(xp, W, t["root"])  # W Sc W^T (S, d_out, d_out)
+    if "esm_logme" in ests:
+        res["esm_logme"] = _logme_chunk(xp, t, st, W, Wt, mF, G if n >= d_out else None)
+    if "esm_hscore_shrinkage" in ests:
+        res["esm_hscore_shrinkage"] = _hscore_shrinkage_chunk(xp, t, st, Wt, G)
+    if "esm_etran_lda" in ests:
+        res["esm_etran_lda"] = _etran_lda_chunk(xp, t, st, W, b)
+    return res
+
+
+def _gram(xp, W, R):
+    """``W Sc W^T = (W R)(W R)^T`` with ``Sc = R R^T`` (R from the target, once): one product
+    and one symmetric rank-k update per source (numpy's ``P @ P.T`` calls BLAS syrk)."""
+    S, d_out, d_in = W.shape
+    P = (W.reshape(S * d_out, d_in) @ R).reshape(S, d_out, R.shape[1])
+    if isinstance(xp, _Numpy):
+        return np.stack([p @ p.T for p in P])
+    return P @ xp.T(P)
+
+
+def _logme_chunk(xp, t, st, W, Wt, mF, G):
+    n = st.n
+    d_out = W.shape[1]
+    if st.regression:
+        FtY = W @ t["xty"] + mF[:, :, None] * t["ysum"][None, None, :]
+        y_sq = t["ysq"]
+    else:
+        FtY = W @ xp.T(t["sums"]) + mF[:, :, None] * t["counts"][None, None, :]
+        y_sq = t["counts"]
+    size = max(n, d_out)
+    if G is not None:  # n >= d_out: the spectrum of F^T F (d_out x d_out), as the reference
+        FtF = G + n * (mF[:, :, None] * mF[:, None, :])
+        if isinstance(xp, _Numpy) and d_out >= 2:
+            return _logme_tridiagonal(FtF, FtY, y_sq, n, size)
+        sigma, V = xp.eigh(FtF)
+        vals, bad = _logme_batch(xp, sigma, V, xp.T(V) @ FtY, y_sq, n, size)
+    else:  # n < d_out: eigenpairs of F F^T (n x n) from the rows
+        F = t["Xc"] @ Wt + mF[:, None, :]
+        sigma, U = xp.eigh(F @ xp.T(F))
+        vals, bad = _logme_batch(xp, sigma, None, xp.T(U) @ t["Y"], y_sq, n, size)
+    out = xp.to_numpy(vals).copy()
+    out[xp.to_numpy(bad)] = np.nan
+    return out
+
+
+# ---------------------------------------------------------------------- LogME without eigenvectors
+def _logme_tridiagonal(FtF: np.ndarray, FtY: np.ndarray, y_sq: np.ndarray, n: int, size: int) -> np.ndarray:
+    """LogME of each source from ``A = F^T F`` (S, d, d) and ``Z = F^T Y`` (S, d, t), numpy.
+
+    The fixed point reads the targets only through ``sum_i g(sigma_i) (v_i^T z)^2`` for rational
+    g, i.e. quadratic forms ``z^T A^-1 z``, ``||(A + tI)^-1 z||^2`` and
+    ``r^T A^-1 r`` (r = (A + tI)^-1 z). With the tridiagonal reduction ``A = Q T Q^T``
+    (LAPACK sytrd, no eigenvectors) and ``z' = Q^T z`` these are tridiagonal solves, O(d) per
+    column and iteration, vectorised over sources and columns; the eigenvalues (for gamma and
+    the log-determinant) come from the tridiagonal matrix (sterf). Valid when every eigenvalue
+    passes LogME's rank cut (then no direction is dropped); other sources go through ``eigh``.
+    """
+    from scipy.linalg import lapack
+
+    S, d, _ = FtF.shape
+    tcols = FtY.shape[2]
+    diag = np.empty((S, d))
+    off = np.empty((S, d - 1))
+    Zh = np.empty_like(FtY)
+    sig = np.empty((S, d))
+    ok = np.ones(S, dtype=bool)
+    lwork = 64 * d
+    for s in range(S):
+        c, dd, e, tau, info = lapack.dsytrd(FtF[s], lower=1, lwork=lwork)
+        if info != 0:
+            ok[s] = False
+            continue
+        diag[s], off[s] = dd, e
+        Zh[s, 0] = FtY[s, 0]
+        Zh[s, 1:] = lapack.dormqr(b"L", b"T", c[1:, :-1], tau, FtY[s, 1:], lwork=lwork)[0]
+        w, info = lapack.dsterf(dd, e)
+        if info != 0:
+            ok[s] = False
+            continue
+        sig[s] = w
+    top = sig[:, -1]
+    ok &= (top > 0) & (sig[:, 0] > top * size * np.finfo(np.float64).eps)
+    out = np.full(S, np.nan)
+    if ok.any():
+        i = np.nonzero(ok)[0]
+        out[i] = _fixed_point_tridiagonal(diag[i], off[i], Zh[i], sig[i], np.asarray(y_sq, dtype=np.float64), n)
+    rest = np.nonzero(~ok)[0]
+    if rest.size:
+        xp = _Numpy()
+        sigma, V = np.linalg.eigh(FtF[rest])
+        vals, bad = _logme_batch(xp, sigma, V, np.swapaxes(V, 1, 2) @ FtY[rest], y_sq, n, size)
+        vals = np.array(vals, dtype=np.float64)
+        vals[bad] = np.nan
+        out[rest] = vals
+    return out
+
+
+def _tri_solve(diag: np.ndarray, off: np.ndarray, shift: np.ndarray | None, B: np.ndarray) -> np.ndarray:
+    """Solve ``(T + shift I) x = B`` for symmetric positive definite tridiagonal T, batched.
+
+    diag (d, K), off (d - 1, K), shift (K,) or None, B (d, K) -> x (d, K): LDL^T (Thomas)
+    elimination, one vectorised step per row."""
+    d = diag.shape[0]
+    a = diag if shift is None else diag + shift
+    piv = np.empty_like(B)
+    y = np.empty_like(B)
+    piv[0] = a[0]
+    y[0] = B[0]
+    for j in range(1, d):
+        lj = off[j - 1] / piv[j - 1]
+        piv[j] = a[j] - lj * off[j - 1]
+        y[j] = B[j] - lj * y[j - 1]
+    x = np.empty_like(B)
+    x[d - 1] = y[d - 1] / piv[d - 1]
+    for j in range(d - 2, -1, -1):
+        x[j] = (y[j] - off[j] * x[j + 1]) / piv[j]
+    return x
+
+
+def _shifted_solves(diag, off, shift, B):
+    """``(T_k + shift_k I)^-1 b_k`` for K systems: diag (d, K), off (d-1, K), shift (K,) or
+    None, B (d, K). LAPACK ptsv per system when K is small (its call overhead is about one
+    vectorised step), else the vectorised elimination."""
+    K = B.shape[1]
+    if K > _VECTORISE_ABOVE:
+        return _tri_solve(diag, off, shift, B)
+    from scipy.linalg import lapack
+
+    out = np.empty_like(B)
+    for k in range(K):
+        dk = diag[:, k] if shift is None else diag[:, k] + shift[k]
+        x, info = lapack.dptsv(dk, off[:, k], B[:, k:k + 1])[2:]
+        if info != 0:  # not positive definite in floating point: plain elimination instead
+            x = _tri_solve(diag[:, k:k + 1], off[:, k:k + 1], None if shift is None else shift[k:k + 1],
+                           B[:, k:k + 1])
+        out[:, k] = x[:, 0]
+    return out
+
+
+def _fixed_point_tridiagonal(diag, off, Zh, sig, y_sq, n: int) -> np.ndarray:
+    """``estimators.logme._fixed_point_evidence`` (all directions kept) from the tridiagonal form:
+    diag (S, d), off (S, d-1), Zh = Q^T F^T Y (S, d, t), sig (S, d) eigenvalues. -> (S,)."""
+    S, d, tc = Zh.shape
+    K = S * tc
+    # System k = (source k // tc, target column k % tc); row j of every system side by side.
+    D = np.ascontiguousarray(np.repeat(diag.T, tc, axis=1))  # (d, K)
+    E = np.ascontiguousarray(np.repeat(off.T, tc, axis=1))  # (d-1, K)
+    Zk = np.ascontiguousarray(Zh.transpose(1, 0, 2).reshape(d, K))
+    sg = np.repeat(sig, tc, axis=0)  # (K, d)
+    ysq = np.broadcast_to(y_sq, (S, tc)).reshape(K)
+    res_x2 = ysq - np.einsum("jk,jk->k", Zk, _shifted_solves(D, E, None, Zk))
+    alpha = np.ones(K)
+    beta = np.ones(K)
+    m2 = np.zeros(K)
+    res2 = np.zeros(K)
+    active = np.ones(K, dtype=bool)
+    for _ in range(_MAX_ITER):
+        idx = np.nonzero(active)[0]
+        t = alpha[idx] / beta[idx]
+        gamma = (sg[idx] / (sg[idx] + t[:, None])).sum(1)
+        Di, Ei = D[:, idx], E[:, idx]
+        r = _shifted_solves(Di, Ei, t, Zk[:, idx])  # (A + tI)^-1 z
+        m2_new = np.einsum("jk,jk->k", r, r)
+        res2_new = t * t * np.einsum("jk,jk->k", r, _shifted_solves(Di, Ei, None, r)) + res_x2[idx]
+        alpha_new = gamma / (m2_new + _EPS)
+        beta_new = (n - gamma) / (res2_new + _EPS)
+        alpha[idx], beta[idx], m2[idx], res2[idx] = alpha_new, beta_new, m2_new, res2_new
+        active[idx] = ~(np.abs(alpha_new / beta_new - t) / t <= _RTOL)
+        if not active.any():
+            break
+    logdet = np.log(alpha[:, None] + beta[:, None] * sg).sum(1)
+    evidence = (d / 2.0 * np.log(alpha) + n / 2.0 * np.log(beta) - 0.5 * logdet
+                - beta / 2.0 * res2 - alpha / 2.0 * m2 - n / 2.0 * math.log(2 * math.pi)) / n
+    return evidence.reshape(S, tc).mean(1)
+
+
+def _hscore_shrinkage_chunk(xp, t, st, Wt, G):
+    n = st.n
+    d = G.shape[-1]
+    S_F = G / n  # covariance of F, ddof 0
+    Fc = t["Xc"] @ Wt  # (S, n, d): the rows, for the fourth moment only
+    row_sq = (Fc * Fc).sum(2)
+    del Fc
+    trace = xp.diag(S_F).sum(1)  # (S,)
+    mu = trace / d
+    s_fro2 = (S_F * S_F).sum(2).sum(1)
+    bb = ((row_sq * row_sq).sum(1) / n - s_fro2) / (d * n)
+    delta = (s_fro2 - 2.0 * mu * trace + d * mu * mu) / d
+    bb = xp.where(bb < delta, bb, delta)
+    ok = (bb > 0) & (delta > 0)
+    shrink = xp.where(ok, bb / xp.where(delta > 0, delta, 1.0), 0.0)
+    if d == 1:
+        shrink = shrink * 0.0
+    cov = (1.0 - shrink)[:, None, None] * S_F + (shrink * mu)[:, None, None] * xp.eye(d)
+    scale = xp.sqrt((1.0 - shrink)[:, None] / ((n - 1) * t["counts"])[None, :])  # (S, C)
+    between = (t["sums"] @ Wt) * scale[:, :, None]  # (S, C, d)
+    # Every eigenvalue of cov is >= shrink * mu and <= trace: all pass the pinv cut-off when
+    # shrink * mu > rcond * trace; then tr(cov^+ B^T B) = tr(B cov^-1 B^T), a linear solve.
+    solvable = xp.to_numpy(shrink * mu > _SOLVE_MARGIN * _HSCORE_RCOND * trace)
+    out = np.empty(int(G.shape[0]))
+    if solvable.any():
+        idx = np.nonzero(solvable)[0]
+        ix = xp.index(idx)
+        B = between[ix]
+        Z = xp.solve(cov[ix], xp.T(B))  # (s, d, C)
+        out[idx] = xp.to_numpy((B * xp.T(Z)).sum(2).sum(1))
+    rest = np.nonzero(~solvable)[0]
+    if rest.size:
+        ix = xp.index(rest)
+        lam, V = xp.eigh(cov[ix])
+        top = xp.amax(xp.abs(lam), 1)[:, None]
+        keep = xp.abs(lam) > _HSCORE_RCOND * top
+        proj = between[ix] @ V  # (s, C, d)
+        contrib = (proj * proj).sum(1) / xp.where(keep, lam, 1.0)
+        out[rest] = xp.to_numpy(xp.where(keep, contrib, 0.0).sum(1))
+    return out
+
+
+def _etran_lda_chunk(xp, t, st, W, b):
+    n = st.n
+    means = t["sums"] / t["counts"][:, None] + t["mean"][None, :]  # raw class means of X (C, d_in)
+    muF = means @ xp.T(W) + b[:, None, :]  # (S, C, d_out)
+    A = muF @ W  # (S, C, d_in): A_c = W^T mu_c^F
+    const = ((A * t["mean"]).sum(2) + (muF * b[:, None, :]).sum(2)
+             - 0.5 * (muF * muF).sum(2) + t["log_prior"][None, :])  # (S, C)
+    logits = t["Xc"] @ xp.T(A) + const[:, None, :]  # (S, n, C)
+    lse = xp.logsumexp(logits, 2)
+    true = xp.take_last(logits, t["labels"])
+    return xp.to_numpy(xp.exp(true - lse).sum(1) / n)
+

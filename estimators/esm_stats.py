@@ -45,7 +45,8 @@ from ._classwise import class_sums
 from ._validation import check_features, check_features_labels, check_targets
 from .logme import _EPS, _MAX_ITER, _RTOL
 
-__all__ = ["TargetStats", "score_many", "stack_esms", "SUPPORTED"]
+__all__ = ["TargetStats", "score_many", "stack_esms", "SUPPORTED", "logme_lowrank", "rank_two_stage",
+           "combine_shortlist"]
 
 #: The estimators ``score_many`` computes from the statistics (the tasks default).
 SUPPORTED = ("esm_logme", "esm_etran_lda", "esm_hscore_shrinkage")
@@ -198,9 +199,6 @@ class _Numpy:
         top = a.max(axis=axis, keepdims=True)
         return np.log(np.exp(a - top).sum(axis=axis)) + np.squeeze(top, axis)
 
-    def take_last(self, a, idx):  # a (S, n, C), idx (n,) -> (S, n)
-        return np.take_along_axis(a, idx[None, :, None], axis=2)[..., 0]
-
     def index(self, a):
         return np.asarray(a, dtype=np.int64)
 
@@ -251,9 +249,6 @@ class _Torch:
 
     def logsumexp(self, a, axis):
         return self.torch.logsumexp(a, dim=axis)
-
-    def take_last(self, a, idx):
-        return self.torch.gather(a, 2, idx[None, :, None].expand(a.shape[0], -1, 1))[..., 0]
 
     def index(self, a):
         return self.torch.as_tensor(np.asarray(a, dtype=np.int64), device=self.device)
@@ -364,17 +359,10 @@ def score_many(stats: TargetStats, esms, estimators: Sequence[str] = SUPPORTED, 
     for e in ests:
         if e not in SUPPORTED:
             raise ValueError(f"{e!r} has no statistics path; choose from {', '.join(SUPPORTED)}")
-    if not isinstance(stats, TargetStats):
-        raise ValueError("stats must be a TargetStats (TargetStats.from_data(X, y))")
+    W, b = _stack_input(stats, esms, bias)
     if stats.regression and set(ests) - {"esm_logme"}:
         raise ValueError("with float targets (regression) only esm_logme applies; "
                          f"{', '.join(sorted(set(ests) - {'esm_logme'}))} need class labels")
-    if isinstance(esms, np.ndarray) or (hasattr(esms, "shape") and hasattr(esms, "ndim")):
-        W, b = _check_stack(esms, bias, stats.d)
-    else:
-        if bias is not None:
-            raise ValueError("bias= goes with stacked weights; ESM objects carry their own bias")
-        W, b = _check_stack(*stack_esms(esms), stats.d)
     S, d_out, d_in = W.shape
     n = stats.n
     if chunk_size is None:
@@ -386,14 +374,15 @@ def score_many(stats: TargetStats, esms, estimators: Sequence[str] = SUPPORTED, 
     xp = _backend(device)
     t = _prepare(xp, stats)
     out = np.empty((S, len(ests)))
-    for start in range(0, S, int(chunk_size)):
-        stop = min(S, start + int(chunk_size))
-        Wc, bc = xp.asarray(W[start:stop]), xp.asarray(b[start:stop])
-        res = _score_chunk(xp, t, stats, Wc, bc, ests)
-        for j, e in enumerate(ests):
-            out[start:stop, j] = res[e]
-        if progress is not None:
-            progress(stop, S)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        for start in range(0, S, int(chunk_size)):
+            stop = min(S, start + int(chunk_size))
+            Wc, bc = xp.asarray(W[start:stop]), xp.asarray(b[start:stop])
+            res = _score_chunk(xp, t, stats, Wc, bc, ests)
+            for j, e in enumerate(ests):
+                out[start:stop, j] = res[e]
+            if progress is not None:
+                progress(stop, S)
     out[~np.isfinite(out)] = np.nan
     return out
 
@@ -402,6 +391,8 @@ def _prepare(xp, st: TargetStats) -> dict:
     lam, V = np.linalg.eigh(st.scatter)
     root = V * np.sqrt(np.clip(lam, 0.0, None))  # Sc = root @ root.T
     t = {"mean": xp.asarray(st.mean), "root": xp.asarray(root), "Xc": xp.asarray(st.centred)}
+    lroot, lz, lysq = _logme_basis(st)
+    t.update(lroot=xp.asarray(lroot), lz=xp.asarray(lz), lysq=xp.asarray(lysq))
     if st.regression:
         t["xty"] = xp.asarray(st.xty)
         t["ysum"] = xp.asarray(st.targets.sum(axis=0))
@@ -412,6 +403,7 @@ def _prepare(xp, st: TargetStats) -> dict:
         t["sums"] = xp.asarray(st.class_sums)
         t["counts"] = xp.asarray(st.counts.astype(np.float64))
         t["labels"] = xp.index(st.labels)
+        t["rows"] = xp.index(np.arange(st.n))
         onehot = np.zeros((st.n, C))
         onehot[np.arange(st.n), st.labels] = 1.0
         t["Y"] = xp.asarray(onehot)
@@ -420,18 +412,13 @@ def _prepare(xp, st: TargetStats) -> dict:
 
 
 def _score_chunk(xp, t, st: TargetStats, W, b, ests) -> dict:
-    n = st.n
-    d_out = W.shape[1]
-    Wt = xp.T(W)
-    mF = (W @ t["mean"][:, None])[..., 0] + b  # (S, d_out)
     res = {}
-    need_gram = "esm_hscore_shrinkage" in ests or ("esm_logme" in ests and n >= d_out)
-    if need_gram:
-        G = _gram(xp, W, t["root"])  # W Sc W^T (S, d_out, d_out)
     if "esm_logme" in ests:
-        res["esm_logme"] = _logme_chunk(xp, t, st, W, Wt, mF, G if n >= d_out else None)
+        res["esm_logme"] = _logme_chunk(xp, t, st, W, b)
     if "esm_hscore_shrinkage" in ests:
-        res["esm_hscore_shrinkage"] = _hscore_shrinkage_chunk(xp, t, st, Wt, G)
+        G = _gram(xp, W, t["root"])  # W Sc W^T (S, d_out, d_out)
+        res["esm_hscore_shrinkage"] = _hscore_shrinkage_chunk(xp, t, st, xp.T(W), G)
+        del G
     if "esm_etran_lda" in ests:
         res["esm_etran_lda"] = _etran_lda_chunk(xp, t, st, W, b)
     return res
@@ -447,61 +434,88 @@ def _gram(xp, W, R):
     return P @ xp.T(P)
 
 
-def _logme_chunk(xp, t, st, W, Wt, mF, G):
-    n = st.n
-    d_out = W.shape[1]
+def _logme_basis(st: TargetStats):
+    """Target-side LogME quantities: ``root`` ((d+1), k) and ``z`` (k, t) with
+    ``[X, 1]^T [X, 1] = root root^T`` restricted to its k numerically non-null directions
+    (``root = B diag(l)^(1/2)``), and ``z = diag(l)^(-1/2) B^T [X, 1]^T Y``."""
+    n, d = st.n, st.d
+    m = st.mean
+    E = np.empty((d + 1, d + 1))
+    E[:d, :d] = st.scatter + n * np.outer(m, m)
+    E[:d, d] = E[d, :d] = n * m
+    E[d, d] = n
+    lam, B = np.linalg.eigh((E + E.T) / 2.0)
+    keep = lam > lam[-1] * max(n, d + 1) * np.finfo(np.float64).eps
+    lam, B = lam[keep], B[:, keep]
     if st.regression:
-        FtY = W @ t["xty"] + mF[:, :, None] * t["ysum"][None, None, :]
-        y_sq = t["ysq"]
+        XtY = np.vstack([st.xty + np.outer(m, st.targets.sum(axis=0)), st.targets.sum(axis=0)[None, :]])
+        y_sq = np.einsum("ij,ij->j", st.targets, st.targets)
     else:
-        FtY = W @ xp.T(t["sums"]) + mF[:, :, None] * t["counts"][None, None, :]
-        y_sq = t["counts"]
+        counts = st.counts.astype(np.float64)
+        XtY = np.vstack([st.class_sums.T + np.outer(m, counts), counts[None, :]])
+        y_sq = counts
+    root = B * np.sqrt(lam)
+    z = (B.T @ XtY) / np.sqrt(lam)[:, None]
+    return root, z, y_sq
+
+
+def _logme_chunk(xp, t, st, W, b):
+    """ESM-LogME of a chunk of sources.
+
+    With ``[X, 1] = H B^T`` (B: orthonormal basis of the row space, ``H^T H = diag(l)``) and
+    ``Waug = [W, b]``, ``F = H (B^T Waug^T)``: the non-zero eigenvalues of ``F^T F`` are those of
+    ``A = P^T P`` with ``P = Waug B diag(l)^(1/2)`` (d_out x k), and the projections of the
+    targets on F's left singular vectors are ``Q^T z`` for the eigenvectors Q of A (``z``
+    target-only, see ``_logme_basis``). A is k x k, k = rank([X, 1]) <= min(n, d + 1); this is
+    the reference's n x n route when n < d and its d x d route otherwise, with the same
+    numerical-rank cut relative to the largest eigenvalue."""
+    n = st.n
+    S, d_out, d_in = W.shape
     size = max(n, d_out)
-    if G is not None:  # n >= d_out: the spectrum of F^T F (d_out x d_out), as the reference
-        FtF = G + n * (mF[:, :, None] * mF[:, None, :])
-        if isinstance(xp, _Numpy) and d_out >= 2:
-            return _logme_tridiagonal(FtF, FtY, y_sq, n, size)
-        sigma, V = xp.eigh(FtF)
-        vals, bad = _logme_batch(xp, sigma, V, xp.T(V) @ FtY, y_sq, n, size)
-    else:  # n < d_out: eigenpairs of F F^T (n x n) from the rows
-        F = t["Xc"] @ Wt + mF[:, None, :]
-        sigma, U = xp.eigh(F @ xp.T(F))
-        vals, bad = _logme_batch(xp, sigma, None, xp.T(U) @ t["Y"], y_sq, n, size)
+    k = t["lroot"].shape[1]
+    Pt = (W.reshape(S * d_out, d_in) @ t["lroot"][:d_in]).reshape(S, d_out, k)
+    Pt += b[:, :, None] * t["lroot"][d_in][None, None, :]  # Waug @ root with Waug = [W, b]
+    if isinstance(xp, _Numpy) and k >= 2:
+        return _logme_tridiagonal(Pt, t["lz"], t["lysq"], n, size)
+    A = xp.T(Pt) @ Pt
+    sigma, Q = xp.eigh(A)
+    vals, bad = _logme_batch(xp, sigma, None, xp.T(Q) @ t["lz"], t["lysq"], n, size)
     out = xp.to_numpy(vals).copy()
     out[xp.to_numpy(bad)] = np.nan
     return out
 
 
 # ---------------------------------------------------------------------- LogME without eigenvectors
-def _logme_tridiagonal(FtF: np.ndarray, FtY: np.ndarray, y_sq: np.ndarray, n: int, size: int) -> np.ndarray:
-    """LogME of each source from ``A = F^T F`` (S, d, d) and ``Z = F^T Y`` (S, d, t), numpy.
+def _logme_tridiagonal(Pt: np.ndarray, z: np.ndarray, y_sq: np.ndarray, n: int, size: int) -> np.ndarray:
+    """LogME of each source from ``A = P^T P`` (Pt: (S, d_out, k)) and the target's ``z`` (k, t).
 
-    The fixed point reads the targets only through ``sum_i g(sigma_i) (v_i^T z)^2`` for rational
-    g, i.e. quadratic forms ``z^T A^-1 z``, ``||(A + tI)^-1 z||^2`` and
-    ``r^T A^-1 r`` (r = (A + tI)^-1 z). With the tridiagonal reduction ``A = Q T Q^T``
-    (LAPACK sytrd, no eigenvectors) and ``z' = Q^T z`` these are tridiagonal solves, O(d) per
-    column and iteration, vectorised over sources and columns; the eigenvalues (for gamma and
-    the log-determinant) come from the tridiagonal matrix (sterf). Valid when every eigenvalue
-    passes LogME's rank cut (then no direction is dropped); other sources go through ``eigh``.
+    The fixed point reads the targets only through ``sum_i g(sigma_i) x_i^2`` with
+    ``x = Q^T z`` and rational g: ``||(A + tI)^-1 z||^2`` and ``r^T A r`` for
+    ``r = (A + tI)^-1 z``. With the tridiagonal reduction ``A = U T U^T`` (LAPACK sytrd, no
+    eigenvectors) and ``z' = U^T z`` (ormqr) these are one tridiagonal solve and one tridiagonal
+    product per column and iteration, vectorised over sources and columns; the eigenvalues (for
+    gamma and the log-determinant) come from T (sterf). Valid when every eigenvalue passes
+    LogME's rank cut; other sources go through ``eigh``.
     """
     from scipy.linalg import lapack
 
-    S, d, _ = FtF.shape
-    tcols = FtY.shape[2]
-    diag = np.empty((S, d))
-    off = np.empty((S, d - 1))
-    Zh = np.empty_like(FtY)
-    sig = np.empty((S, d))
+    S, _, k = Pt.shape
+    tcols = z.shape[1]
+    diag = np.empty((S, k))
+    off = np.empty((S, k - 1))
+    Zh = np.empty((S, k, tcols))
+    sig = np.empty((S, k))
     ok = np.ones(S, dtype=bool)
-    lwork = 64 * d
+    lwork = 64 * k
     for s in range(S):
-        c, dd, e, tau, info = lapack.dsytrd(FtF[s], lower=1, lwork=lwork)
+        a = Pt[s].T @ Pt[s]  # BLAS syrk
+        c, dd, e, tau, info = lapack.dsytrd(a, lower=1, lwork=lwork, overwrite_a=1)
         if info != 0:
             ok[s] = False
             continue
         diag[s], off[s] = dd, e
-        Zh[s, 0] = FtY[s, 0]
-        Zh[s, 1:] = lapack.dormqr(b"L", b"T", c[1:, :-1], tau, FtY[s, 1:], lwork=lwork)[0]
+        Zh[s, 0] = z[0]
+        Zh[s, 1:] = lapack.dormqr(b"L", b"T", c[1:, :-1], tau, z[1:], lwork=lwork)[0]
         w, info = lapack.dsterf(dd, e)
         if info != 0:
             ok[s] = False
@@ -510,14 +524,15 @@ def _logme_tridiagonal(FtF: np.ndarray, FtY: np.ndarray, y_sq: np.ndarray, n: in
     top = sig[:, -1]
     ok &= (top > 0) & (sig[:, 0] > top * size * np.finfo(np.float64).eps)
     out = np.full(S, np.nan)
+    y_sq = np.asarray(y_sq, dtype=np.float64)
     if ok.any():
         i = np.nonzero(ok)[0]
-        out[i] = _fixed_point_tridiagonal(diag[i], off[i], Zh[i], sig[i], np.asarray(y_sq, dtype=np.float64), n)
+        res_x2 = y_sq - np.einsum("jc,jc->c", z, z)
+        out[i] = _fixed_point_tridiagonal(diag[i], off[i], Zh[i], sig[i], res_x2, n)
     rest = np.nonzero(~ok)[0]
     if rest.size:
-        xp = _Numpy()
-        sigma, V = np.linalg.eigh(FtF[rest])
-        vals, bad = _logme_batch(xp, sigma, V, np.swapaxes(V, 1, 2) @ FtY[rest], y_sq, n, size)
+        sigma, Q = np.linalg.eigh(np.stack([Pt[s].T @ Pt[s] for s in rest]))
+        vals, bad = _logme_batch(_Numpy(), sigma, None, np.swapaxes(Q, 1, 2) @ z, y_sq, n, size)
         vals = np.array(vals, dtype=np.float64)
         vals[bad] = np.nan
         out[rest] = vals
@@ -566,18 +581,18 @@ def _shifted_solves(diag, off, shift, B):
     return out
 
 
-def _fixed_point_tridiagonal(diag, off, Zh, sig, y_sq, n: int) -> np.ndarray:
-    """``estimators.logme._fixed_point_evidence`` (all directions kept) from the tridiagonal form:
-    diag (S, d), off (S, d-1), Zh = Q^T F^T Y (S, d, t), sig (S, d) eigenvalues. -> (S,)."""
-    S, d, tc = Zh.shape
+def _fixed_point_tridiagonal(diag, off, Zh, sig, res_x2, n: int) -> np.ndarray:
+    """``estimators.logme._fixed_point_evidence`` (all k directions kept) from the tridiagonal
+    form: diag (S, k), off (S, k-1), Zh = U^T z (S, k, t), sig (S, k) eigenvalues, res_x2 (t,)
+    the targets' energy outside the column space. Returns the mean evidence / n, (S,)."""
+    S, k, tc = Zh.shape
     K = S * tc
-    # System k = (source k // tc, target column k % tc); row j of every system side by side.
-    D = np.ascontiguousarray(np.repeat(diag.T, tc, axis=1))  # (d, K)
-    E = np.ascontiguousarray(np.repeat(off.T, tc, axis=1))  # (d-1, K)
-    Zk = np.ascontiguousarray(Zh.transpose(1, 0, 2).reshape(d, K))
-    sg = np.repeat(sig, tc, axis=0)  # (K, d)
-    ysq = np.broadcast_to(y_sq, (S, tc)).reshape(K)
-    res_x2 = ysq - np.einsum("jk,jk->k", Zk, _shifted_solves(D, E, None, Zk))
+    # System j = (source j // tc, target column j % tc); row i of every system side by side.
+    D = np.ascontiguousarray(np.repeat(diag.T, tc, axis=1))  # (k, K)
+    E = np.ascontiguousarray(np.repeat(off.T, tc, axis=1))  # (k-1, K)
+    Zk = np.ascontiguousarray(Zh.transpose(1, 0, 2).reshape(k, K))
+    sg = np.repeat(sig, tc, axis=0)  # (K, k)
+    rx2 = np.tile(np.asarray(res_x2, dtype=np.float64), S)
     alpha = np.ones(K)
     beta = np.ones(K)
     m2 = np.zeros(K)
@@ -588,9 +603,12 @@ def _fixed_point_tridiagonal(diag, off, Zh, sig, y_sq, n: int) -> np.ndarray:
         t = alpha[idx] / beta[idx]
         gamma = (sg[idx] / (sg[idx] + t[:, None])).sum(1)
         Di, Ei = D[:, idx], E[:, idx]
-        r = _shifted_solves(Di, Ei, t, Zk[:, idx])  # (A + tI)^-1 z
-        m2_new = np.einsum("jk,jk->k", r, r)
-        res2_new = t * t * np.einsum("jk,jk->k", r, _shifted_solves(Di, Ei, None, r)) + res_x2[idx]
+        r = _shifted_solves(Di, Ei, t, Zk[:, idx])  # (A + tI)^-1 z in the tridiagonal basis
+        Tr = Di * r
+        Tr[:-1] += Ei * r[1:]
+        Tr[1:] += Ei * r[:-1]
+        m2_new = np.einsum("jk,jk->k", r, Tr)  # sum sigma x^2 / (sigma + t)^2
+        res2_new = t * t * np.einsum("jk,jk->k", r, r) + rx2[idx]  # sum x^2 t^2 / (sigma + t)^2 + rest
         alpha_new = gamma / (m2_new + _EPS)
         beta_new = (n - gamma) / (res2_new + _EPS)
         alpha[idx], beta[idx], m2[idx], res2[idx] = alpha_new, beta_new, m2_new, res2_new
@@ -598,7 +616,7 @@ def _fixed_point_tridiagonal(diag, off, Zh, sig, y_sq, n: int) -> np.ndarray:
         if not active.any():
             break
     logdet = np.log(alpha[:, None] + beta[:, None] * sg).sum(1)
-    evidence = (d / 2.0 * np.log(alpha) + n / 2.0 * np.log(beta) - 0.5 * logdet
+    evidence = (k / 2.0 * np.log(alpha) + n / 2.0 * np.log(beta) - 0.5 * logdet
                 - beta / 2.0 * res2 - alpha / 2.0 * m2 - n / 2.0 * math.log(2 * math.pi)) / n
     return evidence.reshape(S, tc).mean(1)
 
@@ -607,8 +625,10 @@ def _hscore_shrinkage_chunk(xp, t, st, Wt, G):
     n = st.n
     d = G.shape[-1]
     S_F = G / n  # covariance of F, ddof 0
-    Fc = t["Xc"] @ Wt  # (S, n, d): the rows, for the fourth moment only
-    row_sq = (Fc * Fc).sum(2)
+    S = G.shape[0]
+    # The rows, for the fourth moment only: one (n, d_in) x (d_in, S d_out) product.
+    Fc = t["Xc"] @ xp.T(xp.T(Wt).reshape(S * d, -1))
+    row_sq = xp.T((Fc * Fc).reshape(n, S, d).sum(2))  # (S, n)
     del Fc
     trace = xp.diag(S_F).sum(1)  # (S,)
     mu = trace / d
@@ -652,8 +672,203 @@ def _etran_lda_chunk(xp, t, st, W, b):
     A = muF @ W  # (S, C, d_in): A_c = W^T mu_c^F
     const = ((A * t["mean"]).sum(2) + (muF * b[:, None, :]).sum(2)
              - 0.5 * (muF * muF).sum(2) + t["log_prior"][None, :])  # (S, C)
-    logits = t["Xc"] @ xp.T(A) + const[:, None, :]  # (S, n, C)
+    S, C, d_in = A.shape
+    logits = (t["Xc"] @ xp.T(A.reshape(S * C, d_in))).reshape(n, S, C) + const[None, :, :]  # (n, S, C)
     lse = xp.logsumexp(logits, 2)
-    true = xp.take_last(logits, t["labels"])
-    return xp.to_numpy(xp.exp(true - lse).sum(1) / n)
+    true = logits[t["rows"], :, t["labels"]]  # (n, S)
+    return xp.to_numpy(xp.exp(true - lse).sum(0) / n)
 
+
+
+# ---------------------------------------------------------------------- two-stage ranking
+def logme_lowrank(stats: TargetStats, esms, *, rank: int = 64, bias=None, device=None,
+                  chunk_size: int | None = None, progress=None) -> np.ndarray:
+    """A cheap stand-in for ESM-LogME: LogME of the target truncated to its top ``rank``
+    principal directions, mapped through each ESM.
+
+    With ``Sc = V diag(l) V^T`` and ``V_r`` its top-r eigenvectors, the truncated target
+    ``X_r = m + Xc V_r V_r^T`` maps to ``F_r`` with ``F_r^T F_r = Z Z^T``,
+    ``Z = [W V_r diag(l_r)^(1/2), sqrt(n) m_F]`` (d_out x (r+1)). LogME (same fixed point and
+    rank handling as ``estimators.logme``) then needs only the (r+1) x (r+1) ``Z^T Z``: per source
+    O(d^2 r + d r^2 + r^3) instead of O(d^3). Not equal to ESM-LogME; used to shortlist sources
+    (``rank_two_stage``). Returns (S,), higher is better; NaN where LogME is undefined.
+    """
+    if int(rank) != rank or rank < 1:
+        raise ValueError(f"rank must be a positive integer, got {rank}")
+    W, b = _stack_input(stats, esms, bias)
+    S, d_out, d_in = W.shape
+    r = int(min(rank, d_in))
+    lam, V = np.linalg.eigh(stats.scatter)
+    Vr = V[:, -r:]
+    xp = _backend(device)
+    root = xp.asarray(Vr * np.sqrt(np.clip(lam[-r:], 0.0, None)))
+    if stats.regression:
+        proj_y, ysum, y_sq = Vr @ (Vr.T @ stats.xty), stats.targets.sum(axis=0), np.einsum(
+            "ij,ij->j", stats.targets, stats.targets)
+    else:
+        proj_y, ysum, y_sq = Vr @ (Vr.T @ stats.class_sums.T), stats.counts.astype(np.float64), \
+            stats.counts.astype(np.float64)
+    proj_y, ysum, y_sq, mean = xp.asarray(proj_y), xp.asarray(ysum), xp.asarray(y_sq), xp.asarray(stats.mean)
+    n = stats.n
+    chunk = int(chunk_size or max(1, min(512, _CHUNK_BYTES // (8 * 3 * d_out * max(d_in, 1)))))
+    out = np.empty(S)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        for start in range(0, S, chunk):
+            stop = min(S, start + chunk)
+            Wc, bc = xp.asarray(W[start:stop]), xp.asarray(b[start:stop])
+            mF = (Wc @ mean[:, None])[..., 0] + bc
+            A = (Wc.reshape((stop - start) * d_out, d_in) @ root).reshape(stop - start, d_out, r)
+            Z = _concat_last(xp, A, math.sqrt(n) * mF[:, :, None])
+            FtY = Wc @ proj_y + mF[:, :, None] * ysum[None, None, :]
+            sigma, Q = xp.eigh(xp.T(Z) @ Z)
+            top = sigma[:, -1:]
+            keep = sigma > top * max(n, d_out) * np.finfo(np.float64).eps
+            x = (xp.T(Q) @ (xp.T(Z) @ FtY)) / xp.where(keep, sigma, 1.0)[:, :, None]
+            vals, bad = _logme_batch(xp, sigma, None, x, y_sq, n, max(n, d_out))
+            vals = xp.to_numpy(vals).copy()
+            vals[xp.to_numpy(bad)] = np.nan
+            out[start:stop] = vals
+            if progress is not None:
+                progress(stop, S)
+    out[~np.isfinite(out)] = np.nan
+    return out
+
+
+def _concat_last(xp, a, b):
+    if isinstance(xp, _Numpy):
+        return np.concatenate([a, b], axis=2)
+    return xp.torch.cat([a, b], dim=2)
+
+
+def _zscores(v: np.ndarray) -> np.ndarray:
+    from .ranking import zscores
+
+    v = np.where(np.isfinite(v), v, np.nanmin(v) if np.isfinite(v).any() else 0.0)
+    return zscores(v)
+
+
+def combine_shortlist(top: np.ndarray, sample: np.ndarray, *, lda_all: np.ndarray | None = None) -> np.ndarray:
+    """The default combination of the exact trio (columns in ``SUPPORTED`` order) for shortlisted
+    sources ``top`` (m, 3), with each estimator's catalogue-wide mean and standard deviation
+    estimated from ``sample`` (k, 3), exact scores of sources drawn at random from the rest (and,
+    for ETran-LDA, from ``lda_all``, its value for every source, when given). Clipped z-scores
+    (+-3) averaged with ``estimators.ranking.DEFAULT_WEIGHTS`` as ``rank_candidates`` does.
+    Returns (m,); a column that cannot be normalised (fewer than 2 finite population values, or
+    a non-finite shortlisted value) is left out."""
+    from .ranking import DEFAULT_WEIGHTS
+
+    top = np.asarray(top, dtype=np.float64)
+    sample = np.asarray(sample, dtype=np.float64).reshape(-1, top.shape[1])
+    combined = np.zeros(top.shape[0])
+    wsum = 0.0
+    for j, e in enumerate(SUPPORTED):
+        p = e[len("esm_"):]
+        if p == "etran_lda" and lda_all is not None:
+            pop = np.asarray(lda_all, dtype=np.float64)
+        else:  # the shortlist is the biased top: the population comes from the random sample
+            pop = sample[:, j] if sample.shape[0] >= 2 else top[:, j]
+        pop = pop[np.isfinite(pop)]
+        col = top[:, j]
+        if pop.size < 2 or not np.isfinite(col).all():
+            continue
+        mu, sd = float(pop.mean()), float(pop.std())
+        if sd <= 1e-12 * max(1.0, float(np.abs(pop).max())):
+            z = np.zeros_like(col)
+        else:
+            z = np.clip((col - mu) / sd, -3.0, 3.0)
+        w = DEFAULT_WEIGHTS.get(p, 1.0)
+        combined += w * z
+        wsum += w
+    if wsum <= 0:
+        raise ValueError("no estimator of the default could score the shortlisted sources")
+    return combined / wsum
+
+
+def rank_two_stage(stats: TargetStats, esms, names: Sequence[str] | None = None, *, shortlist: int = 200,
+                   calibration: int = 64, rank: int = 64, seed: int = 0, bias=None, device=None,
+                   chunk_size: int = 256, progress=None) -> dict:
+    """Rank many sources for one target: a cheap first stage over all, the default on the best.
+
+    Stage 1 scores every source with ``logme_lowrank`` (rank ``rank``) and the exact ETran-LDA
+    (O(n d C) per source), combined as the default combines (mean of z-scores). Stage 2 scores
+    the ``shortlist`` best, plus ``calibration`` sources drawn at random (seeded) from the rest,
+    with the exact default trio (``score_many``) and combines them with ``combine_shortlist``
+    (catalogue-wide z-scores estimated from the random sample). Cost: O(S (d^2 r + n d C)) +
+    O((shortlist + calibration) d^3).
+
+    esms: as ``score_many`` (a sequence of ESMs, or stacked weights with ``bias``), or a
+        callable ``load(indices) -> (W (k, d_out, d_in), b (k, d_out))`` with ``names`` giving
+        the number of sources, so a catalogue larger than memory is read ``chunk_size`` at a time.
+    progress: optional ``progress(fraction)``.
+
+    Returns ``{"ranking": [{"name", "score", "scores": {logme, etran_lda, hscore_shrinkage}}]
+    for the shortlisted sources (best first), "first_stage": (S,) stage-1 combined scores,
+    "shortlist": indices into the sources, "calibration": indices of the random sample,
+    "stage1": {"logme_lowrank": (S,), "etran_lda": (S,)}}``.
+    """
+    if not isinstance(stats, TargetStats):
+        raise ValueError("stats must be a TargetStats (TargetStats.from_data(X, y))")
+    if callable(esms):
+        if names is None:
+            raise ValueError("with a loader function, names= must list the sources")
+        S = len(names)
+
+        def load(idx):
+            return _check_stack(*esms(np.asarray(idx)), stats.d)
+    else:
+        W, b = _stack_input(stats, esms, bias)
+        S = W.shape[0]
+
+        def load(idx):
+            return W[idx], b[idx]
+    if names is None:
+        names = [f"source-{i}" for i in range(S)]
+    names = [str(x) for x in names]
+    if len(names) != S or len(set(names)) != S or S < 1:
+        raise ValueError(f"names must be {S} distinct names, one per ESM")
+    for key, val, low in (("shortlist", shortlist, 1), ("calibration", calibration, 0), ("rank", rank, 1),
+                          ("chunk_size", chunk_size, 1)):
+        if int(val) != val or val < low:
+            raise ValueError(f"{key} must be an integer >= {low}, got {val}")
+    if stats.regression:
+        raise ValueError("rank_two_stage needs class labels (its default includes ETran-LDA and the H-score)")
+    report = progress if progress is not None else (lambda frac: None)
+    lr = np.empty(S)
+    lda = np.empty(S)
+    for start in range(0, S, int(chunk_size)):
+        idx = np.arange(start, min(S, start + int(chunk_size)))
+        Wc, bc = load(idx)
+        lr[idx] = logme_lowrank(stats, Wc, rank=rank, bias=bc, device=device)
+        lda[idx] = score_many(stats, Wc, ["esm_etran_lda"], bias=bc, device=device)[:, 0]
+        report(0.4 * idx[-1] / S)
+    first = (_zscores(lr) + _zscores(lda)) / 2.0
+    order = np.argsort(-first, kind="stable")
+    top = order[: int(min(shortlist, S))]
+    rest = order[len(top):]
+    rng = np.random.default_rng(seed)
+    calib = np.sort(rng.choice(rest, size=int(min(calibration, rest.size)), replace=False)) if rest.size else rest
+    both = np.concatenate([top, calib]).astype(np.int64)
+    exact = np.empty((both.size, len(SUPPORTED)))
+    for start in range(0, both.size, int(chunk_size)):
+        part = both[start:start + int(chunk_size)]
+        Wc, bc = load(part)
+        exact[start:start + part.size] = score_many(stats, Wc, SUPPORTED, bias=bc, device=device)
+        report(0.4 + 0.6 * (start + part.size) / both.size)
+    plain = [e[len("esm_"):] for e in SUPPORTED]
+    combined = combine_shortlist(exact[: len(top)], exact[len(top):], lda_all=lda)
+    rows = sorted(range(len(top)), key=lambda i: (-combined[i], names[top[i]]))
+    ranking = [{"name": names[top[i]], "score": float(combined[i]),
+                "scores": {p: float(exact[i, j]) for j, p in enumerate(plain) if np.isfinite(exact[i, j])}}
+               for i in rows]
+    return {"ranking": ranking, "first_stage": first, "shortlist": top, "calibration": calib,
+            "stage1": {"logme_lowrank": lr, "etran_lda": lda}}
+
+
+def _stack_input(stats: TargetStats, esms, bias):
+    if not isinstance(stats, TargetStats):
+        raise ValueError("stats must be a TargetStats (TargetStats.from_data(X, y))")
+    if isinstance(esms, np.ndarray) or (hasattr(esms, "shape") and hasattr(esms, "ndim")):
+        return _check_stack(esms, bias, stats.d)
+    if bias is not None:
+        raise ValueError("bias= goes with stacked weights; ESM objects carry their own bias")
+    return _check_stack(*stack_esms(esms), stats.d)

@@ -36,7 +36,7 @@ depends on n. ``TargetStats.from_data`` costs O(n d^2) once per target. Values e
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
@@ -53,7 +53,6 @@ SUPPORTED = ("esm_logme", "esm_etran_lda", "esm_hscore_shrinkage")
 _HSCORE_RCOND = 1e-15  # estimators.hscore's pseudo-inverse cut-off
 _SOLVE_MARGIN = 1e3  # the solve is used when the smallest eigenvalue bound is 1e3 x above the cut-off
 _CHUNK_BYTES = 256 * 2**20  # work arrays per chunk of sources
-_VECTORISE_ABOVE = 512  # tridiagonal systems per batch above which one vectorised sweep beats LAPACK calls
 
 
 @dataclass(frozen=True)
@@ -76,6 +75,7 @@ class TargetStats:
     class_sums: np.ndarray | None = None
     targets: np.ndarray | None = None
     xty: np.ndarray | None = None
+    _derived: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @property
     def regression(self) -> bool:
@@ -388,10 +388,13 @@ def score_many(stats: TargetStats, esms, estimators: Sequence[str] = SUPPORTED, 
 
 
 def _prepare(xp, st: TargetStats) -> dict:
-    lam, V = np.linalg.eigh(st.scatter)
-    root = V * np.sqrt(np.clip(lam, 0.0, None))  # Sc = root @ root.T
+    if "root" not in st._derived:  # once per target (d^3), reused by every call on it
+        lam, V = np.linalg.eigh(st.scatter)
+        st._derived["root"] = V * np.sqrt(np.clip(lam, 0.0, None))  # Sc = root @ root.T
+        st._derived["logme"] = _logme_basis(st)
+    root = st._derived["root"]
     t = {"mean": xp.asarray(st.mean), "root": xp.asarray(root), "Xc": xp.asarray(st.centred)}
-    lroot, lz, lysq = _logme_basis(st)
+    lroot, lz, lysq = st._derived["logme"]
     t.update(lroot=xp.asarray(lroot), lz=xp.asarray(lz), lysq=xp.asarray(lysq))
     if st.regression:
         t["xty"] = xp.asarray(st.xty)
@@ -489,13 +492,15 @@ def _logme_chunk(xp, t, st, W, b):
 def _logme_tridiagonal(Pt: np.ndarray, z: np.ndarray, y_sq: np.ndarray, n: int, size: int) -> np.ndarray:
     """LogME of each source from ``A = P^T P`` (Pt: (S, d_out, k)) and the target's ``z`` (k, t).
 
-    The fixed point reads the targets only through ``sum_i g(sigma_i) x_i^2`` with
-    ``x = Q^T z`` and rational g: ``||(A + tI)^-1 z||^2`` and ``r^T A r`` for
+    The fixed point reads A and the targets only through, for each column's t = alpha / beta,
+    ``gamma = tr(A (A + tI)^-1)``, ``log det(A + tI)``, ``||r||^2`` and ``r^T A r`` with
     ``r = (A + tI)^-1 z``. With the tridiagonal reduction ``A = U T U^T`` (LAPACK sytrd, no
-    eigenvectors) and ``z' = U^T z`` (ormqr) these are one tridiagonal solve and one tridiagonal
-    product per column and iteration, vectorised over sources and columns; the eigenvalues (for
-    gamma and the log-determinant) come from T (sterf). Valid when every eigenvalue passes
-    LogME's rank cut; other sources go through ``eigh``.
+    eigenvectors) and ``z' = U^T z`` (ormqr), all four come from the LDL^T factorisations of
+    ``T + tI`` from both ends (O(k) per column and iteration, vectorised over sources and
+    columns): the pivots give the log-determinant and the solve, the two-sided ("twisted")
+    pivots the diagonal of the inverse. The numerical-rank cut of LogME is checked by inertia
+    (no pivot of ``T - tau I`` negative, tau = Gershgorin bound * max(n, d) * eps >= the cut);
+    sources that fail it (a rank-deficient map) go through ``eigh``.
     """
     from scipy.linalg import lapack
 
@@ -504,7 +509,6 @@ def _logme_tridiagonal(Pt: np.ndarray, z: np.ndarray, y_sq: np.ndarray, n: int, 
     diag = np.empty((S, k))
     off = np.empty((S, k - 1))
     Zh = np.empty((S, k, tcols))
-    sig = np.empty((S, k))
     ok = np.ones(S, dtype=bool)
     lwork = 64 * k
     for s in range(S):
@@ -516,19 +520,20 @@ def _logme_tridiagonal(Pt: np.ndarray, z: np.ndarray, y_sq: np.ndarray, n: int, 
         diag[s], off[s] = dd, e
         Zh[s, 0] = z[0]
         Zh[s, 1:] = lapack.dormqr(b"L", b"T", c[1:, :-1], tau, z[1:], lwork=lwork)[0]
-        w, info = lapack.dsterf(dd, e)
-        if info != 0:
-            ok[s] = False
-            continue
-        sig[s] = w
-    top = sig[:, -1]
-    ok &= (top > 0) & (sig[:, 0] > top * size * np.finfo(np.float64).eps)
+    absoff = np.abs(off)
+    gersh = diag + np.pad(absoff, ((0, 0), (1, 0))) + np.pad(absoff, ((0, 0), (0, 1)))
+    cut = gersh.max(axis=1) * size * np.finfo(np.float64).eps
+    ok &= np.isfinite(diag).all(axis=1) & (cut > 0)
+    if ok.any():  # every pivot of T - cut I positive <=> no eigenvalue of A below the cut
+        i = np.nonzero(ok)[0]
+        piv = _pivots(np.ascontiguousarray(diag[i].T), np.ascontiguousarray(off[i].T), -cut[i])
+        ok[i] = (piv > 0).all(axis=0)
     out = np.full(S, np.nan)
     y_sq = np.asarray(y_sq, dtype=np.float64)
     if ok.any():
         i = np.nonzero(ok)[0]
         res_x2 = y_sq - np.einsum("jc,jc->c", z, z)
-        out[i] = _fixed_point_tridiagonal(diag[i], off[i], Zh[i], sig[i], res_x2, n)
+        out[i] = _fixed_point_twisted(diag[i], off[i], Zh[i], res_x2, n)
     rest = np.nonzero(~ok)[0]
     if rest.size:
         sigma, Q = np.linalg.eigh(np.stack([Pt[s].T @ Pt[s] for s in rest]))
@@ -539,59 +544,55 @@ def _logme_tridiagonal(Pt: np.ndarray, z: np.ndarray, y_sq: np.ndarray, n: int, 
     return out
 
 
-def _tri_solve(diag: np.ndarray, off: np.ndarray, shift: np.ndarray | None, B: np.ndarray) -> np.ndarray:
-    """Solve ``(T + shift I) x = B`` for symmetric positive definite tridiagonal T, batched.
-
-    diag (d, K), off (d - 1, K), shift (K,) or None, B (d, K) -> x (d, K): LDL^T (Thomas)
-    elimination, one vectorised step per row."""
-    d = diag.shape[0]
-    a = diag if shift is None else diag + shift
-    piv = np.empty_like(B)
-    y = np.empty_like(B)
-    piv[0] = a[0]
-    y[0] = B[0]
-    for j in range(1, d):
-        lj = off[j - 1] / piv[j - 1]
-        piv[j] = a[j] - lj * off[j - 1]
-        y[j] = B[j] - lj * y[j - 1]
-    x = np.empty_like(B)
-    x[d - 1] = y[d - 1] / piv[d - 1]
-    for j in range(d - 2, -1, -1):
-        x[j] = (y[j] - off[j] * x[j + 1]) / piv[j]
-    return x
+def _pivots(D: np.ndarray, E: np.ndarray, shift: np.ndarray) -> np.ndarray:
+    """LDL^T pivots of ``T_j + shift_j I`` for the K tridiagonal matrices in the columns of
+    D (k, K) and E (k-1, K)."""
+    a = D + shift
+    p = np.empty_like(a)
+    p[0] = a[0]
+    E2 = E * E
+    for j in range(1, a.shape[0]):
+        p[j] = a[j] - E2[j - 1] / p[j - 1]
+    return p
 
 
-def _shifted_solves(diag, off, shift, B):
-    """``(T_k + shift_k I)^-1 b_k`` for K systems: diag (d, K), off (d-1, K), shift (K,) or
-    None, B (d, K). LAPACK ptsv per system when K is small (its call overhead is about one
-    vectorised step), else the vectorised elimination."""
-    K = B.shape[1]
-    if K > _VECTORISE_ABOVE:
-        return _tri_solve(diag, off, shift, B)
-    from scipy.linalg import lapack
+def _twisted(D, E, E2, t, Z):
+    """For K symmetric positive definite tridiagonal systems ``(T + tI) r = z`` (columns of
+    D (k, K), E (k-1, K), E2 = E * E, t (K,), Z (k, K)): the solution r, ``log det(T + tI)``
+    and ``tr((T + tI)^-1)`` (from forward pivots p and backward pivots q:
+    ``((T + tI)^-1)_jj = 1 / (p_j + q_j - a_j)``)."""
+    k = D.shape[0]
+    a = D + t
+    p = np.empty_like(a)
+    y = np.empty_like(a)
+    p[0] = a[0]
+    y[0] = Z[0]
+    for j in range(1, k):
+        lj = E[j - 1] / p[j - 1]
+        p[j] = a[j] - lj * E[j - 1]
+        y[j] = Z[j] - lj * y[j - 1]
+    r = np.empty_like(a)
+    q = np.empty_like(a)
+    r[k - 1] = y[k - 1] / p[k - 1]
+    q[k - 1] = a[k - 1]
+    for j in range(k - 2, -1, -1):
+        r[j] = (y[j] - E[j] * r[j + 1]) / p[j]
+        q[j] = a[j] - E2[j] / q[j + 1]
+    trinv = (1.0 / (p + q - a)).sum(axis=0)
+    return r, np.log(p).sum(axis=0), trinv
 
-    out = np.empty_like(B)
-    for k in range(K):
-        dk = diag[:, k] if shift is None else diag[:, k] + shift[k]
-        x, info = lapack.dptsv(dk, off[:, k], B[:, k:k + 1])[2:]
-        if info != 0:  # not positive definite in floating point: plain elimination instead
-            x = _tri_solve(diag[:, k:k + 1], off[:, k:k + 1], None if shift is None else shift[k:k + 1],
-                           B[:, k:k + 1])
-        out[:, k] = x[:, 0]
-    return out
 
-
-def _fixed_point_tridiagonal(diag, off, Zh, sig, res_x2, n: int) -> np.ndarray:
+def _fixed_point_twisted(diag, off, Zh, res_x2, n: int) -> np.ndarray:
     """``estimators.logme._fixed_point_evidence`` (all k directions kept) from the tridiagonal
-    form: diag (S, k), off (S, k-1), Zh = U^T z (S, k, t), sig (S, k) eigenvalues, res_x2 (t,)
-    the targets' energy outside the column space. Returns the mean evidence / n, (S,)."""
+    form: diag (S, k), off (S, k-1), Zh = U^T z (S, k, t), res_x2 (t,) the targets' energy
+    outside the column space. Returns the mean evidence / n, (S,)."""
     S, k, tc = Zh.shape
     K = S * tc
     # System j = (source j // tc, target column j % tc); row i of every system side by side.
     D = np.ascontiguousarray(np.repeat(diag.T, tc, axis=1))  # (k, K)
     E = np.ascontiguousarray(np.repeat(off.T, tc, axis=1))  # (k-1, K)
+    E2 = E * E
     Zk = np.ascontiguousarray(Zh.transpose(1, 0, 2).reshape(k, K))
-    sg = np.repeat(sig, tc, axis=0)  # (K, k)
     rx2 = np.tile(np.asarray(res_x2, dtype=np.float64), S)
     alpha = np.ones(K)
     beta = np.ones(K)
@@ -601,9 +602,9 @@ def _fixed_point_tridiagonal(diag, off, Zh, sig, res_x2, n: int) -> np.ndarray:
     for _ in range(_MAX_ITER):
         idx = np.nonzero(active)[0]
         t = alpha[idx] / beta[idx]
-        gamma = (sg[idx] / (sg[idx] + t[:, None])).sum(1)
-        Di, Ei = D[:, idx], E[:, idx]
-        r = _shifted_solves(Di, Ei, t, Zk[:, idx])  # (A + tI)^-1 z in the tridiagonal basis
+        Di, Ei = np.ascontiguousarray(D[:, idx]), np.ascontiguousarray(E[:, idx])
+        r, _, trinv = _twisted(Di, Ei, np.ascontiguousarray(E2[:, idx]), t, np.ascontiguousarray(Zk[:, idx]))
+        gamma = k - t * trinv  # sum sigma / (sigma + t)
         Tr = Di * r
         Tr[:-1] += Ei * r[1:]
         Tr[1:] += Ei * r[:-1]
@@ -615,7 +616,8 @@ def _fixed_point_tridiagonal(diag, off, Zh, sig, res_x2, n: int) -> np.ndarray:
         active[idx] = ~(np.abs(alpha_new / beta_new - t) / t <= _RTOL)
         if not active.any():
             break
-    logdet = np.log(alpha[:, None] + beta[:, None] * sg).sum(1)
+    # sum_i log(alpha + beta sigma_i) = k log(beta) + log det(T + (alpha / beta) I)
+    logdet = k * np.log(beta) + np.log(_pivots(D, E, alpha / beta)).sum(axis=0)
     evidence = (k / 2.0 * np.log(alpha) + n / 2.0 * np.log(beta) - 0.5 * logdet
                 - beta / 2.0 * res2 - alpha / 2.0 * m2 - n / 2.0 * math.log(2 * math.pi)) / n
     return evidence.reshape(S, tc).mean(1)
@@ -747,35 +749,49 @@ def _zscores(v: np.ndarray) -> np.ndarray:
     return zscores(v)
 
 
-def combine_shortlist(top: np.ndarray, sample: np.ndarray, *, lda_all: np.ndarray | None = None) -> np.ndarray:
-    """The default combination of the exact trio (columns in ``SUPPORTED`` order) for shortlisted
-    sources ``top`` (m, 3), with each estimator's catalogue-wide mean and standard deviation
-    estimated from ``sample`` (k, 3), exact scores of sources drawn at random from the rest (and,
-    for ETran-LDA, from ``lda_all``, its value for every source, when given). Clipped z-scores
-    (+-3) averaged with ``estimators.ranking.DEFAULT_WEIGHTS`` as ``rank_candidates`` does.
-    Returns (m,); a column that cannot be normalised (fewer than 2 finite population values, or
-    a non-finite shortlisted value) is left out."""
+def combine_shortlist(top: np.ndarray, sample: np.ndarray, n_rest: int, *,
+                      lda_all: np.ndarray | None = None) -> np.ndarray:
+    """The default combination of the exact trio (columns in ``SUPPORTED`` order) for the
+    shortlisted sources ``top`` (m, 3), normalised as over the whole catalogue.
+
+    The exhaustive default z-scores each estimator over all S = m + ``n_rest`` sources. Here its
+    catalogue mean and standard deviation are estimated by strata: the m shortlisted values are
+    known, the other ``n_rest`` are represented by ``sample`` (k, 3), exact scores of sources
+    drawn at random from them (ETran-LDA: ``lda_all``, its value for every source, when given).
+    Exact when ``n_rest`` is 0. Clipped z-scores (+-3) are averaged with
+    ``estimators.ranking.DEFAULT_WEIGHTS`` as ``rank_candidates`` does. Returns (m,); a column
+    with a non-finite shortlisted value or nothing to normalise by is left out."""
     from .ranking import DEFAULT_WEIGHTS
 
     top = np.asarray(top, dtype=np.float64)
     sample = np.asarray(sample, dtype=np.float64).reshape(-1, top.shape[1])
-    combined = np.zeros(top.shape[0])
+    m = top.shape[0]
+    combined = np.zeros(m)
     wsum = 0.0
     for j, e in enumerate(SUPPORTED):
         p = e[len("esm_"):]
+        col = top[:, j]
+        if not np.isfinite(col).all():
+            continue
         if p == "etran_lda" and lda_all is not None:
             pop = np.asarray(lda_all, dtype=np.float64)
-        else:  # the shortlist is the biased top: the population comes from the random sample
-            pop = sample[:, j] if sample.shape[0] >= 2 else top[:, j]
-        pop = pop[np.isfinite(pop)]
-        col = top[:, j]
-        if pop.size < 2 or not np.isfinite(col).all():
-            continue
-        mu, sd = float(pop.mean()), float(pop.std())
-        if sd <= 1e-12 * max(1.0, float(np.abs(pop).max())):
-            z = np.zeros_like(col)
+            pop = pop[np.isfinite(pop)]
+            if pop.size < 2:
+                continue
+            mu, var = float(pop.mean()), float(pop.var())
         else:
-            z = np.clip((col - mu) / sd, -3.0, 3.0)
+            rest = sample[:, j][np.isfinite(sample[:, j])]
+            if n_rest > 0 and rest.size == 0:
+                continue
+            w_rest = float(n_rest) if rest.size else 0.0
+            mean_r = float(rest.mean()) if rest.size else 0.0
+            sq_r = float((rest * rest).mean()) if rest.size else 0.0
+            total = m + w_rest
+            mu = (float(col.sum()) + w_rest * mean_r) / total
+            var = max((float((col * col).sum()) + w_rest * sq_r) / total - mu * mu, 0.0)
+        sd = math.sqrt(var)
+        scale = max(1.0, float(np.abs(col).max()), abs(mu))
+        z = np.zeros_like(col) if sd <= 1e-12 * scale else np.clip((col - mu) / sd, -3.0, 3.0)
         w = DEFAULT_WEIGHTS.get(p, 1.0)
         combined += w * z
         wsum += w
@@ -793,7 +809,7 @@ def rank_two_stage(stats: TargetStats, esms, names: Sequence[str] | None = None,
     (O(n d C) per source), combined as the default combines (mean of z-scores). Stage 2 scores
     the ``shortlist`` best, plus ``calibration`` sources drawn at random (seeded) from the rest,
     with the exact default trio (``score_many``) and combines them with ``combine_shortlist``
-    (catalogue-wide z-scores estimated from the random sample). Cost: O(S (d^2 r + n d C)) +
+    (catalogue-wide means and spreads estimated by strata: shortlist known, rest sampled). Cost: O(S (d^2 r + n d C)) +
     O((shortlist + calibration) d^3).
 
     esms: as ``score_many`` (a sequence of ESMs, or stacked weights with ``bias``), or a
@@ -855,7 +871,7 @@ def rank_two_stage(stats: TargetStats, esms, names: Sequence[str] | None = None,
         exact[start:start + part.size] = score_many(stats, Wc, SUPPORTED, bias=bc, device=device)
         report(0.4 + 0.6 * (start + part.size) / both.size)
     plain = [e[len("esm_"):] for e in SUPPORTED]
-    combined = combine_shortlist(exact[: len(top)], exact[len(top):], lda_all=lda)
+    combined = combine_shortlist(exact[: len(top)], exact[len(top):], S - len(top), lda_all=lda)
     rows = sorted(range(len(top)), key=lambda i: (-combined[i], names[top[i]]))
     ranking = [{"name": names[top[i]], "score": float(combined[i]),
                 "scores": {p: float(exact[i, j]) for j, p in enumerate(plain) if np.isfinite(exact[i, j])}}

@@ -58,13 +58,18 @@ def test_rank_deficient_map_falls_back_to_the_eigendecomposition():
     np.testing.assert_allclose(score_many(TargetStats.from_data(X, y), W, bias=b), _reference(X, y, W, b), rtol=RTOL)
 
 
-def test_vectorised_tridiagonal_solves_equal_lapack(monkeypatch):
-    X, y = _target(300, 20, 6)
-    W, b = _maps(5, 20, 20)
-    st = TargetStats.from_data(X, y)
-    lapack = score_many(st, W, ["esm_logme"], bias=b)
-    monkeypatch.setattr(esm_stats, "_VECTORISE_ABOVE", 0)
-    np.testing.assert_allclose(score_many(st, W, ["esm_logme"], bias=b), lapack, rtol=1e-10)
+def test_tridiagonal_path_equals_the_eigendecomposition():
+    rng = np.random.default_rng(3)
+    S, d_out, k, n = 6, 30, 25, 400
+    Pt = rng.normal(size=(S, d_out, k)) * np.logspace(0, -3, k)  # condition numbers ~1e6
+    z = rng.normal(size=(k, 4)) * 3.0
+    y_sq = (z * z).sum(0) + rng.uniform(1, 5, size=4)
+    got = esm_stats._logme_tridiagonal(Pt, z, y_sq, n, max(n, d_out))
+    sigma, Q = np.linalg.eigh(np.swapaxes(Pt, 1, 2) @ Pt)
+    ref, bad = esm_stats._logme_batch(esm_stats._Numpy(), sigma, None, np.swapaxes(Q, 1, 2) @ z, y_sq, n,
+                                      max(n, d_out))
+    assert not bad.any()
+    np.testing.assert_allclose(got, ref, rtol=1e-9)
 
 
 def test_torch_path_on_cpu_equals_numpy():
@@ -150,3 +155,46 @@ def test_constant_map_gives_nan_where_logme_would_raise():
     assert np.isnan(out[0, 0])
     with pytest.raises(ValueError):
         estimators.score("esm_logme", X, y, esm={"weight": np.zeros((6, 6)), "bias": np.zeros(6)})
+
+
+def test_lowrank_logme_at_full_rank_is_esm_logme():
+    X, y = _target(300, 12, 3)
+    W, b = _maps(4, 12, 12)
+    st = TargetStats.from_data(X, y)
+    np.testing.assert_allclose(esm_stats.logme_lowrank(st, W, rank=12, bias=b),
+                               score_many(st, W, ["esm_logme"], bias=b)[:, 0], rtol=1e-8)
+    low = esm_stats.logme_lowrank(st, W, rank=3, bias=b)
+    assert low.shape == (4,) and np.isfinite(low).all()
+
+
+def test_two_stage_with_everything_shortlisted_is_the_exhaustive_default():
+    from estimators.ranking import rank_candidates
+
+    X, y = _target(200, 10, 3)
+    W, b = _maps(30, 10, 10, seed=4)
+    st = TargetStats.from_data(X, y)
+    names = [f"s{i:02d}" for i in range(30)]
+    exact = score_many(st, W, bias=b)
+    full = rank_candidates({names[i]: {"scores": dict(zip(("logme", "etran_lda", "hscore_shrinkage"), exact[i]))}
+                            for i in range(30)}, np.zeros(2, dtype=int), kind="tasks")
+    two = esm_stats.rank_two_stage(st, W, names, shortlist=30, bias=b)
+    assert [r["name"] for r in two["ranking"]] == [r["name"] for r in full]
+    np.testing.assert_allclose([r["score"] for r in two["ranking"]], [r["score"] for r in full], atol=1e-12)
+    # a loader function (catalogue read a chunk at a time) gives the same ranking
+    seen = []
+    loaded = esm_stats.rank_two_stage(st, lambda idx: (seen.append(len(idx)) or (W[idx], b[idx])), names,
+                                      shortlist=30, chunk_size=7, progress=lambda f: None)
+    assert [r["name"] for r in loaded["ranking"]] == [r["name"] for r in full] and max(seen) <= 7
+
+
+def test_two_stage_shortlist_keeps_the_best():
+    X, y = _target(200, 10, 3)
+    W, b = _maps(60, 10, 10, seed=5)
+    st = TargetStats.from_data(X, y)
+    two = esm_stats.rank_two_stage(st, W, shortlist=20, calibration=10, bias=b)
+    assert len(two["ranking"]) == 20 and len(two["calibration"]) == 10
+    assert not set(two["calibration"]) & set(two["shortlist"])
+    with pytest.raises(ValueError, match="shortlist"):
+        esm_stats.rank_two_stage(st, W, shortlist=0, bias=b)
+    with pytest.raises(ValueError, match="names"):
+        esm_stats.rank_two_stage(st, lambda idx: (W[idx], b[idx]))

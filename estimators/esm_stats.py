@@ -388,13 +388,13 @@ def score_many(stats: TargetStats, esms, estimators: Sequence[str] = SUPPORTED, 
 
 
 def _prepare(xp, st: TargetStats) -> dict:
-    if "root" not in st._derived:  # once per target (d^3), reused by every call on it
+    derived = st._derived.get("bases")
+    if derived is None:  # once per target (d^3), reused by every call on it; one atomic store
         lam, V = np.linalg.eigh(st.scatter)
-        st._derived["root"] = V * np.sqrt(np.clip(lam, 0.0, None))  # Sc = root @ root.T
-        st._derived["logme"] = _logme_basis(st)
-    root = st._derived["root"]
+        derived = (V * np.sqrt(np.clip(lam, 0.0, None)), _logme_basis(st))  # Sc = root @ root.T
+        st._derived["bases"] = derived
+    root, (lroot, lz, lysq) = derived
     t = {"mean": xp.asarray(st.mean), "root": xp.asarray(root), "Xc": xp.asarray(st.centred)}
-    lroot, lz, lysq = st._derived["logme"]
     t.update(lroot=xp.asarray(lroot), lz=xp.asarray(lz), lysq=xp.asarray(lysq))
     if st.regression:
         t["xty"] = xp.asarray(st.xty)

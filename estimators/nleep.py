@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from ._validation import check_features_labels
 from .leep import leep_from_probs
@@ -24,8 +25,8 @@ def _cap(value, name: str):
 
 
 def nleep(
-    X,
-    y,
+    X: ArrayLike,
+    y: ArrayLike,
     *,
     n_components: int | None = None,
     variance: float = 0.8,

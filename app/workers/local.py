@@ -118,6 +118,19 @@ class LocalBackend(WorkerBackend):
 
         return self._pool.submit(run)
 
+    def submit_score_esms(self, request, *, progress: ProgressFn | None = None) -> Future:
+        report = _safe_progress(progress)
+
+        def run() -> np.ndarray:
+            from app.workers.scoring import score_esm_chunk
+
+            out = score_esm_chunk(request, report)
+            if report is not None:
+                report(1.0)
+            return out
+
+        return self._pool.submit(run)
+
     def describe(self) -> dict:
         devices = ["cpu"]
         try:

@@ -107,6 +107,12 @@ class EncoderWorker:
 
         return train_esm(request, _sink_progress(sink, job_id))
 
+    def score_esms(self, request, sink=None, job_id: str = "") -> np.ndarray:
+        from app.workers.scoring import score_esm_chunk
+
+        report = _sink_progress(sink, job_id)
+        return score_esm_chunk(request, report)
+
 
 def _sink_progress(sink, job_id: str) -> ProgressFn | None:
     if sink is None:
@@ -327,6 +333,13 @@ class RayBackend(WorkerBackend):
     def submit_train_esm(self, request: EsmTrainRequest, *, progress: ProgressFn | None = None) -> Future:
         def run():
             return self._run(None, lambda h, job: h.train_esm.remote(request, self._sink, job), progress)
+
+        return self._coord.submit(run)
+
+    def submit_score_esms(self, request, *, progress: ProgressFn | None = None) -> Future:
+        def run() -> np.ndarray:
+            out = self._run(None, lambda h, job: h.score_esms.remote(request, self._sink, job), progress)
+            return np.array(out, dtype=np.float64)
 
         return self._coord.submit(run)
 

@@ -121,7 +121,7 @@ def ensure(ctx: Context, ds: Dataset, encoders: Sequence[str],
     fractions = {enc: 0.0 for enc in missing}
 
     def report(enc: str) -> ProgressFn:
-        def cb(p: float) -> None:
+        def cb(p: float, message: str | None = None, /) -> None:
             fractions[enc] = min(max(float(p), 0.0), 1.0)
             if progress:
                 progress(sum(fractions.values()) / len(fractions))

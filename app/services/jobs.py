@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 
 log = get_logger("jobs")
 
-JobFn = Callable[[ProgressFn], dict]
+JobFn = Callable[[ProgressFn], dict[str, Any]]
 ErrorHook = Callable[[str], None]
 
 HEARTBEAT_SECONDS = 10.0

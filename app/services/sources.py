@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from app.core.errors import Conflict, Invalid, NotFound
 from app.core.logging import get_logger
-from app.core.progress import ProgressFn
+from app.core.progress import ProgressFn, scaled
 from app.core.status import SourceStatus
 from app.db.models import Dataset, EncoderRow, Score, SourceTask, iso
 from app.db.session import rowcount
@@ -193,7 +193,7 @@ def _train_job(ctx: Context, sid: int, ds: Dataset, train_esm: bool, train: dict
     labels = datasets_svc.labels(ctx, ds)
     request = EsmTrainRequest(base_encoder=base, texts=texts, labels=labels.tolist(), **train)
     t0 = time.perf_counter()
-    result = ctx.backend.submit_train_esm(request, progress=lambda p: progress(0.95 * p)).result()
+    result = ctx.backend.submit_train_esm(request, progress=scaled(progress, 0.0, 0.95)).result()
     seconds = time.perf_counter() - t0
     with ctx.Session() as s:
         have_base = features_svc.cached(s, ds.sha256, base) is not None

@@ -34,8 +34,15 @@ def cmd_serve(args) -> int:
 
     from app.main import create_app
 
+    from app.services import keys as keys_svc
+
     os.environ.setdefault("TRANSFERRANK_WARM_UP", "1")
-    settings = _settings(args)
+    settings = _settings(args, host=args.host)
+    try:
+        keys_svc.check_settings(settings)
+    except ValueError as exc:
+        _print_err(f"error: {exc}")
+        return 2
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     app = create_app(settings)
     _print_err(f"TransferRank on http://{args.host}:{args.port} (data dir {settings.data_dir.resolve()}; "
@@ -110,8 +117,10 @@ def cmd_keys(args) -> int:
     ctx = Context.open(_settings(args), seed=False)
     try:
         if args.keys_cmd == "create":
-            _info, key = keys_svc.create(ctx, args.owner, args.scopes)
+            info, key = keys_svc.create(ctx, args.owner, args.scopes)
             print(key)
+            _print_err(f"key {info['id']} for owner {info['owner']} ({','.join(info['scopes'])}); it is shown once, "
+                       "only its hash is stored")
         elif args.keys_cmd == "list":
             for k in keys_svc.list_all(ctx):
                 print(f"{k['id']}  {k['owner']}  {','.join(k['scopes'])}  "

@@ -37,10 +37,15 @@ def create_app(settings: Settings | None = None, *, ctx=None, backend=None) -> F
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        from app.services import keys as keys_svc
         from app.services.context import Context
 
+        keys_svc.check_settings(settings)  # open mode off loopback, weak bootstrap secret: refuse to start
         own = ctx is None
         app.state.ctx = ctx if ctx is not None else Context.open(settings, backend=backend)
+        keys_svc.bootstrap(app.state.ctx)
+        mode_line = keys_svc.describe_mode(app.state.ctx)
+        (log.warning if keys_svc.effective_mode(app.state.ctx) != "keys" else log.info)(mode_line)
         if own and settings.warm_up:
             app.state.ctx.warm_up()
         try:

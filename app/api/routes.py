@@ -8,7 +8,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, PlainTextResponse
 
 import estimators
-from app.api.deps import get_ctx, require
+from app.api.deps import AdminKeyDep, AuthDep, authenticate, authenticate_admin_key, get_ctx
 from app.api.schemas import FeedbackCreate, KeyCreate, RankingRequest, SourceCreate
 from app.core.errors import TooLarge
 from app.services import datasets as datasets_svc
@@ -18,8 +18,10 @@ from app.services import matrix as matrix_svc
 from app.services import rankings as rankings_svc
 from app.services import sources as sources_svc
 
-router = APIRouter(prefix="/v1", dependencies=[Depends(require())])
-admin = APIRouter(prefix="/v1/keys", tags=["keys"], dependencies=[Depends(require("admin"))])
+_AUTH_ERRORS = {401: {"description": "no valid API key"}, 403: {"description": "the key lacks the scope"}}
+router = APIRouter(prefix="/v1", dependencies=[Depends(authenticate)], responses=_AUTH_ERRORS)
+admin = APIRouter(prefix="/v1/keys", tags=["keys"], dependencies=[Depends(authenticate_admin_key)],
+                  responses=_AUTH_ERRORS)
 
 CHUNK = 1 << 20
 
@@ -40,51 +42,56 @@ async def _read_limited(file: UploadFile, limit: int) -> bytes:
 # ---------------------------------------------------------------------- datasets
 @router.post("/datasets", tags=["datasets"], status_code=201,
              responses={200: {"description": "the same content already exists"}, 413: {}, 422: {}})
-async def upload_dataset(file: UploadFile = File(...), name: str | None = Form(None), ctx=Depends(get_ctx)):
+async def upload_dataset(principal: AuthDep, file: UploadFile = File(...), name: str | None = Form(None),
+                         ctx=Depends(get_ctx)):
     data = await _read_limited(file, ctx.settings.max_upload_bytes)
-    ds, created = await run_in_threadpool(datasets_svc.create_from_upload, ctx, data, file.filename, name)
+    ds, created = await run_in_threadpool(datasets_svc.create_from_upload, ctx, data, file.filename, name,
+                                          owner=principal.owner)
     return JSONResponse(datasets_svc.dataset_dict(ds), status_code=201 if created else 200)
 
 
 @router.get("/datasets", tags=["datasets"])
-def list_datasets(limit: int = Query(100, ge=1, le=1000), offset: int = Query(0, ge=0), ctx=Depends(get_ctx)):
-    return {"datasets": [datasets_svc.dataset_dict(d) for d in datasets_svc.list_all(ctx, limit, offset)]}
+def list_datasets(principal: AuthDep, limit: int = Query(100, ge=1, le=1000), offset: int = Query(0, ge=0),
+                  ctx=Depends(get_ctx)):
+    rows = datasets_svc.list_all(ctx, limit, offset, owner=principal.owner)
+    return {"datasets": [datasets_svc.dataset_dict(d) for d in rows]}
 
 
 @router.get("/datasets/{dataset_id}", tags=["datasets"])
-def get_dataset(dataset_id: str, ctx=Depends(get_ctx)):
-    return datasets_svc.dataset_dict(datasets_svc.get(ctx, dataset_id))
+def get_dataset(dataset_id: str, principal: AuthDep, ctx=Depends(get_ctx)):
+    return datasets_svc.dataset_dict(datasets_svc.get(ctx, dataset_id, principal.owner))
 
 
 @router.delete("/datasets/{dataset_id}", tags=["datasets"])
-def delete_dataset(dataset_id: str, ctx=Depends(get_ctx)):
-    return datasets_svc.delete_dataset(ctx, dataset_id)
+def delete_dataset(dataset_id: str, principal: AuthDep, ctx=Depends(get_ctx)):
+    return datasets_svc.delete_dataset(ctx, dataset_id, principal.owner, principal.is_admin)
 
 
 # ---------------------------------------------------------------------- sources
 @router.get("/sources", tags=["sources"])
-def list_sources(ctx=Depends(get_ctx)):
-    return sources_svc.list_sources(ctx)
+def list_sources(principal: AuthDep, ctx=Depends(get_ctx)):
+    return sources_svc.list_sources(ctx, principal.owner)
 
 
 @router.get("/sources/{name}", tags=["sources"])
-def get_source(name: str, ctx=Depends(get_ctx)):
-    return sources_svc.get_source(ctx, name)
+def get_source(name: str, principal: AuthDep, ctx=Depends(get_ctx)):
+    return sources_svc.get_source(ctx, name, principal.owner)
 
 
 @router.post("/sources", tags=["sources"], status_code=202,
              responses={201: {"description": "registered at once (NPZ source with base features)"}})
-def create_source(body: SourceCreate, ctx=Depends(get_ctx)):
+def create_source(body: SourceCreate, principal: AuthDep, ctx=Depends(get_ctx)):
     train = body.train.model_dump(exclude_none=True)
     source, queued = sources_svc.register(ctx, body.dataset, body.name, body.description, body.licence,
-                                          train_esm=body.train_esm, train=train)
+                                          train_esm=body.train_esm, train=train, owner=principal.owner,
+                                          admin=principal.is_admin)
     return JSONResponse({"source": source, "job": source["job"] if queued else None,
                          "status": "queued" if queued else "ready"}, status_code=202 if queued else 201)
 
 
 @router.delete("/sources/{name}", tags=["sources"])
-def delete_source(name: str, ctx=Depends(get_ctx)):
-    return sources_svc.delete_source(ctx, name)
+def delete_source(name: str, principal: AuthDep, ctx=Depends(get_ctx)):
+    return sources_svc.delete_source(ctx, name, principal.owner, principal.is_admin)
 
 
 # ---------------------------------------------------------------------- rankings / jobs
@@ -101,15 +108,15 @@ def get_ranking(ranking_id: str, ctx=Depends(get_ctx)):
 
 
 @router.get("/jobs/{job_id}", tags=["jobs"])
-def get_job(job_id: str, ctx=Depends(get_ctx)):
-    return ctx.jobs.get(job_id)
+def get_job(job_id: str, principal: AuthDep, ctx=Depends(get_ctx)):
+    return ctx.jobs.get(job_id, principal.owner)
 
 
 # ---------------------------------------------------------------------- matrix / feedback / estimators
 @router.get("/transfer-matrix", tags=["scores"])
-def transfer_matrix(estimator: str | None = None, target: str | None = None,
+def transfer_matrix(principal: AuthDep, estimator: str | None = None, target: str | None = None,
                     format: Literal["json", "csv"] = "json", ctx=Depends(get_ctx)):
-    data = matrix_svc.build(ctx, estimator or None, target or None)
+    data = matrix_svc.build(ctx, estimator or None, target or None, owner=principal.owner)
     if format == "csv":
         return PlainTextResponse(matrix_svc.to_csv(data), media_type="text/csv",
                                  headers={"Content-Disposition": 'attachment; filename="transfer-matrix.csv"'})
@@ -117,14 +124,14 @@ def transfer_matrix(estimator: str | None = None, target: str | None = None,
 
 
 @router.post("/feedback", tags=["feedback"], status_code=201)
-def create_feedback(body: FeedbackCreate, ctx=Depends(get_ctx)):
+def create_feedback(body: FeedbackCreate, principal: AuthDep, ctx=Depends(get_ctx)):
     return feedback_svc.create(ctx, body.source, body.target, body.metric, body.value, body.higher_is_better,
-                               body.note)
+                               body.note, owner=principal.owner)
 
 
 @router.get("/feedback", tags=["feedback"])
-def list_feedback(target: str | None = None, source: str | None = None, ctx=Depends(get_ctx)):
-    return {"feedback": feedback_svc.list_all(ctx, target, source)}
+def list_feedback(principal: AuthDep, target: str | None = None, source: str | None = None, ctx=Depends(get_ctx)):
+    return {"feedback": feedback_svc.list_all(ctx, target, source, owner=principal.owner)}
 
 
 @router.get("/estimators", tags=["estimators"])
@@ -140,16 +147,16 @@ def list_estimators():
 
 # ---------------------------------------------------------------------- keys (admin)
 @admin.get("")
-def list_keys(ctx=Depends(get_ctx)):
+def list_keys(_admin: AdminKeyDep, ctx=Depends(get_ctx)):
     return {"keys": keys_svc.list_all(ctx)}
 
 
 @admin.post("", status_code=201)
-def create_key(body: KeyCreate, ctx=Depends(get_ctx)):
+def create_key(body: KeyCreate, _admin: AdminKeyDep, ctx=Depends(get_ctx)):
     info, key = keys_svc.create(ctx, body.owner, body.scopes)
     return dict(info, key=key)
 
 
 @admin.delete("/{key_id}")
-def revoke_key(key_id: str, ctx=Depends(get_ctx)):
+def revoke_key(key_id: str, _admin: AdminKeyDep, ctx=Depends(get_ctx)):
     return keys_svc.revoke(ctx, key_id)

@@ -15,6 +15,9 @@
 | ``TRANSFERRANK_WARM_UP`` | 1 with ``serve`` | load every model candidate in the background at start |
 | ``TRANSFERRANK_JOB_STALE_SECONDS`` | 300 | a running job without heartbeat this long is failed |
 | ``TRANSFERRANK_LOG_LEVEL`` | INFO | logging level |
+| ``TRANSFERRANK_AUTH`` | ``auto`` | ``auto`` / ``keys`` / ``open`` (see ``app.services.keys``) |
+| ``TRANSFERRANK_BOOTSTRAP_ADMIN_KEY`` | unset | a secret (>= 32 chars) installed as an admin key at start |
+| ``TRANSFERRANK_BOOTSTRAP_ADMIN_OWNER`` | ``admin`` | the owner of that key |
 """
 from __future__ import annotations
 
@@ -75,6 +78,10 @@ class Settings:
     job_stale_seconds: int = 300
     log_level: str = "INFO"
     warm_up: bool = False
+    auth: str = "auto"  # auto | keys | open
+    host: str | None = None  # the address ``serve`` binds; None: in-process (counts as loopback)
+    bootstrap_admin_key: str | None = field(default=None, repr=False)
+    bootstrap_admin_owner: str = "admin"
 
     @classmethod
     def from_env(cls, env: dict | None = None, **overrides) -> "Settings":
@@ -93,7 +100,12 @@ class Settings:
             job_stale_seconds=_env_int(env, "TRANSFERRANK_JOB_STALE_SECONDS", cls.job_stale_seconds),
             log_level=(env.get("TRANSFERRANK_LOG_LEVEL") or "INFO").upper(),
             warm_up=_env_bool(env, "TRANSFERRANK_WARM_UP", False),
+            auth=(env.get("TRANSFERRANK_AUTH") or "auto").strip().lower(),
+            bootstrap_admin_key=env.get("TRANSFERRANK_BOOTSTRAP_ADMIN_KEY") or None,
+            bootstrap_admin_owner=(env.get("TRANSFERRANK_BOOTSTRAP_ADMIN_OWNER") or "admin").strip(),
         )
+        if s.auth not in ("auto", "keys", "open"):
+            raise ValueError(f"TRANSFERRANK_AUTH must be auto, keys or open, got {s.auth!r}")
         overrides = {k: v for k, v in overrides.items() if v is not None}
         if "data_dir" in overrides:
             overrides["data_dir"] = Path(overrides["data_dir"])

@@ -16,7 +16,7 @@ from sqlalchemy import select
 from app.core.config import Settings
 from app.core.errors import Conflict
 from app.core.logging import get_logger, setup_logging
-from app.db.models import SourceTask
+from app.db.models import PUBLIC_OWNER, SourceTask
 from app.db.session import make_engine, make_sessionmaker, upgrade
 from app.storage.blobs import BlobStore
 
@@ -132,7 +132,7 @@ def seed_demo(ctx: Context) -> dict:
             continue
         parsed = datasets_svc.Parsed("text", "demo", *_labels(src.labels), texts=list(src.texts),
                                      columns=["text", "label"])
-        ds, _ = datasets_svc.store_parsed(ctx, parsed, src.name, meta={"demo": True})
+        ds, _ = datasets_svc.store_parsed(ctx, parsed, src.name, meta={"demo": True}, owner=PUBLIC_OWNER)
         try:
             sources_svc.add_ready_source(ctx, name=src.name, dataset=ds, base_embeddings=src.base_embeddings,
                                          esm=src.esm, description=src.description, licence=src.licence,
@@ -163,7 +163,8 @@ def _queue_demo_esm(ctx: Context, name: str, ds) -> None:
 
     with ctx.Session.begin() as s:
         t = s.scalar(select(ST).where(ST.name == name))
-        job = ctx.jobs.create(s, "train_esm", message=f"queued: ESM training for demo source {name}")
+        job = ctx.jobs.create(s, "train_esm", message=f"queued: ESM training for demo source {name}",
+                              owner=PUBLIC_OWNER)
         t.job_id, t.status = job.id, "training"
         sid, job_id = t.id, job.id
 

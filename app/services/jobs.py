@@ -18,7 +18,8 @@ from sqlalchemy import or_, select, update
 
 from app.core.errors import NotFound, ServiceError
 from app.core.logging import get_logger
-from app.db.models import Dataset, Job, Ranking, SourceTask, iso, utcnow
+from app.db.models import DEFAULT_OWNER, Dataset, Job, Ranking, SourceTask, iso, utcnow
+from app.services.tenancy import can_read
 
 log = get_logger("jobs")
 
@@ -62,9 +63,10 @@ class JobRunner:
         self._hb.start()
 
     # ------------------------------------------------------------------ create / submit
-    def create(self, session, kind: str, message: str | None = None) -> Job:
+    def create(self, session, kind: str, message: str | None = None, owner: str = DEFAULT_OWNER) -> Job:
+        """A queued job working for ``owner`` (who alone, with the public catalogue's jobs, may read it)."""
         job = Job(kind=kind, status="queued", progress=0.0, message=message, owner=self.ctx.instance_id,
-                  heartbeat_at=utcnow(), result={})
+                  tenant=owner, heartbeat_at=utcnow(), result={})
         session.add(job)
         session.flush()
         return job
@@ -144,11 +146,12 @@ class JobRunner:
                 log.exception("heartbeat failed")
 
     # ------------------------------------------------------------------ reading / reaping
-    def get(self, job_id: str) -> dict:
+    def get(self, job_id: str, owner: str | None = None) -> dict:
+        """The job, if ``owner`` may read it (its own or a public catalogue job); None: internal, any."""
         self.reap(job_ids=[job_id])
         with self.ctx.Session() as s:
             job = s.get(Job, job_id)
-            if job is None:
+            if job is None or not can_read(job.tenant, owner):
                 raise NotFound(f"no job with id {job_id!r}")
             return job_dict(job)
 

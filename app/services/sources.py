@@ -11,11 +11,12 @@ import numpy as np
 from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 
-from app.core.errors import Conflict, Invalid, NotFound
+from app.core.errors import Conflict, Invalid
 from app.core.logging import get_logger
-from app.db.models import Dataset, EncoderRow, Score, SourceTask, iso
+from app.db.models import DEFAULT_OWNER, Dataset, EncoderRow, Score, SourceTask, iso
 from app.services import datasets as datasets_svc
 from app.services import features as features_svc
+from app.services.tenancy import check_read, check_write, visible
 
 log = get_logger("sources")
 
@@ -23,7 +24,8 @@ TRAIN_KEYS = {"epochs", "learning_rate", "max_length", "batch_size", "train_laye
 
 
 def source_dict(t: SourceTask, d: Dataset | None = None) -> dict:
-    out = {"id": t.id, "name": t.name, "kind": "task", "dataset_id": t.dataset_id, "description": t.description,
+    out = {"id": t.id, "name": t.name, "kind": "task", "owner": t.owner, "dataset_id": t.dataset_id,
+           "description": t.description,
            "licence": t.licence, "origin": t.origin, "status": t.status, "base_encoder": t.base_encoder,
            "has_esm": t.esm_blob is not None, "esm": t.esm_meta or {}, "job": t.job_id, "error": t.error,
            "created_at": iso(t.created_at)}
@@ -33,25 +35,36 @@ def source_dict(t: SourceTask, d: Dataset | None = None) -> dict:
 
 
 def model_dict(e: EncoderRow) -> dict:
-    return {"name": e.name, "kind": "model", "encoder_kind": e.kind, "dim": e.dim, "params": e.params,
+    return {"name": e.name, "kind": "model", "owner": e.owner, "encoder_kind": e.kind, "dim": e.dim,
+            "params": e.params,
             "licence": e.licence, "enabled": e.enabled}
 
 
-def list_sources(ctx) -> dict:
+def list_sources(ctx, owner: str | None = None) -> dict:
+    """The catalogue ``owner`` sees: its own sources and models and the public ones."""
     with ctx.Session() as s:
         tasks = [source_dict(t, d) for t, d in s.execute(
-            select(SourceTask, Dataset).join(Dataset, Dataset.id == SourceTask.dataset_id).order_by(SourceTask.name))]
-        models = [model_dict(e) for e in s.scalars(select(EncoderRow).order_by(EncoderRow.name))]
+            select(SourceTask, Dataset).join(Dataset, Dataset.id == SourceTask.dataset_id)
+            .where(visible(SourceTask.owner, owner)).order_by(SourceTask.name))]
+        models = [model_dict(e) for e in s.scalars(select(EncoderRow).where(visible(EncoderRow.owner, owner))
+                                                     .order_by(EncoderRow.name))]
     return {"tasks": tasks, "models": models, "base_encoder": ctx.settings.base_encoder}
 
 
-def get_source(ctx, name: str) -> dict:
+def get_source(ctx, name: str, owner: str | None = None) -> dict:
     with ctx.Session() as s:
         row = s.execute(select(SourceTask, Dataset).join(Dataset, Dataset.id == SourceTask.dataset_id)
                         .where(SourceTask.name == name)).first()
-        if row is None:
-            raise NotFound(f"no source task named {name!r}; list them with GET /v1/sources")
+        check_read(row[0] if row else None, owner, f"no source task named {name!r}; list them with GET /v1/sources")
         return source_dict(*row)
+
+
+def visible_names(ctx, owner: str | None) -> set[str]:
+    """Names of the source tasks and models ``owner`` may see (scores of others stay hidden)."""
+    with ctx.Session() as s:
+        names = set(s.scalars(select(SourceTask.name).where(visible(SourceTask.owner, owner))))
+        names.update(s.scalars(select(EncoderRow.name).where(visible(EncoderRow.owner, owner))))
+    return names
 
 
 def sync_encoders(ctx) -> None:
@@ -89,9 +102,15 @@ def _activate(ctx, source_id: int) -> None:
 
 
 def register(ctx, dataset_id: str, name: str | None = None, description: str = "", licence: str = "",
-             train_esm: bool = True, train: dict | None = None, origin: str = "user") -> tuple[dict, bool]:
-    """Register a source task. Returns ``(source, queued)``: queued -> a job trains/embeds it."""
+             train_esm: bool = True, train: dict | None = None, origin: str = "user", *,
+             owner: str = DEFAULT_OWNER, admin: bool = False) -> tuple[dict, bool]:
+    """Register a source task owned by the dataset's owner. Returns ``(source, queued)``: queued ->
+    a job trains/embeds it. ``owner`` must be allowed to change the dataset (public: admin only)."""
+    with ctx.Session() as s:
+        check_write(s.get(Dataset, dataset_id), owner, admin,
+                    f"no dataset with id {dataset_id!r}; list them with GET /v1/datasets", f"dataset {dataset_id}")
     ds = datasets_svc.get(ctx, dataset_id)
+    owner = ds.owner
     name = (name or ds.name).strip()
     if not name:
         raise Invalid("a source needs a non-empty name")
@@ -102,7 +121,7 @@ def register(ctx, dataset_id: str, name: str | None = None, description: str = "
     base = ctx.settings.base_encoder
     with ctx.Session() as s:
         if s.scalar(select(SourceTask).where(SourceTask.name == name)) is not None:
-            raise Conflict(f"a source task named {name!r} already exists")
+            raise Conflict(f"the source name {name!r} is taken; choose another name")
         if s.scalar(select(SourceTask).where(SourceTask.dataset_id == ds.id)) is not None:
             raise Conflict(f"dataset {ds.id} is already registered as a source")
         base_row = s.get(EncoderRow, base)
@@ -119,8 +138,9 @@ def register(ctx, dataset_id: str, name: str | None = None, description: str = "
         if not have:
             features_svc.store(ctx, ds, base, X)
         with ctx.Session.begin() as s:
-            t = SourceTask(name=name, dataset_id=ds.id, description=description, licence=licence, origin=origin,
-                           status="ready", base_encoder=base, esm_meta={"note": "NPZ source: no texts, no ESM"})
+            t = SourceTask(name=name, owner=owner, dataset_id=ds.id, description=description, licence=licence,
+                           origin=origin, status="ready", base_encoder=base,
+                           esm_meta={"note": "NPZ source: no texts, no ESM"})
             s.add(t)
             s.flush()
             sid = t.id
@@ -130,14 +150,16 @@ def register(ctx, dataset_id: str, name: str | None = None, description: str = "
     try:
         with ctx.Session.begin() as s:
             job = ctx.jobs.create(s, "train_esm" if train_esm else "embed_source",
-                                  message=f"queued: {'ESM training' if train_esm else 'embedding'} for source {name}")
-            t = SourceTask(name=name, dataset_id=ds.id, description=description, licence=licence, origin=origin,
-                           status="pending", base_encoder=base, job_id=job.id, esm_meta={"train": train})
+                                  message=f"queued: {'ESM training' if train_esm else 'embedding'} for source {name}",
+                                  owner=owner)
+            t = SourceTask(name=name, owner=owner, dataset_id=ds.id, description=description, licence=licence,
+                           origin=origin, status="pending", base_encoder=base, job_id=job.id,
+                           esm_meta={"train": train})
             s.add(t)
             s.flush()
             sid, job_id = t.id, job.id
     except IntegrityError:
-        raise Conflict(f"a source task named {name!r} already exists") from None
+        raise Conflict(f"the source name {name!r} is taken; choose another name") from None
 
     def run(progress):
         return _train_job(ctx, sid, ds, train_esm, train, progress)
@@ -191,8 +213,9 @@ def _train_job(ctx, sid: int, ds: Dataset, train_esm: bool, train: dict, progres
 
 def add_ready_source(ctx, *, name: str, dataset: Dataset, base_embeddings: np.ndarray | None, esm=None,
                      description: str = "", licence: str = "", origin: str = "demo",
-                     encoder: str | None = None) -> int:
-    """Insert a source whose base embeddings (and ESM) already exist, e.g. the demo catalogue."""
+                     encoder: str | None = None, owner: str | None = None) -> int:
+    """Insert a source whose base embeddings (and ESM) already exist, e.g. the demo catalogue.
+    Owned by ``owner``, by default the dataset's owner."""
     base = encoder or ctx.settings.base_encoder
     if base_embeddings is not None:
         with ctx.Session() as s:
@@ -208,8 +231,9 @@ def add_ready_source(ctx, *, name: str, dataset: Dataset, base_embeddings: np.nd
             meta = {"method": getattr(esm, "method", None), "shipped": True}
         try:
             with ctx.Session.begin() as s:
-                t = SourceTask(name=name, dataset_id=dataset.id, description=description, licence=licence,
-                               origin=origin, status="ready", base_encoder=base, esm_blob=key, esm_meta=meta)
+                t = SourceTask(name=name, owner=owner or dataset.owner, dataset_id=dataset.id,
+                               description=description, licence=licence, origin=origin, status="ready",
+                               base_encoder=base, esm_blob=key, esm_meta=meta)
                 s.add(t)
                 s.flush()
                 sid = t.id
@@ -220,11 +244,10 @@ def add_ready_source(ctx, *, name: str, dataset: Dataset, base_embeddings: np.nd
     return sid
 
 
-def delete_source(ctx, name: str) -> dict:
+def delete_source(ctx, name: str, owner: str | None = None, admin: bool = False) -> dict:
     with ctx.Session.begin() as s:
-        t = s.scalar(select(SourceTask).where(SourceTask.name == name))
-        if t is None:
-            raise NotFound(f"no source task named {name!r}")
+        t = check_write(s.scalar(select(SourceTask).where(SourceTask.name == name)), owner, admin,
+                        f"no source task named {name!r}", f"source {name!r}")
         if t.status in ("pending", "training"):
             raise Conflict(f"source {name!r} is still {t.status} (job {t.job_id}); wait for the job to end")
         sid, esm_key = t.id, t.esm_blob

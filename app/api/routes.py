@@ -96,15 +96,15 @@ def delete_source(name: str, principal: AuthDep, ctx=Depends(get_ctx)):
 
 # ---------------------------------------------------------------------- rankings / jobs
 @router.post("/rankings", tags=["rankings"], responses={202: {"description": "queued as a job"}})
-def create_ranking(body: RankingRequest, ctx=Depends(get_ctx)):
-    spec = rankings_svc.RankingSpec(**body.model_dump())
+def create_ranking(body: RankingRequest, principal: AuthDep, ctx=Depends(get_ctx)):
+    spec = rankings_svc.RankingSpec(**body.model_dump(), owner=principal.owner)
     out, done = rankings_svc.create(ctx, spec)
     return JSONResponse(out, status_code=200 if done else 202)
 
 
 @router.get("/rankings/{ranking_id}", tags=["rankings"])
-def get_ranking(ranking_id: str, ctx=Depends(get_ctx)):
-    return rankings_svc.get(ctx, ranking_id)
+def get_ranking(ranking_id: str, principal: AuthDep, ctx=Depends(get_ctx)):
+    return rankings_svc.get(ctx, ranking_id, principal.owner)
 
 
 @router.get("/jobs/{job_id}", tags=["jobs"])

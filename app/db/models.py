@@ -229,7 +229,7 @@ class ApiKey(Base):
     scopes: Mapped[str] = mapped_column(String(64))  # comma separated: read,write,admin
     key_hash: Mapped[str] = mapped_column(String(64), unique=True)  # hex HMAC-SHA256(salt, ...)
     salt: Mapped[str | None] = mapped_column(String(64))  # hex, per key
-    hash_scheme: Mapped[str] = mapped_column(String(16), default="hmac-sha256", server_default="hmac-sha256")
+    hash_scheme: Mapped[str] = mapped_column(String(32), default="hmac-sha256", server_default="hmac-sha256")
     created_at: Mapped[dt.datetime] = mapped_column(_TS, default=utcnow)
     revoked_at: Mapped[dt.datetime | None] = mapped_column(_TS)
     last_used_at: Mapped[dt.datetime | None] = mapped_column(_TS)

@@ -38,7 +38,7 @@ import secrets
 import time
 from dataclasses import dataclass
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from app.core.errors import Conflict, Forbidden, Invalid, NotFound, Unauthorized
 from app.core.logging import get_logger
@@ -223,9 +223,14 @@ def list_all(ctx) -> list[dict]:
 
 
 def _active_admins(s, lock: bool):
+    """Active admin keys; ``lock``: hold them (PostgreSQL row locks, SQLite the write lock) until the
+    transaction ends, so two concurrent revocations of the last two admins cannot both succeed."""
     q = select(ApiKey).where(ApiKey.revoked_at.is_(None))
-    if lock and s.get_bind().dialect.name != "sqlite":
-        q = q.with_for_update()  # two concurrent revocations of the last two admins serialise here
+    if lock:
+        if s.get_bind().dialect.name == "sqlite":  # a write first takes the database's write lock
+            s.execute(update(ApiKey).where(ApiKey.id == "").values(scopes=ApiKey.scopes))
+        else:
+            q = q.with_for_update()
     return [k for k in s.scalars(q) if "admin" in k.scopes.split(",")]
 
 

@@ -38,7 +38,8 @@ from estimators.ranking import DEFAULT_ESTIMATORS as LIBRARY_DEFAULTS
 from estimators.ranking import DEFAULT_WEIGHTS, FALLBACK_PARAMS, observed_prior, static_score, zscores
 from app.core.errors import Invalid, NotFound
 from app.core.logging import get_logger
-from app.db.models import Dataset, EncoderRow, Feedback, Ranking, SourceTask, iso, utcnow
+from app.db.models import DEFAULT_OWNER, Dataset, EncoderRow, Feedback, Ranking, SourceTask, iso, utcnow
+from app.services.tenancy import visible
 from app.services import datasets as datasets_svc
 from app.services import features as features_svc
 from app.services import scores as scores_svc
@@ -69,6 +70,7 @@ class RankingSpec:
     sources: list[str] | None = None
     params: dict[str, dict] = field(default_factory=dict)
     use_feedback: bool | None = None
+    owner: str | None = None  # who asks: its own and the public datasets, sources and feedback (None: all)
 
     def as_dict(self) -> dict:
         return {"target": self.target, "candidates": self.candidates, "estimators": self.estimators,
@@ -80,7 +82,7 @@ class RankingSpec:
 def _validate(ctx, spec: RankingSpec) -> tuple[Dataset, list[str]]:
     if spec.candidates not in NEEDS_FOR:
         raise Invalid(f"candidates must be 'models' or 'tasks', got {spec.candidates!r}")
-    ds = datasets_svc.get(ctx, spec.target)
+    ds = datasets_svc.get(ctx, spec.target, spec.owner)
     names = spec.estimators or list(DEFAULT_ESTIMATORS[spec.candidates])
     if spec.estimators is None and spec.candidates == "models" and ds.kind == "features":
         extras = ds.extra_blobs or {}
@@ -146,7 +148,9 @@ def _model_names(ctx, ds: Dataset, spec: RankingSpec) -> list[str]:
         names = ["features"] + sorted({k.split("_", 1)[1] for k in (ds.extra_blobs or {})})
     else:
         with ctx.Session() as s:
-            names = list(s.scalars(select(EncoderRow.name).where(EncoderRow.enabled.is_(True)).order_by(EncoderRow.name)))
+            names = list(s.scalars(select(EncoderRow.name).where(EncoderRow.enabled.is_(True),
+                                                                 visible(EncoderRow.owner, spec.owner))
+                                   .order_by(EncoderRow.name)))
     if spec.sources:
         unknown = [n for n in spec.sources if n not in names]
         if unknown:
@@ -160,7 +164,8 @@ def _model_names(ctx, ds: Dataset, spec: RankingSpec) -> list[str]:
 def _task_rows(ctx, ds: Dataset, spec: RankingSpec) -> list[tuple[SourceTask, Dataset]]:
     with ctx.Session() as s:
         rows = s.execute(select(SourceTask, Dataset).join(Dataset, Dataset.id == SourceTask.dataset_id)
-                         .where(SourceTask.status != "failed", SourceTask.base_encoder == ctx.settings.base_encoder)
+                         .where(SourceTask.status != "failed", SourceTask.base_encoder == ctx.settings.base_encoder,
+                                visible(SourceTask.owner, spec.owner))
                          .order_by(SourceTask.name)).all()
     rows = [(t, d) for t, d in rows if d.sha256 != ds.sha256]
     if spec.sources:
@@ -290,11 +295,13 @@ def _static_scores(cands: list[Candidate]) -> dict[str, float]:
 
 
 # ---------------------------------------------------------------------- observed prior
-def _observed(ctx, target: Dataset, kind: str, sources: list[str]) -> tuple[dict, dict, dict]:
-    """Feedback -> (observed {target_sha: {source: value}}, similarity {target_sha: sim},
+def _observed(ctx, target: Dataset, kind: str, sources: list[str],
+              owner: str | None = None) -> tuple[dict, dict, dict]:
+    """``owner``'s feedback -> (observed {target_sha: {source: value}}, similarity {target_sha: sim},
     this target's own observations {source: {metric: value}})."""
     with ctx.Session() as s:
-        rows = list(s.scalars(select(Feedback).where(Feedback.source.in_(sources))))
+        q = select(Feedback).where(Feedback.source.in_(sources))
+        rows = list(s.scalars(q if owner is None else q.where(Feedback.owner == owner)))
         if not rows:
             return {}, {}, {}
         shas = {r.target_sha256 for r in rows}
@@ -376,7 +383,9 @@ def compute(ctx, spec: RankingSpec, progress: Callable[[float], None] | None = N
         rows = _task_rows(ctx, ds, spec)
         if spec.prefilter_k is not None and len(rows) > spec.prefilter_k:
             te = features_svc.task_embedding(X_target)
-            hits = ctx.index.search(te, spec.prefilter_k)
+            ids = {t.id for t, _ in rows}  # the index holds every owner's sources: search past the others
+            hidden = max(ctx.index.describe()["sources"] - len(rows), 0)
+            hits = [h for h in ctx.index.search(te, spec.prefilter_k + hidden) if h[0] in ids][:spec.prefilter_k]
             keep = {sid for sid, _ in hits}
             prefilter = {"k": spec.prefilter_k, "searched": len(rows),
                          "similarity": {t.name: round(sim, 6) for t, _ in rows for sid, sim in hits if t.id == sid}}
@@ -462,7 +471,7 @@ def compute(ctx, spec: RankingSpec, progress: Callable[[float], None] | None = N
     use_prior = spec.use_feedback if spec.use_feedback is not None else spec.estimators is None
     own: dict = {}
     if use_prior:
-        observed, similarity, own = _observed(ctx, ds, spec.candidates, list(entries))
+        observed, similarity, own = _observed(ctx, ds, spec.candidates, list(entries), spec.owner)
         if observed:
             raw = {s_: v for s_, v in _prior(observed, similarity).items() if s_ in entries}
             if raw:
@@ -561,14 +570,15 @@ def create(ctx, spec: RankingSpec, *, inline: bool = False) -> tuple[dict, bool]
     if not job_needed:
         result = compute(ctx, spec)
         with ctx.Session.begin() as s:
-            r = Ranking(target_id=spec.target, candidates=spec.candidates, request=spec.as_dict(),
-                        status="done", result=result, finished_at=utcnow())
+            r = Ranking(owner=spec.owner or DEFAULT_OWNER, target_id=spec.target, candidates=spec.candidates,
+                        request=spec.as_dict(), status="done", result=result, finished_at=utcnow())
             s.add(r)
         return ranking_dict(r), True
     with ctx.Session.begin() as s:
-        job = ctx.jobs.create(s, "ranking", message=f"queued: {spec.candidates} ranking of {spec.target}")
-        r = Ranking(target_id=spec.target, candidates=spec.candidates, request=spec.as_dict(),
-                    status="queued", job_id=job.id)
+        job = ctx.jobs.create(s, "ranking", message=f"queued: {spec.candidates} ranking of {spec.target}",
+                              owner=spec.owner or DEFAULT_OWNER)
+        r = Ranking(owner=spec.owner or DEFAULT_OWNER, target_id=spec.target, candidates=spec.candidates,
+                    request=spec.as_dict(), status="queued", job_id=job.id)
         s.add(r)
         s.flush()
         ranking_id, job_id = r.id, job.id
@@ -588,10 +598,11 @@ def create(ctx, spec: RankingSpec, *, inline: bool = False) -> tuple[dict, bool]
     return {"id": ranking_id, "status": "queued", "job": job_id, "progress": 0.0}, False
 
 
-def get(ctx, ranking_id: str) -> dict:
+def get(ctx, ranking_id: str, owner: str | None = None) -> dict:
+    """The ranking, if ``owner`` made it (None: internal, any)."""
     with ctx.Session() as s:
         r = s.get(Ranking, ranking_id)
-        if r is None:
+        if r is None or (owner is not None and r.owner != owner):
             raise NotFound(f"no ranking with id {ranking_id!r}")
     job = ctx.jobs.get(r.job_id) if r.job_id and r.status != "done" else None
     if job is not None and job["status"] == "failed" and r.status != "failed":

@@ -64,7 +64,7 @@ def upgrade() -> None:
                        "WHERE origin = 'demo' AND job_id IS NOT NULL)").bindparams(p=PUBLIC_OWNER))
 
     op.add_column("api_keys", sa.Column("salt", sa.String(length=64), nullable=True))
-    op.add_column("api_keys", sa.Column("hash_scheme", sa.String(length=16), nullable=False,
+    op.add_column("api_keys", sa.Column("hash_scheme", sa.String(length=32), nullable=False,
                                         server_default="hmac-sha256"))
     conn = op.get_bind()
     keys = sa.table("api_keys", sa.column("id", sa.String), sa.column("key_hash", sa.String),

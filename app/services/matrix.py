@@ -14,7 +14,7 @@ from sqlalchemy import select
 import estimators
 from app.core.errors import Invalid, NotFound
 from app.db.models import Dataset, Feedback, Score
-from app.services.sources import visible_names
+from app.services.sources import hidden_names
 from app.services.tenancy import can_read, visible
 
 CSV_COLUMNS = ["estimator", "source", "source_kind", "target", "target_name", "target_sha256", "encoder",
@@ -27,7 +27,7 @@ def build(ctx, estimator: str | None = None, target: str | None = None, owner: s
             estimators.info(estimator)
         except ValueError as exc:
             raise Invalid(str(exc)) from None
-    sources = visible_names(ctx, owner) if owner is not None else None
+    hidden = hidden_names(ctx, owner)
     with ctx.Session() as s:
         datasets: dict[str, Dataset] = {}
         for d in s.scalars(select(Dataset).where(visible(Dataset.owner, owner))
@@ -48,7 +48,8 @@ def build(ctx, estimator: str | None = None, target: str | None = None, owner: s
         fq = select(Feedback).order_by(Feedback.id)
         if owner is not None:
             fq = fq.where(Feedback.owner == owner)
-        scores = [r for r in s.scalars(q) if owner is None or (r.target_sha256 in datasets and r.source in sources)]
+        scores = [r for r in s.scalars(q)
+                  if owner is None or (r.target_sha256 in datasets and r.source not in hidden)]
         feedback = list(s.scalars(fq))
     observed: dict[tuple[str, str], dict] = {}
     for f in feedback:

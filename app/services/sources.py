@@ -59,11 +59,13 @@ def get_source(ctx, name: str, owner: str | None = None) -> dict:
         return source_dict(*row)
 
 
-def visible_names(ctx, owner: str | None) -> set[str]:
-    """Names of the source tasks and models ``owner`` may see (scores of others stay hidden)."""
+def hidden_names(ctx, owner: str | None) -> set[str]:
+    """Names of the source tasks and models of other owners (their scores stay hidden from ``owner``)."""
+    if owner is None:
+        return set()
     with ctx.Session() as s:
-        names = set(s.scalars(select(SourceTask.name).where(visible(SourceTask.owner, owner))))
-        names.update(s.scalars(select(EncoderRow.name).where(visible(EncoderRow.owner, owner))))
+        names = set(s.scalars(select(SourceTask.name).where(~visible(SourceTask.owner, owner))))
+        names.update(s.scalars(select(EncoderRow.name).where(~visible(EncoderRow.owner, owner))))
     return names
 
 
@@ -121,7 +123,7 @@ def register(ctx, dataset_id: str, name: str | None = None, description: str = "
     base = ctx.settings.base_encoder
     with ctx.Session() as s:
         if s.scalar(select(SourceTask).where(SourceTask.name == name)) is not None:
-            raise Conflict(f"the source name {name!r} is taken; choose another name")
+            raise Conflict(f"a source task named {name!r} already exists; choose another name")
         if s.scalar(select(SourceTask).where(SourceTask.dataset_id == ds.id)) is not None:
             raise Conflict(f"dataset {ds.id} is already registered as a source")
         base_row = s.get(EncoderRow, base)
@@ -159,7 +161,7 @@ def register(ctx, dataset_id: str, name: str | None = None, description: str = "
             s.flush()
             sid, job_id = t.id, job.id
     except IntegrityError:
-        raise Conflict(f"the source name {name!r} is taken; choose another name") from None
+        raise Conflict(f"a source task named {name!r} already exists; choose another name") from None
 
     def run(progress):
         return _train_job(ctx, sid, ds, train_esm, train, progress)

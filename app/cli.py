@@ -69,6 +69,7 @@ def _format_table(result: dict) -> str:
 
 def cmd_rank(args) -> int:
     from app.core.errors import ServiceError
+    from app.db.models import DEFAULT_OWNER
     from app.services import datasets as datasets_svc
     from app.services import rankings as rankings_svc
     from app.services.context import Context
@@ -86,7 +87,8 @@ def cmd_rank(args) -> int:
                        f"C={ds.n_classes}")
         sources = [x.strip() for x in args.sources.split(",") if x.strip()] if args.sources else None
         spec = rankings_svc.RankingSpec(target=ds.id, candidates=args.candidates, estimators=ests,
-                                        top_k=args.top_k, prefilter_k=args.prefilter_k, sources=sources)
+                                        top_k=args.top_k, prefilter_k=args.prefilter_k, sources=sources,
+                                        owner=DEFAULT_OWNER)  # what open mode's REST caller sees
         out, _ = rankings_svc.create(ctx, spec, inline=True)
         if out.get("status") != "done":
             _print_err(f"error: {out.get('error') or 'ranking failed'}")

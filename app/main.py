@@ -79,6 +79,22 @@ def create_app(settings: Settings | None = None, *, ctx=None, backend=None) -> F
         return JSONResponse({"detail": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
 
     @app.middleware("http")
+    async def _auth_before_body(request: Request, call_next):
+        """Writes are authenticated before their body is read, so an anonymous upload costs nothing;
+        the route's own auth dependency then finds the result in the cache."""
+        if request.method in ("POST", "PUT", "PATCH") and request.url.path.startswith("/v1/"):
+            from fastapi.concurrency import run_in_threadpool
+
+            from app.services import keys as keys_svc
+
+            try:
+                await run_in_threadpool(keys_svc.authenticate, request.app.state.ctx,
+                                        request.headers.get("authorization"), "write")
+            except ServiceError as exc:
+                return JSONResponse({"detail": exc.detail}, status_code=exc.status_code)
+        return await call_next(request)
+
+    @app.middleware("http")
     async def _upload_limit(request: Request, call_next):
         if request.method == "POST" and request.url.path.rstrip("/") == "/v1/datasets":
             length = request.headers.get("content-length")

@@ -5,7 +5,6 @@ import hashlib
 import threading
 
 import pytest
-
 from conftest import csv_bytes, make_texts
 
 BOOT = "b" * 20 + "-bootstrap-secret-0123456789"
@@ -73,7 +72,7 @@ def test_last_admin_key_cannot_be_revoked(make_client, db_url, tmp_path):
     client = make_client(tmp_path / "d", database_url=db_url)
     ctx = client.app.state.ctx
     a1, k1 = keys_svc.create(ctx, "ops", "admin")
-    a2, k2 = keys_svc.create(ctx, "ops2", "read,write,admin")
+    a2, _k2 = keys_svc.create(ctx, "ops2", "read,write,admin")
     assert client.delete(f"/v1/keys/{a2['id']}", headers=_h(k1)).status_code == 200
     r = client.delete(f"/v1/keys/{a1['id']}", headers=_h(k1))
     assert r.status_code == 409 and "last active admin key" in r.json()["detail"]
@@ -176,9 +175,9 @@ def test_open_mode_only_on_loopback(settings_factory, tmp_path, monkeypatch, cap
     keys_svc.check_settings(settings_factory(auth="open", host="127.0.0.1"))
     from fastapi.testclient import TestClient
 
-    with pytest.raises(ValueError, match="loopback"):
-        with TestClient(create_app(settings_factory(auth="open", host="0.0.0.0"))):
-            pass
+    with pytest.raises(ValueError, match="loopback"), TestClient(create_app(settings_factory(auth="open",
+                                                                                    host="0.0.0.0"))):
+        pass
     monkeypatch.setenv("TRANSFERRANK_AUTH", "open")
     monkeypatch.setenv("TRANSFERRANK_SEED_DEMO", "0")
     assert main(["serve", "--host", "0.0.0.0", "--port", "1", "--data-dir", str(tmp_path / "s")]) == 2

@@ -8,7 +8,7 @@ from __future__ import annotations
 from app.core.errors import Forbidden, NotFound
 from app.db.models import DEFAULT_OWNER, PUBLIC_OWNER
 
-__all__ = ["DEFAULT_OWNER", "PUBLIC_OWNER", "visible", "can_read", "check_read", "check_write"]
+__all__ = ["DEFAULT_OWNER", "PUBLIC_OWNER", "can_read", "check_read", "check_write", "visible"]
 
 
 def visible(column, owner: str | None):

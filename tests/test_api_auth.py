@@ -133,7 +133,8 @@ def test_closed_until_a_key_exists_off_loopback(make_client, tmp_path):
     _i, key = keys_svc.create(client.app.state.ctx, "ops", "read,write,admin")
     assert client.get("/v1/datasets", headers=_h(key)).status_code == 200
     keys_mode = make_client(tmp_path / "k", auth="keys")  # explicit: closed even in-process
-    assert keys_mode.get("/v1/datasets").status_code == 401
+    r = keys_mode.get("/v1/datasets")
+    assert r.status_code == 401 and "none exists yet" in r.json()["detail"]
 
 
 def test_bootstrap_admin_key_from_the_environment(make_client, tmp_path):

@@ -331,7 +331,7 @@ def authenticate(ctx, header: str | None, scope: str, *, key_required: bool = Fa
         principal = LOCAL
     elif key_required and mode == "open":
         raise Unauthorized(f"key management needs an admin API key, also in open mode: {CREATE_HINT}")
-    elif mode == "closed":
+    elif mode == "closed" or not any_key(ctx):
         raise Unauthorized(f"this service requires an API key and none exists yet: {CREATE_HINT}")
     else:
         raise Unauthorized("this service requires an API key: send 'Authorization: Bearer <key>' "

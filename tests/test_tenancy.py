@@ -375,3 +375,19 @@ def test_migration_moves_existing_rows_to_owners(db_url, tmp_path):
         assert keys_svc.authenticate(ctx, f"Bearer {old_key}", "read").owner == "carol"
     finally:
         ctx.close()
+    # a downgrade would merge two owners' rows into one unique content: refused, nothing changed
+    from app.db.session import downgrade
+
+    engine = make_engine(db_url)
+    try:
+        with engine.begin() as c:
+            c.execute(text("INSERT INTO datasets (id, owner, name, sha256, kind, n_examples, n_classes, label_names, "
+                           "labels_blob, extra_blobs, meta, created_at) VALUES ('d3', 'bob', 'x', :s, 'text', 2, 2, "
+                           "'[]', 'x.npy', '{}', '{}', :t)"), {"s": "a" * 64, "t": now})
+        with pytest.raises(RuntimeError, match="more than one owner"):
+            downgrade(db_url, engine, "0001")
+        with engine.connect() as c:
+            assert c.execute(text("SELECT count(*) FROM datasets")).scalar() == 3
+            assert c.execute(text("SELECT count(*) FROM api_keys WHERE salt IS NOT NULL")).scalar() == 1
+    finally:
+        engine.dispose()

@@ -5,6 +5,7 @@ import hashlib
 import threading
 
 import pytest
+
 from conftest import csv_bytes, make_texts
 
 BOOT = "b" * 20 + "-bootstrap-secret-0123456789"

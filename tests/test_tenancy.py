@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from conftest import FAST_BASE, csv_bytes, make_texts, npz_bytes
 
 

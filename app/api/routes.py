@@ -1,15 +1,41 @@
-"""/v1 routes: parse, call a service, shape the response. No logic here."""
+"""/v1 routes: parse, call a service, shape the response. No logic here.
+
+Every route names its response model (``app.api.schemas.*Public``) and the 4xx codes it can
+answer with (body ``ErrorPublic``: ``{"detail": "..."}``).
+"""
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, File, Form, Query, UploadFile
+from fastapi import APIRouter, Depends, File, Form, Path, Query, Response, UploadFile
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import PlainTextResponse
 
 import estimators
-from app.api.deps import AdminKeyDep, AuthDep, authenticate, authenticate_admin_key, get_ctx
-from app.api.schemas import FeedbackCreate, KeyCreate, RankingRequest, SourceCreate
+from app.api.deps import AdminKeyDep, AuthDep, CtxDep, authenticate, authenticate_admin_key
+from app.api.schemas import (
+    DatasetDeletedPublic,
+    DatasetListPublic,
+    DatasetPublic,
+    EstimatorListPublic,
+    FeedbackCreate,
+    FeedbackListPublic,
+    FeedbackPublic,
+    JobPublic,
+    KeyCreate,
+    KeyCreatedPublic,
+    KeyListPublic,
+    KeyPublic,
+    MatrixPublic,
+    RankingPublic,
+    RankingRequest,
+    SourceCataloguePublic,
+    SourceCreate,
+    SourceCreatedPublic,
+    SourceDeletedPublic,
+    SourcePublic,
+    errors,
+)
 from app.core.errors import TooLarge
 from app.services import datasets as datasets_svc
 from app.services import feedback as feedback_svc
@@ -18,12 +44,16 @@ from app.services import matrix as matrix_svc
 from app.services import rankings as rankings_svc
 from app.services import sources as sources_svc
 
-_AUTH_ERRORS = {401: {"description": "no valid API key"}, 403: {"description": "the key lacks the scope"}}
-router = APIRouter(prefix="/v1", dependencies=[Depends(authenticate)], responses=_AUTH_ERRORS)
+router = APIRouter(prefix="/v1", dependencies=[Depends(authenticate)], responses=errors(400, 401, 403, 422))
 admin = APIRouter(prefix="/v1/keys", tags=["keys"], dependencies=[Depends(authenticate_admin_key)],
-                  responses=_AUTH_ERRORS)
+                  responses=errors(400, 401, 403, 422))
 
 CHUNK = 1 << 20
+NAME_MAX = 255
+
+#: Identifiers in paths and filters: bounded, so a client cannot send megabytes in a URL.
+Id = Annotated[str, Path(min_length=1, max_length=NAME_MAX)]
+Filter = Annotated[str | None, Query(max_length=NAME_MAX)]
 
 
 async def _read_limited(file: UploadFile, limit: int) -> bytes:
@@ -40,123 +70,141 @@ async def _read_limited(file: UploadFile, limit: int) -> bytes:
 
 
 # ---------------------------------------------------------------------- datasets
-@router.post("/datasets", tags=["datasets"], status_code=201,
-             responses={200: {"description": "the same content already exists"}, 413: {}, 422: {}})
-async def upload_dataset(principal: AuthDep, file: UploadFile = File(...), name: str | None = Form(None),
-                         ctx=Depends(get_ctx)):
+@router.post("/datasets", tags=["datasets"], status_code=201, response_model=DatasetPublic,
+             responses={200: {"model": DatasetPublic, "description": "the same content already exists"},
+                        **errors(413)})
+async def upload_dataset(ctx: CtxDep, principal: AuthDep, response: Response,
+                         file: Annotated[UploadFile, File(description="CSV / JSONL / Parquet (text, label) or "
+                                                                      "NPZ (features, labels)")],
+                         name: Annotated[str | None, Form(max_length=NAME_MAX)] = None) -> DatasetPublic:
     data = await _read_limited(file, ctx.settings.max_upload_bytes)
     ds, created = await run_in_threadpool(datasets_svc.create_from_upload, ctx, data, file.filename, name,
                                           owner=principal.owner)
-    return JSONResponse(datasets_svc.dataset_dict(ds), status_code=201 if created else 200)
+    response.status_code = 201 if created else 200
+    return DatasetPublic.model_validate(datasets_svc.dataset_dict(ds))
 
 
-@router.get("/datasets", tags=["datasets"])
-def list_datasets(principal: AuthDep, limit: int = Query(100, ge=1, le=1000), offset: int = Query(0, ge=0),
-                  ctx=Depends(get_ctx)):
+@router.get("/datasets", tags=["datasets"], response_model=DatasetListPublic)
+def list_datasets(ctx: CtxDep, principal: AuthDep, limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+                  offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0) -> DatasetListPublic:
     rows = datasets_svc.list_all(ctx, limit, offset, owner=principal.owner)
-    return {"datasets": [datasets_svc.dataset_dict(d) for d in rows]}
+    return DatasetListPublic.model_validate({"datasets": [datasets_svc.dataset_dict(d) for d in rows]})
 
 
-@router.get("/datasets/{dataset_id}", tags=["datasets"])
-def get_dataset(dataset_id: str, principal: AuthDep, ctx=Depends(get_ctx)):
-    return datasets_svc.dataset_dict(datasets_svc.get(ctx, dataset_id, principal.owner))
+@router.get("/datasets/{dataset_id}", tags=["datasets"], response_model=DatasetPublic, responses=errors(404))
+def get_dataset(ctx: CtxDep, principal: AuthDep, dataset_id: Id) -> DatasetPublic:
+    return DatasetPublic.model_validate(datasets_svc.dataset_dict(datasets_svc.get(ctx, dataset_id, principal.owner)))
 
 
-@router.delete("/datasets/{dataset_id}", tags=["datasets"])
-def delete_dataset(dataset_id: str, principal: AuthDep, ctx=Depends(get_ctx)):
-    return datasets_svc.delete_dataset(ctx, dataset_id, principal.owner, principal.is_admin)
+@router.delete("/datasets/{dataset_id}", tags=["datasets"], response_model=DatasetDeletedPublic,
+               responses=errors(404, 409))
+def delete_dataset(ctx: CtxDep, principal: AuthDep, dataset_id: Id) -> DatasetDeletedPublic:
+    return DatasetDeletedPublic.model_validate(
+        datasets_svc.delete_dataset(ctx, dataset_id, principal.owner, principal.is_admin))
 
 
 # ---------------------------------------------------------------------- sources
-@router.get("/sources", tags=["sources"])
-def list_sources(principal: AuthDep, ctx=Depends(get_ctx)):
-    return sources_svc.list_sources(ctx, principal.owner)
+@router.get("/sources", tags=["sources"], response_model=SourceCataloguePublic)
+def list_sources(ctx: CtxDep, principal: AuthDep) -> SourceCataloguePublic:
+    return SourceCataloguePublic.model_validate(sources_svc.list_sources(ctx, principal.owner))
 
 
-@router.get("/sources/{name}", tags=["sources"])
-def get_source(name: str, principal: AuthDep, ctx=Depends(get_ctx)):
-    return sources_svc.get_source(ctx, name, principal.owner)
+@router.get("/sources/{name}", tags=["sources"], response_model=SourcePublic, responses=errors(404))
+def get_source(ctx: CtxDep, principal: AuthDep, name: Id) -> SourcePublic:
+    return SourcePublic.model_validate(sources_svc.get_source(ctx, name, principal.owner))
 
 
-@router.post("/sources", tags=["sources"], status_code=202,
-             responses={201: {"description": "registered at once (NPZ source with base features)"}})
-def create_source(body: SourceCreate, principal: AuthDep, ctx=Depends(get_ctx)):
+@router.post("/sources", tags=["sources"], status_code=202, response_model=SourceCreatedPublic,
+             responses={201: {"model": SourceCreatedPublic,
+                              "description": "registered at once (NPZ source with base features)"},
+                        **errors(404, 409)})
+def create_source(ctx: CtxDep, principal: AuthDep, body: SourceCreate, response: Response) -> SourceCreatedPublic:
     train = body.train.model_dump(exclude_none=True)
     source, queued = sources_svc.register(ctx, body.dataset, body.name, body.description, body.licence,
                                           train_esm=body.train_esm, train=train, owner=principal.owner,
                                           admin=principal.is_admin)
-    return JSONResponse({"source": source, "job": source["job"] if queued else None,
-                         "status": "queued" if queued else "ready"}, status_code=202 if queued else 201)
+    response.status_code = 202 if queued else 201
+    return SourceCreatedPublic.model_validate({"source": source, "job": source["job"] if queued else None,
+                                               "status": "queued" if queued else "ready"})
 
 
-@router.delete("/sources/{name}", tags=["sources"])
-def delete_source(name: str, principal: AuthDep, ctx=Depends(get_ctx)):
-    return sources_svc.delete_source(ctx, name, principal.owner, principal.is_admin)
+@router.delete("/sources/{name}", tags=["sources"], response_model=SourceDeletedPublic, responses=errors(404, 409))
+def delete_source(ctx: CtxDep, principal: AuthDep, name: Id) -> SourceDeletedPublic:
+    return SourceDeletedPublic.model_validate(
+        sources_svc.delete_source(ctx, name, principal.owner, principal.is_admin))
 
 
 # ---------------------------------------------------------------------- rankings / jobs
-@router.post("/rankings", tags=["rankings"], responses={202: {"description": "queued as a job"}})
-def create_ranking(body: RankingRequest, principal: AuthDep, ctx=Depends(get_ctx)):
+@router.post("/rankings", tags=["rankings"], response_model=RankingPublic,
+             responses={202: {"model": RankingPublic, "description": "queued as a job (status 'queued')"},
+                        **errors(404)})
+def create_ranking(ctx: CtxDep, principal: AuthDep, body: RankingRequest, response: Response) -> RankingPublic:
     spec = rankings_svc.RankingSpec(**body.model_dump(), owner=principal.owner)
     out, done = rankings_svc.create(ctx, spec)
-    return JSONResponse(out, status_code=200 if done else 202)
+    response.status_code = 200 if done else 202
+    return RankingPublic.model_validate(out)
 
 
-@router.get("/rankings/{ranking_id}", tags=["rankings"])
-def get_ranking(ranking_id: str, principal: AuthDep, ctx=Depends(get_ctx)):
-    return rankings_svc.get(ctx, ranking_id, principal.owner)
+@router.get("/rankings/{ranking_id}", tags=["rankings"], response_model=RankingPublic, responses=errors(404))
+def get_ranking(ctx: CtxDep, principal: AuthDep, ranking_id: Id) -> RankingPublic:
+    return RankingPublic.model_validate(rankings_svc.get(ctx, ranking_id, principal.owner))
 
 
-@router.get("/jobs/{job_id}", tags=["jobs"])
-def get_job(job_id: str, principal: AuthDep, ctx=Depends(get_ctx)):
-    return ctx.jobs.get(job_id, principal.owner)
+@router.get("/jobs/{job_id}", tags=["jobs"], response_model=JobPublic, responses=errors(404))
+def get_job(ctx: CtxDep, principal: AuthDep, job_id: Id) -> JobPublic:
+    return JobPublic.model_validate(ctx.jobs.get(job_id, principal.owner))
 
 
 # ---------------------------------------------------------------------- matrix / feedback / estimators
-@router.get("/transfer-matrix", tags=["scores"])
-def transfer_matrix(principal: AuthDep, estimator: str | None = None, target: str | None = None,
-                    format: Literal["json", "csv"] = "json", ctx=Depends(get_ctx)):
+@router.get("/transfer-matrix", tags=["scores"], response_model=MatrixPublic,
+            responses={200: {"content": {"text/csv": {"schema": {"type": "string"}}},
+                             "description": "JSON, or CSV rows of `entries` with format=csv"}})
+def transfer_matrix(ctx: CtxDep, principal: AuthDep, estimator: Filter = None, target: Filter = None,
+                    format: Literal["json", "csv"] = "json") -> MatrixPublic | Response:
     data = matrix_svc.build(ctx, estimator or None, target or None, owner=principal.owner)
     if format == "csv":
         return PlainTextResponse(matrix_svc.to_csv(data), media_type="text/csv",
                                  headers={"Content-Disposition": 'attachment; filename="transfer-matrix.csv"'})
-    return data
+    return MatrixPublic.model_validate(data)
 
 
-@router.post("/feedback", tags=["feedback"], status_code=201)
-def create_feedback(body: FeedbackCreate, principal: AuthDep, ctx=Depends(get_ctx)):
-    return feedback_svc.create(ctx, body.source, body.target, body.metric, body.value, body.higher_is_better,
-                               body.note, owner=principal.owner)
+@router.post("/feedback", tags=["feedback"], status_code=201, response_model=FeedbackPublic,
+             responses=errors(404))
+def create_feedback(ctx: CtxDep, principal: AuthDep, body: FeedbackCreate) -> FeedbackPublic:
+    return FeedbackPublic.model_validate(feedback_svc.create(ctx, body.source, body.target, body.metric, body.value,
+                                                             body.higher_is_better, body.note,
+                                                             owner=principal.owner))
 
 
-@router.get("/feedback", tags=["feedback"])
-def list_feedback(principal: AuthDep, target: str | None = None, source: str | None = None, ctx=Depends(get_ctx)):
-    return {"feedback": feedback_svc.list_all(ctx, target, source, owner=principal.owner)}
+@router.get("/feedback", tags=["feedback"], response_model=FeedbackListPublic)
+def list_feedback(ctx: CtxDep, principal: AuthDep, target: Filter = None, source: Filter = None) -> FeedbackListPublic:
+    return FeedbackListPublic.model_validate(
+        {"feedback": feedback_svc.list_all(ctx, target, source, owner=principal.owner)})
 
 
-@router.get("/estimators", tags=["estimators"])
-def list_estimators():
+@router.get("/estimators", tags=["estimators"], response_model=EstimatorListPublic)
+def list_estimators() -> EstimatorListPublic:
     out = []
     for name in estimators.names():
         i = estimators.info(name)
         out.append({"name": name, "needs": i.needs, "higher_is_better": i.higher_is_better, "paper": i.paper,
                     "cost": i.cost, "candidates": "models" if i.needs in ("features", "probs") else "tasks"})
-    return {"estimators": out, "version": getattr(estimators, "__version__", None),
-            "defaults": rankings_svc.DEFAULT_ESTIMATORS}
+    return EstimatorListPublic.model_validate({"estimators": out, "version": getattr(estimators, "__version__", None),
+                                               "defaults": rankings_svc.DEFAULT_ESTIMATORS})
 
 
 # ---------------------------------------------------------------------- keys (admin)
-@admin.get("")
-def list_keys(_admin: AdminKeyDep, ctx=Depends(get_ctx)):
-    return {"keys": keys_svc.list_all(ctx)}
+@admin.get("", response_model=KeyListPublic)
+def list_keys(ctx: CtxDep, _admin: AdminKeyDep) -> KeyListPublic:
+    return KeyListPublic.model_validate({"keys": keys_svc.list_all(ctx)})
 
 
-@admin.post("", status_code=201)
-def create_key(body: KeyCreate, _admin: AdminKeyDep, ctx=Depends(get_ctx)):
+@admin.post("", status_code=201, response_model=KeyCreatedPublic)
+def create_key(ctx: CtxDep, _admin: AdminKeyDep, body: KeyCreate) -> KeyCreatedPublic:
     info, key = keys_svc.create(ctx, body.owner, body.scopes)
-    return dict(info, key=key)
+    return KeyCreatedPublic.model_validate(dict(info, key=key))
 
 
-@admin.delete("/{key_id}")
-def revoke_key(key_id: str, _admin: AdminKeyDep, ctx=Depends(get_ctx)):
-    return keys_svc.revoke(ctx, key_id)
+@admin.delete("/{key_id}", response_model=KeyPublic, responses=errors(404))
+def revoke_key(ctx: CtxDep, _admin: AdminKeyDep, key_id: Id) -> KeyPublic:
+    return KeyPublic.model_validate(keys_svc.revoke(ctx, key_id))

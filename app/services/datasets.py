@@ -8,15 +8,19 @@ import json
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 
-from app.core.errors import Conflict, Invalid, NotFound, TooLarge
+from app.core.errors import Conflict, Invalid, TooLarge
 from app.core.logging import get_logger
 from app.db.models import DEFAULT_OWNER, Dataset, FeatureSet, Feedback, Ranking, Score, SourceTask, iso
 from app.services.tenancy import check_read, check_write
+
+if TYPE_CHECKING:
+    from app.services.context import Context
 
 log = get_logger("datasets")
 
@@ -244,7 +248,7 @@ def _default_name(filename: str | None, sha: str) -> str:
     return stem[:200] if stem else f"dataset-{sha[:8]}"
 
 
-def store_parsed(ctx, parsed: Parsed, name: str | None, filename: str | None = None,
+def store_parsed(ctx: Context, parsed: Parsed, name: str | None, filename: str | None = None,
                  meta: dict | None = None, *, owner: str = DEFAULT_OWNER) -> tuple[Dataset, bool]:
     """Write blobs, then the SQL row in one transaction; on any failure remove the new blobs.
 
@@ -297,13 +301,13 @@ def store_parsed(ctx, parsed: Parsed, name: str | None, filename: str | None = N
     return ds, True
 
 
-def create_from_upload(ctx, data: bytes, filename: str | None, name: str | None, *,
+def create_from_upload(ctx: Context, data: bytes, filename: str | None, name: str | None, *,
                        owner: str = DEFAULT_OWNER) -> tuple[Dataset, bool]:
     parsed = parse_upload(data, filename, ctx.settings)
     return store_parsed(ctx, parsed, name, filename, owner=owner)
 
 
-def get(ctx, dataset_id: str, owner: str | None = None) -> Dataset:
+def get(ctx: Context, dataset_id: str, owner: str | None = None) -> Dataset:
     """The dataset, if ``owner`` may read it (its own or public); ``owner=None``: internal, any."""
     with ctx.Session() as s:
         ds = check_read(s.get(Dataset, dataset_id), owner,
@@ -312,7 +316,7 @@ def get(ctx, dataset_id: str, owner: str | None = None) -> Dataset:
         return ds
 
 
-def list_all(ctx, limit: int = 100, offset: int = 0, owner: str | None = None) -> list[Dataset]:
+def list_all(ctx: Context, limit: int = 100, offset: int = 0, owner: str | None = None) -> list[Dataset]:
     """``owner``'s datasets, newest first (public ones are reached through the sources)."""
     with ctx.Session() as s:
         q = select(Dataset)
@@ -324,11 +328,11 @@ def list_all(ctx, limit: int = 100, offset: int = 0, owner: str | None = None) -
         return rows
 
 
-def labels(ctx, ds: Dataset) -> np.ndarray:
+def labels(ctx: Context, ds: Dataset) -> np.ndarray:
     return ctx.blobs.get_array(ds.labels_blob)
 
 
-def texts(ctx, ds: Dataset) -> list[str]:
+def texts(ctx: Context, ds: Dataset) -> list[str]:
     if ds.texts_blob is None:
         raise Invalid(f"dataset {ds.id} ({ds.name}) holds features, not texts")
     return ctx.blobs.get_json(ds.texts_blob)
@@ -347,7 +351,7 @@ def referenced_blobs(session) -> set[str]:
     return keys
 
 
-def delete_dataset(ctx, dataset_id: str, owner: str | None = None, admin: bool = False) -> dict:
+def delete_dataset(ctx: Context, dataset_id: str, owner: str | None = None, admin: bool = False) -> dict:
     """Delete a dataset with its rankings and feedback. Cached scores and features of its content
     stay while another owner stores the same content (they are keyed by content, not by row)."""
     with ctx.Session.begin() as s:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 from sqlalchemy import select
 
@@ -10,6 +11,9 @@ from app.db.models import DEFAULT_OWNER, EncoderRow, Feedback, SourceTask, iso
 from app.services import datasets as datasets_svc
 from app.services.tenancy import visible
 
+if TYPE_CHECKING:
+    from app.services.context import Context
+
 
 def feedback_dict(f: Feedback) -> dict:
     return {"id": f.id, "source": f.source, "target": f.target_id, "target_sha256": f.target_sha256,
@@ -17,7 +21,7 @@ def feedback_dict(f: Feedback) -> dict:
             "created_at": iso(f.created_at)}
 
 
-def create(ctx, source: str, target: str, metric: str, value: float, higher_is_better: bool = True,
+def create(ctx: Context, source: str, target: str, metric: str, value: float, higher_is_better: bool = True,
            note: str | None = None, *, owner: str = DEFAULT_OWNER) -> dict:
     """Record ``owner``'s observation on a dataset and a source it may read (its own or public)."""
     if not math.isfinite(value):
@@ -39,7 +43,8 @@ def create(ctx, source: str, target: str, metric: str, value: float, higher_is_b
     return feedback_dict(f)
 
 
-def list_all(ctx, target: str | None = None, source: str | None = None, owner: str | None = None) -> list[dict]:
+def list_all(ctx: Context, target: str | None = None, source: str | None = None,
+             owner: str | None = None) -> list[dict]:
     """``owner``'s feedback (None: everyone's)."""
     with ctx.Session() as s:
         q = select(Feedback).order_by(Feedback.id)

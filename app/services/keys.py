@@ -36,13 +36,21 @@ import ipaddress
 import re
 import secrets
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select, update
 
 from app.core.errors import Conflict, Forbidden, Invalid, NotFound, Unauthorized
 from app.core.logging import get_logger
 from app.db.models import DEFAULT_OWNER, PUBLIC_OWNER, ApiKey, iso, utcnow
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
+    from app.core.config import Settings
+    from app.services.context import Context
 
 log = get_logger("auth")
 
@@ -101,7 +109,7 @@ def is_loopback(host: str | None) -> bool:
         return False
 
 
-def check_settings(settings) -> None:
+def check_settings(settings: Settings) -> None:
     """Refuse settings that would open the service beyond loopback or carry a weak bootstrap secret."""
     mode = getattr(settings, "auth", "auto")
     if mode not in MODES:
@@ -116,18 +124,18 @@ def check_settings(settings) -> None:
                          "(e.g. `openssl rand -hex 32`)")
 
 
-def any_key(ctx) -> bool:
+def any_key(ctx: Context) -> bool:
     """Whether a key was ever created here (revoked ones count). True is final; False is rechecked."""
     cached = ctx.auth_cache.get("any")
     if cached is not None and (cached[0] or time.monotonic() - cached[1] < _CACHE_SECONDS):
-        return cached[0]
+        return bool(cached[0])
     with ctx.Session() as s:
         value = s.scalar(select(ApiKey.id).limit(1)) is not None
     ctx.auth_cache["any"] = (value, time.monotonic())
     return value
 
 
-def effective_mode(ctx) -> str:
+def effective_mode(ctx: Context) -> str:
     """``open`` or ``keys`` right now, or ``closed`` (auto mode off loopback with no key yet)."""
     settings = ctx.settings
     mode = getattr(settings, "auth", "auto")
@@ -138,7 +146,7 @@ def effective_mode(ctx) -> str:
     return "open" if is_loopback(getattr(settings, "host", None)) else "closed"
 
 
-def describe_mode(ctx) -> str:
+def describe_mode(ctx: Context) -> str:
     mode = effective_mode(ctx)
     host = getattr(ctx.settings, "host", None) or "in-process"
     if mode == "open":
@@ -172,7 +180,7 @@ def _matches(row: ApiKey | None, token: str) -> bool:
 
 
 # ---------------------------------------------------------------------- keys
-def parse_scopes(scopes) -> list[str]:
+def parse_scopes(scopes: str | Sequence[str]) -> list[str]:
     items = scopes.split(",") if isinstance(scopes, str) else list(scopes)
     items = [s.strip() for s in items if s.strip()]
     bad = [s for s in items if s not in SCOPES]
@@ -191,18 +199,18 @@ def check_owner(owner: str | None) -> str:
     return owner
 
 
-def key_dict(k: ApiKey) -> dict:
+def key_dict(k: ApiKey) -> dict[str, Any]:
     return {"id": k.id, "owner": k.owner, "scopes": k.scopes.split(","), "active": k.revoked_at is None,
             "created_at": iso(k.created_at),
             "revoked_at": iso(k.revoked_at),
             "last_used_at": iso(k.last_used_at)}
 
 
-def _forget(ctx) -> None:
+def _forget(ctx: Context) -> None:
     ctx.auth_cache.clear()
 
 
-def create(ctx, owner: str, scopes) -> tuple[dict, str]:
+def create(ctx: Context, owner: str, scopes: str | Sequence[str]) -> tuple[dict[str, Any], str]:
     """A new key for ``owner``; returns ``(info, key)``. The key is shown once and never stored."""
     owner = check_owner(owner)
     scopes = parse_scopes(scopes)
@@ -217,12 +225,12 @@ def create(ctx, owner: str, scopes) -> tuple[dict, str]:
     return key_dict(row), key
 
 
-def list_all(ctx) -> list[dict]:
+def list_all(ctx: Context) -> list[dict[str, Any]]:
     with ctx.Session() as s:
         return [key_dict(k) for k in s.scalars(select(ApiKey).order_by(ApiKey.created_at, ApiKey.id))]
 
 
-def _active_admins(s, lock: bool):
+def _active_admins(s: Session, lock: bool) -> list[ApiKey]:
     """Active admin keys; ``lock``: hold them (PostgreSQL row locks, SQLite the write lock) until the
     transaction ends, so two concurrent revocations of the last two admins cannot both succeed."""
     q = select(ApiKey).where(ApiKey.revoked_at.is_(None))
@@ -234,7 +242,7 @@ def _active_admins(s, lock: bool):
     return [k for k in s.scalars(q) if "admin" in k.scopes.split(",")]
 
 
-def revoke(ctx, key_id: str) -> dict:
+def revoke(ctx: Context, key_id: str) -> dict[str, Any]:
     """Revoke a key; refused (409) for the last active admin key, so the service never locks its admins out."""
     with ctx.Session.begin() as s:
         admins = _active_admins(s, lock=True)
@@ -251,7 +259,7 @@ def revoke(ctx, key_id: str) -> dict:
     return key_dict(row)
 
 
-def bootstrap(ctx) -> dict | None:
+def bootstrap(ctx: Context) -> dict[str, Any] | None:
     """Install ``TRANSFERRANK_BOOTSTRAP_ADMIN_KEY`` as the admin key ``bootstrap`` (idempotent).
 
     A changed secret replaces the stored hash and reactivates the key (rotation by whoever holds
@@ -293,17 +301,18 @@ def _token(header: str) -> str:
     return token
 
 
-def _verify(ctx, token: str) -> Principal:
+def _verify(ctx: Context, token: str) -> Principal:
     tag = "tok:" + hashlib.sha256(token.encode()).hexdigest()
     cached = ctx.auth_cache.get(tag)
     if cached is not None and time.monotonic() - cached[1] < _CACHE_SECONDS:
-        return cached[0]
+        hit: Principal = cached[0]
+        return hit
     m = _KEY_RE.fullmatch(token)
     with ctx.Session.begin() as s:
         row = s.get(ApiKey, m.group(1)) if m else None
         if row is None:  # the bootstrap secret is free-form
             row = s.get(ApiKey, BOOTSTRAP_ID)
-        if not _matches(row, token) or row.revoked_at is not None:
+        if row is None or not _matches(row, token) or row.revoked_at is not None:
             raise Unauthorized("invalid or revoked API key")
         if row.salt is None or row.hash_scheme != SCHEME:  # upgrade an old hash now that the key is known
             row.salt, row.key_hash = _hash_new(token)
@@ -321,7 +330,7 @@ def _verify(ctx, token: str) -> Principal:
     return principal
 
 
-def authenticate(ctx, header: str | None, scope: str, *, key_required: bool = False) -> Principal:
+def authenticate(ctx: Context, header: str | None, scope: str, *, key_required: bool = False) -> Principal:
     """The principal of a request needing ``scope``: 401 without a valid key where one is needed,
     403 when the key lacks the scope. ``key_required``: never the anonymous open-mode principal."""
     mode = effective_mode(ctx)

@@ -5,33 +5,42 @@ leak. ``owner=None`` is internal use (jobs, the CLI's own data dir): no filter.
 """
 from __future__ import annotations
 
+from typing import Any, TypeVar
+
+from sqlalchemy.sql.elements import ColumnElement
+
 from app.core.errors import Forbidden, NotFound
 from app.db.models import DEFAULT_OWNER, PUBLIC_OWNER
 
 __all__ = ["DEFAULT_OWNER", "PUBLIC_OWNER", "can_read", "check_read", "check_write", "visible"]
 
 
-def visible(column, owner: str | None):
+T = TypeVar("T")
+
+
+def visible(column: ColumnElement[str] | Any, owner: str | None) -> ColumnElement[bool]:
     """A WHERE clause keeping rows ``owner`` may read (True when ``owner`` is None)."""
+    col: ColumnElement[str] = column
     if owner is None:
-        return column.is_not(None)
-    return column.in_((owner, PUBLIC_OWNER))
+        return col.is_not(None)
+    return col.in_((owner, PUBLIC_OWNER))
 
 
 def can_read(row_owner: str | None, owner: str | None) -> bool:
     return owner is None or row_owner in (owner, PUBLIC_OWNER)
 
 
-def check_read(row, owner: str | None, missing: str):
+def check_read(row: T | None, owner: str | None, missing: str) -> T:
     """``row`` when ``owner`` may read it, else NotFound(``missing``) — the same answer as for no row."""
     if row is None or not can_read(getattr(row, "owner", None), owner):
         raise NotFound(missing)
     return row
 
 
-def check_write(row, owner: str | None, admin: bool, missing: str, what: str):
+def check_write(row: T | None, owner: str | None, admin: bool, missing: str, what: str) -> T:
     """``row`` when ``owner`` may change it: its own, or public with the admin scope."""
-    check_read(row, owner, missing)
-    if owner is not None and row.owner == PUBLIC_OWNER and row.owner != owner and not admin:
+    found = check_read(row, owner, missing)
+    row_owner = getattr(found, "owner", None)
+    if owner is not None and row_owner == PUBLIC_OWNER and row_owner != owner and not admin:
         raise Forbidden(f"{what} belongs to the public catalogue, which only an admin key may change")
-    return row
+    return found

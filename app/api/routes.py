@@ -158,7 +158,8 @@ def get_job(ctx: CtxDep, principal: AuthDep, job_id: Id) -> JobPublic:
 # ---------------------------------------------------------------------- matrix / feedback / estimators
 @router.get("/transfer-matrix", tags=["scores"], response_model=MatrixPublic,
             responses={200: {"content": {"text/csv": {"schema": {"type": "string"}}},
-                             "description": "JSON, or CSV rows of `entries` with format=csv"}})
+                             "description": "JSON, or CSV rows of `entries` with format=csv"},
+                       **errors(404)})
 def transfer_matrix(ctx: CtxDep, principal: AuthDep, estimator: Filter = None, target: Filter = None,
                     format: Literal["json", "csv"] = "json") -> MatrixPublic | Response:
     data = matrix_svc.build(ctx, estimator or None, target or None, owner=principal.owner)

@@ -28,6 +28,15 @@ def _settings(args: argparse.Namespace, **extra: Any) -> Settings:
     return Settings.from_env(data_dir=getattr(args, "data_dir", None), **extra)
 
 
+def serve_settings(args: argparse.Namespace) -> Settings:
+    """``serve`` warms the encoders up unless ``TRANSFERRANK_WARM_UP`` says otherwise; ``host`` is the
+    address it binds (open mode is allowed only on loopback)."""
+    settings = _settings(args, host=getattr(args, "host", None))
+    if "warm_up" not in settings.model_fields_set:
+        settings = settings.replace(warm_up=True)
+    return settings
+
+
 def _print_err(msg: str) -> None:
     print(msg, file=sys.stderr)
 
@@ -38,9 +47,7 @@ def cmd_serve(args) -> int:
     from app.main import create_app
     from app.services import keys as keys_svc
 
-    settings = _settings(args, host=args.host)
-    if "warm_up" not in settings.model_fields_set:  # `serve` warms the encoders up unless told not to
-        settings = settings.replace(warm_up=True)
+    settings = serve_settings(args)
     try:
         keys_svc.check_settings(settings)
     except ValueError as exc:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import csv
 import io
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
 
@@ -26,7 +26,7 @@ CSV_COLUMNS = ["estimator", "source", "source_kind", "target", "target_name", "t
 
 
 def build(ctx: Context, estimator: str | None = None, target: str | None = None,
-          owner: str | None = None) -> dict:
+          owner: str | None = None) -> dict[str, Any]:
     if estimator:
         try:
             estimators.info(estimator)
@@ -35,16 +35,16 @@ def build(ctx: Context, estimator: str | None = None, target: str | None = None,
     hidden = hidden_names(ctx, owner)
     with ctx.Session() as s:
         datasets: dict[str, Dataset] = {}
-        for d in s.scalars(select(Dataset).where(visible(Dataset.owner, owner))
-                           .order_by((Dataset.owner == owner).asc() if owner else Dataset.id)):
-            datasets[d.sha256] = d  # the caller's own row wins over a public one with the same content
+        for found in s.scalars(select(Dataset).where(visible(Dataset.owner, owner))
+                               .order_by((Dataset.owner == owner).asc() if owner else Dataset.id)):
+            datasets[found.sha256] = found  # the caller's own row wins over a public one with the same content
         q = select(Score).order_by(Score.estimator, Score.source, Score.target_sha256)
         if estimator:
             q = q.where(Score.estimator == estimator)
         if target:
-            ds = s.get(Dataset, target)
-            if ds is not None and can_read(ds.owner, owner):
-                sha = ds.sha256
+            wanted = s.get(Dataset, target)
+            if wanted is not None and can_read(wanted.owner, owner):
+                sha = wanted.sha256
             elif target in datasets or owner is None:  # a content hash
                 sha = target
             else:
@@ -56,13 +56,13 @@ def build(ctx: Context, estimator: str | None = None, target: str | None = None,
         scores = [r for r in s.scalars(q)
                   if owner is None or (r.target_sha256 in datasets and r.source not in hidden)]
         feedback = list(s.scalars(fq))
-    observed: dict[tuple[str, str], dict] = {}
+    observed: dict[tuple[str, str], dict[str, Any]] = {}
     for f in feedback:
         observed[(f.source, f.target_sha256)] = {"metric": f.metric, "value": f.value,
                                                   "higher_is_better": f.higher_is_better}
     name_count: dict[str, int] = {}
-    for d in datasets.values():
-        name_count[d.name] = name_count.get(d.name, 0) + 1
+    for row in datasets.values():
+        name_count[row.name] = name_count.get(row.name, 0) + 1
 
     def label(sha: str) -> str:  # a target's column name: its dataset name, made unique
         d = datasets.get(sha)
@@ -70,7 +70,8 @@ def build(ctx: Context, estimator: str | None = None, target: str | None = None,
             return sha[:12]
         return d.name if name_count[d.name] == 1 else f"{d.name} ({d.id[:8]})"
 
-    entries, matrix = [], {}
+    entries: list[dict[str, Any]] = []
+    matrix: dict[str, dict[str, dict[str, float]]] = {}
     seen_pairs = set()
     for r in scores:
         d = datasets.get(r.target_sha256)
@@ -102,7 +103,7 @@ def build(ctx: Context, estimator: str | None = None, target: str | None = None,
             "matrix": matrix, "entries": entries, "observed": obs_rows}
 
 
-def to_csv(data: dict) -> str:
+def to_csv(data: dict[str, Any]) -> str:
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, lineterminator="\n")
     w.writeheader()

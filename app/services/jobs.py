@@ -22,7 +22,8 @@ from app.core.errors import NotFound, ServiceError
 from app.core.logging import get_logger
 from app.core.progress import ProgressFn
 from app.core.status import FINISHED, UNFINISHED, JobStatus, RankingStatus, SourceStatus
-from app.db.models import Dataset, Job, Ranking, SourceTask, iso, utcnow
+from app.db.models import DEFAULT_OWNER, Dataset, Job, Ranking, SourceTask, iso, utcnow
+from app.services.tenancy import can_read
 
 if TYPE_CHECKING:
     from app.services.context import Context
@@ -68,9 +69,10 @@ class JobRunner:
         self._hb.start()
 
     # ------------------------------------------------------------------ create / submit
-    def create(self, session: Session, kind: str, message: str | None = None) -> Job:
+    def create(self, session: Session, kind: str, message: str | None = None, owner: str = DEFAULT_OWNER) -> Job:
+        """A queued job working for ``owner`` (who alone, with the public catalogue's jobs, may read it)."""
         job = Job(kind=kind, status=JobStatus.QUEUED, progress=0.0, message=message, owner=self.ctx.instance_id,
-                  heartbeat_at=utcnow(), result={})
+                  tenant=owner, heartbeat_at=utcnow(), result={})
         session.add(job)
         session.flush()
         return job
@@ -151,11 +153,12 @@ class JobRunner:
                 log.exception("heartbeat failed")
 
     # ------------------------------------------------------------------ reading / reaping
-    def get(self, job_id: str) -> dict[str, Any]:
+    def get(self, job_id: str, owner: str | None = None) -> dict[str, Any]:
+        """The job, if ``owner`` may read it (its own or a public catalogue job); None: internal, any."""
         self.reap(job_ids=[job_id])
         with self.ctx.Session() as s:
             job = s.get(Job, job_id)
-            if job is None:
+            if job is None or not can_read(job.tenant, owner):
                 raise NotFound(f"no job with id {job_id!r}")
             return job_dict(job)
 

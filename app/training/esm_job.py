@@ -13,9 +13,8 @@ Steps (progress weights in brackets; the fine-tuned encoder is dropped at the en
 4. fit ``estimators.esm.EmbeddingSpaceMap`` (AdamW as the paper, or exact least squares) [3 %].
 
 Runs in a worker (local thread or Ray actor): no database, no files written; the service
-stores the returned arrays. Measured cost with the defaults (MiniLM-L6, 1 epoch, all layers,
-max length 128, AdamW map fit): 68 s for 931 chatterbot utterances (~14 tokens each) on one
-thread of this shared 2-core CPU; ``metrics["seconds_<phase>"]`` reports each run.
+stores the returned arrays. Cost: the fine-tuning dominates (O(epochs * tokens) forward and
+backward passes); ``metrics["seconds_<phase>"]`` reports each run.
 """
 from __future__ import annotations
 

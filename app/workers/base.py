@@ -59,6 +59,11 @@ class WorkerBackend(abc.ABC):
     def submit_train_esm(self, request: EsmTrainRequest, *, progress: ProgressFn | None = None) -> Future:
         """Train an ESM; the Future yields an ``EsmTrainResult``."""
 
+    def submit_score_esms(self, request, *, progress: ProgressFn | None = None) -> Future:
+        """Score one chunk of sources' ESMs on a target's statistics
+        (``app.workers.scoring.EsmScoreRequest``); the Future yields float64 (k, E)."""
+        raise NotImplementedError(f"the {self.name} backend does not score ESMs")
+
     def describe(self) -> dict:
         """Backend facts for /healthz-style reporting (name, workers, devices)."""
         return {"backend": self.name}

@@ -112,6 +112,8 @@ class DatasetPublic(_Public):
         "feature_sets": ["minilm-l6"], "created_at": "2026-01-01T00:00:00+00:00"}]})
     id: str
     name: str
+    owner: str | None = Field(None, description="the owner (an API key's owner; 'public': the catalogue every "
+                                                "caller reads; 'local': open mode)")
     sha256: str
     n_examples: int
     n_classes: int | None = None
@@ -144,6 +146,8 @@ class SourcePublic(_Public):
     id: int
     name: str
     kind: Literal["task"] = "task"
+    owner: str | None = Field(None, description="the owner (an API key's owner; 'public': the catalogue every "
+                                                "caller reads; 'local': open mode)")
     dataset_id: str | None = None
     description: str | None = None
     licence: str | None = None
@@ -168,6 +172,8 @@ class ModelPublic(_Public):
         "licence": "Apache-2.0", "enabled": True}]})
     name: str
     kind: Literal["model"] = "model"
+    owner: str | None = Field(None, description="the owner (an API key's owner; 'public': the catalogue every "
+                                                "caller reads; 'local': open mode)")
     encoder_kind: str | None = None
     dim: int | None = None
     params: int | None = None

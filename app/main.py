@@ -83,6 +83,10 @@ def create_app(settings: Settings | None = None, *, ctx=None, backend=None) -> F
                                                "(TRANSFERRANK_MAX_UPLOAD_BYTES)"}, status_code=413)
         return await call_next(request)
 
+    from app.api.limits import install as install_limits
+
+    install_limits(app, settings)  # body / string / number limits, fault -> 4xx/507 mapping
+
     @app.get("/healthz", tags=["health"])
     def healthz():
         return {"status": "ok"}

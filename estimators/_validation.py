@@ -15,6 +15,8 @@ __all__ = [
     "check_probs",
     "check_targets",
     "check_two_domains",
+    "check_int_param",
+    "check_float_param",
 ]
 
 
@@ -121,3 +123,33 @@ def check_two_domains(X, Y, *, min_samples: int = 2):
     if X.shape[1] != Y.shape[1]:
         raise ValueError(f"the two domains have different feature dimensions: {X.shape[1]} vs {Y.shape[1]}")
     return X, Y
+
+
+def check_int_param(name: str, value, *, low: int, high: int) -> int:
+    """An integer parameter within ``[low, high]`` (integral floats such as 128.0 accepted).
+
+    Refuses booleans, non-finite and fractional values with a ``ValueError`` naming the bounds, so
+    that a parameter such as ``n_projections=1e9`` fails before it allocates anything."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise ValueError(f"{name} must be an integer in [{low}, {high}], got {value!r}")
+    if isinstance(value, (float, np.floating)) and (not np.isfinite(value) or value != int(value)):
+        raise ValueError(f"{name} must be an integer in [{low}, {high}], got {value!r}")
+    value = int(value)
+    if not low <= value <= high:
+        raise ValueError(f"{name} must be an integer in [{low}, {high}], got {value}")
+    return value
+
+
+def check_float_param(name: str, value, *, low: float | None = None, high: float | None = None,
+                      low_open: bool = False) -> float:
+    """A finite real parameter within the given bounds (``low_open``: ``value > low``)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise ValueError(f"{name} must be a number, got {value!r}")
+    value = float(value)
+    if not np.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value}")
+    if low is not None and (value <= low if low_open else value < low):
+        raise ValueError(f"{name} must be {'>' if low_open else '>='} {low}, got {value}")
+    if high is not None and value > high:
+        raise ValueError(f"{name} must be <= {high}, got {value}")
+    return value

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._validation import check_features_labels
+from ._validation import check_int_param, check_features_labels
 from .leep import leep_from_probs
 
 __all__ = ["nleep"]
@@ -42,9 +42,7 @@ def nleep(
     n = X.shape[0]
     if not 0 < variance <= 1:
         raise ValueError(f"variance must be in (0, 1], got {variance}")
-    K = 5 * C if n_components is None else int(n_components)
-    if K < 1:
-        raise ValueError(f"n_components must be >= 1, got {n_components}")
+    K = 5 * C if n_components is None else check_int_param("n_components", n_components, low=1, high=100_000)
     if covariance_type not in ("full", "tied", "diag", "spherical"):
         raise ValueError(f"covariance_type must be full, tied, diag or spherical, got {covariance_type!r}")
     if n < K:

@@ -6,7 +6,7 @@ import numpy as np
 from scipy.spatial.distance import cdist
 
 from ._classwise import class_means_variances
-from ._validation import check_features, check_features_labels
+from ._validation import check_int_param, check_features, check_features_labels
 
 __all__ = ["ped", "ped_dynamics"]
 
@@ -40,8 +40,7 @@ def ped_dynamics(X, y, *, exit_ratio: float = 0.5, time_step: float = 0.1, nsigm
     run on the (C, d) class statistics and the features are shifted once at the end.
     """
     X, y, C = check_features_labels(X, y)
-    if max_steps < 0:
-        raise ValueError(f"max_steps must be >= 0, got {max_steps}")
+    max_steps = check_int_param("max_steps", max_steps, low=0, high=10_000)
     ref = X if reference is None else check_features(reference, name="reference")
     if ref.shape[1] != X.shape[1]:
         raise ValueError(f"reference has {ref.shape[1]} features but X has {X.shape[1]}")

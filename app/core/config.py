@@ -116,3 +116,48 @@ class Settings:
     @property
     def index_path(self) -> Path:
         return self.data_dir / "index" / f"tasks-{self.base_encoder}.faiss"
+
+
+# ---------------------------------------------------------------------- hostile-input limits
+# Bounds on what one request may cost (uploads, JSON bodies, jobs). Read from the environment
+# with ``limits()``; kept apart from ``Settings`` so either can change without the other.
+@dataclass(frozen=True)
+class Limits:
+    max_decompressed_bytes: int = 256 * 1024 * 1024  # TRANSFERRANK_MAX_DECOMPRESSED_BYTES
+    max_columns: int = 256  # TRANSFERRANK_MAX_COLUMNS (table columns / NPZ arrays)
+    max_cell_bytes: int = 64 * 1024  # TRANSFERRANK_MAX_CELL_BYTES (one text / label cell)
+    max_dim: int = 16384  # TRANSFERRANK_MAX_DIM (NPZ feature columns)
+    max_json_bytes: int = 1024 * 1024  # TRANSFERRANK_MAX_JSON_BYTES (non-upload request bodies)
+    max_string_chars: int = 20_000  # TRANSFERRANK_MAX_STRING_CHARS (any string in a JSON body)
+    sync_cost_limit: float = 2e8  # TRANSFERRANK_SYNC_COST_LIMIT (rankings above it run as jobs)
+    max_queued_jobs: int = 64  # TRANSFERRANK_MAX_QUEUED_JOBS (unfinished jobs, all owners)
+    max_queued_jobs_per_owner: int = 8  # TRANSFERRANK_MAX_QUEUED_JOBS_PER_OWNER
+    reaper_seconds: int = 30  # TRANSFERRANK_REAPER_SECONDS (periodic stale-job reaper)
+    shutdown_seconds: int = 10  # TRANSFERRANK_SHUTDOWN_SECONDS (wait for running jobs at stop)
+
+    @classmethod
+    def from_env(cls, env: dict | None = None) -> "Limits":
+        env = dict(os.environ if env is None else env)
+        out = {}
+        for f in cls.__dataclass_fields__.values():
+            name = f"TRANSFERRANK_{f.name.upper()}"
+            if f.type in ("float", float):
+                raw = env.get(name)
+                if raw is None or raw.strip() == "":
+                    continue
+                try:
+                    value = float(raw)
+                except ValueError:
+                    raise ValueError(f"{name} must be a number, got {raw!r}") from None
+                if not value > 0 or value == float("inf"):
+                    raise ValueError(f"{name} must be a positive finite number, got {raw!r}")
+                out[f.name] = value
+            else:
+                out[f.name] = _env_int(env, name, f.default)
+        return cls(**out)
+
+
+def limits(settings=None) -> Limits:
+    """The limits in force: ``settings.limits`` when the settings carry them, else the environment."""
+    own = getattr(settings, "limits", None)
+    return own if isinstance(own, Limits) else Limits.from_env()

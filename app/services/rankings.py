@@ -426,8 +426,10 @@ def compute(ctx, spec: RankingSpec, progress: Callable[[float], None] | None = N
             t1 = time.perf_counter()
             try:
                 value, fallback = _compute_with_fallback(ctx, est, info, c, X_target, y, params, spec)
-            except (ValueError, TypeError) as exc:  # TypeError: unknown keyword in params
-                msg = str(exc) if isinstance(exc, ValueError) else f"bad parameters for {est}: {exc}"
+            except (ValueError, TypeError, ArithmeticError, MemoryError) as exc:  # TypeError: unknown keyword
+                msg = (str(exc) if isinstance(exc, ValueError) else f"bad parameters for {est}: {exc}"
+                       if isinstance(exc, TypeError) else f"{est} could not be computed "
+                       f"({type(exc).__name__}: {str(exc)[:160] or 'out of memory'}); use smaller parameters")
                 errors.append(f"{est} on {c.source}: {msg}")
                 entries[c.source]["scores"][est] = None
                 entries[c.source]["details"][est] = dict(detail, cached=False, error=msg)

@@ -59,7 +59,8 @@ def create_app(settings: Settings | None = None, *, ctx=None, backend=None) -> F
 
     @app.exception_handler(ServiceError)
     async def _service_error(_req: Request, exc: ServiceError):
-        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code)
+        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code,
+                            headers=getattr(exc, "headers", None))
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_req: Request, exc: RequestValidationError):
@@ -96,6 +97,9 @@ def create_app(settings: Settings | None = None, *, ctx=None, backend=None) -> F
         """Data dir, database kind, worker backend, FAISS index and base encoder of this service."""
         return request.app.state.ctx.describe()
 
+    from app.api.routes_jobs import router as jobs_router
+
+    app.include_router(jobs_router)
     app.include_router(router)
     app.include_router(admin)
     return app

@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import math
 from urllib.parse import parse_qsl, unquote
@@ -26,6 +27,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from app.core.config import limits as current_limits
+from app.services.jobs import requester
 from app.core.logging import get_logger
 
 log = get_logger("limits")
@@ -107,6 +109,15 @@ def check_query(query: str) -> str | None:
     return None
 
 
+def _requester(scope, headers: dict) -> str:
+    """Who is asking, for the per-owner job bound: the API key (hashed), else the client address."""
+    auth = headers.get(b"authorization")
+    if auth:
+        return "key:" + hashlib.sha256(auth).hexdigest()[:16]
+    client = scope.get("client") or ("?", 0)
+    return f"addr:{client[0]}"
+
+
 async def _send_json(send, status: int, detail: str, headers: dict | None = None) -> None:
     body = json.dumps({"detail": detail}).encode()
     raw = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
@@ -147,6 +158,7 @@ class RequestLimits:
                 return await _send_json(send, 422, msg)
         method = scope.get("method", "GET")
         headers = {k.lower(): v for k, v in scope.get("headers", [])}
+        requester.set(_requester(scope, headers))
         ctype = headers.get(b"content-type", b"").decode("latin-1").lower()
         multipart = ctype.startswith("multipart/")
         limit = self._upload_limit() if multipart else self.limits.max_json_bytes

@@ -156,11 +156,54 @@ def referenced_blobs(session) -> set[str]:
     return keys
 
 
+def _lock_dataset(session, dataset_id: str) -> Dataset | None:
+    """The dataset row, locked until the transaction ends (PostgreSQL ``FOR UPDATE``; SQLite
+    serialises writers by itself)."""
+    return session.scalar(select(Dataset).where(Dataset.id == dataset_id).with_for_update())
+
+
+def store_scores(ctx, dataset_id: str, rows: list[dict]) -> int:
+    """Insert cached scores of target ``dataset_id`` unless the dataset was deleted meanwhile.
+
+    The rows go in first, then the dataset row is locked and checked in the same transaction,
+    so a concurrent ``delete_dataset`` either sees (and removes) them or makes this one roll
+    back with ``NotFound``: no score outlives its target. A row that already exists
+    (concurrent request) is skipped. Returns the number inserted."""
+    if not rows:
+        return 0
+    gone = NotFound(f"dataset {dataset_id!r} was deleted while it was being ranked")
+
+    def insert(batch: list[dict]) -> None:
+        with ctx.Session.begin() as s:
+            s.add_all([Score(**r) for r in batch])
+            s.flush()
+            if _lock_dataset(s, dataset_id) is None:
+                raise gone
+
+    try:
+        insert(rows)
+        return len(rows)
+    except IntegrityError:
+        pass
+    inserted = 0
+    for r in rows:  # slow path: one by one, skipping duplicates
+        try:
+            insert([r])
+            inserted += 1
+        except IntegrityError:
+            continue
+    return inserted
+
+
 def delete_dataset(ctx, dataset_id: str) -> dict:
+    """Delete a dataset, its cached scores, rankings and feedback in one transaction; its
+    unfinished ranking jobs are cancelled in the same transaction (their computations stop at
+    the next progress report and can no longer store scores for it)."""
     with ctx.Session.begin() as s:
-        ds = s.get(Dataset, dataset_id)
+        ds = _lock_dataset(s, dataset_id)
         if ds is None:
             raise NotFound(f"no dataset with id {dataset_id!r}")
+        cancelled = ctx.jobs.cancel_for_dataset(s, dataset_id)
         src = s.scalar(select(SourceTask).where(SourceTask.dataset_id == dataset_id))
         if src is not None:
             raise Conflict(f"dataset {dataset_id} backs source task {src.name!r}; delete the source first "
@@ -175,5 +218,7 @@ def delete_dataset(ctx, dataset_id: str) -> dict:
     with ctx.Session() as s:
         still = referenced_blobs(s)
     removed = [k for k in keys if k not in still and ctx.blobs.delete(k)]
-    log.info("dataset %s deleted (%d blobs, %d cached scores)", dataset_id, len(removed), n_scores)
-    return {"id": dataset_id, "deleted": True, "blobs_removed": len(removed), "scores_removed": n_scores}
+    log.info("dataset %s deleted (%d blobs, %d cached scores, %d job(s) cancelled)", dataset_id, len(removed),
+             n_scores, len(cancelled))
+    return {"id": dataset_id, "deleted": True, "blobs_removed": len(removed), "scores_removed": n_scores,
+            "jobs_cancelled": len(cancelled)}

@@ -179,7 +179,7 @@ def sniff(data: bytes) -> str | None:
     head = data[:4096]
     if head.lstrip()[:1] in (b"{", b"["):
         return "JSON text"
-    if head and b"\x00" not in head:
+    if head and head.count(b"\x00") * 10 <= len(head):  # a stray NUL in text is reported by the reader
         try:
             head.decode("utf-8")
             return "plain text (CSV-like)"
@@ -309,7 +309,7 @@ def read_csv(data: bytes, fmt: str, settings, lim: Limits) -> Parsed:
                 values[c].append(check_cell(row[i], lim, c, r))
     except csv.Error as exc:
         if "field larger than field limit" in str(exc):
-            raise Invalid(f"line {reader.line_num} has a field of more than {lim.max_cell_bytes} characters, over "
+            raise Invalid(f"line {reader.line_num} has a field of more than {lim.max_cell_bytes} bytes, over "
                           "the limit TRANSFERRANK_MAX_CELL_BYTES; shorten the text") from None
         raise Invalid(f"could not read the file as {fmt.upper()}: {str(exc)[:200]} (line {reader.line_num})") from None
     finally:

@@ -32,6 +32,7 @@ from typing import Callable
 
 import numpy as np
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 
 import estimators
 from estimators.ranking import DEFAULT_ESTIMATORS as LIBRARY_DEFAULTS
@@ -172,9 +173,30 @@ def _task_rows(ctx, ds: Dataset, spec: RankingSpec) -> list[tuple[SourceTask, Da
     return rows
 
 
+def cost(ctx, ds: Dataset, spec: RankingSpec, names: list[str]) -> float:
+    """A rough count of floating-point operations of the ranking if nothing were cached:
+    per (candidate, estimator) pair ``n d (min(n, d) + C)`` for models (SVD-class estimators and
+    per-class terms), ``n d^2`` for tasks (the ESM map and the d x d estimators)."""
+    n, C = float(ds.n_examples), float(ds.n_classes)
+    d = float((ds.meta or {}).get("dim") or _base_dim(ctx) or 768)
+    if spec.candidates == "models":
+        n_cands = len(_model_names(ctx, ds, spec))
+        return n_cands * len(names) * n * d * (min(n, d) + C)
+    n_cands = min(len(_task_rows(ctx, ds, spec)), spec.prefilter_k or 10**9)
+    return n_cands * len(names) * n * d * (d + C)
+
+
 def needs_job(ctx, spec: RankingSpec) -> bool:
-    """True when the ranking needs feature extraction (or many uncached scores)."""
+    """True when the ranking needs feature extraction, many uncached scores, or its cost is above
+    ``TRANSFERRANK_SYNC_COST_LIMIT`` (then it runs as a job, off the request thread)."""
+    from app.core.config import limits
+
     ds, names = _validate(ctx, spec)
+    if cost(ctx, ds, spec, names) > limits(ctx.settings).sync_cost_limit:
+        with ctx.Session() as s:
+            cached = len(scores_svc.lookup_target(s, ds.sha256, names, scores_svc.version()))
+        if cached == 0:
+            return True
     if ds.kind == "features":
         return False
     with ctx.Session() as s:
@@ -447,7 +469,7 @@ def compute(ctx, spec: RankingSpec, progress: Callable[[float], None] | None = N
         if c.kind == "task" and est == names[-1]:
             c.features = c.esm = None  # free the source's embeddings and ESM before the next source
         progress((0.85 if spec.candidates == "models" else 0.6) + 0.14 * (i + 1) / len(todo))
-    scores_svc.store_many(ctx, new_rows)
+    datasets_svc.store_scores(ctx, ds.id, new_rows)  # NotFound when the target was deleted meanwhile
     if n_computed + n_cached == 0 and errors:
         raise Invalid("no candidate could be scored: " + "; ".join(errors[:3]))
 
@@ -545,6 +567,8 @@ def ranking_dict(r: Ranking, job: dict | None = None) -> dict:
 def _finish(ctx, ranking_id: str, result: dict) -> None:
     with ctx.Session.begin() as s:
         r = s.get(Ranking, ranking_id)
+        if r is None:
+            raise NotFound("the ranking's target dataset was deleted while it was computed")
         r.status, r.result, r.finished_at = "done", result, utcnow()
 
 
@@ -562,22 +586,31 @@ def create(ctx, spec: RankingSpec, *, inline: bool = False) -> tuple[dict, bool]
     job_needed = needs_job(ctx, spec)
     if not job_needed:
         result = compute(ctx, spec)
-        with ctx.Session.begin() as s:
-            r = Ranking(target_id=spec.target, candidates=spec.candidates, request=spec.as_dict(),
-                        status="done", result=result, finished_at=utcnow())
-            s.add(r)
+        try:
+            with ctx.Session.begin() as s:
+                r = Ranking(target_id=spec.target, candidates=spec.candidates, request=spec.as_dict(),
+                            status="done", result=result, finished_at=utcnow())
+                s.add(r)
+        except IntegrityError:  # the target was deleted meanwhile
+            raise NotFound(f"dataset {spec.target!r} was deleted while it was being ranked") from None
         return ranking_dict(r), True
-    with ctx.Session.begin() as s:
-        job = ctx.jobs.create(s, "ranking", message=f"queued: {spec.candidates} ranking of {spec.target}")
-        r = Ranking(target_id=spec.target, candidates=spec.candidates, request=spec.as_dict(),
-                    status="queued", job_id=job.id)
-        s.add(r)
-        s.flush()
-        ranking_id, job_id = r.id, job.id
+    try:
+        with ctx.Session.begin() as s:
+            job = ctx.jobs.create(s, "ranking", message=f"queued: {spec.candidates} ranking of {spec.target}")
+            r = Ranking(target_id=spec.target, candidates=spec.candidates, request=spec.as_dict(),
+                        status="queued", job_id=job.id)
+            s.add(r)
+            s.flush()
+            ranking_id, job_id = r.id, job.id
+    except IntegrityError:  # the target was deleted meanwhile
+        raise NotFound(f"dataset {spec.target!r} was deleted while it was being ranked") from None
 
     def run(progress):
         with ctx.Session.begin() as s:
-            s.get(Ranking, ranking_id).status = "running"
+            row = s.get(Ranking, ranking_id)
+            if row is None:
+                raise NotFound("the ranking's target dataset was deleted before the job started")
+            row.status = "running"
         result = compute(ctx, spec, progress)
         _finish(ctx, ranking_id, result)
         return {"ranking": ranking_id, "computed": result["computed"], "cached": result["cached"]}

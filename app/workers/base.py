@@ -61,3 +61,7 @@ class WorkerBackend(abc.ABC):
 
     def shutdown(self) -> None:  # pragma: no cover - default no-op
         pass
+
+
+class Cancelled(Exception):
+    """Raised from a progress callback when the job was cancelled; workers let it propagate."""

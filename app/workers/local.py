@@ -15,7 +15,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from app.workers.base import EsmTrainRequest, ProgressFn, WorkerBackend
+from app.workers.base import Cancelled, EsmTrainRequest, ProgressFn, WorkerBackend
 
 
 class EncoderCache:
@@ -78,6 +78,8 @@ def _safe_progress(progress: ProgressFn | None) -> ProgressFn | None:
         last[0] = v
         try:
             progress(v)
+        except Cancelled:  # the job was cancelled: stop the computation here
+            raise
         except Exception:  # a failing progress sink must not fail the computation
             pass
 

@@ -53,6 +53,12 @@ class Context:
             log.info("database %s at head (%.2fs)", ctx.engine.url.render_as_string(hide_password=True),
                      time.perf_counter() - t0)
         ctx.jobs.reap(all_unfinished=settings.is_sqlite)
+        try:  # crash leftovers: temp files, orphan blobs and scores (only ones older than an hour)
+            from app.services.doctor import check as doctor
+
+            doctor(ctx, repair=True)
+        except Exception:  # never block the start over housekeeping
+            log.exception("start-up doctor failed")
         from app.services.sources import sync_encoders
 
         sync_encoders(ctx)

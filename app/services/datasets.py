@@ -10,7 +10,7 @@ from sqlalchemy.exc import IntegrityError
 
 from app.core.errors import Conflict, Invalid, NotFound
 from app.core.logging import get_logger
-from app.db.models import Dataset, FeatureSet, Feedback, Ranking, Score, SourceTask, iso
+from app.db.models import Dataset, Feedback, Ranking, Score, SourceTask, iso
 from app.services import ingest
 
 log = get_logger("datasets")
@@ -144,16 +144,10 @@ def texts(ctx, ds: Dataset) -> list[str]:
 
 
 def referenced_blobs(session) -> set[str]:
-    keys: set[str] = set()
-    for row in session.execute(select(Dataset.texts_blob, Dataset.labels_blob, Dataset.features_blob,
-                                      Dataset.extra_blobs, Dataset.task_embedding_blob)):
-        keys.update(k for k in row[:3] if k)
-        keys.update((row[3] or {}).values())
-        if row[4]:
-            keys.add(row[4])
-    keys.update(session.scalars(select(FeatureSet.blob)))
-    keys.update(k for k in session.scalars(select(SourceTask.esm_blob)) if k)
-    return keys
+    """Every blob key a SQL row references (all ``*blob*`` columns, see ``app.services.doctor``)."""
+    from app.services.doctor import referenced_blobs as all_referenced
+
+    return all_referenced(session)
 
 
 def _lock_dataset(session, dataset_id: str) -> Dataset | None:
@@ -195,10 +189,32 @@ def store_scores(ctx, dataset_id: str, rows: list[dict]) -> int:
     return inserted
 
 
+def _disk_full(exc: BaseException) -> bool:
+    from app.storage.blobs import is_disk_full
+
+    text = str(getattr(exc, "orig", exc)).lower()
+    return is_disk_full(exc) or is_disk_full(getattr(exc, "orig", None)) or ("disk" in text and "full" in text)
+
+
 def delete_dataset(ctx, dataset_id: str) -> dict:
     """Delete a dataset, its cached scores, rankings and feedback in one transaction; its
     unfinished ranking jobs are cancelled in the same transaction (their computations stop at
-    the next progress report and can no longer store scores for it)."""
+    the next progress report and can no longer store scores for it).
+
+    On a full disk (the database cannot journal the deletion) the blob store's reserve file is
+    freed and the deletion retried once, so space can always be freed through the API."""
+    try:
+        return _delete_dataset(ctx, dataset_id)
+    except Exception as exc:
+        if not _disk_full(exc) or not ctx.blobs.release_reserve():
+            raise
+        log.warning("disk full while deleting dataset %s: reserve released, retrying", dataset_id)
+        out = _delete_dataset(ctx, dataset_id)
+        ctx.blobs.restore_reserve()
+        return out
+
+
+def _delete_dataset(ctx, dataset_id: str) -> dict:
     with ctx.Session.begin() as s:
         ds = _lock_dataset(s, dataset_id)
         if ds is None:

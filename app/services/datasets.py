@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 
 from app.core.errors import Conflict, Invalid, NotFound
@@ -99,9 +99,12 @@ def store_parsed(ctx, parsed: Parsed, name: str | None, filename: str | None = N
             with ctx.Session() as s:
                 existing = s.scalar(select(Dataset).where(Dataset.sha256 == sha))
                 if existing is None:
-                    raise
+                    raise Conflict("the same content was being stored and deleted concurrently; "
+                                   "repeat the upload") from None
                 _ = existing.feature_sets
-                return existing, False
+            w.restore_missing()
+            return existing, False
+        w.restore_missing()  # a concurrent deletion of the same content may have collected shared blobs
     with ctx.Session() as s:
         ds = s.get(Dataset, ds.id)
         _ = ds.feature_sets
@@ -153,6 +156,8 @@ def referenced_blobs(session) -> set[str]:
 def _lock_dataset(session, dataset_id: str) -> Dataset | None:
     """The dataset row, locked until the transaction ends (PostgreSQL ``FOR UPDATE``; SQLite
     serialises writers by itself)."""
+    if session.get_bind().dialect.name == "sqlite":  # take SQLite's write lock before reading
+        session.execute(update(Dataset).where(Dataset.id == dataset_id).values(id=Dataset.id))
     return session.scalar(select(Dataset).where(Dataset.id == dataset_id).with_for_update())
 
 

@@ -231,6 +231,7 @@ class BlobWriter(_Serializers):
     def __init__(self, store: BlobStore):
         self.store = store
         self.created: list[str] = []
+        self._written: dict[str, tuple[bytes, str]] = {}
 
     def put_bytes(self, data: bytes, ext: str) -> str:
         sha = hashlib.sha256(data).hexdigest()
@@ -238,7 +239,19 @@ class BlobWriter(_Serializers):
         key = self.store.put_bytes(data, ext)
         if not existed:
             self.created.append(key)
+        self._written[key] = (data, ext)
         return key
+
+    def restore_missing(self) -> int:
+        """Call after the SQL row referencing the blobs committed: rewrite any blob a concurrent
+        deletion removed meanwhile (it existed already, so its owner's deletion collected it
+        before this row was visible). Returns how many were rewritten."""
+        n = 0
+        for key, (data, ext) in self._written.items():
+            if not self.store.exists(key):
+                self.store.put_bytes(data, ext)
+                n += 1
+        return n
 
     def keep_all(self) -> None:
         self.created.clear()

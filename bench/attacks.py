@@ -65,9 +65,8 @@ def parquet_repeated_string(rows: int = 2000, cell: int = MB) -> bytes:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    big = "x" * cell
-    table = pa.table({"text": pa.array([big] * rows).dictionary_encode(),
-                      "label": pa.array([str(i % 2) for i in range(rows)])})
+    text = pa.DictionaryArray.from_arrays(pa.array(np.zeros(rows, dtype=np.int32)), pa.array(["x" * cell]))
+    table = pa.table({"text": text, "label": pa.array([str(i % 2) for i in range(rows)])})
     buf = io.BytesIO()
     pq.write_table(table, buf, compression="zstd", use_dictionary=True)
     return buf.getvalue()
@@ -100,7 +99,8 @@ def parquet_many_rows(rows: int = 5_000_000) -> bytes:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    table = pa.table({"text": pa.array(["same text"] * rows).dictionary_encode(),
+    table = pa.table({"text": pa.DictionaryArray.from_arrays(pa.array(np.zeros(rows, dtype=np.int32)),
+                                                             pa.array(["same text"])),
                       "label": pa.array(np.arange(rows) % 2)})
     buf = io.BytesIO()
     pq.write_table(table, buf, compression="zstd")
@@ -108,7 +108,9 @@ def parquet_many_rows(rows: int = 5_000_000) -> bytes:
 
 
 def _zip_member(zf: zipfile.ZipFile, name: str, payload_header: bytes, zero_bytes: int) -> None:
-    with zf.open(zipfile.ZipInfo(name), "w", force_zip64=True) as fh:
+    info = zipfile.ZipInfo(name)
+    info.compress_type = zipfile.ZIP_DEFLATED  # a bare ZipInfo would store the bytes uncompressed
+    with zf.open(info, "w", force_zip64=True) as fh:
         fh.write(payload_header)
         chunk = bytes(16 * MB)
         left = zero_bytes
@@ -127,7 +129,7 @@ def npz_inflation_bomb(gigabytes: float = 1.0) -> bytes:
     """``features.npy`` declares (n, 1024) float64 and holds that many zero bytes, deflated ~1000:1."""
     n = int(gigabytes * (1 << 30) // (1024 * 8))
     buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=9) as zf:
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
         _zip_member(zf, "features.npy", _npy_header((n, 1024)), n * 1024 * 8)
         zf.writestr("labels.npy", _npy_arr(np.arange(n) % 2))
     return buf.getvalue()
@@ -332,14 +334,15 @@ def fill(value, ids: dict):
     return value
 
 
-def send(client, attack: Attack, ids: dict):
-    """Send ``attack`` with an httpx-compatible client (TestClient or httpx.Client)."""
+def send(client, attack: Attack, ids: dict, files: dict | None = None):
+    """Send ``attack`` with an httpx-compatible client (TestClient or httpx.Client); ``files``:
+    the attack's upload, built beforehand (so that timing measures the server only)."""
     path = fill(attack.path, ids)
     kw: dict = {}
     if attack.params:
         kw["params"] = attack.params
     if attack.files is not None:
-        kw["files"] = attack.files()
+        kw["files"] = files if files is not None else attack.files()
         if attack.data:
             kw["data"] = attack.data
     elif attack.json_body is not None:
@@ -466,10 +469,11 @@ def run(database_url: str | None, scale: float = 1.0) -> list[dict]:
             ids = setup_ids(client)
             base_kb = _proc_kb(proc.pid, "VmRSS")
             for attack in corpus(scale):
+                files = attack.files() if attack.files is not None else None
                 resettable = _reset_peak(proc.pid)
                 t0 = time.perf_counter()
                 try:
-                    r = send(client, attack, ids)
+                    r = send(client, attack, ids, files)
                     status, detail = r.status_code, (r.json().get("detail") if r.headers.get(
                         "content-type", "").startswith("application/json") else r.text[:200])
                 except httpx.HTTPError as exc:

@@ -388,8 +388,15 @@ def read_parquet(data: bytes, fmt: str, settings, lim: Limits) -> Parsed:
     budget = Budget(lim)
     for g in range(md.num_row_groups):
         rg = md.row_group(g)
-        size = sum(rg.column(leaf[w]).total_uncompressed_size for w in wanted if w in leaf)
-        budget.take(size, f"row group {g}, from its metadata")
+        for w in wanted:
+            if w not in leaf:
+                continue
+            size = rg.column(leaf[w]).total_uncompressed_size
+            budget.take(size, f"row group {g}, from its metadata")
+            if rg.num_rows and size / rg.num_rows > lim.max_cell_bytes + 64:
+                raise Invalid(f"column '{cols[schema_names.index(w)]}' holds {size / rg.num_rows:.0f} bytes per row on "
+                              f"average in row group {g}, over the limit of {lim.max_cell_bytes} per cell "
+                              "(TRANSFERRANK_MAX_CELL_BYTES); shorten the texts")
     budget = Budget(lim)
     values: dict[str, list] = {c: [] for c in TEXT_COLUMNS if c in cols}
     seen = 0

@@ -173,17 +173,18 @@ def _task_rows(ctx, ds: Dataset, spec: RankingSpec) -> list[tuple[SourceTask, Da
     return rows
 
 
-def cost(ctx, ds: Dataset, spec: RankingSpec, names: list[str]) -> float:
-    """A rough count of floating-point operations of the ranking if nothing were cached:
+def cost(ctx, ds: Dataset, spec: RankingSpec, names: list[str]) -> tuple[float, int]:
+    """``(operations, pairs)``: a rough count of floating-point operations of the ranking if
+    nothing were cached, and the number of (candidate, estimator) pairs:
     per (candidate, estimator) pair ``n d (min(n, d) + C)`` for models (SVD-class estimators and
     per-class terms), ``n d^2`` for tasks (the ESM map and the d x d estimators)."""
     n, C = float(ds.n_examples), float(ds.n_classes)
     d = float((ds.meta or {}).get("dim") or _base_dim(ctx) or 768)
     if spec.candidates == "models":
         n_cands = len(_model_names(ctx, ds, spec))
-        return n_cands * len(names) * n * d * (min(n, d) + C)
+        return n_cands * len(names) * n * d * (min(n, d) + C), n_cands * len(names)
     n_cands = min(len(_task_rows(ctx, ds, spec)), spec.prefilter_k or 10**9)
-    return n_cands * len(names) * n * d * (d + C)
+    return n_cands * len(names) * n * d * (d + C), n_cands * len(names)
 
 
 def needs_job(ctx, spec: RankingSpec) -> bool:
@@ -192,10 +193,11 @@ def needs_job(ctx, spec: RankingSpec) -> bool:
     from app.core.config import limits
 
     ds, names = _validate(ctx, spec)
-    if cost(ctx, ds, spec, names) > limits(ctx.settings).sync_cost_limit:
+    ops, pairs = cost(ctx, ds, spec, names)
+    if ops > limits(ctx.settings).sync_cost_limit:
         with ctx.Session() as s:
             cached = len(scores_svc.lookup_target(s, ds.sha256, names, scores_svc.version()))
-        if cached == 0:
+        if ops * max(0, pairs - cached) / max(pairs, 1) > limits(ctx.settings).sync_cost_limit:
             return True
     if ds.kind == "features":
         return False

@@ -271,6 +271,11 @@ def install(app: FastAPI, settings=None) -> None:
         if _disk_full(exc):
             log.error("disk full: %s", exc)
             return JSONResponse({"detail": DISK_FULL}, status_code=507)
+        if isinstance(exc, FileNotFoundError) and "blob" in str(exc):
+            # a deletion racing this request removed its data; a real loss shows in `transferrank doctor`
+            log.warning("blob missing while answering a request: %s", exc)
+            return JSONResponse({"detail": "an item this request needs was deleted by a concurrent request; "
+                                           "reload it (GET) and repeat the request"}, status_code=409)
         log.exception("I/O error", exc_info=exc)
         return JSONResponse({"detail": f"the server could not read or write its data ({type(exc).__name__}); "
                                        "the operator can check it with `transferrank doctor`"}, status_code=500)

@@ -259,7 +259,8 @@ def _build_text(fmt: str, cols: list[str], values: dict[str, list], settings, li
     labels, names = _labels([_label_value(v) for v in lab], settings)
     texts = [str(v) for v in values["text"]]
     pairs = [str(v) for v in values["text_pair"]] if "text_pair" in values else None
-    return Parsed("text", fmt, labels, names, texts=texts, text_pairs=pairs, columns=cols)
+    shown = ["".join("?" if ch in CONTROL else ch for ch in c)[:200] for c in cols[:lim.max_columns]]
+    return Parsed("text", fmt, labels, names, texts=texts, text_pairs=pairs, columns=shown)
 
 
 def _decoded_lines(data: bytes, what: str):

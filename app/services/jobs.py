@@ -429,6 +429,15 @@ def _error_text(exc: BaseException) -> str:
         return str(exc)
     if isinstance(exc, MemoryError):
         return "the job needed more memory than the server could give; use fewer examples or candidates"
+    if isinstance(exc, FileNotFoundError) and "blob" in str(exc):
+        return "an item this job needed was deleted meanwhile; repeat the request"
+    try:
+        from sqlalchemy.exc import IntegrityError
+
+        if isinstance(exc, IntegrityError):
+            return "an item this job needed was deleted or changed meanwhile; repeat the request"
+    except ImportError:  # pragma: no cover
+        pass
     if isinstance(exc, OSError) and getattr(exc, "errno", None) in (28, 122):
         return "the server's disk is full; free space (delete datasets or sources) and repeat the request"
     return f"{type(exc).__name__}: {exc}"

@@ -177,7 +177,7 @@ def cost(ctx, ds: Dataset, spec: RankingSpec, names: list[str]) -> tuple[float, 
     """``(operations, pairs)``: a rough count of floating-point operations of the ranking if
     nothing were cached, and the number of (candidate, estimator) pairs:
     per (candidate, estimator) pair ``n d (min(n, d) + C)`` for models (SVD-class estimators and
-    per-class terms), ``n d^2`` for tasks (the ESM map and the d x d estimators)."""
+    per-class terms), ``n d (d + C)`` for tasks (the ESM map and the d x d estimators)."""
     n, C = float(ds.n_examples), float(ds.n_classes)
     d = float((ds.meta or {}).get("dim") or _base_dim(ctx) or 768)
     if spec.candidates == "models":

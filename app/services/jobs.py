@@ -312,11 +312,11 @@ class JobRunner:
         beat = min(HEARTBEAT_SECONDS, max(1.0, self.limits.reaper_seconds / 2))
         while not self._stop.wait(beat):
             with self._lock:
-                active = list(self._running)
+                active = list(self._active)  # queued ones too: they are alive in this process's queue
             if active:
                 try:
                     with self.ctx.Session.begin() as s:
-                        s.execute(update(Job).where(Job.id.in_(active), Job.status == "running")
+                        s.execute(update(Job).where(Job.id.in_(active), Job.status.in_(UNFINISHED))
                                   .values(heartbeat_at=utcnow()))
                 except Exception:
                     log.exception("heartbeat failed")

@@ -91,3 +91,52 @@ def test_limits_are_configurable(make_client, monkeypatch):
     buf = io.BytesIO()
     np.savez(buf, features=X, labels=np.arange(6) % 2)
     assert client.post("/v1/datasets", files={"file": ("f.npz", buf.getvalue())}).status_code == 201
+
+
+def test_readers_keep_the_ordinary_cases(settings_factory):
+    """The bounded readers read what the pandas-based ones read: quoted commas and newlines,
+    TSV, a UTF-8 BOM, JSONL with integral float labels, Parquet with integer labels."""
+    import io as _io
+
+    import pandas as pd
+
+    from app.core.config import Limits
+    from app.services.ingest import parse_upload
+
+    settings = settings_factory()
+    lim = Limits()
+    texts = ['a, "quoted" text', "two\nlines", "plain"] * 4
+    labels = [0, 1, 2] * 4
+    df = pd.DataFrame({"text": texts, "label": labels})
+    csv = parse_upload(df.to_csv(index=False).encode(), "x.csv", settings, lim)
+    assert csv.texts == texts and csv.label_names == ["0", "1", "2"]
+    tsv = parse_upload(df.to_csv(index=False, sep="\t").encode(), "x.tsv", settings, lim)
+    bom = parse_upload(b"\xef\xbb\xbf" + df.to_csv(index=False).encode(), "x.csv", settings, lim)
+    jsonl = parse_upload(pd.DataFrame({"text": texts, "label": [float(v) for v in labels]})
+                         .to_json(orient="records", lines=True).encode(), "x.jsonl", settings, lim)
+    buf = _io.BytesIO()
+    df.to_parquet(buf)
+    pq = parse_upload(buf.getvalue(), "x.parquet", settings, lim)
+    assert csv.sha256() == tsv.sha256() == bom.sha256() == jsonl.sha256() == pq.sha256()
+
+
+def test_dictionary_bomb_is_refused_before_decoding(settings_factory):
+    """2,000 copies of a 1 MB string (a ~50 KB Parquet file) never become 2 GB of Python strings."""
+    import resource
+
+    from app.core.config import Limits
+    from app.core.errors import Invalid, TooLarge
+    from app.services.ingest import parse_upload
+    from bench.attacks import parquet_repeated_string
+
+    data = parquet_repeated_string(2000, 1 << 20)
+    assert len(data) < 200_000
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises((Invalid, TooLarge)) as err:  # refused from the dictionary's value length
+        parse_upload(data, "bomb.parquet", settings_factory(), Limits())
+    assert "TRANSFERRANK_MAX_CELL_BYTES" in err.value.detail
+    with pytest.raises(TooLarge) as err:  # with a large cell limit, the decoded size refuses it
+        parse_upload(data, "bomb.parquet", settings_factory(), Limits(max_cell_bytes=2 << 20))
+    assert "TRANSFERRANK_MAX_DECOMPRESSED_BYTES" in err.value.detail
+    grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    assert grown_mb < 1024, f"peak RSS grew by {grown_mb:.0f} MB"

@@ -377,8 +377,8 @@ def read_parquet(data: bytes, fmt: str, settings, lim: Limits) -> Parsed:
         if "size limit" in str(exc):
             raise Invalid("the Parquet footer is larger than allowed: the file has too many columns or row "
                           f"groups (limit {lim.max_columns} columns, TRANSFERRANK_MAX_COLUMNS)") from None
-        raise Invalid(f"could not read the file as PARQUET ({type(exc).__name__}: "
-                      f"{str(exc).splitlines()[0][:200] if str(exc) else 'corrupt footer'})") from None
+        raise Invalid("could not read the file as PARQUET: its footer is damaged or the file is truncated; "
+                      f"export it again (the reader said: {_first_line(exc)})") from None
     check_columns(md.num_columns, lim)
     cols = [str(c).strip() for c in schema_names]
     _text_columns(cols)
@@ -454,9 +454,14 @@ def read_parquet(data: bytes, fmt: str, settings, lim: Limits) -> Parsed:
         raise TooLarge("the Parquet file needs more memory to decode than the server can give; "
                        "upload fewer rows or shorter texts") from None
     except Exception as exc:
-        raise Invalid(f"could not read the file as PARQUET ({type(exc).__name__}: "
-                      f"{str(exc).splitlines()[0][:200] if str(exc) else 'corrupt data'})") from None
+        raise Invalid("could not read the file as PARQUET: its data pages are damaged or use an unsupported "
+                      f"encoding; export it again (the reader said: {_first_line(exc)})") from None
     return _build_text("parquet", cols, values, settings, lim)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return (text.splitlines()[0][:160] if text else type(exc).__name__)
 
 
 # ---------------------------------------------------------------------- NPZ

@@ -7,7 +7,6 @@ import time
 from collections import Counter
 
 import numpy as np
-import pytest
 
 from conftest import npz_bytes
 

@@ -27,8 +27,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from app.core.config import limits as current_limits
-from app.services.jobs import requester
 from app.core.logging import get_logger
+from app.services.jobs import requester
 
 log = get_logger("limits")
 
@@ -148,9 +148,11 @@ class RequestLimits:
             decoded = path
         for p in (path, decoded):
             ch = _bad_char(p, BAD_URL_CHARS)
+            if ch == "\x00":
+                return await _send_json(send, 422, "the URL contains a NUL character")
             if ch is not None:
-                return await _send_json(send, 422, f"the URL path contains {_describe(ch)}; ids and names "
-                                                   "never contain control characters")
+                return await _send_json(send, 422, f"the URL contains {_describe(ch)}; ids and names never "
+                                                   "contain control characters")
         qs = scope.get("query_string", b"").decode("latin-1")
         if qs:
             msg = check_query(qs)

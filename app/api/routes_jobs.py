@@ -1,37 +1,68 @@
 """/v1 routes for jobs and the rankings list: list, cancel. Logic in ``app.services.jobs``."""
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Path, Query
+from pydantic import BaseModel, ConfigDict
 
-from app.api.deps import get_ctx, require
+from app.api.deps import CtxDep, authenticate
+from app.api.routes import PublicRoute
+from app.api.schemas import JobPublic, errors
 from app.services import jobs as jobs_svc
 
-router = APIRouter(prefix="/v1", dependencies=[Depends(require())])
+router = APIRouter(prefix="/v1", dependencies=[Depends(authenticate)], responses=errors(400, 401, 403, 422),
+                   route_class=PublicRoute)
 
-ID = Path(..., min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$", description="a job id")
-ERRORS = {404: {"description": "no such job"}, 409: {"description": "the job has already finished"},
-          422: {"description": "invalid parameter"}}
+JobId = Annotated[str, Path(min_length=1, max_length=64, description="a job id")]
+Limit = Annotated[int, Query(ge=1, le=1000)]
+Offset = Annotated[int, Query(ge=0, le=10_000_000)]
 
 
-@router.get("/jobs", tags=["jobs"], responses={422: ERRORS[422]})
-def list_jobs(status: Literal["queued", "running", "done", "failed", "cancelled"] | None = None,
-              limit: int = Query(100, ge=1, le=1000), offset: int = Query(0, ge=0, le=10_000_000),
-              ctx=Depends(get_ctx)):
+class JobListPublic(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    jobs: list[JobPublic]
+    limit: int
+    offset: int
+
+
+class RankingSummaryPublic(BaseModel):
+    """A ranking without its ranked list (``GET /v1/rankings/{id}`` has it)."""
+
+    model_config = ConfigDict(extra="allow")
+    id: str
+    status: str
+    target: Any = None
+    candidates: str | None = None
+    job: str | None = None
+    progress: float = 0.0
+    created_at: str | None = None
+
+
+class RankingListPublic(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    rankings: list[RankingSummaryPublic]
+    limit: int
+    offset: int
+
+
+@router.get("/jobs", tags=["jobs"], response_model=JobListPublic)
+def list_jobs(ctx: CtxDep, status: Literal["queued", "running", "done", "failed", "cancelled"] | None = None,
+              limit: Limit = 100, offset: Offset = 0) -> JobListPublic:
     """Jobs, newest first; ``status`` filters."""
-    return {"jobs": ctx.jobs.list(status, limit, offset), "limit": limit, "offset": offset}
+    return JobListPublic.model_validate({"jobs": ctx.jobs.list(status, limit, offset), "limit": limit,
+                                         "offset": offset})
 
 
-@router.delete("/jobs/{job_id}", tags=["jobs"], responses=ERRORS)
-def cancel_job(job_id: str = ID, ctx=Depends(get_ctx)):
+@router.delete("/jobs/{job_id}", tags=["jobs"], response_model=JobPublic, responses=errors(404, 409))
+def cancel_job(ctx: CtxDep, job_id: JobId) -> JobPublic:
     """Cancel a queued or running job: its status turns ``cancelled`` and its computation stops."""
-    return ctx.jobs.cancel(job_id)
+    return JobPublic.model_validate(ctx.jobs.cancel(job_id))
 
 
-@router.get("/rankings", tags=["rankings"], responses={422: ERRORS[422]})
-def list_rankings(target: str | None = Query(None, max_length=64),
-                  limit: int = Query(100, ge=1, le=1000), offset: int = Query(0, ge=0, le=10_000_000),
-                  ctx=Depends(get_ctx)):
-    """Rankings, newest first (summaries without the ranking itself); ``target`` filters by dataset id."""
-    return {"rankings": jobs_svc.list_rankings(ctx, target, limit, offset), "limit": limit, "offset": offset}
+@router.get("/rankings", tags=["rankings"], response_model=RankingListPublic)
+def list_rankings(ctx: CtxDep, target: Annotated[str | None, Query(max_length=64)] = None,
+                  limit: Limit = 100, offset: Offset = 0) -> RankingListPublic:
+    """Rankings, newest first (summaries without the ranked list); ``target`` filters by dataset id."""
+    return RankingListPublic.model_validate({"rankings": jobs_svc.list_rankings(ctx, target, limit, offset),
+                                             "limit": limit, "offset": offset})

@@ -5,8 +5,8 @@ text = mean of the last hidden states over its real tokens (attention mask), the
 normalisation: the same output as sentence-transformers for ``all-MiniLM-L6-v2``.
 
 Cost: texts are tokenised once, sorted by length and cut into batches of ``batch_size``
-(dynamic padding: each batch is padded only to its longest member, ~4x faster than fixed
-padding on short texts); the forward passes run under ``torch.inference_mode`` on
+(dynamic padding: each batch is padded only to its longest member, so short texts cost
+little); the forward passes run under ``torch.inference_mode`` on
 ``cuda`` when available (override with ``options["device"]`` or ``TRANSFERRANK_DEVICE``).
 
 Offline: a local directory never touches the network; a hub id honours ``HF_HUB_OFFLINE``
@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
+from app.core.config import Settings
 from app.encoders.base import EncoderSpec, ProgressFn, check_texts
 
 DEFAULT_MAX_LENGTH = 256  # all-MiniLM-L6-v2's max_seq_length
@@ -37,7 +38,7 @@ def _offline() -> bool:
 def _pick_device(requested: str | None) -> str:
     import torch
 
-    requested = requested or os.environ.get("TRANSFERRANK_DEVICE") or "auto"
+    requested = requested or Settings.from_env().device
     if requested == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     return requested

@@ -8,19 +8,25 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from app.core.errors import Invalid
 from app.core.logging import get_logger
+from app.core.progress import ProgressFn
 from app.db.models import Dataset, FeatureSet
+
+if TYPE_CHECKING:
+    from app.services.context import Context
 
 log = get_logger("features")
 
-Progress = Callable[[float], None]
 
 
 def task_embedding(X: np.ndarray) -> np.ndarray:
@@ -32,29 +38,29 @@ def task_embedding(X: np.ndarray) -> np.ndarray:
     except ImportError:
         v = np.asarray(X, dtype=np.float64).mean(axis=0)
         norm = np.linalg.norm(v)
-        return (v / norm if norm > 0 else v).astype(np.float32)
+        return np.asarray(v / norm if norm > 0 else v, dtype=np.float32)
 
 
-def cached(session, dataset_sha256: str, encoder: str) -> FeatureSet | None:
+def cached(session: Session, dataset_sha256: str, encoder: str) -> FeatureSet | None:
     return session.scalar(select(FeatureSet).where(FeatureSet.dataset_sha256 == dataset_sha256,
                                                    FeatureSet.encoder == encoder))
 
 
-def cached_encoders(session, dataset_sha256: str) -> set[str]:
+def cached_encoders(session: Session, dataset_sha256: str) -> set[str]:
     return set(session.scalars(select(FeatureSet.encoder).where(FeatureSet.dataset_sha256 == dataset_sha256)))
 
 
-def load(ctx, fs: FeatureSet) -> np.ndarray:
+def load(ctx: Context, fs: FeatureSet) -> np.ndarray:
     return ctx.blobs.get_array(fs.blob)
 
 
-def get_features(ctx, ds: Dataset, encoder: str) -> np.ndarray | None:
+def get_features(ctx: Context, ds: Dataset, encoder: str) -> np.ndarray | None:
     with ctx.Session() as s:
         fs = cached(s, ds.sha256, encoder)
     return None if fs is None else load(ctx, fs)
 
 
-def store(ctx, ds: Dataset, encoder: str, X: np.ndarray, seconds: float | None = None,
+def store(ctx: Context, ds: Dataset, encoder: str, X: np.ndarray, seconds: float | None = None,
           *, base_encoder: str | None = None) -> FeatureSet:
     """Blob first, then the row; a concurrent duplicate keeps the first row (same content)."""
     X = np.ascontiguousarray(X, dtype=np.float32)
@@ -69,27 +75,29 @@ def store(ctx, ds: Dataset, encoder: str, X: np.ndarray, seconds: float | None =
             te_key = w.put_array(task_embedding(X))
         try:
             with ctx.Session.begin() as s:
-                fs = FeatureSet(dataset_id=ds.id, dataset_sha256=ds.sha256, encoder=encoder, blob=key,
-                                n=int(X.shape[0]), dim=int(X.shape[1]), seconds=seconds)
-                s.add(fs)
+                row = FeatureSet(dataset_id=ds.id, dataset_sha256=ds.sha256, encoder=encoder, blob=key,
+                                 n=int(X.shape[0]), dim=int(X.shape[1]), seconds=seconds)
+                s.add(row)
                 if te_key is not None:
                     s.execute(update(Dataset).where(Dataset.id == ds.id).values(task_embedding_blob=te_key))
         except IntegrityError:
             w.keep_all()
             with ctx.Session() as s:
-                fs = cached(s, ds.sha256, encoder)
-            if fs is None:
+                existing = cached(s, ds.sha256, encoder)
+            if existing is None:
                 raise
-    return fs
+            return existing
+    return row
 
 
-def dataset_task_embedding(ctx, ds: Dataset) -> np.ndarray | None:
+def dataset_task_embedding(ctx: Context, ds: Dataset) -> np.ndarray | None:
     with ctx.Session() as s:
         key = s.scalar(select(Dataset.task_embedding_blob).where(Dataset.id == ds.id))
     return None if key is None else ctx.blobs.get_array(key)
 
 
-def ensure(ctx, ds: Dataset, encoders: Sequence[str], progress: Progress | None = None) -> dict[str, np.ndarray]:
+def ensure(ctx: Context, ds: Dataset, encoders: Sequence[str],
+           progress: ProgressFn | None = None) -> dict[str, np.ndarray]:
     """Features of ``ds`` under each encoder: cached ones loaded, missing ones computed on the
     worker backend (all submitted at once, progress averaged), stored, then returned."""
     from app.services import datasets as datasets_svc
@@ -112,7 +120,7 @@ def ensure(ctx, ds: Dataset, encoders: Sequence[str], progress: Progress | None 
     texts = datasets_svc.texts(ctx, ds)
     fractions = {enc: 0.0 for enc in missing}
 
-    def report(enc):
+    def report(enc: str) -> ProgressFn:
         def cb(p: float) -> None:
             fractions[enc] = min(max(float(p), 0.0), 1.0)
             if progress:
@@ -145,12 +153,14 @@ def ensure(ctx, ds: Dataset, encoders: Sequence[str], progress: Progress | None 
 
 # (service instance, dataset sha256, encoder) -> Future of a running extraction, so that two requests needing
 # the same features at the same time share one forward pass instead of computing it twice.
-_INFLIGHT: dict[tuple[str, str, str], object] = {}
+_INFLIGHT: dict[tuple[str, str, str], Future[Any]] = {}
 _INFLIGHT_LOCK = threading.Lock()
 
 
-def _submit_once(ctx, ds: Dataset, encoders: list[str], texts: list[str], report) -> tuple[set[str], dict]:
-    owned, futures = set(), {}
+def _submit_once(ctx: Context, ds: Dataset, encoders: list[str], texts: list[str],
+                 report: Callable[[str], ProgressFn]) -> tuple[set[str], dict[str, Future[Any]]]:
+    owned: set[str] = set()
+    futures: dict[str, Future[Any]] = {}
     with _INFLIGHT_LOCK:
         for enc in encoders:
             key = (ctx.instance_id, ds.sha256, enc)

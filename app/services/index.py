@@ -9,22 +9,28 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from sqlalchemy import select
 
 from app.core.logging import get_logger
+from app.core.status import SourceStatus
 from app.db.models import Dataset, SourceTask
+
+if TYPE_CHECKING:
+    from app.index.faiss_index import TaskIndex
+    from app.services.context import Context
 
 log = get_logger("index")
 
 
 class IndexManager:
-    def __init__(self, ctx):
+    def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
         self.path: Path = ctx.settings.index_path
         self._lock = threading.RLock()
-        self._index = None
+        self._index: TaskIndex | None = None
         self._ids: set[int] = set()
         self._dim: int | None = None
         self.rebuilds = 0
@@ -35,11 +41,13 @@ class IndexManager:
             rows = s.execute(
                 select(SourceTask.id, Dataset.task_embedding_blob)
                 .join(Dataset, Dataset.id == SourceTask.dataset_id)
-                .where(Dataset.task_embedding_blob.is_not(None), SourceTask.status != "failed",
+                .where(Dataset.task_embedding_blob.is_not(None), SourceTask.status != SourceStatus.FAILED,
                        SourceTask.base_encoder == self.ctx.settings.base_encoder)
             ).all()
         items = []
         for sid, key in rows:
+            if key is None:
+                continue
             try:
                 items.append((int(sid), np.asarray(self.ctx.blobs.get_array(key), dtype=np.float32).reshape(-1)))
             except FileNotFoundError:
@@ -50,7 +58,7 @@ class IndexManager:
         with self.ctx.Session() as s:
             return set(s.scalars(
                 select(SourceTask.id).join(Dataset, Dataset.id == SourceTask.dataset_id)
-                .where(Dataset.task_embedding_blob.is_not(None), SourceTask.status != "failed",
+                .where(Dataset.task_embedding_blob.is_not(None), SourceTask.status != SourceStatus.FAILED,
                        SourceTask.base_encoder == self.ctx.settings.base_encoder)))
 
     # ------------------------------------------------------------------ file
@@ -96,6 +104,12 @@ class IndexManager:
                             idx.load_problem or "ids differ from SQL")
             self.rebuild()
 
+    def _opened(self) -> TaskIndex:
+        """The open index (``ensure`` or ``rebuild`` opened it)."""
+        if self._index is None:  # pragma: no cover - ensure() always opens or rebuilds it
+            raise RuntimeError("the FAISS task index is not open")
+        return self._index
+
     # ------------------------------------------------------------------ updates
     def add(self, source_id: int, vector: np.ndarray) -> None:
         with self._lock:
@@ -108,16 +122,18 @@ class IndexManager:
                     raise ValueError(f"task embedding has dim {v.shape[1]}, the index {self._dim}")
                 self.rebuild()
                 return
-            self._index.add(np.asarray([source_id], dtype=np.int64), v)
-            self._index.save()
+            index = self._opened()
+            index.add(np.asarray([source_id], dtype=np.int64), v)
+            index.save()
             self._ids.add(source_id)
 
     def remove(self, source_id: int) -> None:
         with self._lock:
             if self._index is None or source_id not in self._ids:
                 return
-            self._index.remove(np.asarray([source_id], dtype=np.int64))
-            self._index.save()
+            index = self._opened()
+            index.remove(np.asarray([source_id], dtype=np.int64))
+            index.save()
             self._ids.discard(source_id)
 
     def search(self, vector: np.ndarray, k: int) -> list[tuple[int, float]]:
@@ -125,9 +141,9 @@ class IndexManager:
             self.ensure()
             if not self._ids:
                 return []
-            hits = self._index.search(np.asarray(vector, dtype=np.float32).reshape(-1), int(k))
+            hits = self._opened().search(np.asarray(vector, dtype=np.float32).reshape(-1), int(k))
             return [(int(i), float(sim)) for i, sim in hits]
 
-    def describe(self) -> dict:
+    def describe(self) -> dict[str, Any]:
         with self._lock:
             return {"path": str(self.path), "sources": len(self._ids), "dim": self._dim, "rebuilds": self.rebuilds}

@@ -26,13 +26,14 @@ import hashlib
 import io
 import json
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
-from app.core.config import Limits, limits as current_limits
+from app.core.config import Limits
+from app.core.config import limits as current_limits
 from app.core.errors import Invalid, TooLarge
 
 TEXT_FORMATS = {"csv", "jsonl", "json", "ndjson", "parquet", "pq", "tsv"}

@@ -26,8 +26,9 @@ import datetime as dt
 import queue
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future
-from typing import Any, Callable
+from typing import Any
 
 from sqlalchemy import func, or_, select, update
 
@@ -52,7 +53,7 @@ requester: contextvars.ContextVar[str | None] = contextvars.ContextVar("transfer
 
 def _aware(t: dt.datetime | None) -> dt.datetime | None:
     if t is not None and t.tzinfo is None:  # SQLite returns naive datetimes
-        return t.replace(tzinfo=dt.timezone.utc)
+        return t.replace(tzinfo=dt.UTC)
     return t
 
 

@@ -23,8 +23,9 @@ import os
 import re
 import tempfile
 import time
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Literal
 
 import numpy as np
 
@@ -170,7 +171,7 @@ class BlobStore(_Serializers):
                 h.update(chunk)
         return h.hexdigest() == key.split(".", 1)[0]
 
-    def writer(self) -> "BlobWriter":
+    def writer(self) -> BlobWriter:
         """A transaction helper: blobs it creates are deleted again if the block raises."""
         return BlobWriter(self)
 
@@ -256,10 +257,10 @@ class BlobWriter(_Serializers):
     def keep_all(self) -> None:
         self.created.clear()
 
-    def __enter__(self) -> "BlobWriter":
+    def __enter__(self) -> BlobWriter:
         return self
 
-    def __exit__(self, exc_type, exc, tb) -> bool:
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> Literal[False]:
         if exc_type is not None:
             for key in self.created:
                 self.store.delete(key)

@@ -79,7 +79,7 @@ def parquet_plain_cells(rows: int = 40, cell: int = 2 * MB) -> bytes:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    table = pa.table({"text": [("%06d" % i) + "y" * cell for i in range(rows)],
+    table = pa.table({"text": [f"{i:06d}" + "y" * cell for i in range(rows)],
                       "label": [str(i % 2) for i in range(rows)]})
     buf = io.BytesIO()
     pq.write_table(table, buf, compression="zstd", use_dictionary=False)
@@ -317,7 +317,7 @@ def corpus(scale: float = 1.0) -> list[Attack]:
         a.append(Attack(f"sliced_wasserstein n_projections={value}", "POST", "/v1/rankings",
                         raw_body=lambda v=value: (
                             '{"target": "{dataset}", "candidates": "tasks", "estimators": ["sliced_wasserstein"], '
-                            '"params": {"sliced_wasserstein": {"n_projections": %s}}}' % v).encode(),
+                            '"params": {"sliced_wasserstein": {"n_projections": ' + v + '}}}').encode(),
                         tags={"needs_source"}))
     a.append(Attack("proxy_a_distance cv=Infinity", "POST", "/v1/rankings",
                     raw_body=lambda: b'{"target": "{dataset}", "candidates": "tasks", "estimators": '

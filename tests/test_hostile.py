@@ -75,10 +75,8 @@ def test_names_from_paths_keep_their_last_part_only(hostile):
     assert r.status_code == 201 and r.json()["name"] == "evil"
 
 
-def test_limits_are_configurable(make_client, monkeypatch):
-    monkeypatch.setenv("TRANSFERRANK_MAX_CELL_BYTES", "100")
-    monkeypatch.setenv("TRANSFERRANK_MAX_COLUMNS", "3")
-    client = make_client()
+def test_limits_are_configurable(make_client):
+    client = make_client(max_cell_bytes=100, max_columns=3)
     rows = "\n".join(f"{'w' * 50} {i},{i % 2}" for i in range(10))
     assert client.post("/v1/datasets", files={"file": ("ok.csv", f"text,label\n{rows}\n".encode())}).status_code == 201
     r = client.post("/v1/datasets", files={"file": ("long.csv", f"text,label\n{'w' * 200},a\nb,b\n".encode())})

@@ -19,10 +19,9 @@ def _payload(seed: int) -> bytes:
                      features_m1=rng.normal(size=(120, 16)))
 
 
-def test_parallel_uploads_rankings_and_deletes(make_client, db_url, monkeypatch):
-    monkeypatch.setenv("TRANSFERRANK_SYNC_COST_LIMIT", "400000")  # about half the rankings become jobs
-    monkeypatch.setenv("TRANSFERRANK_MAX_QUEUED_JOBS_PER_OWNER", "1000")
-    client = make_client(database_url=db_url)
+def test_parallel_uploads_rankings_and_deletes(make_client, db_url):
+    # about half the rankings become jobs
+    client = make_client(database_url=db_url, sync_cost_limit=400_000, max_queued_jobs_per_owner=1000)
     ctx = client.app.state.ctx
     payloads = [_payload(i) for i in range(4)]  # few distinct contents: uploads race on dedupe too
     seen: Counter = Counter()

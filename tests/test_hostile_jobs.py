@@ -31,11 +31,9 @@ def _npz(n=60, d=8, models=0, seed=0):
 
 
 @pytest.fixture
-def jclient(make_client, db_url, monkeypatch):
-    def make(**env):
-        for k, v in env.items():
-            monkeypatch.setenv(k, str(v))
-        return make_client(database_url=db_url)
+def jclient(make_client, db_url):
+    def make(**settings):
+        return make_client(database_url=db_url, **settings)
     return make
 
 
@@ -78,7 +76,7 @@ def test_cancel_stops_the_computation(jclient):
 
 
 def test_npz_rankings_above_the_cost_threshold_are_jobs_and_cancellable(jclient):
-    client = jclient(TRANSFERRANK_SYNC_COST_LIMIT=1000)
+    client = jclient(sync_cost_limit=1000)
     did = upload(client, _npz(n=400, d=32, models=30), "many.npz").json()["id"]
     r = client.post("/v1/rankings", json={"target": did, "candidates": "models",
                                          "estimators": ["logme", "hscore", "transrate", "gbc"]})
@@ -111,7 +109,7 @@ def test_npz_rankings_above_the_cost_threshold_are_jobs_and_cancellable(jclient)
 
 
 def test_queue_bounds_answer_429_with_retry_after(jclient):
-    client = jclient(TRANSFERRANK_MAX_QUEUED_JOBS=2, TRANSFERRANK_SYNC_COST_LIMIT=1)
+    client = jclient(max_queued_jobs=2, sync_cost_limit=1)
     ctx = client.app.state.ctx
     release = threading.Event()
     blockers = [_block(ctx, release) for _ in range(2)]
@@ -128,7 +126,7 @@ def test_queue_bounds_answer_429_with_retry_after(jclient):
 
 
 def test_per_owner_bound(jclient):
-    client = jclient(TRANSFERRANK_MAX_QUEUED_JOBS_PER_OWNER=1, TRANSFERRANK_SYNC_COST_LIMIT=1)
+    client = jclient(max_queued_jobs_per_owner=1, sync_cost_limit=1)
     ctx = client.app.state.ctx
     from app.services.jobs import requester
 
@@ -152,7 +150,7 @@ def test_periodic_reaper_fails_jobs_of_a_dead_process(jclient):
 
     from app.db.models import Job, utcnow
 
-    client = jclient(TRANSFERRANK_REAPER_SECONDS=1, TRANSFERRANK_JOB_STALE_SECONDS=1)
+    client = jclient(reaper_seconds=1, job_stale_seconds=1)
     ctx = client.app.state.ctx
     with ctx.Session.begin() as s:
         job = Job(kind="ranking", status="running", progress=0.3, owner="dead", result={},
@@ -251,7 +249,7 @@ def test_doctor_cli(tmp_path):
     import subprocess
     import sys
 
-    env = dict(os.environ, PYTHONPATH=os.getcwd(), TRANSFERRANK_SEED_DEMO="0", TRANSFERRANK_BASE_ENCODER="glove-6b-50d")
+    env = dict(os.environ, PYTHONPATH=os.getcwd(), seed_demo="0", base_encoder="glove-6b-50d")
     env.pop("TRANSFERRANK_DATABASE_URL", None)
     out = subprocess.run([sys.executable, "-m", "app.cli", "doctor", "--data-dir", str(tmp_path / "d")],
                          capture_output=True, text=True, env=env, timeout=120)

@@ -107,7 +107,8 @@ class Budget:
     def take(self, n: int, where: str = "") -> None:
         self.used += int(n)
         if self.used > self.limit:
-            raise TooLarge(f"{self.what} expands to more than {self.limit} bytes{(' (' + where + ')') if where else ''}, "
+            at = f" ({where})" if where else ""
+            raise TooLarge(f"{self.what} expands to more than {self.limit} bytes{at}, "
                            "over the limit TRANSFERRANK_MAX_DECOMPRESSED_BYTES; upload fewer or shorter rows")
 
 
@@ -424,7 +425,8 @@ def read_parquet(data: bytes, fmt: str, settings, lim: Limits) -> Parsed:
                         ix = indices.fill_null(0).to_numpy(zero_copy_only=False)
                         budget.take(int(lengths[ix].sum()) if ix.size and lengths.size else 0,
                                     f"column '{c}' decoded")
-                    arr = arr.cast(dictionary.type) if not pa.types.is_binary(dictionary.type) else arr.cast(pa.string())
+                    plain = pa.string() if pa.types.is_binary(dictionary.type) else dictionary.type
+                    arr = arr.cast(plain)
                 elif pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type) or pa.types.is_binary(arr.type):
                     lengths = pc.binary_length(arr).to_numpy(zero_copy_only=False)
                     lengths = np.nan_to_num(lengths.astype(np.float64))

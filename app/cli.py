@@ -30,8 +30,9 @@ def _settings(args: argparse.Namespace, **extra: Any) -> Settings:
 
 
 def serve_settings(args: argparse.Namespace) -> Settings:
-    """``serve`` warms the encoders up unless ``TRANSFERRANK_WARM_UP`` says otherwise."""
-    settings = _settings(args)
+    """``serve`` warms the encoders up unless ``TRANSFERRANK_WARM_UP`` says otherwise; ``host`` is the
+    address it binds (open mode is allowed only on loopback)."""
+    settings = _settings(args, host=getattr(args, "host", None))
     if "warm_up" not in settings.model_fields_set:
         settings = settings.replace(warm_up=True)
     return settings
@@ -45,8 +46,14 @@ def cmd_serve(args) -> int:
     import uvicorn
 
     from app.main import create_app
+    from app.services import keys as keys_svc
 
     settings = serve_settings(args)
+    try:
+        keys_svc.check_settings(settings)
+    except ValueError as exc:
+        _print_err(f"error: {exc}")
+        return 2
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     app = create_app(settings)
     _print_err(f"TransferRank on http://{args.host}:{args.port} (data dir {settings.data_dir.resolve()}; "
@@ -74,6 +81,7 @@ def _format_table(result: dict) -> str:
 def cmd_rank(args) -> int:
     from app.core.errors import ServiceError
     from app.core.status import RankingStatus
+    from app.db.models import DEFAULT_OWNER
     from app.services import datasets as datasets_svc
     from app.services import rankings as rankings_svc
     from app.services.startup import open_context
@@ -91,7 +99,8 @@ def cmd_rank(args) -> int:
                        f"C={ds.n_classes}")
         sources = [x.strip() for x in args.sources.split(",") if x.strip()] if args.sources else None
         spec = rankings_svc.RankingSpec(target=ds.id, candidates=args.candidates, estimators=ests,
-                                        top_k=args.top_k, prefilter_k=args.prefilter_k, sources=sources)
+                                        top_k=args.top_k, prefilter_k=args.prefilter_k, sources=sources,
+                                        owner=DEFAULT_OWNER)  # what open mode's REST caller sees
         out, _ = rankings_svc.create(ctx, spec, inline=True)
         if out.get("status") != RankingStatus.DONE:
             _print_err(f"error: {out.get('error') or 'ranking failed'}")
@@ -123,8 +132,10 @@ def cmd_keys(args) -> int:
     ctx = open_context(_settings(args), seed=False)
     try:
         if args.keys_cmd == "create":
-            _info, key = keys_svc.create(ctx, args.owner, args.scopes)
+            info, key = keys_svc.create(ctx, args.owner, args.scopes)
             print(key)
+            _print_err(f"key {info['id']} for owner {info['owner']} ({','.join(info['scopes'])}); it is shown once, "
+                       "only its hash is stored")
         elif args.keys_cmd == "list":
             for k in keys_svc.list_all(ctx):
                 print(f"{k['id']}  {k['owner']}  {','.join(k['scopes'])}  "

@@ -42,7 +42,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import math
 import os
 import sys
 import time
@@ -111,7 +110,7 @@ def build_targets() -> dict[str, dict]:
         T[name] = {"task": "classification", "texts": list(texts), "y": y, "label_names": names}
     for name, (texts, y) in _regression_pools(rng).items():
         T[name] = {"task": "regression", "texts": list(texts), "y": np.asarray(y, dtype=np.float64)}
-    for name, t in T.items():
+    for t in T.values():
         t["splits"] = [_split(t["y"], t["task"], sd) for sd in SEEDS]
     return T
 
@@ -178,7 +177,6 @@ def _onnx_l3(texts, tok):
     import glob
 
     import onnxruntime as ort
-
     import static_model  # noqa: F401  (only to locate site-packages reliably)
 
     site = Path(static_model.__file__).resolve().parents[1]

@@ -36,8 +36,9 @@ depends on n. ``TargetStats.from_data`` costs O(n d^2) once per target. Values e
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -86,7 +87,7 @@ class TargetStats:
         return 0 if self.counts is None else int(self.counts.shape[0])
 
     @classmethod
-    def from_data(cls, X, y, *, regression: bool = False) -> "TargetStats":
+    def from_data(cls, X, y, *, regression: bool = False) -> TargetStats:
         """Statistics of target features ``X`` (n, d) with class labels ``y`` (n,) (any sortable
         labels, remapped to 0..C-1 in sorted order as the estimators do) or, with
         ``regression=True``, float targets (n,) / (n, t) (LogME only). Cost O(n d^2)."""
@@ -115,7 +116,7 @@ class TargetStats:
         return out
 
     @classmethod
-    def from_arrays(cls, arrays: Mapping[str, Any]) -> "TargetStats":
+    def from_arrays(cls, arrays: Mapping[str, Any]) -> TargetStats:
         try:
             Xc = np.ascontiguousarray(arrays["centred"], dtype=np.float64)
             mean = np.asarray(arrays["mean"], dtype=np.float64)
@@ -125,7 +126,10 @@ class TargetStats:
         n, d = Xc.shape
         if mean.shape != (d,) or scatter.shape != (d, d):
             raise ValueError("target statistics have inconsistent shapes")
-        get = (lambda k, dt: None if arrays.get(k) is None else np.asarray(arrays[k], dtype=dt))
+
+        def get(k: str, dt: type) -> np.ndarray | None:
+            return None if arrays.get(k) is None else np.asarray(arrays[k], dtype=dt)
+
         return cls(n, d, mean, scatter, Xc, labels=get("labels", np.int64), counts=get("counts", np.int64),
                    class_sums=get("class_sums", np.float64), targets=get("targets", np.float64),
                    xty=get("xty", np.float64))

@@ -207,11 +207,11 @@ def test_disk_full_is_507_and_delete_still_frees_space(jclient, monkeypatch):
     real_delete = datasets_svc._delete_dataset
     calls = []
 
-    def delete_on_full_disk(ctx_, dataset_id):
+    def delete_on_full_disk(ctx_, dataset_id, *rest):
         calls.append(dataset_id)
         if len(calls) == 1:
             raise OperationalError("DELETE", {}, Exception("database or disk is full"))
-        return real_delete(ctx_, dataset_id)
+        return real_delete(ctx_, dataset_id, *rest)
 
     monkeypatch.setattr(datasets_svc, "_delete_dataset", delete_on_full_disk)
     r = client.delete(f"/v1/datasets/{keep}")

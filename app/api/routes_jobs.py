@@ -6,7 +6,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, Path, Query
 from pydantic import BaseModel, ConfigDict
 
-from app.api.deps import CtxDep, authenticate
+from app.api.deps import AuthDep, CtxDep, authenticate
 from app.api.routes import PublicRoute
 from app.api.schemas import JobPublic, errors
 from app.services import jobs as jobs_svc
@@ -47,22 +47,23 @@ class RankingListPublic(BaseModel):
 
 
 @router.get("/jobs", tags=["jobs"], response_model=JobListPublic)
-def list_jobs(ctx: CtxDep, status: Literal["queued", "running", "done", "failed", "cancelled"] | None = None,
+def list_jobs(ctx: CtxDep, principal: AuthDep,
+              status: Literal["queued", "running", "done", "failed", "cancelled"] | None = None,
               limit: Limit = 100, offset: Offset = 0) -> JobListPublic:
-    """Jobs, newest first; ``status`` filters."""
-    return JobListPublic.model_validate({"jobs": ctx.jobs.list(status, limit, offset), "limit": limit,
-                                         "offset": offset})
+    """Your jobs (and the public catalogue's), newest first; ``status`` filters."""
+    jobs = ctx.jobs.list(status, limit, offset, owner=principal.owner)
+    return JobListPublic.model_validate({"jobs": jobs, "limit": limit, "offset": offset})
 
 
-@router.delete("/jobs/{job_id}", tags=["jobs"], response_model=JobPublic, responses=errors(404, 409))
-def cancel_job(ctx: CtxDep, job_id: JobId) -> JobPublic:
+@router.delete("/jobs/{job_id}", tags=["jobs"], response_model=JobPublic, responses=errors(404, 409))  # 403: public
+def cancel_job(ctx: CtxDep, principal: AuthDep, job_id: JobId) -> JobPublic:
     """Cancel a queued or running job: its status turns ``cancelled`` and its computation stops."""
-    return JobPublic.model_validate(ctx.jobs.cancel(job_id))
+    return JobPublic.model_validate(ctx.jobs.cancel(job_id, principal.owner, principal.is_admin))
 
 
 @router.get("/rankings", tags=["rankings"], response_model=RankingListPublic)
-def list_rankings(ctx: CtxDep, target: Annotated[str | None, Query(max_length=64)] = None,
+def list_rankings(ctx: CtxDep, principal: AuthDep, target: Annotated[str | None, Query(max_length=64)] = None,
                   limit: Limit = 100, offset: Offset = 0) -> RankingListPublic:
-    """Rankings, newest first (summaries without the ranked list); ``target`` filters by dataset id."""
-    return RankingListPublic.model_validate({"rankings": jobs_svc.list_rankings(ctx, target, limit, offset),
-                                             "limit": limit, "offset": offset})
+    """Your rankings, newest first (summaries without the ranked list); ``target`` filters by dataset id."""
+    rankings = jobs_svc.list_rankings(ctx, target, limit, offset, owner=principal.owner)
+    return RankingListPublic.model_validate({"rankings": rankings, "limit": limit, "offset": offset})

@@ -8,8 +8,9 @@ result dict. Progress writes are throttled; a heartbeat thread stamps running jo
 one process owns the data dir, every unfinished job of an earlier process is failed at start.
 
 Bounds: at most ``TRANSFERRANK_MAX_QUEUED_JOBS`` unfinished jobs in the database and
-``TRANSFERRANK_MAX_QUEUED_JOBS_PER_OWNER`` per requester (the API key, else the client
-address) in this process; more -> ``Busy`` (429 with ``Retry-After``).
+``TRANSFERRANK_MAX_QUEUED_JOBS_PER_OWNER`` per owner (the jobs' ``tenant``; for the default
+owner of open mode, per requester -- API key or client address -- in this process); more ->
+``Busy`` (429 with ``Retry-After``).
 
 Cancellation (``cancel``) is cooperative: the job's row turns ``cancelled`` at once, and the
 next progress report of the computation (every score of a ranking, every batch of an
@@ -28,20 +29,26 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import func, or_, select, update
+from sqlalchemy.orm import Session
 
 from app.core.config import limits as current_limits
 from app.core.errors import Busy, Invalid, NotFound, ServiceError
 from app.core.logging import get_logger
-from app.db.models import Dataset, Job, Ranking, SourceTask, iso, utcnow
+from app.db.models import DEFAULT_OWNER, Dataset, Job, Ranking, SourceTask, iso, utcnow
+from app.db.session import rowcount
+from app.services.tenancy import can_read, visible
+from app.core.progress import ProgressFn
 from app.workers.base import Cancelled
+
+if TYPE_CHECKING:
+    from app.services.context import Context
 
 log = get_logger("jobs")
 
-ProgressCb = Callable[..., None]
-JobFn = Callable[[ProgressCb], dict]
+JobFn = Callable[[ProgressFn], dict[str, Any]]
 ErrorHook = Callable[[str], None]
 
 HEARTBEAT_SECONDS = 10.0
@@ -57,7 +64,7 @@ def _aware(t: dt.datetime | None) -> dt.datetime | None:
     return t
 
 
-def job_dict(job: Job) -> dict:
+def job_dict(job: Job) -> dict[str, Any]:
     return {
         "id": job.id,
         "kind": job.kind,
@@ -73,10 +80,10 @@ def job_dict(job: Job) -> dict:
 
 
 class JobRunner:
-    def __init__(self, ctx, max_workers: int = 2):
+    def __init__(self, ctx: Context, max_workers: int = 2):
         self.ctx = ctx
         self.limits = current_limits(ctx.settings)
-        self._queue: queue.Queue = queue.Queue()
+        self._queue: queue.Queue[tuple[str, JobFn, ErrorHook | None, Future[Any]] | None] = queue.Queue()
         self._threads = [threading.Thread(target=self._worker, name=f"transferrank-job-{i}", daemon=True)
                          for i in range(max_workers)]
         self._active: set[str] = set()
@@ -92,14 +99,16 @@ class JobRunner:
         self._hb.start()
 
     # ------------------------------------------------------------------ create / submit
-    def create(self, session, kind: str, message: str | None = None, *, bounded: bool = True) -> Job:
-        """Add a queued job row; ``Busy`` when the queue bounds are reached (``bounded=False``:
-        internal work such as the demo catalogue's ESMs, never refused)."""
-        who = requester.get()
+    def create(self, session: Session, kind: str, message: str | None = None, owner: str = DEFAULT_OWNER, *,
+               bounded: bool = True) -> Job:
+        """A queued job working for ``owner`` (who alone, with the public catalogue's jobs, may read
+        it); ``Busy`` when the queue bounds are reached (``bounded=False``: internal work such as
+        the demo catalogue's ESMs, never refused)."""
+        who = requester.get() if owner == DEFAULT_OWNER else None
         if bounded:
-            self._check_bounds(session, who)
+            self._check_bounds(session, who, owner)
         job = Job(kind=kind, status="queued", progress=0.0, message=message, owner=self.ctx.instance_id,
-                  heartbeat_at=utcnow(), result={})
+                  tenant=owner, heartbeat_at=utcnow(), result={})
         session.add(job)
         session.flush()
         if who is not None:
@@ -107,23 +116,28 @@ class JobRunner:
                 self._owners[job.id] = who
         return job
 
-    def _check_bounds(self, session, who: str | None) -> None:
+    def _check_bounds(self, session: Session, who: str | None, owner: str) -> None:
         lim = self.limits
+        mine = 0
         if who is not None:
             with self._lock:
                 mine = sum(1 for o in self._owners.values() if o == who)
+        elif owner != DEFAULT_OWNER:
+            mine = int(session.scalar(select(func.count()).select_from(Job).where(
+                Job.tenant == owner, Job.status.in_(UNFINISHED))) or 0)
+        if mine:
             if mine >= lim.max_queued_jobs_per_owner:
                 raise Busy(f"you already have {mine} unfinished jobs, the most one client may have "
                            f"(TRANSFERRANK_MAX_QUEUED_JOBS_PER_OWNER={lim.max_queued_jobs_per_owner}); wait for "
                            "one to finish (GET /v1/jobs?status=running) or cancel one (DELETE /v1/jobs/ID)",
                            retry_after=10)
-        total = session.scalar(select(func.count()).select_from(Job).where(Job.status.in_(UNFINISHED)))
+        total = int(session.scalar(select(func.count()).select_from(Job).where(Job.status.in_(UNFINISHED))) or 0)
         if total >= lim.max_queued_jobs:
             raise Busy(f"the service has {total} unfinished jobs, its limit "
                        f"(TRANSFERRANK_MAX_QUEUED_JOBS={lim.max_queued_jobs}); retry in a minute", retry_after=30)
 
-    def submit(self, job_id: str, fn: JobFn, on_error: ErrorHook | None = None) -> Future:
-        fut: Future = Future()
+    def submit(self, job_id: str, fn: JobFn, on_error: ErrorHook | None = None) -> Future[Any]:
+        fut: Future[Any] = Future()
         with self._lock:
             self._active.add(job_id)
         if self._stop.is_set():
@@ -133,7 +147,7 @@ class JobRunner:
         self._queue.put((job_id, fn, on_error, fut))
         return fut
 
-    def run_inline(self, job_id: str, fn: JobFn, on_error: ErrorHook | None = None) -> dict:
+    def run_inline(self, job_id: str, fn: JobFn, on_error: ErrorHook | None = None) -> dict[str, Any]:
         with self._lock:
             self._active.add(job_id)
         return self._run(job_id, fn, on_error)
@@ -154,13 +168,13 @@ class JobRunner:
     # ------------------------------------------------------------------ execution
     def _set(self, job_id: str, **values: Any) -> int:
         with self.ctx.Session.begin() as s:
-            return s.execute(update(Job).where(Job.id == job_id).values(**values)).rowcount
+            return rowcount(s.execute(update(Job).where(Job.id == job_id).values(**values)))
 
     def _set_if(self, job_id: str, statuses: tuple[str, ...], **values: Any) -> bool:
         """Update the job only while its status is one of ``statuses`` (no lost cancellation)."""
         with self.ctx.Session.begin() as s:
-            return s.execute(update(Job).where(Job.id == job_id, Job.status.in_(statuses))
-                             .values(**values)).rowcount > 0
+            return rowcount(s.execute(update(Job).where(Job.id == job_id, Job.status.in_(statuses))
+                                      .values(**values))) > 0
 
     def is_cancelled(self, job_id: str) -> bool:
         with self._lock:
@@ -191,7 +205,7 @@ class JobRunner:
                 self._cancelled.add(job_id)
             raise Cancelled(f"job {job_id} is no longer running")
 
-    def _run(self, job_id: str, fn: JobFn, on_error: ErrorHook | None) -> dict:
+    def _run(self, job_id: str, fn: JobFn, on_error: ErrorHook | None) -> dict[str, Any]:
         t0 = time.perf_counter()
         try:
             with self.ctx.Session.begin() as s:
@@ -199,9 +213,9 @@ class JobRunner:
                 message = (job.message or "") if job is not None else ""
                 if message.startswith("queued: "):
                     message = "running: " + message[len("queued: "):]
-                started = s.execute(update(Job).where(Job.id == job_id, Job.status == "queued").values(
+                started = rowcount(s.execute(update(Job).where(Job.id == job_id, Job.status == "queued").values(
                     status="running", started_at=utcnow(), heartbeat_at=utcnow(), owner=self.ctx.instance_id,
-                    message=message or None)).rowcount > 0
+                    message=message or None))) > 0
             if not started:  # cancelled (or reaped) while queued
                 log.info("job %s not started: no longer queued", job_id)
                 if on_error is not None:
@@ -210,8 +224,11 @@ class JobRunner:
             with self._lock:
                 self._running.add(job_id)
             log.info("job %s started", job_id)
+            def report(fraction: float, message: str | None = None, /) -> None:
+                self.progress(job_id, fraction, message)
+
             try:
-                result = fn(lambda p, message=None: self.progress(job_id, p, message)) or {}
+                result = fn(report) or {}
                 self.check_cancelled(job_id)
             except BaseException as exc:  # noqa: BLE001 - every failure is recorded on the job
                 cancelled = isinstance(exc, Cancelled) or self.is_cancelled(job_id)
@@ -261,13 +278,18 @@ class JobRunner:
                 self._owners.pop(job_id, None)
 
     # ------------------------------------------------------------------ cancelling / listing
-    def cancel(self, job_id: str) -> dict:
+    def cancel(self, job_id: str, owner: str | None = None, admin: bool = False) -> dict[str, Any]:
         """Cancel a queued or running job (``cancelled`` at once; the computation stops at its next
-        progress report). A finished job is answered 409."""
+        progress report). Another owner's job is 404; a public catalogue job needs ``admin``; a
+        finished job is answered 409."""
         with self.ctx.Session.begin() as s:
             job = s.get(Job, job_id)
-            if job is None:
+            if job is None or not can_read(job.tenant, owner):
                 raise NotFound(f"no job with id {job_id!r}")
+            if owner is not None and job.tenant != owner and not admin:
+                from app.core.errors import Forbidden
+
+                raise Forbidden("this job works for the public catalogue, which only an admin key may change")
             if job.status not in UNFINISHED:
                 from app.core.errors import Conflict
 
@@ -281,11 +303,11 @@ class JobRunner:
             self._cancelled.add(job_id)
             self._owners.pop(job_id, None)
         log.info("job %s cancelled", job_id)
-        return self.get(job_id)
+        return self.get(job_id, owner)
 
-    def cancel_for_dataset(self, session, dataset_id: str) -> list[str]:
+    def cancel_for_dataset(self, session: Session, dataset_id: str) -> list[str]:
         """Inside the caller's transaction: cancel the unfinished ranking jobs of a dataset."""
-        ids = list(session.scalars(select(Ranking.job_id).join(Job, Job.id == Ranking.job_id)
+        ids: list[str | None] = list(session.scalars(select(Ranking.job_id).join(Job, Job.id == Ranking.job_id)
                                    .where(Ranking.target_id == dataset_id, Job.status.in_(UNFINISHED))))
         if ids:
             session.execute(update(Job).where(Job.id.in_(ids), Job.status.in_(UNFINISHED)).values(
@@ -293,15 +315,16 @@ class JobRunner:
                 error="the target dataset was deleted"))
             with self._lock:
                 self._cancelled.update(ids)
-        return ids
+        return [i for i in ids if i is not None]
 
     def list(self, status: str | None = None, limit: int = 100, offset: int = 0,
-             ids: list[str] | None = None) -> list[dict]:
+             ids: list[str] | None = None, owner: str | None = None) -> list[dict[str, Any]]:
+        """Jobs ``owner`` may read, newest first (``owner=None``: all)."""
         if status is not None and status not in STATUSES:
             raise Invalid(f"status must be one of {', '.join(STATUSES)}, got {status[:40]!r}")
         self.reap()
         with self.ctx.Session() as s:
-            q = select(Job).order_by(Job.created_at.desc(), Job.id)
+            q = select(Job).where(visible(Job.tenant, owner)).order_by(Job.created_at.desc(), Job.id)
             if status is not None:
                 q = q.where(Job.status == status)
             if ids is not None:
@@ -329,15 +352,16 @@ class JobRunner:
                     log.exception("periodic reaper failed")
 
     # ------------------------------------------------------------------ reading / reaping
-    def get(self, job_id: str) -> dict:
+    def get(self, job_id: str, owner: str | None = None) -> dict[str, Any]:
+        """The job, if ``owner`` may read it (its own or a public catalogue job); None: internal, any."""
         self.reap(job_ids=[job_id])
         with self.ctx.Session() as s:
             job = s.get(Job, job_id)
-            if job is None:
+            if job is None or not can_read(job.tenant, owner):
                 raise NotFound(f"no job with id {job_id!r}")
             return job_dict(job)
 
-    def wait(self, job_id: str, timeout: float = 600.0, poll: float = 0.05) -> dict:
+    def wait(self, job_id: str, timeout: float = 600.0, poll: float = 0.05) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
         while True:
             job = self.get(job_id)
@@ -374,7 +398,7 @@ class JobRunner:
         return len(stale)
 
     @staticmethod
-    def _release_sources(session, job: Job) -> None:
+    def _release_sources(session: Session, job: Job) -> None:
         """Sources trained by ``job`` stop being ``pending`` / ``training``: a source whose base
         embeddings exist stays usable (divergences) without an ESM; otherwise it is ``failed``
         (and may be registered again)."""
@@ -444,12 +468,13 @@ def _error_text(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def list_rankings(ctx, target: str | None = None, limit: int = 100, offset: int = 0) -> list[dict]:
-    """Rankings, newest first, optionally of one target dataset (``GET /v1/rankings``)."""
+def list_rankings(ctx: Context, target: str | None = None, limit: int = 100, offset: int = 0,
+                  owner: str | None = None) -> list[dict[str, Any]]:
+    """Rankings ``owner`` may read, newest first, optionally of one target dataset (``GET /v1/rankings``)."""
     from app.services.rankings import ranking_dict
 
     with ctx.Session() as s:
-        q = select(Ranking).order_by(Ranking.created_at.desc(), Ranking.id)
+        q = select(Ranking).where(visible(Ranking.owner, owner)).order_by(Ranking.created_at.desc(), Ranking.id)
         if target is not None:
             q = q.where(Ranking.target_id == target)
         rows = list(s.scalars(q.limit(limit).offset(offset)))

@@ -25,7 +25,7 @@ from app.services import scores as scores_svc
 
 MAX_ENTRIES = 2048
 
-_memos: "weakref.WeakKeyDictionary[object, _Memo]" = weakref.WeakKeyDictionary()
+_memos: weakref.WeakKeyDictionary[object, _Memo] = weakref.WeakKeyDictionary()
 _memos_lock = threading.Lock()
 
 

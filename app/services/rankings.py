@@ -42,6 +42,7 @@ from app.core.logging import get_logger
 from app.core.progress import ProgressFn, no_progress, scaled
 from app.core.status import JobStatus, RankingStatus, SourceStatus
 from app.db.models import (
+    DEFAULT_OWNER,
     Dataset,
     EncoderRow,
     Feedback,
@@ -54,6 +55,7 @@ from app.db.models import (
 from app.services import datasets as datasets_svc
 from app.services import features as features_svc
 from app.services import scores as scores_svc
+from app.services.tenancy import visible
 from estimators.ranking import DEFAULT_ESTIMATORS as LIBRARY_DEFAULTS
 from estimators.ranking import (
     Combined,
@@ -98,6 +100,7 @@ class RankingSpec:
     sources: list[str] | None = None
     params: dict[str, dict] = field(default_factory=dict)
     use_feedback: bool | None = None
+    owner: str | None = None  # who asks: its own and the public datasets, sources and feedback (None: all)
 
     def as_dict(self) -> dict:
         return {"target": self.target, "candidates": self.candidates, "estimators": self.estimators,
@@ -119,7 +122,7 @@ def _validate(ctx: Context, spec: RankingSpec) -> Plan:
     """Check a request once (400/404/422 on bad input) and return what it ranks with."""
     if spec.candidates not in NEEDS_FOR:
         raise Invalid(f"candidates must be 'models' or 'tasks', got {spec.candidates!r}")
-    ds = datasets_svc.get(ctx, spec.target)
+    ds = datasets_svc.get(ctx, spec.target, spec.owner)
     names = spec.estimators or list(DEFAULT_ESTIMATORS[spec.candidates])
     if spec.estimators is None and spec.candidates == "models" and ds.kind == "features":
         extras = ds.extra_blobs or {}
@@ -186,7 +189,8 @@ def _model_names(ctx: Context, ds: Dataset, spec: RankingSpec) -> list[str]:
         names = ["features"] + sorted({k.split("_", 1)[1] for k in (ds.extra_blobs or {})})
     else:
         with ctx.Session() as s:
-            names = list(s.scalars(select(EncoderRow.name).where(EncoderRow.enabled.is_(True))
+            names = list(s.scalars(select(EncoderRow.name).where(EncoderRow.enabled.is_(True),
+                                                                 visible(EncoderRow.owner, spec.owner))
                                    .order_by(EncoderRow.name)))
     if spec.sources:
         unknown = [n for n in spec.sources if n not in names]
@@ -202,7 +206,8 @@ def _task_rows(ctx: Context, ds: Dataset, spec: RankingSpec) -> list[tuple[Sourc
     with ctx.Session() as s:
         found = s.execute(select(SourceTask, Dataset).join(Dataset, Dataset.id == SourceTask.dataset_id)
                           .where(SourceTask.status != SourceStatus.FAILED,
-                                 SourceTask.base_encoder == ctx.settings.base_encoder)
+                                 SourceTask.base_encoder == ctx.settings.base_encoder,
+                                 visible(SourceTask.owner, spec.owner))
                           .order_by(SourceTask.name)).all()
     rows: list[tuple[SourceTask, Dataset]] = [(t, d) for t, d in found if d.sha256 != ds.sha256]
     if spec.sources:
@@ -310,7 +315,10 @@ def _task_candidates(ctx: Context, plan: Plan, progress: ProgressFn) -> Candidat
     rows = _task_rows(ctx, ds, spec)
     prefilter = None
     if spec.prefilter_k is not None and len(rows) > spec.prefilter_k:
-        hits = ctx.index.search(features_svc.task_embedding(X_target), spec.prefilter_k)
+        ids = {t.id for t, _ in rows}  # the index holds every owner's sources: search past the others
+        hidden = max(ctx.index.describe()["sources"] - len(rows), 0)
+        hits = [h for h in ctx.index.search(features_svc.task_embedding(X_target), spec.prefilter_k + hidden)
+                if h[0] in ids][:spec.prefilter_k]
         keep = {sid for sid, _ in hits}
         prefilter = {"k": spec.prefilter_k, "searched": len(rows),
                      "similarity": {t.name: round(sim, 6) for t, _ in rows for sid, sim in hits if t.id == sid}}
@@ -516,11 +524,13 @@ def _skip_reason(info: estimators.EstimatorInfo, cand: Candidate) -> str | None:
 
 
 # ---------------------------------------------------------------------- observed prior
-def _observed(ctx: Context, target: Dataset, kind: str, sources: list[str]) -> tuple[dict, dict, dict]:
+def _observed(ctx: Context, target: Dataset, kind: str, sources: list[str],
+              owner: str | None = None) -> tuple[dict, dict, dict]:
     """Feedback -> (observed {target_sha: {source: value}}, similarity {target_sha: sim},
     this target's own observations {source: {metric: value}})."""
     with ctx.Session() as s:
-        rows = list(s.scalars(select(Feedback).where(Feedback.source.in_(sources))))
+        q = select(Feedback).where(Feedback.source.in_(sources))  # only the asker's own observations
+        rows = list(s.scalars(q if owner is None else q.where(Feedback.owner == owner)))
         if not rows:
             return {}, {}, {}
         shas = {r.target_sha256 for r in rows}
@@ -571,7 +581,7 @@ def _prior_for(ctx: Context, plan: Plan, sources: list[str]) -> tuple[dict[str, 
     use = spec.use_feedback if spec.use_feedback is not None else spec.estimators is None
     if not use:
         return None, {}
-    observed, similarity, own = _observed(ctx, plan.ds, spec.candidates, sources)
+    observed, similarity, own = _observed(ctx, plan.ds, spec.candidates, sources, spec.owner)
     prior = {s_: v for s_, v in _prior(observed, similarity).items() if s_ in sources} if observed else {}
     return (prior or None), own
 
@@ -690,17 +700,18 @@ def create(ctx: Context, spec: RankingSpec, *, inline: bool = False) -> tuple[di
         result = compute(ctx, spec, plan=plan)
         try:
             with ctx.Session.begin() as s:
-                r = Ranking(target_id=spec.target, candidates=spec.candidates, request=spec.as_dict(),
-                            status=RankingStatus.DONE, result=result, finished_at=utcnow())
+                r = Ranking(owner=spec.owner or DEFAULT_OWNER, target_id=spec.target, candidates=spec.candidates,
+                            request=spec.as_dict(), status=RankingStatus.DONE, result=result, finished_at=utcnow())
                 s.add(r)
         except IntegrityError:  # the target was deleted meanwhile
             raise NotFound(f"dataset {spec.target!r} was deleted while it was being ranked") from None
         return ranking_dict(r), True
     try:
         with ctx.Session.begin() as s:
-            job = ctx.jobs.create(s, "ranking", message=f"queued: {spec.candidates} ranking of {spec.target}")
-            r = Ranking(target_id=spec.target, candidates=spec.candidates, request=spec.as_dict(),
-                        status=RankingStatus.QUEUED, job_id=job.id)
+            job = ctx.jobs.create(s, "ranking", message=f"queued: {spec.candidates} ranking of {spec.target}",
+                                  owner=spec.owner or DEFAULT_OWNER)
+            r = Ranking(owner=spec.owner or DEFAULT_OWNER, target_id=spec.target, candidates=spec.candidates,
+                        request=spec.as_dict(), status=RankingStatus.QUEUED, job_id=job.id)
             s.add(r)
             s.flush()
             ranking_id, job_id = r.id, job.id
@@ -724,10 +735,11 @@ def create(ctx: Context, spec: RankingSpec, *, inline: bool = False) -> tuple[di
     return {"id": ranking_id, "status": RankingStatus.QUEUED, "job": job_id, "progress": 0.0}, False
 
 
-def get(ctx: Context, ranking_id: str) -> dict:
+def get(ctx: Context, ranking_id: str, owner: str | None = None) -> dict:
+    """The ranking, if ``owner`` made it (None: internal, any)."""
     with ctx.Session() as s:
         r = s.get(Ranking, ranking_id)
-        if r is None:
+        if r is None or (owner is not None and r.owner != owner):
             raise NotFound(f"no ranking with id {ranking_id!r}")
     job = ctx.jobs.get(r.job_id) if r.job_id and r.status != RankingStatus.DONE else None
     if job is not None and job["status"] == JobStatus.FAILED and r.status != RankingStatus.FAILED:

@@ -18,8 +18,8 @@ from __future__ import annotations
 import io
 import threading
 from collections import OrderedDict
+from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, wait
-from typing import Callable, Iterable
 
 import numpy as np
 

@@ -128,7 +128,7 @@ def check_two_domains(X: ArrayLike, Y: ArrayLike, *, min_samples: int = 2) -> tu
     return A, B
 
 
-def check_int_param(name: str, value, *, low: int, high: int) -> int:
+def check_int_param(name: str, value: object, *, low: int, high: int) -> int:
     """An integer parameter within ``[low, high]`` (integral floats such as 128.0 accepted).
 
     Refuses booleans, non-finite and fractional values with a ``ValueError`` naming the bounds, so
@@ -137,22 +137,22 @@ def check_int_param(name: str, value, *, low: int, high: int) -> int:
         raise ValueError(f"{name} must be an integer in [{low}, {high}], got {value!r}")
     if isinstance(value, (float, np.floating)) and (not np.isfinite(value) or value != int(value)):
         raise ValueError(f"{name} must be an integer in [{low}, {high}], got {value!r}")
-    value = int(value)
-    if not low <= value <= high:
-        raise ValueError(f"{name} must be an integer in [{low}, {high}], got {value}")
-    return value
+    out = int(value)
+    if not low <= out <= high:
+        raise ValueError(f"{name} must be an integer in [{low}, {high}], got {out}")
+    return out
 
 
-def check_float_param(name: str, value, *, low: float | None = None, high: float | None = None,
+def check_float_param(name: str, value: object, *, low: float | None = None, high: float | None = None,
                       low_open: bool = False) -> float:
     """A finite real parameter within the given bounds (``low_open``: ``value > low``)."""
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
         raise ValueError(f"{name} must be a number, got {value!r}")
-    value = float(value)
-    if not np.isfinite(value):
-        raise ValueError(f"{name} must be a finite number, got {value}")
-    if low is not None and (value <= low if low_open else value < low):
-        raise ValueError(f"{name} must be {'>' if low_open else '>='} {low}, got {value}")
-    if high is not None and value > high:
-        raise ValueError(f"{name} must be <= {high}, got {value}")
-    return value
+    out = float(value)
+    if not np.isfinite(out):
+        raise ValueError(f"{name} must be a finite number, got {out}")
+    if low is not None and (out <= low if low_open else out < low):
+        raise ValueError(f"{name} must be {'>' if low_open else '>='} {low}, got {out}")
+    if high is not None and out > high:
+        raise ValueError(f"{name} must be <= {high}, got {out}")
+    return out

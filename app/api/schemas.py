@@ -38,7 +38,8 @@ class RankingRequest(_Body):
                           "tasks (semb reported with weight 0), plus the observed-feedback prior when "
                           "feedback exists")
     top_k: int = Field(10, ge=1, le=10_000)
-    prefilter_k: int | None = Field(None, ge=1, le=1_000_000, description="tasks: score only the k nearest sources (FAISS)")
+    prefilter_k: int | None = Field(None, ge=1, le=1_000_000,
+                                    description="tasks: score only the k nearest sources (FAISS)")
     sources: list[str] | None = Field(None, max_length=10_000, description="restrict to these candidate names")
     params: dict[str, dict] = Field(default_factory=dict, description="per-estimator keyword parameters")
     use_feedback: bool | None = Field(

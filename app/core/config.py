@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextvars
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -180,21 +181,26 @@ LIMIT_FIELDS = ("max_decompressed_bytes", "max_columns", "max_cell_bytes", "max_
                 "reaper_seconds", "shutdown_seconds")
 
 
+def _default(name: str) -> Any:
+    return Settings.model_fields[name].default
+
+
+@dataclass(frozen=True)
 class Limits:
     """The request-cost limits of ``Settings`` as one small object (defaults as in ``Settings``);
     readers and tests may build one directly: ``Limits(max_cell_bytes=100)``."""
 
-    __slots__ = LIMIT_FIELDS
-
-    def __init__(self, **values: Any) -> None:
-        unknown = set(values) - set(LIMIT_FIELDS)
-        if unknown:
-            raise TypeError(f"unknown limit(s): {', '.join(sorted(unknown))}")
-        for name in LIMIT_FIELDS:
-            setattr(self, name, values.get(name, Settings.model_fields[name].default))
-
-    def __repr__(self) -> str:
-        return "Limits(" + ", ".join(f"{n}={getattr(self, n)!r}" for n in LIMIT_FIELDS) + ")"
+    max_decompressed_bytes: int = _default("max_decompressed_bytes")
+    max_columns: int = _default("max_columns")
+    max_cell_bytes: int = _default("max_cell_bytes")
+    max_dim: int = _default("max_dim")
+    max_json_bytes: int = _default("max_json_bytes")
+    max_string_chars: int = _default("max_string_chars")
+    sync_cost_limit: float = _default("sync_cost_limit")
+    max_queued_jobs: int = _default("max_queued_jobs")
+    max_queued_jobs_per_owner: int = _default("max_queued_jobs_per_owner")
+    reaper_seconds: int = _default("reaper_seconds")
+    shutdown_seconds: int = _default("shutdown_seconds")
 
 
 def limits(settings: Settings | None = None) -> Limits:

@@ -18,11 +18,18 @@ It runs at start with ``repair=True`` (``Context.open``) and from the CLI:
 from __future__ import annotations
 
 import re
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import JSON, String, Text, delete, select
+from sqlalchemy.orm import Session
 
 from app.core.logging import get_logger
 from app.db.models import Base, Dataset, Score
+from app.db.session import rowcount
+
+if TYPE_CHECKING:
+    from app.services.context import Context
 
 log = get_logger("doctor")
 
@@ -30,7 +37,7 @@ _KEY = re.compile(r"^[0-9a-f]{64}\.[a-z0-9]{1,16}$")
 MIN_AGE_SECONDS = 3600.0
 
 
-def _keys_in(value, out: set[str]) -> None:
+def _keys_in(value: object, out: set[str]) -> None:
     if isinstance(value, str):
         if _KEY.match(value):
             out.add(value)
@@ -42,7 +49,7 @@ def _keys_in(value, out: set[str]) -> None:
             _keys_in(v, out)
 
 
-def referenced_blobs(session) -> set[str]:
+def referenced_blobs(session: Session) -> set[str]:
     """Every blob key any ``*blob*`` column of any table holds."""
     keys: set[str] = set()
     for table in Base.metadata.sorted_tables:
@@ -55,7 +62,7 @@ def referenced_blobs(session) -> set[str]:
     return keys
 
 
-def check(ctx, repair: bool = False, min_age_seconds: float = MIN_AGE_SECONDS) -> dict:
+def check(ctx: Context, repair: bool = False, min_age_seconds: float = MIN_AGE_SECONDS) -> dict[str, Any]:
     """Report (and with ``repair``, fix) the problems listed in the module docstring."""
     blobs = ctx.blobs
     temps = blobs.temp_files(min_age_seconds)
@@ -74,7 +81,7 @@ def check(ctx, repair: bool = False, min_age_seconds: float = MIN_AGE_SECONDS) -
         with ctx.Session.begin() as s:
             q = delete(Score).where(Score.target_sha256.not_in(select(Dataset.sha256)))
             if repair:
-                report["orphan_scores"] = s.execute(q).rowcount
+                report["orphan_scores"] = rowcount(s.execute(q))
             else:
                 from sqlalchemy import func
 
@@ -96,8 +103,8 @@ def check(ctx, repair: bool = False, min_age_seconds: float = MIN_AGE_SECONDS) -
     return report
 
 
-def _size(path) -> int:
+def _size(path: Path) -> int:
     try:
-        return path.stat().st_size
+        return int(path.stat().st_size)
     except FileNotFoundError:
         return 0

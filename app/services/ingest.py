@@ -26,15 +26,19 @@ import hashlib
 import io
 import json
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
 
 from app.core.config import Limits
 from app.core.config import limits as current_limits
 from app.core.errors import Invalid, TooLarge
+
+if TYPE_CHECKING:
+    from app.core.config import Settings
 
 TEXT_FORMATS = {"csv", "jsonl", "json", "ndjson", "parquet", "pq", "tsv"}
 NPZ_KEY_PREFIXES = ("features_", "probs_")
@@ -112,7 +116,7 @@ class Budget:
                            "over the limit TRANSFERRANK_MAX_DECOMPRESSED_BYTES; upload fewer or shorter rows")
 
 
-def check_rows(n: int, settings) -> None:
+def check_rows(n: int, settings: Settings) -> None:
     if n == 0:
         raise Invalid("the file has no rows")
     if n < 2:
@@ -121,7 +125,7 @@ def check_rows(n: int, settings) -> None:
         raise Invalid(f"{n} rows exceed the limit of {settings.max_rows} (TRANSFERRANK_MAX_ROWS)")
 
 
-def too_many_rows(settings, n: int | None = None) -> Invalid:
+def too_many_rows(settings: Settings, n: int | None = None) -> Invalid:
     if n is not None:
         return Invalid(f"{n} rows exceed the limit of {settings.max_rows} (TRANSFERRANK_MAX_ROWS)")
     return Invalid(f"the file has more than {settings.max_rows} rows, over the limit of {settings.max_rows} "
@@ -147,11 +151,11 @@ def check_cell(value: str, lim: Limits, column: str, row: int) -> str:
     return value
 
 
-def _labels(raw, settings, what: str = "label") -> tuple[np.ndarray, list[str]]:
+def _labels(raw: Iterable[Any], settings: Settings, what: str = "label") -> tuple[np.ndarray, list[str]]:
     names = [str(v).strip() for v in raw]
     if any(v == "" for v in names):
-        bad = [i for i, v in enumerate(names) if v == ""][:5]
-        raise Invalid(f"column '{what}' has empty values (rows {', '.join(map(str, bad))}, 0-based)")
+        empty = [i for i, v in enumerate(names) if v == ""][:5]
+        raise Invalid(f"column '{what}' has empty values (rows {', '.join(map(str, empty))}, 0-based)")
     classes, idx = np.unique(np.asarray(names, dtype=object).astype(str), return_inverse=True)
     if len(classes) < 2:
         raise Invalid(f"the labels have only {len(classes)} distinct class ({classes[0] if len(classes) else '-'}); "
@@ -159,14 +163,14 @@ def _labels(raw, settings, what: str = "label") -> tuple[np.ndarray, list[str]]:
     if len(classes) > settings.max_classes:
         raise Invalid(f"{len(classes)} classes exceed the limit of {settings.max_classes} "
                       "(TRANSFERRANK_MAX_CLASSES)")
-    bad = [c for c in classes.tolist() if any(ch in CONTROL for ch in c)]
+    bad: list[str] = [str(c) for c in classes.tolist() if any(ch in CONTROL for ch in str(c))]
     if bad:
         raise Invalid(f"{len(bad)} label(s) contain control characters (e.g. {bad[0][:40]!r}); labels must be "
                       "printable text")
     return idx.astype(np.int64).reshape(-1), [str(c) for c in classes]
 
 
-def _label_value(v):
+def _label_value(v: Any) -> Any:
     """Integer-valued floats count as integers (1.0 -> 1), as a spreadsheet export writes them."""
     if isinstance(v, float) and v.is_integer():
         return int(v)
@@ -241,7 +245,8 @@ def _text_columns(cols: list[str]) -> None:
                       "A text dataset needs columns 'text' and 'label' (optional 'text_pair')")
 
 
-def _build_text(fmt: str, cols: list[str], values: dict[str, list], settings, lim: Limits) -> Parsed:
+def _build_text(fmt: str, cols: list[str], values: dict[str, list[Any]], settings: Settings,
+                lim: Limits) -> Parsed:
     n = len(values["text"])
     check_rows(n, settings)
     for name in ("text", "text_pair"):
@@ -265,7 +270,7 @@ def _build_text(fmt: str, cols: list[str], values: dict[str, list], settings, li
     return Parsed("text", fmt, labels, names, texts=texts, text_pairs=pairs, columns=shown)
 
 
-def _decoded_lines(data: bytes, what: str):
+def _decoded_lines(data: bytes, what: str) -> str:
     """UTF-8 text of ``data`` (BOM dropped) or a message naming the first bad byte."""
     try:
         return codecs.decode(data, "utf-8-sig")
@@ -275,7 +280,7 @@ def _decoded_lines(data: bytes, what: str):
                       f"UTF-8 {what} or upload Parquet") from None
 
 
-def read_csv(data: bytes, fmt: str, settings, lim: Limits) -> Parsed:
+def read_csv(data: bytes, fmt: str, settings: Settings, lim: Limits) -> Parsed:
     text = _decoded_lines(data, fmt.upper())
     if not text.strip():
         raise Invalid("the file is empty")
@@ -296,7 +301,7 @@ def read_csv(data: bytes, fmt: str, settings, lim: Limits) -> Parsed:
         cols = [c.strip() for c in header]
         _text_columns(cols)
         idx = {c: cols.index(c) for c in TEXT_COLUMNS if c in cols}
-        values: dict[str, list] = {c: [] for c in idx}
+        values: dict[str, list[Any]] = {c: [] for c in idx}
         width = len(cols)
         r = -1
         for row in reader:
@@ -320,12 +325,12 @@ def read_csv(data: bytes, fmt: str, settings, lim: Limits) -> Parsed:
     return _build_text(fmt, cols, values, settings, lim)
 
 
-def read_jsonl(data: bytes, fmt: str, settings, lim: Limits) -> Parsed:
+def read_jsonl(data: bytes, fmt: str, settings: Settings, lim: Limits) -> Parsed:
     text = _decoded_lines(data, "JSONL")
     if not text.strip():
         raise Invalid("the file is empty")
     line_cap = 4 * lim.max_cell_bytes + 4096
-    values: dict[str, list] = {}
+    values: dict[str, list[Any]] = {}
     cols: list[str] = []
     n = 0
     for lineno, line in enumerate(text.splitlines(), 1):
@@ -364,7 +369,7 @@ def read_jsonl(data: bytes, fmt: str, settings, lim: Limits) -> Parsed:
     return _build_text("jsonl", cols, values, settings, lim)
 
 
-def read_parquet(data: bytes, fmt: str, settings, lim: Limits) -> Parsed:
+def read_parquet(data: bytes, fmt: str, settings: Settings, lim: Limits) -> Parsed:
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
@@ -401,7 +406,7 @@ def read_parquet(data: bytes, fmt: str, settings, lim: Limits) -> Parsed:
                               f"average in row group {g}, over the limit of {lim.max_cell_bytes} per cell "
                               "(TRANSFERRANK_MAX_CELL_BYTES); shorten the texts")
     budget = Budget(lim)
-    values: dict[str, list] = {c: [] for c in TEXT_COLUMNS if c in cols}
+    values: dict[str, list[Any]] = {c: [] for c in TEXT_COLUMNS if c in cols}
     seen = 0
     try:
         dict_pf = pq.ParquetFile(io.BytesIO(data), read_dictionary=wanted, **thrift)
@@ -468,7 +473,7 @@ def _first_line(exc: BaseException) -> str:
 
 
 # ---------------------------------------------------------------------- NPZ
-def _npy_header(fh, key: str):
+def _npy_header(fh: IO[bytes], key: str) -> tuple[tuple[int, ...], bool, np.dtype[Any]]:
     fmt = np.lib.format
     try:
         version = fmt.read_magic(fh)
@@ -490,7 +495,7 @@ def _npy_header(fh, key: str):
     return shape, fortran, dtype
 
 
-def read_npz(data: bytes, fmt: str, settings, lim: Limits) -> Parsed:
+def read_npz(data: bytes, fmt: str, settings: Settings, lim: Limits) -> Parsed:
     try:
         zf = zipfile.ZipFile(io.BytesIO(data))
         infos = zf.infolist()
@@ -603,7 +608,7 @@ def read_npz(data: bytes, fmt: str, settings, lim: Limits) -> Parsed:
     return Parsed("features", "npz", labels, names, features=features, extras=extras, columns=sorted(keys))
 
 
-Reader = Callable[[bytes, str, object, Limits], Parsed]
+Reader = Callable[[bytes, str, "Settings", Limits], Parsed]
 #: one reader per format; a new format adds an entry (and, when it is binary, a MAGIC line)
 READERS: dict[str, Reader] = {
     "csv": read_csv,
@@ -614,7 +619,7 @@ READERS: dict[str, Reader] = {
 }
 
 
-def parse_upload(data: bytes, filename: str | None, settings, lim: Limits | None = None) -> Parsed:
+def parse_upload(data: bytes, filename: str | None, settings: Settings, lim: Limits | None = None) -> Parsed:
     """Parse an upload with every limit checked while reading; raises ``Invalid`` / ``TooLarge``."""
     lim = lim or current_limits(settings)
     if len(data) > settings.max_upload_bytes:

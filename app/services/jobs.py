@@ -22,6 +22,7 @@ reports progress cannot hold the process.
 """
 from __future__ import annotations
 
+import builtins
 import contextvars
 import datetime as dt
 import queue
@@ -37,10 +38,10 @@ from sqlalchemy.orm import Session
 from app.core.config import limits as current_limits
 from app.core.errors import Busy, Invalid, NotFound, ServiceError
 from app.core.logging import get_logger
+from app.core.progress import ProgressFn
 from app.db.models import DEFAULT_OWNER, Dataset, Job, Ranking, SourceTask, iso, utcnow
 from app.db.session import rowcount
 from app.services.tenancy import can_read, visible
-from app.core.progress import ProgressFn
 from app.workers.base import Cancelled
 
 if TYPE_CHECKING:
@@ -314,11 +315,11 @@ class JobRunner:
                 status="cancelled", finished_at=utcnow(), message="cancelled",
                 error="the target dataset was deleted"))
             with self._lock:
-                self._cancelled.update(ids)
+                self._cancelled.update(i for i in ids if i is not None)
         return [i for i in ids if i is not None]
 
     def list(self, status: str | None = None, limit: int = 100, offset: int = 0,
-             ids: list[str] | None = None, owner: str | None = None) -> list[dict[str, Any]]:
+             ids: builtins.list[str] | None = None, owner: str | None = None) -> builtins.list[dict[str, Any]]:
         """Jobs ``owner`` may read, newest first (``owner=None``: all)."""
         if status is not None and status not in STATUSES:
             raise Invalid(f"status must be one of {', '.join(STATUSES)}, got {status[:40]!r}")
@@ -369,7 +370,7 @@ class JobRunner:
                 return job
             time.sleep(poll)
 
-    def reap(self, *, all_unfinished: bool = False, job_ids: list[str] | None = None) -> int:
+    def reap(self, *, all_unfinished: bool = False, job_ids: builtins.list[str] | None = None) -> int:
         """Fail unfinished jobs nobody is running any more; returns how many were failed."""
         cutoff = utcnow() - dt.timedelta(seconds=self.ctx.settings.job_stale_seconds)
         with self._lock:
@@ -387,7 +388,7 @@ class JobRunner:
                 job.finished_at = utcnow()
                 job.error = (
                     "the service stopped while this job was unfinished (no heartbeat since "
-                    f"{_aware(job.heartbeat_at).isoformat() if job.heartbeat_at else 'creation'}); "
+                    f"{iso(_aware(job.heartbeat_at)) or 'creation'}); "
                     "repeat the request to run it again"
                 )
                 for r in s.scalars(select(Ranking).where(Ranking.job_id == job.id, Ranking.status != "done")):

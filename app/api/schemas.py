@@ -44,6 +44,8 @@ class RankingRequest(_Body):
     params: dict[str, dict] = Field(default_factory=dict, description="per-estimator keyword parameters")
     use_feedback: bool | None = Field(
         None, description="combine with the observed-feedback prior (default: on for default estimators)")
+    bootstrap: int = Field(100, ge=0, le=1000, description="resamples of the target's examples for each "
+                           "candidate's interval and tied_with_top (estimators.uncertainty); 0 = none")
 
 
 class TrainOptions(_Body):
@@ -219,6 +221,9 @@ class RankedCandidatePublic(_Public):
     kind: str | None = Field(None, description="'task' or 'model'")
     details: dict[str, Any] = Field(default_factory=dict, description="per estimator: cached, seconds, "
                                     "fallback, skipped or error")
+    interval: list[float] | None = Field(None, description="95% bootstrap interval of the combined score")
+    p_top: float | None = Field(None, description="share of bootstrap resamples where it ranks first")
+    tied_with_top: bool | None = Field(None, description="statistically indistinguishable from the top")
 
 
 class RankingPublic(_Public):
@@ -243,6 +248,9 @@ class RankingPublic(_Public):
     computed: int | None = Field(None, description="scores computed by this request")
     cached: int | None = Field(None, description="scores served from the cache")
     errors: list[str] | None = None
+    skipped: dict[str, str] | None = Field(None, description="estimators dropped for every candidate, with why")
+    uncertainty: dict[str, Any] | None = Field(None, description="the bootstrap: B, seed, warnings (target "
+                                               "too small, candidates not separable)")
     error: str | None = Field(None, description="why the ranking failed")
     message: str | None = None
 

@@ -6,6 +6,7 @@
     transferrank keys create --owner NAME --scopes read,write[,admin] [--data-dir DIR]
     transferrank keys list | keys revoke KEY_ID
     transferrank migrate [--revision head] [--data-dir DIR]
+    transferrank doctor [--repair] [--min-age SECONDS] [--data-dir DIR]
 """
 from __future__ import annotations
 
@@ -170,6 +171,20 @@ def cmd_migrate(args) -> int:
     return 0
 
 
+def cmd_doctor(args) -> int:
+    from app.services.context import Context
+    from app.services.doctor import check
+
+    ctx = Context.open(_settings(args), seed=False)
+    try:
+        report = check(ctx, repair=args.repair, min_age_seconds=args.min_age)
+    finally:
+        ctx.close()
+    print(json.dumps(report, indent=1))
+    problems = report["temp_files"] + report["orphan_blobs"] + report["n_missing_blobs"] + report["orphan_scores"]
+    return 0 if args.repair or problems == 0 else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="transferrank", description="Rank source tasks and pretrained models for "
                                 "transfer learning before fine-tuning.")
@@ -211,6 +226,14 @@ def build_parser() -> argparse.ArgumentParser:
     kr.add_argument("key_id")
     data_dir(kr)
     k.set_defaults(func=cmd_keys)
+
+    d = sub.add_parser("doctor", help="check the data dir and database; --repair removes temp files, orphan "
+                       "blobs and scores, and fails stale jobs")
+    d.add_argument("--repair", action="store_true")
+    d.add_argument("--min-age", type=float, default=3600.0,
+                   help="only files older than this many seconds count as leftovers (default 3600)")
+    data_dir(d)
+    d.set_defaults(func=cmd_doctor)
 
     m = sub.add_parser("migrate", help="apply database migrations (the service also does it on start)")
     m.add_argument("--revision", default="head")

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import ArrayLike
 
-from ._validation import check_features_labels
+from ._validation import check_features_labels, check_int_param
 from .leep import leep_from_probs
 
 __all__ = ["nleep", "nleep_posteriors", "MAX_FIT_ROWS", "MAX_DIMS", "MAX_COMPONENTS"]
@@ -116,9 +116,7 @@ def _posteriors(
     max_fit_rows = _cap(max_fit_rows, "max_fit_rows")
     max_dims = _cap(max_dims, "max_dims")
     max_components = _cap(max_components, "max_components")
-    K = 5 * C if n_components is None else int(n_components)
-    if K < 1:
-        raise ValueError(f"n_components must be >= 1, got {n_components}")
+    K = 5 * C if n_components is None else check_int_param("n_components", n_components, low=1, high=100_000)
     if max_components is not None and K > max_components:
         K = max(max_components, C)
     if covariance_type not in ("full", "tied", "diag", "spherical"):

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 
 import estimators
 from app.core.errors import Invalid, NotFound
@@ -228,9 +229,31 @@ def _task_rows(ctx: Context, ds: Dataset, spec: RankingSpec) -> list[tuple[Sourc
     return rows
 
 
-def needs_job(ctx: Context, plan: Plan) -> bool:
-    """True when the ranking needs feature extraction (or many uncached scores)."""
+def cost(ctx: Context, plan: Plan) -> tuple[float, int]:
+    """``(operations, pairs)``: a rough count of floating-point operations of the ranking if
+    nothing were cached, and the number of (candidate, estimator) pairs: per pair
+    ``n d (min(n, d) + C)`` for models (SVD-class estimators and per-class terms), ``n d (d + C)``
+    for tasks (the ESM map and the d x d estimators)."""
     spec, ds, names = plan.spec, plan.ds, plan.names
+    n, C = float(ds.n_examples), float(ds.n_classes)
+    d = float((ds.meta or {}).get("dim") or _base_dim(ctx) or 768)
+    if spec.candidates == "models":
+        pairs = len(_model_names(ctx, ds, spec)) * len(names)
+        return pairs * n * d * (min(n, d) + C), pairs
+    pairs = min(len(_task_rows(ctx, ds, spec)), spec.prefilter_k or 10**9) * len(names)
+    return pairs * n * d * (d + C), pairs
+
+
+def needs_job(ctx: Context, plan: Plan) -> bool:
+    """True when the ranking needs feature extraction, many uncached scores, or its uncached cost
+    is above ``TRANSFERRANK_SYNC_COST_LIMIT`` (then it runs as a job, off the request thread)."""
+    spec, ds, names = plan.spec, plan.ds, plan.names
+    ops, pairs = cost(ctx, plan)
+    if ops > ctx.settings.sync_cost_limit:
+        with ctx.Session() as s:
+            cached = len(scores_svc.lookup_target(s, ds.sha256, names, scores_svc.version()))
+        if ops * max(0, pairs - cached) / max(pairs, 1) > ctx.settings.sync_cost_limit:
+            return True
     if ds.kind == "features":
         return False
     with ctx.Session() as s:
@@ -442,7 +465,7 @@ def score_table(ctx: Context, plan: Plan, cs: CandidateSet, progress: ProgressFn
                     scorer.details[source][est]["skipped"] = f"{est} failed on another candidate"
     if spec.candidates == "models" and spec.estimators is None:
         _add_static(table, cs.cands)
-    scores_svc.store_many(ctx, scorer.new_rows)
+    datasets_svc.store_scores(ctx, plan.ds.id, scorer.new_rows)  # NotFound if the target was deleted meanwhile
     return ScoredTable(table, scorer.details, scorer.computed, scorer.cached)
 
 
@@ -780,19 +803,25 @@ def create(ctx: Context, spec: RankingSpec, *, inline: bool = False) -> tuple[di
     plan = _validate(ctx, spec)
     if not needs_job(ctx, plan):
         result = compute(ctx, spec, plan=plan)
-        with ctx.Session.begin() as s:
-            r = Ranking(owner=spec.owner or DEFAULT_OWNER, target_id=spec.target, candidates=spec.candidates,
-                        request=spec.as_dict(), status=RankingStatus.DONE, result=result, finished_at=utcnow())
-            s.add(r)
+        try:
+            with ctx.Session.begin() as s:
+                r = Ranking(owner=spec.owner or DEFAULT_OWNER, target_id=spec.target, candidates=spec.candidates,
+                            request=spec.as_dict(), status=RankingStatus.DONE, result=result, finished_at=utcnow())
+                s.add(r)
+        except IntegrityError:  # the target was deleted meanwhile
+            raise NotFound(f"dataset {spec.target!r} was deleted while it was being ranked") from None
         return ranking_dict(r), True
-    with ctx.Session.begin() as s:
-        job = ctx.jobs.create(s, "ranking", message=f"queued: {spec.candidates} ranking of {spec.target}",
-                              owner=spec.owner or DEFAULT_OWNER)
-        r = Ranking(owner=spec.owner or DEFAULT_OWNER, target_id=spec.target, candidates=spec.candidates,
-                    request=spec.as_dict(), status=RankingStatus.QUEUED, job_id=job.id)
-        s.add(r)
-        s.flush()
-        ranking_id, job_id = r.id, job.id
+    try:
+        with ctx.Session.begin() as s:
+            job = ctx.jobs.create(s, "ranking", message=f"queued: {spec.candidates} ranking of {spec.target}",
+                                  owner=spec.owner or DEFAULT_OWNER)
+            r = Ranking(owner=spec.owner or DEFAULT_OWNER, target_id=spec.target, candidates=spec.candidates,
+                        request=spec.as_dict(), status=RankingStatus.QUEUED, job_id=job.id)
+            s.add(r)
+            s.flush()
+            ranking_id, job_id = r.id, job.id
+    except IntegrityError:  # the target was deleted meanwhile
+        raise NotFound(f"dataset {spec.target!r} was deleted while it was being ranked") from None
 
     def run(progress: ProgressFn) -> dict[str, Any]:
         with ctx.Session.begin() as s:

@@ -16,7 +16,7 @@ MAX_DIMS = 64
 MAX_COMPONENTS = 512
 
 
-def _cap(value, name: str):
+def _cap(value: int | None, name: str) -> int | None:
     if value is None:
         return None
     if int(value) != value or value < 1:

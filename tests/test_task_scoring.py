@@ -30,7 +30,8 @@ def ctx(settings_factory, db_url, tmp_path):
     from app.services.context import Context
     from app.workers.local import LocalBackend
 
-    context = Context.open(settings_factory(tmp_path / "data", database_url=db_url), backend=LocalBackend(max_workers=2))
+    settings = settings_factory(tmp_path / "data", database_url=db_url)
+    context = Context.open(settings, backend=LocalBackend(max_workers=2))
     yield context
     context.close()
 

@@ -105,7 +105,7 @@ def nleep(
     gmm = GaussianMixture(n_components=K, random_state=random_state, covariance_type=covariance_type)
     try:
         # EM makes many small (d' x d') BLAS calls per component: one BLAS thread is faster
-        # there, and much faster on a busy machine (threads spin-wait; ~30x measured).
+        # there, and much faster on a busy machine (threads spin-wait).
         with threadpool_limits(limits=1, user_api="blas"):
             gmm.fit(Z if fit_rows is None else Z[fit_rows])
             posteriors = gmm.predict_proba(Z)

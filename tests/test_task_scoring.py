@@ -61,7 +61,7 @@ def test_prefill_scores_every_source_in_chunks_then_reads_the_cache(ctx, tmp_pat
     names = ["esm_logme", "esm_etran_lda", "esm_hscore_shrinkage", "semb"]
     seen = []
     out = task_scoring.prefill(ctx, "a" * 64, 150, "glove-6b-50d", X, y, cands, names, _params_of,
-                               progress=seen.append, chunk_sources=4)
+                               progress=lambda f, m=None: seen.append(f), chunk_sources=4)
     assert out == {"computed": 33, "sources": 11, "chunks": 3, "failed": 0}
     assert seen == sorted(seen) and seen[-1] == 1.0
     ver = scores_svc.version()

@@ -385,8 +385,16 @@ def score_table(ctx: Context, plan: Plan, cs: CandidateSet, progress: ProgressFn
     each column goes through ``ScoreTable.score_column`` -- the library's fallback policy --
     reading those results, and scoring (through the cache) only what a fallback needs."""
     spec, names = plan.spec, plan.names
-    scorer = _CachedScorer(ctx, plan, cs)
     start = 0.85 if spec.candidates == "models" else 0.6
+    if spec.candidates == "tasks" and cs.X_target is not None:  # default ESM scores: statistics path, on the workers
+        from app.services import task_scoring
+
+        task_scoring.prefill(ctx, plan.ds.sha256, plan.ds.n_examples, ctx.settings.base_encoder, cs.X_target, cs.y,
+                             cs.cands, names, lambda est, c: _score_params(dict((spec.params or {}).get(est, {})),
+                                                                           estimators.info(est), c),
+                             progress=scaled(progress, 0.6, 0.14))
+        start = 0.74
+    scorer = _CachedScorer(ctx, plan, cs)
     by_name = {c.source: c for c in cs.cands}
     first: dict[tuple[str, str], float | BaseException] = {}
     for i, c in enumerate(cs.cands):

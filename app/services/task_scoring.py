@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from app.core.logging import get_logger
+from app.core.progress import ProgressFn, no_progress
 from app.services import scores as scores_svc
 
 log = get_logger("task_scoring")
@@ -77,17 +78,18 @@ def _chunks(items: list[_T], size: int) -> Iterable[list[_T]]:
 
 def prefill(ctx: Any, target_sha256: str, n_examples: int, encoder: str, X_target: np.ndarray, y: Any,
             candidates: list[Any], estimators_: list[str], params_of: Callable[[str, Any], dict[str, Any]],
-            progress: Callable[[float], None] | None = None, *, chunk_sources: int = CHUNK_SOURCES,
+            progress: ProgressFn | None = None, *, chunk_sources: int = CHUNK_SOURCES,
             device: str = "auto") -> dict[str, int]:
     """Compute and cache the missing default ESM scores of the task candidates.
 
     candidates: objects with ``source``, ``kind`` ("task"), ``encoder``, ``esm_key`` (the ESM
     blob) — the ranking's candidates. params_of(estimator, candidate): the score's params as the
-    ranking keys them. Returns ``{"computed", "sources", "chunks", "failed"}``.
+    ranking keys them. progress: ``ProgressFn``, reported after each chunk. Returns
+    ``{"computed", "sources", "chunks", "failed"}``.
     """
     from app.workers.scoring import EsmScoreRequest
 
-    report = progress or (lambda p: None)
+    report: ProgressFn = progress or no_progress
     ests = [e for e in estimators_ if supported(e)]
     tasks = [c for c in candidates if getattr(c, "kind", None) == "task" and c.esm_key is not None]
     out = {"computed": 0, "sources": 0, "chunks": 0, "failed": 0}
@@ -109,10 +111,14 @@ def prefill(ctx: Any, target_sha256: str, n_examples: int, encoder: str, X_targe
         if missing:
             todo.append((c, missing))
     if not todo:
-        report(1.0)
+        report(1.0, None)
         return out
     cols = [e for e in ests if any(e in m for _, m in todo)]
-    stats_path = str(ctx.blobs.path(target_stats_blob(ctx, target_sha256, encoder, X_target, y)))
+    try:
+        stats_path = str(ctx.blobs.path(target_stats_blob(ctx, target_sha256, encoder, X_target, y)))
+    except ValueError as exc:  # e.g. float targets: the one-source path scores and reports them
+        log.info("no statistics path for target %s: %s", target_sha256[:12], exc)
+        return out
     backend = ctx.backend
     workers = int(getattr(backend, "max_workers", None) or getattr(backend, "num_actors", None) or 2)
     limit = max(1, workers * IN_FLIGHT_PER_WORKER)
@@ -153,7 +159,7 @@ def prefill(ctx: Any, target_sha256: str, n_examples: int, encoder: str, X_targe
             out["computed"] += scores_svc.store_many(ctx, rows)
             out["chunks"] += 1
             done_sources += len(chunk)
-            report(done_sources / len(todo))
+            report(done_sources / len(todo), f"scored {done_sources} of {len(todo)} sources' ESMs")
             nxt = next(queue, None)
             if nxt is not None:
                 submit(nxt)

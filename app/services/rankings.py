@@ -349,6 +349,7 @@ class _CachedScorer:
         self.new_rows: list[dict] = []
         self.details: dict[str, dict[str, dict]] = {c.source: {} for c in cs.cands}
         self.computed = self.cached = 0
+        self.fresh: set[tuple] = set()  # keys this ranking just computed in bulk (task_scoring)
 
     def value(self, cand: Candidate, est: str, kw: dict[str, Any]) -> float:
         """The value of one cell; ``Unavailable`` when the candidate lacks the input."""
@@ -359,10 +360,15 @@ class _CachedScorer:
                                   "higher_is_better": info.higher_is_better}
         params = _score_params(kw, info, cand)
         ph = scores_svc.params_hash(params)
-        hit = self.cache.get(scores_svc.key(cand.source, ds.sha256, cand.encoder, est, ph, self.ver))
+        k = scores_svc.key(cand.source, ds.sha256, cand.encoder, est, ph, self.ver)
+        hit = self.cache.get(k)
         if hit is not None:
-            self.details[cand.source][est] = dict(detail, cached=True)
-            self.cached += 1
+            fresh = k in self.fresh
+            self.details[cand.source][est] = dict(detail, cached=not fresh)
+            if fresh:
+                self.computed += 1
+            else:
+                self.cached += 1
             return float(hit.value)
         if reason is not None:
             self.details[cand.source][est] = dict(detail, cached=False, skipped=reason)
@@ -386,15 +392,17 @@ def score_table(ctx: Context, plan: Plan, cs: CandidateSet, progress: ProgressFn
     reading those results, and scoring (through the cache) only what a fallback needs."""
     spec, names = plan.spec, plan.names
     start = 0.85 if spec.candidates == "models" else 0.6
+    fresh: set[tuple] = set()
     if spec.candidates == "tasks" and cs.X_target is not None:  # default ESM scores: statistics path, on the workers
         from app.services import task_scoring
 
-        task_scoring.prefill(ctx, plan.ds.sha256, plan.ds.n_examples, ctx.settings.base_encoder, cs.X_target, cs.y,
+        fresh = task_scoring.prefill(ctx, plan.ds.sha256, plan.ds.n_examples, ctx.settings.base_encoder, cs.X_target, cs.y,
                              cs.cands, names, lambda est, c: _score_params(dict((spec.params or {}).get(est, {})),
                                                                            estimators.info(est), c),
-                             progress=scaled(progress, 0.6, 0.14))
+                             progress=scaled(progress, 0.6, 0.14))["keys"]
         start = 0.74
     scorer = _CachedScorer(ctx, plan, cs)
+    scorer.fresh = fresh
     by_name = {c.source: c for c in cs.cands}
     first: dict[tuple[str, str], float | BaseException] = {}
     for i, c in enumerate(cs.cands):

@@ -79,20 +79,20 @@ def _chunks(items: list[_T], size: int) -> Iterable[list[_T]]:
 def prefill(ctx: Any, target_sha256: str, n_examples: int, encoder: str, X_target: np.ndarray, y: Any,
             candidates: list[Any], estimators_: list[str], params_of: Callable[[str, Any], dict[str, Any]],
             progress: ProgressFn | None = None, *, chunk_sources: int = CHUNK_SOURCES,
-            device: str = "auto") -> dict[str, int]:
+            device: str = "auto") -> dict[str, Any]:
     """Compute and cache the missing default ESM scores of the task candidates.
 
     candidates: objects with ``source``, ``kind`` ("task"), ``encoder``, ``esm_key`` (the ESM
     blob) — the ranking's candidates. params_of(estimator, candidate): the score's params as the
     ranking keys them. progress: ``ProgressFn``, reported after each chunk. Returns
-    ``{"computed", "sources", "chunks", "failed"}``.
+    ``{"computed", "sources", "chunks", "failed", "keys"}`` (keys: the cache keys stored).
     """
     from app.workers.scoring import EsmScoreRequest
 
     report: ProgressFn = progress or no_progress
     ests = [e for e in estimators_ if supported(e)]
     tasks = [c for c in candidates if getattr(c, "kind", None) == "task" and c.esm_key is not None]
-    out = {"computed": 0, "sources": 0, "chunks": 0, "failed": 0}
+    out: dict[str, Any] = {"computed": 0, "sources": 0, "chunks": 0, "failed": 0, "keys": set()}
     if not ests or not tasks:
         return out
     ver = scores_svc.version()
@@ -157,6 +157,8 @@ def prefill(ctx: Any, target_sha256: str, n_examples: int, encoder: str, X_targe
                                          encoder=c.encoder, estimator=e, params_hash=ph, params=params,
                                          version=ver, value=float(values[i, j]), n=n_examples, seconds=None))
             out["computed"] += scores_svc.store_many(ctx, rows)
+            out["keys"].update(scores_svc.key(r["source"], target_sha256, r["encoder"], r["estimator"],
+                                              r["params_hash"], ver) for r in rows)
             out["chunks"] += 1
             done_sources += len(chunk)
             report(done_sources / len(todo), f"scored {done_sources} of {len(todo)} sources' ESMs")

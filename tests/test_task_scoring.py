@@ -145,6 +145,37 @@ def test_tasks_ranking_through_the_api_uses_the_statistics_path(client, tmp_path
     for row in first["ranking"]:
         for e in ("esm_logme", "esm_etran_lda", "esm_hscore_shrinkage"):
             assert row["scores"][e] == pytest.approx(estimators.score(e, X, y, esm=maps[row["source"]]), rel=1e-6)
-    again = rank(client, {"target": target, "candidates": "tasks",
+    again = rank(client, {"target": target, "candidates": "tasks", "top_k": 2,
                           "estimators": ["esm_logme", "esm_etran_lda", "esm_hscore_shrinkage"]})
     assert again["computed"] == 0 and again["cached"] == 9
+
+
+def test_repeated_ranking_is_the_same_ranking_with_an_etag(client):
+    from app.db.models import Ranking
+    from conftest import npz_bytes, upload
+
+    rng = np.random.default_rng(8)
+    X, y = rng.normal(size=(60, 8)).astype(np.float32), rng.integers(0, 2, 60)
+    target = upload(client, npz_bytes(features=X, labels=y), "t.npz").json()["id"]
+    body = {"target": target, "candidates": "models", "estimators": ["logme"]}
+    first = client.post("/v1/rankings", json=body)
+    assert first.status_code == 200 and first.headers["ETag"]
+    ctx = client.app.state.ctx
+    with ctx.Session() as s:
+        rows = s.query(Ranking).count()
+    second = client.post("/v1/rankings", json=body)
+    assert second.status_code == 200 and second.json()["id"] == first.json()["id"]
+    assert second.headers["ETag"] == first.headers["ETag"]
+    with ctx.Session() as s:
+        assert s.query(Ranking).count() == rows  # no new row
+    tag = first.headers["ETag"]
+    assert client.post("/v1/rankings", json=body, headers={"If-None-Match": tag}).status_code == 304
+    got = client.get(f"/v1/rankings/{first.json()['id']}", headers={"If-None-Match": tag})
+    assert got.status_code == 304 and got.headers["ETag"] == tag
+    assert client.get(f"/v1/rankings/{first.json()['id']}").headers["ETag"] == tag
+    other = client.post("/v1/rankings", json={**body, "top_k": 3})  # another request: another ranking
+    assert other.status_code == 200 and other.json()["id"] != first.json()["id"]
+    more = client.post("/v1/rankings", json={**body, "estimators": ["hscore"]})  # new scores of the target
+    assert more.status_code == 200
+    after = client.post("/v1/rankings", json=body)  # the cache state changed: a new ranking
+    assert after.status_code == 200 and after.json()["id"] != first.json()["id"]

@@ -98,6 +98,14 @@ def etag(key: str) -> str:
     return '"' + hashlib.sha256(key.encode()).hexdigest()[:40] + '"'
 
 
+def etag_for(body: dict[str, Any]) -> str | None:
+    """The entity tag of a ranking answer: finished rankings never change, so their id names
+    their content; None while queued or running."""
+    if body.get("status") != "done" or not body.get("id"):
+        return None
+    return etag(f"ranking:{body['id']}")
+
+
 def matches(if_none_match: str | None, tag: str) -> bool:
     """True when an ``If-None-Match`` header names ``tag`` (or is ``*``)."""
     if not if_none_match:

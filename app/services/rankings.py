@@ -396,10 +396,12 @@ def score_table(ctx: Context, plan: Plan, cs: CandidateSet, progress: ProgressFn
     if spec.candidates == "tasks" and cs.X_target is not None:  # default ESM scores: statistics path, on the workers
         from app.services import task_scoring
 
-        fresh = task_scoring.prefill(ctx, plan.ds.sha256, plan.ds.n_examples, ctx.settings.base_encoder, cs.X_target, cs.y,
-                             cs.cands, names, lambda est, c: _score_params(dict((spec.params or {}).get(est, {})),
-                                                                           estimators.info(est), c),
-                             progress=scaled(progress, 0.6, 0.14))["keys"]
+        def params_of(est: str, c: Candidate) -> dict[str, Any]:
+            return _score_params(dict((spec.params or {}).get(est, {})), estimators.info(est), c)
+
+        fresh = task_scoring.prefill(ctx, plan.ds.sha256, plan.ds.n_examples, ctx.settings.base_encoder,
+                                     cs.X_target, cs.y, cs.cands, names, params_of,
+                                     progress=scaled(progress, 0.6, 0.14))["keys"]
         start = 0.74
     scorer = _CachedScorer(ctx, plan, cs)
     scorer.fresh = fresh
@@ -678,6 +680,11 @@ def create(ctx: Context, spec: RankingSpec, *, inline: bool = False) -> tuple[di
     The request is validated once. A synchronous ranking that cannot be computed (no estimator
     produced a value) raises ``Invalid`` (422); a queued one ends ``failed`` with the reason.
     ``inline=True`` (the CLI) computes in the caller's thread even when a job is needed."""
+    from app.services import ranking_memo  # the same request on the same state: the same ranking
+
+    remembered = ranking_memo.lookup(ctx, ranking_memo.fingerprint(ctx, spec.as_dict(), spec.target))
+    if remembered is not None:
+        return remembered, True
     plan = _validate(ctx, spec)
     if not needs_job(ctx, plan):
         result = compute(ctx, spec, plan=plan)
@@ -685,7 +692,9 @@ def create(ctx: Context, spec: RankingSpec, *, inline: bool = False) -> tuple[di
             r = Ranking(target_id=spec.target, candidates=spec.candidates, request=spec.as_dict(),
                         status=RankingStatus.DONE, result=result, finished_at=utcnow())
             s.add(r)
-        return ranking_dict(r), True
+        body = ranking_dict(r)
+        ranking_memo.remember(ctx, ranking_memo.fingerprint(ctx, spec.as_dict(), spec.target), body)
+        return body, True
     with ctx.Session.begin() as s:
         job = ctx.jobs.create(s, "ranking", message=f"queued: {spec.candidates} ranking of {spec.target}")
         r = Ranking(target_id=spec.target, candidates=spec.candidates, request=spec.as_dict(),

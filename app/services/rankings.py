@@ -349,7 +349,7 @@ class _CachedScorer:
         self.new_rows: list[dict] = []
         self.details: dict[str, dict[str, dict]] = {c.source: {} for c in cs.cands}
         self.computed = self.cached = 0
-        self.fresh: set[tuple] = set()  # keys this ranking just computed in bulk (task_scoring)
+        self.fresh: set[tuple[str, ...]] = set()  # keys this ranking just computed in bulk (task_scoring)
 
     def value(self, cand: Candidate, est: str, kw: dict[str, Any]) -> float:
         """The value of one cell; ``Unavailable`` when the candidate lacks the input."""
@@ -392,7 +392,7 @@ def score_table(ctx: Context, plan: Plan, cs: CandidateSet, progress: ProgressFn
     reading those results, and scoring (through the cache) only what a fallback needs."""
     spec, names = plan.spec, plan.names
     start = 0.85 if spec.candidates == "models" else 0.6
-    fresh: set[tuple] = set()
+    fresh: set[tuple[str, ...]] = set()
     if spec.candidates == "tasks" and cs.X_target is not None:  # default ESM scores: statistics path, on the workers
         from app.services import task_scoring
 

@@ -412,6 +412,8 @@ def report(cmd: str, args, compare: dict, sizes: list[dict], machine_before: str
     lines += ["", "Generating the synthetic ESMs is excluded from the times (the service reads them from its "
               "blob store instead).", ""]
     for s in sizes:
+        if not s.get("recall_table"):
+            continue
         lines += [f"### Recall@10 vs the exhaustive default, {s['size']:,} sources (first stage x shortlist)", "",
                   "| first stage | " + " | ".join(f"M={m}" for m in next(iter(s["recall_table"].values()))) + " |",
                   "|---|" + "---|" * len(next(iter(s["recall_table"].values())))]

@@ -133,8 +133,10 @@ def test_fallback_value_is_cached_under_the_parameters_used(client):
     assert by_hash[("features", fallback_hash)] == by_hash[("good", fallback_hash)] == {"n_components": 3}
     assert by_hash.get(("good", scores_svc.params_hash({}))) == {}
     assert ("features", scores_svc.params_hash({})) not in by_hash
-    again = rank(client, {"target": did, "candidates": "models"})
-    assert again["computed"] == 0
+    same = rank(client, {"target": did, "candidates": "models"})
+    assert same["id"] == first["id"]  # the same request on the same state is the same ranking
+    again = rank(client, {"target": did, "candidates": "models", "top_k": 5})  # a new one, from the cache
+    assert again["id"] != first["id"] and again["computed"] == 0
     assert all(r["details"]["nleep"]["cached"] and r["details"]["nleep"]["fallback"] == note
                for r in again["ranking"])
     scored = [(r["source"], r["score"]) for r in again["ranking"]]

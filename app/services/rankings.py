@@ -390,6 +390,7 @@ class _CachedScorer:
         self.new_rows: list[dict[str, Any]] = []
         self.details: dict[str, dict[str, dict[str, Any]]] = {c.source: {} for c in cs.cands}
         self.computed = self.cached = 0
+        self.fresh: set[tuple[str, ...]] = set()  # keys this ranking just computed in bulk (task_scoring)
 
     def value(self, cand: Candidate, est: str, kw: dict[str, Any]) -> float:
         """The value of one cell; ``Unavailable`` when the candidate lacks the input."""
@@ -400,10 +401,15 @@ class _CachedScorer:
                                   "higher_is_better": info.higher_is_better}
         params = _score_params(kw, info, cand)
         ph = scores_svc.params_hash(params)
-        hit = self.cache.get(scores_svc.key(cand.source, ds.sha256, cand.encoder, est, ph, self.ver))
+        k = scores_svc.key(cand.source, ds.sha256, cand.encoder, est, ph, self.ver)
+        hit = self.cache.get(k)
         if hit is not None:
-            self.details[cand.source][est] = dict(detail, cached=True)
-            self.cached += 1
+            fresh = k in self.fresh
+            self.details[cand.source][est] = dict(detail, cached=not fresh)
+            if fresh:
+                self.computed += 1
+            else:
+                self.cached += 1
             return float(hit.value)
         if reason is not None:
             self.details[cand.source][est] = dict(detail, cached=False, skipped=reason)
@@ -426,8 +432,20 @@ def score_table(ctx: Context, plan: Plan, cs: CandidateSet, progress: ProgressFn
     each column goes through ``ScoreTable.score_column`` -- the library's fallback policy --
     reading those results, and scoring (through the cache) only what a fallback needs."""
     spec, names = plan.spec, plan.names
-    scorer = _CachedScorer(ctx, plan, cs)
     start = 0.85 if spec.candidates == "models" else 0.6
+    fresh: set[tuple[str, ...]] = set()
+    if spec.candidates == "tasks" and cs.X_target is not None:  # default ESM scores: statistics path, on the workers
+        from app.services import task_scoring
+
+        def params_of(est: str, c: Candidate) -> dict[str, Any]:
+            return _score_params(dict((spec.params or {}).get(est, {})), estimators.info(est), c)
+
+        fresh = task_scoring.prefill(ctx, plan.ds.sha256, plan.ds.n_examples, ctx.settings.base_encoder,
+                                     cs.X_target, cs.y, cs.cands, names, params_of,
+                                     progress=scaled(progress, 0.6, 0.14))["keys"]
+        start = 0.74
+    scorer = _CachedScorer(ctx, plan, cs)
+    scorer.fresh = fresh
     by_name = {c.source: c for c in cs.cands}
     first: dict[tuple[str, str], float | BaseException] = {}
     for i, c in enumerate(cs.cands):
@@ -800,6 +818,11 @@ def create(ctx: Context, spec: RankingSpec, *, inline: bool = False) -> tuple[di
     The request is validated once. A synchronous ranking that cannot be computed (no estimator
     produced a value) raises ``Invalid`` (422); a queued one ends ``failed`` with the reason.
     ``inline=True`` (the CLI) computes in the caller's thread even when a job is needed."""
+    from app.services import ranking_memo  # the same request on the same state: the same ranking
+
+    remembered = ranking_memo.lookup(ctx, ranking_memo.fingerprint(ctx, spec.as_dict(), spec.target, spec.owner))
+    if remembered is not None:
+        return remembered, True
     plan = _validate(ctx, spec)
     if not needs_job(ctx, plan):
         result = compute(ctx, spec, plan=plan)
@@ -810,7 +833,9 @@ def create(ctx: Context, spec: RankingSpec, *, inline: bool = False) -> tuple[di
                 s.add(r)
         except IntegrityError:  # the target was deleted meanwhile
             raise NotFound(f"dataset {spec.target!r} was deleted while it was being ranked") from None
-        return ranking_dict(r), True
+        body = ranking_dict(r)
+        ranking_memo.remember(ctx, ranking_memo.fingerprint(ctx, spec.as_dict(), spec.target, spec.owner), body)
+        return body, True
     try:
         with ctx.Session.begin() as s:
             job = ctx.jobs.create(s, "ranking", message=f"queued: {spec.candidates} ranking of {spec.target}",

@@ -65,8 +65,10 @@ def cmd_serve(args) -> int:
 def _format_table(result: dict) -> str:
     ranking = result.get("ranking", [])
     ests = result.get("estimators", [])
-    head = ["rank", "source", "score"] + ests
-    rows = [[str(r["rank"]), r["source"], "-" if r.get("score") is None else f"{r['score']:.3f}"]
+    head = ["rank", "source", "score", "95% interval", "~top"] + ests
+    rows = [[str(r["rank"]), r["source"], "-" if r.get("score") is None else f"{r['score']:.3f}",
+             "-" if not r.get("interval") else f"[{r['interval'][0]:.2f}, {r['interval'][1]:.2f}]",
+             "yes" if r.get("tied_with_top") else ""]
             + ["-" if r["scores"].get(e) is None else f"{r['scores'][e]:.4f}" for e in ests] for r in ranking]
     widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h) for i, h in enumerate(head)]
     lines = ["  ".join(h.ljust(w) for h, w in zip(head, widths)),
@@ -75,6 +77,7 @@ def _format_table(result: dict) -> str:
     t = result.get("target", {})
     lines.append(f"\ntarget {t.get('name')} (n={t.get('n_examples')}, C={t.get('n_classes')}); "
                  f"{result.get('computed', 0)} score(s) computed, {result.get('cached', 0)} from cache")
+    lines += [f"warning: {w}" for w in (result.get("uncertainty") or {}).get("warnings", [])]
     return "\n".join(lines)
 
 
@@ -100,6 +103,7 @@ def cmd_rank(args) -> int:
         sources = [x.strip() for x in args.sources.split(",") if x.strip()] if args.sources else None
         spec = rankings_svc.RankingSpec(target=ds.id, candidates=args.candidates, estimators=ests,
                                         top_k=args.top_k, prefilter_k=args.prefilter_k, sources=sources,
+                                        bootstrap=args.bootstrap,
                                         owner=DEFAULT_OWNER)  # what open mode's REST caller sees
         out, _ = rankings_svc.create(ctx, spec, inline=True)
         if out.get("status") != RankingStatus.DONE:
@@ -115,9 +119,11 @@ def cmd_rank(args) -> int:
         ctx.close()
     if args.json:
         ranking = [{"source": r["source"], "rank": r["rank"], "score": r.get("score"), "scores": r["scores"],
-                    "details": r.get("details", {})} for r in out["ranking"]]
+                    "details": r.get("details", {}),
+                    **{k: r[k] for k in ("interval", "p_top", "tied_with_top") if k in r}} for r in out["ranking"]]
         print(json.dumps({"ranking": ranking, "target": out.get("target"), "estimators": out.get("estimators"),
                           "skipped": out.get("skipped", {}), "notes": out.get("notes", {}),
+                          "uncertainty": out.get("uncertainty"),
                           "computed": out.get("computed"), "cached": out.get("cached")}))
     else:
         print(_format_table(out))
@@ -202,6 +208,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--top-k", type=int, default=10)
     r.add_argument("--prefilter-k", type=int, default=None, help="tasks: score only the k nearest sources")
     r.add_argument("--sources", default=None, help="comma-separated candidate names (default: all)")
+    r.add_argument("--bootstrap", type=int, default=100,
+                   help="resamples for each candidate's interval and tied_with_top (0 = none)")
     r.add_argument("--json", action="store_true", help="print only the JSON result on stdout")
     data_dir(r)
     r.set_defaults(func=cmd_rank)

@@ -44,6 +44,8 @@ class RankingRequest(_Body):
     params: dict[str, dict] = Field(default_factory=dict, description="per-estimator keyword parameters")
     use_feedback: bool | None = Field(
         None, description="combine with the observed-feedback prior (default: on for default estimators)")
+    bootstrap: int = Field(100, ge=0, le=1000, description="resamples of the target's examples for each "
+                           "candidate's interval and tied_with_top (estimators.uncertainty); 0 = none")
 
 
 class TrainOptions(_Body):
@@ -113,6 +115,8 @@ class DatasetPublic(_Public):
         "feature_sets": ["minilm-l6"], "created_at": "2026-01-01T00:00:00+00:00"}]})
     id: str
     name: str
+    owner: str | None = Field(None, description="the owner (an API key's owner; 'public': the catalogue every "
+                                                "caller reads; 'local': open mode)")
     sha256: str
     n_examples: int
     n_classes: int | None = None
@@ -145,6 +149,8 @@ class SourcePublic(_Public):
     id: int
     name: str
     kind: Literal["task"] = "task"
+    owner: str | None = Field(None, description="the owner (an API key's owner; 'public': the catalogue every "
+                                                "caller reads; 'local': open mode)")
     dataset_id: str | None = None
     description: str | None = None
     licence: str | None = None
@@ -169,6 +175,8 @@ class ModelPublic(_Public):
         "licence": "Apache-2.0", "enabled": True}]})
     name: str
     kind: Literal["model"] = "model"
+    owner: str | None = Field(None, description="the owner (an API key's owner; 'public': the catalogue every "
+                                                "caller reads; 'local': open mode)")
     encoder_kind: str | None = None
     dim: int | None = None
     params: int | None = None
@@ -213,6 +221,9 @@ class RankedCandidatePublic(_Public):
     kind: str | None = Field(None, description="'task' or 'model'")
     details: dict[str, Any] = Field(default_factory=dict, description="per estimator: cached, seconds, "
                                     "fallback, skipped or error")
+    interval: list[float] | None = Field(None, description="95% bootstrap interval of the combined score")
+    p_top: float | None = Field(None, description="share of bootstrap resamples where it ranks first")
+    tied_with_top: bool | None = Field(None, description="statistically indistinguishable from the top")
 
 
 class RankingPublic(_Public):
@@ -237,6 +248,9 @@ class RankingPublic(_Public):
     computed: int | None = Field(None, description="scores computed by this request")
     cached: int | None = Field(None, description="scores served from the cache")
     errors: list[str] | None = None
+    skipped: dict[str, str] | None = Field(None, description="estimators dropped for every candidate, with why")
+    uncertainty: dict[str, Any] | None = Field(None, description="the bootstrap: B, seed, warnings (target "
+                                               "too small, candidates not separable)")
     error: str | None = Field(None, description="why the ranking failed")
     message: str | None = None
 

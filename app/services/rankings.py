@@ -45,6 +45,7 @@ from app.db.models import (
     DEFAULT_OWNER,
     Dataset,
     EncoderRow,
+    FeatureSet,
     Feedback,
     Ranking,
     Score,
@@ -68,6 +69,7 @@ from estimators.ranking import (
     observed_prior,
     static_score,
 )
+from estimators.uncertainty import DEFAULT_B, Bootstrap, bootstrap, rescore
 
 if TYPE_CHECKING:
     from app.services.context import Context
@@ -88,6 +90,10 @@ NEEDS_FOR = {"models": ("features", "probs"), "tasks": ("esm", "domains")}
 SYNC_SCORE_LIMIT = 64  # more uncached scores than this -> run as a job
 DOMAIN_MAX_ROWS = 2000  # divergences on at most this many rows per domain (seeded subsample)
 SERVICE_PARAMS = ("source_sha256", "esm", "max_rows")  # cache-key parameters the service adds
+#: The bootstrap's cost bound: at most this many estimator evaluations per ranking (B is lowered
+#: to fit, never below MIN_BOOTSTRAP); see estimators.uncertainty.
+BOOTSTRAP_BUDGET = 3000
+MIN_BOOTSTRAP = 20
 
 
 @dataclass
@@ -98,14 +104,15 @@ class RankingSpec:
     top_k: int = 10
     prefilter_k: int | None = None
     sources: list[str] | None = None
-    params: dict[str, dict] = field(default_factory=dict)
+    params: dict[str, dict[str, Any]] = field(default_factory=dict)
     use_feedback: bool | None = None
+    bootstrap: int = DEFAULT_B
     owner: str | None = None  # who asks: its own and the public datasets, sources and feedback (None: all)
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         return {"target": self.target, "candidates": self.candidates, "estimators": self.estimators,
                 "top_k": self.top_k, "prefilter_k": self.prefilter_k, "sources": self.sources,
-                "params": self.params, "use_feedback": self.use_feedback}
+                "params": self.params, "use_feedback": self.use_feedback, "bootstrap": self.bootstrap}
 
 
 @dataclass
@@ -146,6 +153,8 @@ def _validate(ctx: Context, spec: RankingSpec) -> Plan:
         raise Invalid(f"params given for estimator(s) not requested: {', '.join(sorted(unknown_params))}")
     if spec.top_k < 1:
         raise Invalid("top_k must be >= 1")
+    if isinstance(spec.bootstrap, bool) or not isinstance(spec.bootstrap, int) or not 0 <= spec.bootstrap <= 1000:
+        raise Invalid(f"bootstrap must be an integer in 0..1000 (resamples; 0 = none), got {spec.bootstrap!r}")
     if spec.prefilter_k is not None and spec.prefilter_k < 1:
         raise Invalid("prefilter_k must be >= 1")
     if spec.prefilter_k is not None and spec.candidates != "tasks":
@@ -181,7 +190,7 @@ class Candidate:
     esm_key: str | None = None
     esm: object | None = None  # the loaded ESM, once per ranking (every esm_* estimator uses it)
     source_sha256: str | None = None
-    meta: dict = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
 
 
 def _model_names(ctx: Context, ds: Dataset, spec: RankingSpec) -> list[str]:
@@ -272,7 +281,7 @@ class CandidateSet:
     cands: list[Candidate]
     y: np.ndarray
     X_target: np.ndarray | None = None
-    prefilter: dict | None = None
+    prefilter: dict[str, Any] | None = None
 
 
 def _blob(ds: Dataset) -> str:
@@ -325,9 +334,9 @@ def _task_candidates(ctx: Context, plan: Plan, progress: ProgressFn) -> Candidat
         rows = [(t, d) for t, d in rows if t.id in keep]
     with ctx.Session() as s:
         fsets = {fs.dataset_sha256: fs for fs in s.scalars(
-            select(features_svc.FeatureSet).where(
-                features_svc.FeatureSet.encoder == base,
-                features_svc.FeatureSet.dataset_sha256.in_([d.sha256 for _, d in rows])))}
+            select(FeatureSet).where(
+                FeatureSet.encoder == base,
+                FeatureSet.dataset_sha256.in_([d.sha256 for _, d in rows])))}
     cands = []
     for t, d in rows:
         fs = fsets.get(d.sha256)
@@ -361,7 +370,7 @@ class ScoredTable:
     """The library's score table of a ranking, with the service's per-cell details."""
 
     table: ScoreTable
-    details: dict[str, dict[str, dict]]  # source -> estimator -> detail
+    details: dict[str, dict[str, dict[str, Any]]]  # source -> estimator -> detail
     computed: int = 0
     cached: int = 0
 
@@ -376,9 +385,9 @@ class _CachedScorer:
         self.ctx, self.plan, self.cs = ctx, plan, cs
         self.ver = scores_svc.version()
         with ctx.Session() as s:
-            self.cache: dict[tuple, Score] = scores_svc.lookup_target(s, plan.ds.sha256, plan.names, self.ver)
-        self.new_rows: list[dict] = []
-        self.details: dict[str, dict[str, dict]] = {c.source: {} for c in cs.cands}
+            self.cache: dict[tuple[str, ...], Score] = scores_svc.lookup_target(s, plan.ds.sha256, plan.names, self.ver)
+        self.new_rows: list[dict[str, Any]] = []
+        self.details: dict[str, dict[str, dict[str, Any]]] = {c.source: {} for c in cs.cands}
         self.computed = self.cached = 0
 
     def value(self, cand: Candidate, est: str, kw: dict[str, Any]) -> float:
@@ -449,6 +458,10 @@ def score_table(ctx: Context, plan: Plan, cs: CandidateSet, progress: ProgressFn
             scorer.details[source][est]["fallback"] = note
         for source, why in table.errors[est].items():
             scorer.details[source][est] = dict(scorer.details[source].get(est, {}), cached=False, error=why)
+        if table.errors[est]:  # the column is dropped for every candidate: say so on every cell
+            for source in by_name:
+                if source not in table.errors[est] and est in scorer.details[source]:
+                    scorer.details[source][est]["skipped"] = f"{est} failed on another candidate"
     if spec.candidates == "models" and spec.estimators is None:
         _add_static(table, cs.cands)
     datasets_svc.store_scores(ctx, plan.ds.id, scorer.new_rows)  # NotFound if the target was deleted meanwhile
@@ -495,15 +508,23 @@ def _load_esm(ctx: Context, cand: Candidate) -> Any:
     return cand.esm
 
 
+def _present(a: np.ndarray | None, why: str) -> np.ndarray:
+    if a is None:
+        raise Unavailable(why)
+    return a
+
+
 def _compute_one(ctx: Context, est: str, info: estimators.EstimatorInfo, cand: Candidate,
-                 X_target: np.ndarray | None, y: np.ndarray, params: dict) -> float:
+                 X_target: np.ndarray | None, y: np.ndarray, params: dict[str, Any]) -> float:
     user = {k: v for k, v in params.items() if k not in SERVICE_PARAMS}
     if info.needs == "features":
-        return estimators.score(est, cand.features, y, **user)
+        return estimators.score(est, _present(cand.features, f"{cand.source} has no features"), y, **user)
     if info.needs == "probs":
-        return estimators.score(est, cand.probs, y, **user)
+        return estimators.score(est, _present(cand.probs, f"{cand.source} has no source-class probabilities"), y,
+                                **user)
     if info.needs == "esm":
-        return estimators.score(est, X_target, y, esm=_load_esm(ctx, cand), **user)
+        return estimators.score(est, _present(X_target, "the target has no base-encoder features"), y,
+                                esm=_load_esm(ctx, cand), **user)
     # domains: target vs source base embeddings (loaded only now: cached scores never load them)
     if cand.features is None and cand.features_key is not None:
         cand.features = ctx.blobs.get_array(cand.features_key)
@@ -524,8 +545,11 @@ def _skip_reason(info: estimators.EstimatorInfo, cand: Candidate) -> str | None:
 
 
 # ---------------------------------------------------------------------- observed prior
+Observed = dict[str, dict[str, float]]  # {target sha256 or source: {source or metric: value}}
+
+
 def _observed(ctx: Context, target: Dataset, kind: str, sources: list[str],
-              owner: str | None = None) -> tuple[dict, dict, dict]:
+              owner: str | None = None) -> tuple[Observed, dict[str, float], Observed]:
     """Feedback -> (observed {target_sha: {source: value}}, similarity {target_sha: sim},
     this target's own observations {source: {metric: value}})."""
     with ctx.Session() as s:
@@ -536,7 +560,7 @@ def _observed(ctx: Context, target: Dataset, kind: str, sources: list[str],
         shas = {r.target_sha256 for r in rows}
         emb_keys = dict(s.execute(select(Dataset.sha256, Dataset.task_embedding_blob)
                                   .where(Dataset.sha256.in_(shas | {target.sha256}))).all())
-    own: dict[str, dict] = {}
+    own: dict[str, dict[str, float]] = {}
     by_target: dict[str, dict[str, dict[str, list[float]]]] = {}
     for r in rows:
         v = r.value if r.higher_is_better else -r.value
@@ -548,7 +572,7 @@ def _observed(ctx: Context, target: Dataset, kind: str, sources: list[str],
         metric = max(metrics, key=lambda m: len(metrics[m]))  # the metric most sources report
         observed[sha] = {src: float(np.mean(vals)) for src, vals in metrics[metric].items()}
 
-    def emb(sha):
+    def emb(sha: str) -> np.ndarray | None:
         key = emb_keys.get(sha)
         return None if not key else np.asarray(ctx.blobs.get_array(key), dtype=np.float64).reshape(-1)
 
@@ -564,9 +588,58 @@ def _observed(ctx: Context, target: Dataset, kind: str, sources: list[str],
     return observed, similarity, own
 
 
-def _prior(observed: dict, similarity: dict) -> dict[str, float]:
+def _prior(observed: dict[str, Any], similarity: dict[str, Any]) -> dict[str, float]:
     return {k: float(v) for k, v in observed_prior(observed, similarity).items()
             if v is not None and math.isfinite(float(v))}
+
+
+# ---------------------------------------------------------------------- uncertainty
+def _bootstrap(ctx: Context, plan: Plan, cs: CandidateSet, st: ScoredTable, res: Combined,
+               prior: dict[str, float] | None) -> Bootstrap | None:
+    """The library's bootstrap (``estimators.uncertainty``) over the target's examples, re-scoring
+    from the candidates' inputs with the settings each column used (fallbacks included): models
+    from their features / probabilities, tasks from the target mapped through each ESM (the
+    ``esm_*`` values are the base estimators on the mapped features); domain divergences and
+    ``static`` are held at their values. ``B`` is lowered to fit ``BOOTSTRAP_BUDGET``."""
+    B = plan.spec.bootstrap
+    if not B:
+        return None
+    table = st.table
+    cols = [c for c in table.columns if c not in res.skipped]
+    n_cells = sum(1 for c in cols for cand in table.candidates if table.value(c, cand) is not None)
+    B = min(B, max(MIN_BOOTSTRAP, BOOTSTRAP_BUDGET // max(n_cells, 1)))
+    by_name = {c.source: c for c in cs.cands}
+    mapped: dict[str, np.ndarray] = {}  # the current task's mapped target (one at a time)
+
+    def values(source: str, column: str, idx: np.ndarray) -> np.ndarray:
+        cand = by_name[source]
+        point = table.value(column, source)
+        const = np.full(idx.shape[0], np.nan if point is None else point)
+        if column not in estimators.names():
+            return const  # static
+        info = estimators.info(column)
+        kw = table.params.get(column, {})
+        if info.needs == "features" and cand.features is not None:
+            return rescore(column, cand.features, cs.y, idx, kw)
+        if info.needs == "probs" and cand.probs is not None:
+            return rescore(column, cand.probs, cs.y, idx, kw)
+        if info.needs == "esm" and cand.esm_key is not None and cs.X_target is not None \
+                and column[4:] in estimators.names():
+            if source not in mapped:
+                for other in list(mapped):  # free the previous source's ESM and mapped features
+                    by_name[other].esm = None
+                    del mapped[other]
+                mapped[source] = _load_esm(ctx, cand).transform(cs.X_target)
+            return rescore(column[4:], mapped[source], cs.y, idx, kw)
+        return const  # domains: held at the value
+
+    boot = bootstrap(table, res, cs.y, values, weights=_weights(plan.spec), prior=prior, B=B, seed=0)
+    for c in cs.cands:
+        c.esm = None
+    if B < plan.spec.bootstrap:
+        boot.warnings.append(f"B lowered from {plan.spec.bootstrap} to {B} to bound the cost "
+                             f"({n_cells} scores to re-compute per resample)")
+    return boot
 
 
 # ---------------------------------------------------------------------- combination and response
@@ -574,7 +647,7 @@ def _weights(spec: RankingSpec) -> dict[str, float]:
     return dict(DEFAULT_COLUMN_WEIGHTS) if spec.estimators is None else default_weights(True)
 
 
-def _prior_for(ctx: Context, plan: Plan, sources: list[str]) -> tuple[dict[str, float] | None, dict]:
+def _prior_for(ctx: Context, plan: Plan, sources: list[str]) -> tuple[dict[str, float] | None, dict[str, Any]]:
     """The observed-results prior (default requests, or ``use_feedback``) and this target's own
     observations ``{source: {metric: value}}``."""
     spec = plan.spec
@@ -586,8 +659,8 @@ def _prior_for(ctx: Context, plan: Plan, sources: list[str]) -> tuple[dict[str, 
     return (prior or None), own
 
 
-def shape_response(plan: Plan, cs: CandidateSet, st: ScoredTable, res: Combined, own: dict,
-                   seconds: float) -> dict:
+def shape_response(plan: Plan, cs: CandidateSet, st: ScoredTable, res: Combined, own: dict[str, Any],
+                   seconds: float, boot: Bootstrap | None = None) -> dict[str, Any]:
     """The ranking's JSON: one item per candidate (best first) with its raw scores, their
     details (cached, fallback, error, skipped) and the combined score."""
     spec, ds, names, table = plan.spec, plan.ds, plan.names, st.table
@@ -609,6 +682,8 @@ def shape_response(plan: Plan, cs: CandidateSet, st: ScoredTable, res: Combined,
             item["prior"] = res.prior[src]
         if src in own:
             item["observed"] = own[src]
+        if boot is not None:
+            item.update(boot.for_candidate(src))
         if src in res.unscored:
             zero = [c for c, w in res.weights.items() if w == 0 and table.columns.count(c)
                     and table.value(c, src) is not None]
@@ -635,11 +710,13 @@ def shape_response(plan: Plan, cs: CandidateSet, st: ScoredTable, res: Combined,
     }
     if cs.prefilter is not None:
         result["prefilter"] = cs.prefilter
+    if boot is not None:
+        result["uncertainty"] = boot.summary()
     return result
 
 
 def compute(ctx: Context, spec: RankingSpec, progress: ProgressFn | None = None, *,
-            plan: Plan | None = None) -> dict:
+            plan: Plan | None = None) -> dict[str, Any]:
     """Build the candidates, score them through the cache, combine (``estimators.ranking.combine``)
     and shape the response. ``Invalid`` (422) when no estimator produced a value."""
     t0 = time.perf_counter()
@@ -652,15 +729,16 @@ def compute(ctx: Context, spec: RankingSpec, progress: ProgressFn | None = None,
         res = combine(st.table, _weights(plan.spec), prior)
     except RankingFailed as exc:
         raise Invalid(str(exc)) from None
+    boot = _bootstrap(ctx, plan, cs, st, res, prior)
     report(1.0)
-    result = shape_response(plan, cs, st, res, own, time.perf_counter() - t0)
+    result = shape_response(plan, cs, st, res, own, time.perf_counter() - t0, boot)
     log.info("ranking of %s (%s, %s): %d computed, %d cached in %.2fs", plan.ds.id, spec.candidates,
              ",".join(plan.names), st.computed, st.cached, result["seconds"])
     return result
 
 
 # ---------------------------------------------------------------------- requests
-def ranking_dict(r: Ranking, job: dict | None = None) -> dict:
+def ranking_dict(r: Ranking, job: dict[str, Any] | None = None) -> dict[str, Any]:
     out = {"id": r.id, "status": r.status, "target": r.target_id, "candidates": r.candidates,
            "request": r.request, "job": r.job_id,
            "progress": 1.0 if r.status == RankingStatus.DONE else (job or {}).get("progress", 0.0),
@@ -674,7 +752,7 @@ def ranking_dict(r: Ranking, job: dict | None = None) -> dict:
     return out
 
 
-def _finish(ctx: Context, ranking_id: str, result: dict) -> None:
+def _finish(ctx: Context, ranking_id: str, result: dict[str, Any]) -> None:
     with ctx.Session.begin() as s:
         r = s.get(Ranking, ranking_id)
         if r is None:  # deleted meanwhile: nothing to record
@@ -689,7 +767,7 @@ def _fail(ctx: Context, ranking_id: str, error: str) -> None:
             r.status, r.error, r.finished_at = RankingStatus.FAILED, error, utcnow()
 
 
-def create(ctx: Context, spec: RankingSpec, *, inline: bool = False) -> tuple[dict, bool]:
+def create(ctx: Context, spec: RankingSpec, *, inline: bool = False) -> tuple[dict[str, Any], bool]:
     """Create a ranking. Returns ``(body, done)``: done -> 200 with the ranking, else 202 + job.
 
     The request is validated once. A synchronous ranking that cannot be computed (no estimator
@@ -718,7 +796,7 @@ def create(ctx: Context, spec: RankingSpec, *, inline: bool = False) -> tuple[di
     except IntegrityError:  # the target was deleted meanwhile
         raise NotFound(f"dataset {spec.target!r} was deleted while it was being ranked") from None
 
-    def run(progress: ProgressFn) -> dict:
+    def run(progress: ProgressFn) -> dict[str, Any]:
         with ctx.Session.begin() as s:
             row = s.get(Ranking, ranking_id)
             if row is not None:
@@ -735,7 +813,7 @@ def create(ctx: Context, spec: RankingSpec, *, inline: bool = False) -> tuple[di
     return {"id": ranking_id, "status": RankingStatus.QUEUED, "job": job_id, "progress": 0.0}, False
 
 
-def get(ctx: Context, ranking_id: str, owner: str | None = None) -> dict:
+def get(ctx: Context, ranking_id: str, owner: str | None = None) -> dict[str, Any]:
     """The ranking, if ``owner`` made it (None: internal, any)."""
     with ctx.Session() as s:
         r = s.get(Ranking, ranking_id)

@@ -22,7 +22,7 @@ from typing import Callable
 from app.encoders.base import Encoder, EncoderSpec
 
 BASE_ENCODER = "minilm-l6"
-KINDS = ("transformers", "model2vec", "word-vectors", "tfidf-svd")
+KINDS = ("transformers", "model2vec", "word-vectors", "tfidf-svd", "sentence-transformers", "torchscript")
 
 
 @lru_cache(maxsize=1)
@@ -119,8 +119,20 @@ def register(spec: EncoderSpec, *, replace: bool = False) -> None:
     _cache.drop(spec.name)
 
 
+def unregister(name: str) -> None:
+    """Remove a registered encoder (a deleted user model) from the catalogue and the cache."""
+    specs = _all_specs()
+    with _specs_lock:
+        specs.pop(name, None)
+    _cache.drop(name)
+
+
 def build_encoder(spec: EncoderSpec, *, cache_dir: str | os.PathLike | None = None) -> Encoder:
     """Instantiate an encoder from its spec (no caching)."""
+    if spec.kind in ("sentence-transformers", "torchscript") or (spec.options or {}).get("custom"):
+        from app.encoders import custom  # user models: text or image, pooling, heads (app.encoders.custom)
+
+        return custom.build(spec)
     if spec.kind == "transformers":
         from app.encoders.transformers_encoder import TransformersEncoder
 

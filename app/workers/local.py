@@ -42,7 +42,17 @@ class EncoderCache:
 
         return build_encoder(resolve(name))  # not the registry's cache: this LRU is the bound
 
-    def get(self, name: str):
+    def get(self, name):
+        """The loaded encoder for a registry name, or for an ``EncoderSpec`` (a user model)."""
+        if not isinstance(name, str):  # a spec: cached under its full identity
+            spec = name
+            key = f"{spec.name}|{spec.kind}|{spec.path}|{sorted((spec.options or {}).items())!r}"
+            from app.encoders.registry import build_encoder
+
+            return self._get(key, lambda: build_encoder(spec))
+        return self._get(name, lambda: self._load(name))
+
+    def _get(self, name: str, load):
         with self._lock:
             if name in self._items:
                 self._items.move_to_end(name)
@@ -53,7 +63,7 @@ class EncoderCache:
                 if name in self._items:
                     self._items.move_to_end(name)
                     return self._items[name]
-            encoder = self._load(name)  # errors propagate to the job, the cache stays clean
+            encoder = load()  # errors propagate to the job, the cache stays clean
             with self._lock:
                 self._items[name] = encoder
                 self._items.move_to_end(name)

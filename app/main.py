@@ -94,4 +94,7 @@ def create_app(settings: Settings | None = None, *, ctx=None, backend=None) -> F
 
     app.include_router(router)
     app.include_router(admin)
+    from app.api import routes_models
+
+    app.include_router(routes_models.router)
     return app

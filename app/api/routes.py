@@ -40,9 +40,11 @@ async def _read_limited(file: UploadFile, limit: int) -> bytes:
 # ---------------------------------------------------------------------- datasets
 @router.post("/datasets", tags=["datasets"], status_code=201,
              responses={200: {"description": "the same content already exists"}, 413: {}, 422: {}})
-async def upload_dataset(file: UploadFile = File(...), name: str | None = Form(None), ctx=Depends(get_ctx)):
+async def upload_dataset(file: UploadFile = File(...), name: str | None = Form(None),
+                         task_type: Literal["classification", "regression", "multilabel"] | None = Form(None),
+                         ctx=Depends(get_ctx)):
     data = await _read_limited(file, ctx.settings.max_upload_bytes)
-    ds, created = await run_in_threadpool(datasets_svc.create_from_upload, ctx, data, file.filename, name)
+    ds, created = await run_in_threadpool(datasets_svc.create_from_upload, ctx, data, file.filename, name, task_type)
     return JSONResponse(datasets_svc.dataset_dict(ds), status_code=201 if created else 200)
 
 

@@ -140,7 +140,7 @@ class _Base:
                     feats = torch.nn.functional.normalize(feats, p=2, dim=1)
                 stop = start + feats.shape[0]
                 out[start:stop, : self._dim] = feats.cpu().numpy()
-                if self.with_probs:
+                if self.with_probs and self.n_probs:
                     out[start:stop, self._dim:] = probs.float().cpu().numpy()
                 if progress:
                     progress(stop / n)

@@ -209,16 +209,23 @@ def _parse_npz(data: bytes, settings) -> Parsed:
     return Parsed("features", "npz", labels, names, features=features, extras=extras, columns=sorted(arrays))
 
 
-def parse_upload(data: bytes, filename: str | None, settings) -> Parsed:
+def parse_upload(data: bytes, filename: str | None, settings, task_type: str | None = None) -> Parsed:
     if len(data) > settings.max_upload_bytes:
         raise TooLarge(f"the upload has {len(data)} bytes, over the limit of {settings.max_upload_bytes} "
                        "(TRANSFERRANK_MAX_UPLOAD_BYTES)")
     if len(data) == 0:
         raise Invalid("the file is empty")
+    from app.services import images, targets  # image uploads and target types (regression, multilabel)
+
+    task_type = targets.check_task_type(task_type)
+    if images.is_zip(data, filename):
+        return images.parse_zip(data, settings, task_type)
+    if images.parquet_has_image(data):
+        return images.parse_parquet(data, settings, task_type)
     fmt = _detect_format(data, filename)
     if fmt == "npz":
-        return _parse_npz(data, settings)
-    return _parse_table(data, fmt, settings)
+        return targets.parse_npz(data, settings, task_type, _parse_npz)
+    return targets.parse_table(data, fmt, settings, task_type, _parse_table)
 
 
 # ---------------------------------------------------------------------- storage
@@ -230,6 +237,8 @@ def dataset_dict(ds: Dataset) -> dict:
         "n_examples": ds.n_examples,
         "n_classes": ds.n_classes,
         "kind": ds.kind,
+        "task_type": ds.task_type or "classification",
+        "modality": ds.modality or ("features" if ds.kind == "features" else "text"),
         "classes": list(ds.label_names or [])[:50],
         "format": (ds.meta or {}).get("format"),
         "feature_sets": sorted({fs.encoder for fs in ds.feature_sets}) if ds.feature_sets is not None else [],
@@ -271,6 +280,8 @@ def store_parsed(ctx, parsed: Parsed, name: str | None, filename: str | None = N
                   "text_pair": parsed.text_pairs is not None,
                   "dim": int(parsed.features.shape[1]) if parsed.features is not None else None,
                   **(meta or {})},
+            task_type=getattr(parsed, "task_type", "classification"),
+            modality=getattr(parsed, "modality", "features" if parsed.kind == "features" else "text"),
         )
         try:
             with ctx.Session.begin() as s:
@@ -290,8 +301,9 @@ def store_parsed(ctx, parsed: Parsed, name: str | None, filename: str | None = N
     return ds, True
 
 
-def create_from_upload(ctx, data: bytes, filename: str | None, name: str | None) -> tuple[Dataset, bool]:
-    parsed = parse_upload(data, filename, ctx.settings)
+def create_from_upload(ctx, data: bytes, filename: str | None, name: str | None,
+                       task_type: str | None = None) -> tuple[Dataset, bool]:
+    parsed = parse_upload(data, filename, ctx.settings, task_type)
     return store_parsed(ctx, parsed, name, filename)
 
 

@@ -81,7 +81,7 @@ def _validate(ctx, spec: RankingSpec) -> tuple[Dataset, list[str]]:
     if spec.candidates not in NEEDS_FOR:
         raise Invalid(f"candidates must be 'models' or 'tasks', got {spec.candidates!r}")
     ds = datasets_svc.get(ctx, spec.target)
-    names = spec.estimators or list(DEFAULT_ESTIMATORS[spec.candidates])
+    names = spec.estimators or _defaults_for(ctx, ds, spec)
     if spec.estimators is None and spec.candidates == "models" and ds.kind == "features":
         extras = ds.extra_blobs or {}
         models = [m for m in _model_names(ctx, ds, spec) if m != "features"]
@@ -99,6 +99,12 @@ def _validate(ctx, spec: RankingSpec) -> tuple[Dataset, list[str]]:
             other = [n for n in estimators.names() if estimators.info(n).needs in NEEDS_FOR[spec.candidates]]
             raise Invalid(f"estimator {name!r} (needs {info.needs}) cannot rank {spec.candidates}; "
                           f"for {spec.candidates} use one of {', '.join(other)}")
+    from estimators.ranking import not_applicable
+
+    reasons = [not_applicable(n, _task_type(ds)) for n in names]
+    if all(r is not None for r in reasons):
+        raise Invalid(f"none of the estimators {', '.join(names)} applies to this {_task_type(ds)} target: "
+                      f"{reasons[0]}")
     unknown_params = set(spec.params or {}) - set(names)
     if unknown_params:
         raise Invalid(f"params given for estimator(s) not requested: {', '.join(sorted(unknown_params))}")
@@ -111,6 +117,9 @@ def _validate(ctx, spec: RankingSpec) -> tuple[Dataset, list[str]]:
     if spec.candidates == "tasks" and not _task_rows(ctx, ds, spec):
         raise Invalid("there are no source tasks to rank; register one with POST /v1/sources "
                       "(or start the service with the demo catalogue)")
+    if spec.candidates == "tasks" and ds.kind == "image":
+        raise Invalid("the source tasks are text tasks embedded by a text base encoder; rank an image dataset "
+                      "with candidates='models' (vision models)")
     if spec.candidates == "tasks" and ds.kind == "features":
         base_dim = _base_dim(ctx)
         if (ds.meta or {}).get("dim") != base_dim:
@@ -118,6 +127,29 @@ def _validate(ctx, spec: RankingSpec) -> tuple[Dataset, list[str]]:
                           f"{ctx.settings.base_encoder} (dim {base_dim}); this one has dim {(ds.meta or {}).get('dim')}. "
                           "Upload the texts instead, or rank candidates='models'")
     return ds, list(names)
+
+
+def _task_type(ds: Dataset) -> str:
+    return getattr(ds, "task_type", None) or "classification"
+
+
+def _defaults_for(ctx, ds: Dataset, spec: RankingSpec) -> list[str]:
+    """The default estimators for this target type (``estimators.ranking``); for models, LEEP
+    joins when every candidate model has a classification head (source-class probabilities)."""
+    from estimators.ranking import DEFAULT_ESTIMATORS_BY_TARGET
+
+    t = _task_type(ds)
+    if t == "classification":
+        names = list(DEFAULT_ESTIMATORS[spec.candidates])
+        if spec.candidates == "models" and ds.kind != "features":
+            from app.services import models as models_svc
+
+            models = _model_names(ctx, ds, spec)
+            if models and all(models_svc.n_probs(ctx, m) > 0 for m in models):
+                names.append("leep")
+        return names
+    base = list(DEFAULT_ESTIMATORS_BY_TARGET[t][spec.candidates])
+    return base if spec.candidates == "models" else [f"esm_{e}" for e in base] + ["semb"]
 
 
 def _base_dim(ctx) -> int | None:
@@ -145,8 +177,9 @@ def _model_names(ctx, ds: Dataset, spec: RankingSpec) -> list[str]:
     if ds.kind == "features":
         names = ["features"] + sorted({k.split("_", 1)[1] for k in (ds.extra_blobs or {})})
     else:
-        with ctx.Session() as s:
-            names = list(s.scalars(select(EncoderRow.name).where(EncoderRow.enabled.is_(True)).order_by(EncoderRow.name)))
+        from app.services import models as models_svc
+
+        names = models_svc.ranking_candidates(ctx, getattr(ds, "modality", None) or "text")
     if spec.sources:
         unknown = [n for n in spec.sources if n not in names]
         if unknown:
@@ -340,6 +373,12 @@ def compute(ctx, spec: RankingSpec, progress: Callable[[float], None] | None = N
     ds, names = _validate(ctx, spec)
     y = datasets_svc.labels(ctx, ds)
     infos = {n: estimators.info(n) for n in names}
+    from estimators.ranking import not_applicable
+
+    task_type = _task_type(ds)
+    if task_type != "classification":
+        y = np.asarray(y, dtype=np.float64)  # regression targets / the multi-label 0/1 matrix
+    skipped = {n: r for n in names if (r := not_applicable(n, task_type)) is not None}
     ver = scores_svc.version()
     cands: list[Candidate] = []
     X_target = None
@@ -365,7 +404,10 @@ def compute(ctx, spec: RankingSpec, progress: Callable[[float], None] | None = N
             with ctx.Session() as s:
                 meta = {r.name: {"params": r.params, "dim": r.dim, "kind": r.kind}
                         for r in s.scalars(select(EncoderRow).where(EncoderRow.name.in_(models)))}
-            cands = [Candidate(m, "model", m, features=feats[m], meta=meta.get(m, {})) for m in models]
+            from app.services.models import PROBS_SUFFIX
+
+            cands = [Candidate(m, "model", m, features=feats[m], meta=meta.get(m, {}),
+                               probs=features_svc.get_features(ctx, ds, m + PROBS_SUFFIX)) for m in models]
     else:
         base = ctx.settings.base_encoder
         if ds.kind == "features":
@@ -408,7 +450,13 @@ def compute(ctx, spec: RankingSpec, progress: Callable[[float], None] | None = N
     todo = [(c, n) for c in cands for n in names]
     for i, (c, est) in enumerate(todo):
         info = infos[est]
+        if est in skipped:
+            entries[c.source]["scores"][est] = None
+            entries[c.source]["details"][est] = {"skipped": skipped[est], "cached": False}
+            continue
         params = _score_params(spec, est, c, info)
+        if task_type != "classification" and info.needs in ("features", "esm"):
+            params["regression"] = True  # LogME on float targets (multi-label: the 0/1 matrix)
         ph = scores_svc.params_hash(params)
         k = scores_svc.key(c.source, ds.sha256, c.encoder, est, ph, ver)
         detail = {"encoder": c.encoder, "n": ds.n_examples, "version": ver,
@@ -505,7 +553,8 @@ def compute(ctx, spec: RankingSpec, progress: Callable[[float], None] | None = N
     progress(1.0)
     result = {
         "target": {"id": ds.id, "name": ds.name, "sha256": ds.sha256, "n_examples": ds.n_examples,
-                   "n_classes": ds.n_classes, "kind": ds.kind},
+                   "n_classes": ds.n_classes, "kind": ds.kind, "task_type": task_type,
+                   "modality": getattr(ds, "modality", None)},
         "candidates": spec.candidates,
         "estimators": names,
         "combine": {"method": "weighted mean of per-estimator z-scores across candidates "
@@ -516,6 +565,7 @@ def compute(ctx, spec: RankingSpec, progress: Callable[[float], None] | None = N
         "computed": n_computed,
         "cached": n_cached,
         "errors": errors[:20],
+        "skipped": skipped,
         "seconds": round(time.perf_counter() - t0, 4),
     }
     if prefilter is not None:

@@ -73,7 +73,8 @@ def cmd_rank(args) -> int:
     ests = [e.strip() for e in args.estimators.split(",") if e.strip()] if args.estimators else None
     ctx = Context.open(_settings(args, log_level="WARNING") if args.json else _settings(args))
     try:
-        ds, created = datasets_svc.create_from_upload(ctx, path.read_bytes(), path.name, None)
+        ds, created = datasets_svc.create_from_upload(ctx, path.read_bytes(), path.name, None,
+                                                      getattr(args, "task_type", None))
         if not args.json:
             _print_err(f"dataset {ds.id} ({'new' if created else 'already stored'}): n={ds.n_examples}, "
                        f"C={ds.n_classes}")
@@ -164,6 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--top-k", type=int, default=10)
     r.add_argument("--prefilter-k", type=int, default=None, help="tasks: score only the k nearest sources")
     r.add_argument("--sources", default=None, help="comma-separated candidate names (default: all)")
+    r.add_argument("--task-type", choices=["classification", "regression", "multilabel"], default=None,
+                   help="the target type (default: inferred when unambiguous)")
     r.add_argument("--json", action="store_true", help="print only the JSON result on stdout")
     data_dir(r)
     r.set_defaults(func=cmd_rank)

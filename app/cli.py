@@ -6,6 +6,8 @@
     transferrank keys create --owner NAME --scopes read,write[,admin] [--data-dir DIR]
     transferrank keys list | keys revoke KEY_ID
     transferrank migrate [--revision head] [--data-dir DIR]
+    transferrank models add PATH --name N [--kind K] [--modality M] [--data-dir DIR] | models list | models remove N
+    transferrank sources import PATH [--base-encoder NAME] [--prefix P] [--data-dir DIR]
 """
 from __future__ import annotations
 
@@ -128,6 +130,35 @@ def cmd_keys(args) -> int:
     return 0
 
 
+def cmd_byo(args) -> int:
+    """``models add|list|remove`` and ``sources import`` on a data dir, without a server."""
+    from app.core.errors import ServiceError
+    from app.services import catalogue as catalogue_svc
+    from app.services import models as models_svc
+    from app.services.context import Context
+
+    ctx = Context.open(_settings(args, log_level="WARNING"), seed=False)
+    try:
+        if args.command == "sources":
+            out = catalogue_svc.import_dir(ctx, Path(args.path), args.base_encoder, args.prefix) \
+                if Path(args.path).is_dir() else catalogue_svc.import_upload(
+                    ctx, Path(args.path).read_bytes(), args.base_encoder, args.prefix)[0]
+        elif args.models_cmd == "add":
+            out, _ = models_svc.add(ctx, args.name, args.path, args.kind, args.modality, args.pooling, args.layer,
+                                    args.licence, inline=True)
+        elif args.models_cmd == "list":
+            out = models_svc.list_all(ctx, limit=1000)
+        else:
+            out = models_svc.remove(ctx, args.name)
+    except (ServiceError, ValueError, OSError) as exc:
+        _print_err(f"error: {getattr(exc, 'detail', exc)}")
+        return 2
+    finally:
+        ctx.close()
+    print(json.dumps(out, indent=2, default=str))
+    return 0
+
+
 def cmd_migrate(args) -> int:
     from app.db.session import make_engine, upgrade
 
@@ -183,6 +214,30 @@ def build_parser() -> argparse.ArgumentParser:
     kr.add_argument("key_id")
     data_dir(kr)
     k.set_defaults(func=cmd_keys)
+
+    mo = sub.add_parser("models", help="model candidates: add PATH --name N | list | remove NAME")
+    msub = mo.add_subparsers(dest="models_cmd", required=True)
+    ma = msub.add_parser("add", help="register a local transformers / sentence-transformers dir or TorchScript file")
+    ma.add_argument("path")
+    ma.add_argument("--name", required=True)
+    ma.add_argument("--kind", choices=["transformers", "sentence-transformers", "torchscript"], default=None)
+    ma.add_argument("--modality", choices=["text", "image"], default=None)
+    ma.add_argument("--pooling", choices=["mean", "cls", "pooler"], default=None)
+    ma.add_argument("--layer", type=int, default=None)
+    ma.add_argument("--licence", default=None)
+    mr = msub.add_parser("remove")
+    mr.add_argument("name")
+    for sp in (ma, msub.add_parser("list"), mr):
+        data_dir(sp)
+    mo.set_defaults(func=cmd_byo)
+    so = sub.add_parser("sources", help="source catalogue: import ESMs (hf-dataset-selector layout)")
+    ssub = so.add_subparsers(dest="sources_cmd", required=True)
+    si = ssub.add_parser("import", help="import a folder of <name>/{config.json,model.safetensors} folders, or a zip")
+    si.add_argument("path")
+    si.add_argument("--base-encoder", default=None)
+    si.add_argument("--prefix", default="")
+    data_dir(si)
+    so.set_defaults(func=cmd_byo)
 
     m = sub.add_parser("migrate", help="apply database migrations (the service also does it on start)")
     m.add_argument("--revision", default="head")

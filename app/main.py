@@ -94,7 +94,8 @@ def create_app(settings: Settings | None = None, *, ctx=None, backend=None) -> F
 
     app.include_router(router)
     app.include_router(admin)
-    from app.api import routes_models
+    from app.api import routes_models, routes_sources_import
 
     app.include_router(routes_models.router)
+    app.include_router(routes_sources_import.router)
     return app

@@ -65,8 +65,12 @@ def delete_dataset(dataset_id: str, ctx=Depends(get_ctx)):
 
 # ---------------------------------------------------------------------- sources
 @router.get("/sources", tags=["sources"])
-def list_sources(ctx=Depends(get_ctx)):
-    return sources_svc.list_sources(ctx)
+def list_sources(limit: int = Query(100, ge=1, le=1000), offset: int = Query(0, ge=0), origin: str | None = None,
+                 status: str | None = None, base_encoder: str | None = None, q: str | None = None,
+                 has_esm: bool | None = None, ctx=Depends(get_ctx)):
+    from app.services import catalogue as catalogue_svc
+
+    return catalogue_svc.list_sources(ctx, limit, offset, origin, status, base_encoder, q, has_esm)
 
 
 @router.get("/sources/{name}", tags=["sources"])

@@ -193,9 +193,10 @@ def _model_names(ctx, ds: Dataset, spec: RankingSpec) -> list[str]:
 def _task_rows(ctx, ds: Dataset, spec: RankingSpec) -> list[tuple[SourceTask, Dataset]]:
     with ctx.Session() as s:
         rows = s.execute(select(SourceTask, Dataset).join(Dataset, Dataset.id == SourceTask.dataset_id)
-                         .where(SourceTask.status != "failed", SourceTask.base_encoder == ctx.settings.base_encoder)
-                         .order_by(SourceTask.name)).all()
-    rows = [(t, d) for t, d in rows if d.sha256 != ds.sha256]
+                         .where(SourceTask.status != "failed").order_by(SourceTask.name)).all()
+    # several base encoders may serve sources; an NPZ target carries the service's base features only
+    rows = [(t, d) for t, d in rows if d.sha256 != ds.sha256
+            and (ds.kind != "features" or t.base_encoder == ctx.settings.base_encoder)]
     if spec.sources:
         have = {t.name for t, _ in rows}
         unknown = [n for n in spec.sources if n not in have]
@@ -218,7 +219,7 @@ def needs_job(ctx, spec: RankingSpec) -> bool:
             return True
         n_pairs = len(wanted) * len(names)
     else:
-        if ctx.settings.base_encoder not in have:
+        if any(t.base_encoder not in have for t, _ in _task_rows(ctx, ds, spec)):
             return True
         n_pairs = min(len(_task_rows(ctx, ds, spec)), spec.prefilter_k or 10**9) * len(names)
     if n_pairs <= SYNC_SCORE_LIMIT:
@@ -263,6 +264,8 @@ def _compute_one(ctx, est: str, info, cand: Candidate, X_target: np.ndarray | No
         return estimators.score(est, cand.features, y, **user)
     if info.needs == "probs":
         return estimators.score(est, cand.probs, y, **user)
+    if isinstance(X_target, dict):  # tasks: the target embedded by each source's own base encoder
+        X_target = X_target[cand.encoder]
     if info.needs == "esm":
         return estimators.score(est, X_target, y, esm=_load_esm(ctx, cand), **user)
     # domains: target vs source base embeddings (loaded only now: cached scores never load them)
@@ -410,30 +413,34 @@ def compute(ctx, spec: RankingSpec, progress: Callable[[float], None] | None = N
                                probs=features_svc.get_features(ctx, ds, m + PROBS_SUFFIX)) for m in models]
     else:
         base = ctx.settings.base_encoder
-        if ds.kind == "features":
-            X_target = ctx.blobs.get_array(ds.features_blob)
-        else:
-            progress(0.0, f"embedding the target with the base encoder {base}")
-            X_target = features_svc.ensure(ctx, ds, [base], progress=lambda p: progress(0.6 * p))[base]
         rows = _task_rows(ctx, ds, spec)
+        # the target is embedded once per base encoder that serves a source (the service's first)
+        bases = [base] + sorted({t.base_encoder for t, _ in rows} - {base})
+        if ds.kind == "features":
+            X_by_base = {base: ctx.blobs.get_array(ds.features_blob)}
+        else:
+            progress(0.0, f"embedding the target with the base encoder(s) {', '.join(bases)}")
+            X_by_base = features_svc.ensure(ctx, ds, bases, progress=lambda p: progress(0.6 * p))
+        X_target = X_by_base
         if spec.prefilter_k is not None and len(rows) > spec.prefilter_k:
-            te = features_svc.task_embedding(X_target)
+            # FAISS holds the sources of the service's base encoder; sources of other bases are all scored
+            te = features_svc.task_embedding(X_by_base[base])
             hits = ctx.index.search(te, spec.prefilter_k)
             keep = {sid for sid, _ in hits}
             prefilter = {"k": spec.prefilter_k, "searched": len(rows),
                          "similarity": {t.name: round(sim, 6) for t, _ in rows for sid, sim in hits if t.id == sid}}
-            rows = [(t, d) for t, d in rows if t.id in keep]
+            rows = [(t, d) for t, d in rows if t.id in keep or t.base_encoder != base]
         with ctx.Session() as s:
-            fsets = {fs.dataset_sha256: fs for fs in s.scalars(
+            fsets = {(fs.dataset_sha256, fs.encoder): fs for fs in s.scalars(
                 select(features_svc.FeatureSet).where(
-                    features_svc.FeatureSet.encoder == base,
+                    features_svc.FeatureSet.encoder.in_(bases),
                     features_svc.FeatureSet.dataset_sha256.in_([d.sha256 for _, d in rows])))}
         for t, d in rows:
-            fs = fsets.get(d.sha256)
+            fs = fsets.get((d.sha256, t.base_encoder))
             if fs is None and t.esm_blob is None:
                 continue  # still being embedded (status pending): nothing to score it with yet
             cands.append(Candidate(
-                t.name, "task", base, features_key=fs.blob if fs is not None else None,
+                t.name, "task", t.base_encoder, features_key=fs.blob if fs is not None else None,
                 esm_key=t.esm_blob, source_sha256=d.sha256,
                 meta={"status": t.status, "origin": t.origin, "n_examples": d.n_examples,
                       "n_classes": d.n_classes, "licence": t.licence}))
@@ -570,6 +577,8 @@ def compute(ctx, spec: RankingSpec, progress: Callable[[float], None] | None = N
     }
     if prefilter is not None:
         result["prefilter"] = prefilter
+    if spec.candidates == "tasks":
+        result["base_encoders"] = {b: sum(1 for c in cands if c.encoder == b) for b in sorted({c.encoder for c in cands})}
     log.info("ranking of %s (%s, %s): %d computed, %d cached in %.2fs", ds.id, spec.candidates,
              ",".join(names), n_computed, n_cached, result["seconds"])
     return result

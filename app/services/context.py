@@ -58,6 +58,9 @@ class Context:
         sync_encoders(ctx)
         if settings.seed_demo if seed is None else seed:
             seed_demo(ctx)
+            from app.services.models import seed_demo_models
+
+            seed_demo_models(ctx)  # the small image models trained here (TorchScript)
         ctx.index.ensure()
         return ctx
 

@@ -254,3 +254,39 @@ def ranking_candidates(ctx, modality: str) -> list[str]:
         return list(s.scalars(select(EncoderRow.name).where(
             EncoderRow.enabled.is_(True), or_(EncoderRow.status.is_(None), EncoderRow.status == "ready"),
             EncoderRow.modality == modality).order_by(EncoderRow.name)))
+
+
+DEMO_MODELS_DIR = Path(__file__).resolve().parents[1] / "demo" / "data" / "image_models"
+
+
+def seed_demo_models(ctx, directory: Path | None = None) -> int:
+    """Add the shipped image models (``app/demo/data/image_models/manifest.json``, trained here by
+    ``python -m app.demo.image_models``) as ``origin = "demo"`` rows, with the facts recorded at
+    training time (no load at start). Idempotent; returns how many were added."""
+    import json
+
+    directory = Path(directory or DEMO_MODELS_DIR)
+    manifest = directory / "manifest.json"
+    if not manifest.is_file():
+        return 0
+    added = 0
+    entries = json.loads(manifest.read_text()).get("models", [])
+    with ctx.Session.begin() as s:
+        for e in entries:
+            path = directory / e["file"]
+            row = s.get(EncoderRow, e["name"])
+            if row is not None:
+                if row.origin == "demo" and path.is_file():
+                    row.path = str(path)  # the package may have moved since the row was written
+                continue
+            if not path.is_file():
+                continue
+            s.add(EncoderRow(name=e["name"], kind=e["kind"], path=str(path), dim=int(e["dim"]),
+                             params=int(e["params"]), licence=e.get("licence", ""), enabled=True,
+                             modality=e.get("modality", "image"), origin="demo", status="ready", options={},
+                             meta={"family": e.get("family", ""), "n_probs": int(e.get("n_probs", 0)),
+                                   "description": e.get("description", "")}, created_at=utcnow()))
+            added += 1
+    if added:
+        log.info("demo catalogue: %d image model(s) added", added)
+    return added

@@ -87,10 +87,10 @@ class JobRunner:
     def progress(self, job_id: str, fraction: float, message: str | None = None) -> None:
         fraction = min(max(float(fraction), 0.0), 1.0)
         now = time.monotonic()
-        last_t, last_p = self._last_write.get(job_id, (0.0, -1.0))
-        if message is None and fraction - last_p < 0.01 and now - last_t < 1.0:
+        last_t, last_p, last_m = self._last_write.get(job_id, (0.0, -1.0, None))
+        if (message is None or message == last_m) and fraction - last_p < 0.01 and now - last_t < 1.0:
             return
-        self._last_write[job_id] = (now, fraction)
+        self._last_write[job_id] = (now, fraction, message if message is not None else last_m)
         values: dict[str, Any] = {"progress": fraction, "heartbeat_at": utcnow()}
         if message is not None:
             values["message"] = message
@@ -101,7 +101,8 @@ class JobRunner:
 
     def _run(self, job_id: str, fn: JobFn, on_error: ErrorHook | None) -> dict:
         t0 = time.perf_counter()
-        self._set(job_id, status="running", started_at=utcnow(), heartbeat_at=utcnow(), owner=self.ctx.instance_id)
+        self._set(job_id, status="running", started_at=utcnow(), heartbeat_at=utcnow(), owner=self.ctx.instance_id,
+                  message="running")  # never "queued: ..." while it runs; the job reports its phases
         log.info("job %s started", job_id)
         try:
             result = fn(lambda p, message=None: self.progress(job_id, p, message)) or {}

@@ -499,7 +499,8 @@ def compute(ctx, spec: RankingSpec, progress: Callable[[float], None] | None = N
         entries[c.source]["details"][est] = detail
         if c.kind == "task" and est == names[-1]:
             c.features = c.esm = None  # free the source's embeddings and ESM before the next source
-        progress((0.85 if spec.candidates == "models" else 0.6) + 0.14 * (i + 1) / len(todo))
+        progress((0.85 if spec.candidates == "models" else 0.6) + 0.14 * (i + 1) / len(todo),
+                 f"scoring {i + 1}/{len(todo)}")
     scores_svc.store_many(ctx, new_rows)
     if n_computed + n_cached == 0 and errors:
         raise Invalid("no candidate could be scored: " + "; ".join(errors[:3]))

@@ -159,6 +159,7 @@ def _train_job(ctx, sid: int, ds: Dataset, train_esm: bool, train: dict, progres
     with ctx.Session.begin() as s:
         s.get(SourceTask, sid).status = "training" if train_esm else "pending"
     if not train_esm:
+        progress(0.0, f"extracting {base} embeddings")
         features_svc.ensure(ctx, ds, [base], progress=progress)
         with ctx.Session.begin() as s:
             s.get(SourceTask, sid).status = "ready"
@@ -168,7 +169,12 @@ def _train_job(ctx, sid: int, ds: Dataset, train_esm: bool, train: dict, progres
     labels = datasets_svc.labels(ctx, ds)
     request = EsmTrainRequest(base_encoder=base, texts=texts, labels=labels.tolist(), **train)
     t0 = time.perf_counter()
-    result = ctx.backend.submit_train_esm(request, progress=lambda p: progress(0.95 * p)).result()
+    from app.training.esm_job import phase_message
+
+    progress(0.0, "loading model")
+    result = ctx.backend.submit_train_esm(
+        request, progress=lambda p: progress(0.95 * p, phase_message(p, request.epochs))).result()
+    progress(0.95, "storing the ESM")
     seconds = time.perf_counter() - t0
     with ctx.Session() as s:
         have_base = features_svc.cached(s, ds.sha256, base) is not None

@@ -124,3 +124,51 @@ def test_image_upload_limits(client):
         z.writestr("b/fine.png", big.getvalue())
     r = upload(client, buf.getvalue(), "bomb.zip")
     assert r.status_code == 422 and "decompression bomb" in r.json()["detail"], r.text
+
+
+def test_sentence_transformers_dir_and_pooling_options(client, tiny_models, tmp_path):
+    from sentence_transformers import SentenceTransformer, models
+
+    from app.encoders.base import EncoderSpec
+    from app.encoders.custom import build
+
+    st_dir = tmp_path / "st"
+    word = models.Transformer(str(tiny_models["bert"]))
+    SentenceTransformer(modules=[word, models.Pooling(word.get_word_embedding_dimension(), "mean")]).save(str(st_dir))
+    st = _add(client, name="tiny-st", path=str(st_dir), licence="Apache-2.0")
+    assert st["kind"] == "sentence-transformers" and st["modality"] == "text" and st["dim"] == 32
+    texts, labels = make_texts(30, 3)
+    ds = upload(client, csv_bytes(texts, labels), "t.csv").json()
+    out = rank(client, {"target": ds["id"], "candidates": "models", "sources": ["tiny-st"]})
+    assert np.isfinite(out["ranking"][0]["scores"]["logme"])
+
+    # sentence-transformers' mean pooling == our mean pooling of the same weights
+    spec = lambda **o: EncoderSpec(name="x", kind="transformers", path=str(tiny_models["bert"]),  # noqa: E731
+                                   options={"custom": True, **o})
+    mean = build(spec(pooling="mean")).encode(texts[:6])
+    ref = SentenceTransformer(str(st_dir), device="cpu").encode(texts[:6])
+    np.testing.assert_allclose(mean, ref, rtol=1e-4, atol=1e-5)
+    cls = build(spec(pooling="cls")).encode(texts[:6])
+    emb = build(spec(pooling="mean", layer=0)).encode(texts[:6])
+    assert not np.allclose(cls, mean) and not np.allclose(emb, mean)
+    with pytest.raises(ValueError, match="layer 7 is out of range"):
+        build(spec(layer=7))
+    r = client.post("/v1/models", json={"name": "p", "path": str(tiny_models["vit"]), "pooling": "cls"})
+    assert r.status_code == 422 and "pooling applies to text models" in r.json()["detail"]
+
+
+def test_cli_models_add_list_remove(tmp_path, tiny_models, capsys):
+    import json
+
+    from app.cli import main
+
+    d = str(tmp_path / "data")
+    assert main(["models", "add", str(tiny_models["vit"]), "--name", "v", "--data-dir", d]) == 0
+    added = json.loads(capsys.readouterr().out)
+    assert added["name"] == "v" and added["modality"] == "image" and added["status"] == "ready"
+    assert main(["models", "list", "--data-dir", d]) == 0
+    assert "v" in {m["name"] for m in json.loads(capsys.readouterr().out)["models"]}
+    assert main(["models", "add", str(tmp_path / "none"), "--name", "w", "--data-dir", d]) == 2
+    assert "no file or directory" in capsys.readouterr().err
+    assert main(["models", "remove", "v", "--data-dir", d]) == 0
+    assert json.loads(capsys.readouterr().out)["deleted"] is True

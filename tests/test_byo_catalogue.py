@@ -122,6 +122,28 @@ def test_import_rank_export_roundtrip(client, tmp_path):
     assert client.get("/v1/sources?origin=import&has_esm=true").json()["total"] == 4
     assert client.get("/v1/sources/nope/esm").status_code == 404
 
+    # a regression target ranks through the imported ESMs: LogME's regression form on X W^T + b
+    rng = np.random.default_rng(5)
+    yr = np.asarray(labels, dtype=float) + rng.normal(0, 0.3, len(labels))
+    import pandas as pd
+
+    reg = client.post("/v1/datasets", files={"file": ("r.csv", pd.DataFrame({"text": texts, "label": yr.round(4)})
+                                                        .to_csv(index=False).encode())},
+                      data={"task_type": "regression"}).json()
+    out = rank(client, {"target": reg["id"], "candidates": "tasks", "sources": ["hf-a"]})
+    assert out["estimators"] == ["esm_logme", "semb"]
+    d = datasets_svc.get(ctx, reg["id"])
+    W, b = maps["a"]
+    np.testing.assert_allclose(out["ranking"][0]["scores"]["esm_logme"], estimators.score(
+        "logme", X @ W.astype(np.float64).T + b.astype(np.float64), datasets_svc.labels(ctx, d), regression=True),
+        rtol=1e-6)
+    # deleting an imported source removes its data-less dataset row too; the name can be imported again
+    n_ds = len(client.get("/v1/datasets").json()["datasets"])
+    assert client.delete("/v1/sources/copy-hf-b").json()["deleted"]
+    assert len(client.get("/v1/datasets").json()["datasets"]) == n_ds - 1
+    r = client.post("/v1/sources/import", files={"file": ("b.zip", r.content)}, data={"prefix": "copy-"})
+    assert r.status_code == 201, r.text
+
 
 def test_several_base_encoders_and_cli_import(make_client, tmp_path):
     from app.cli import main

@@ -70,6 +70,21 @@ def test_register_text_and_vision_models_and_rank(client, tiny_models):
     assert out["target"]["modality"] == "image"
 
 
+def test_slow_load_answers_202_with_the_job(client, tiny_models):
+    r = client.post("/v1/models", json={"name": "later", "path": str(tiny_models["bert"]), "wait": 0})
+    assert r.status_code in (201, 202), r.text
+    body = r.json()
+    assert body["name"] == "later" and body["kind"] == "transformers" and body["job"]
+    if r.status_code == 202:
+        assert body["status"] == "loading"
+        assert wait_job(client, body["job"])["status"] == "done"
+    got = client.get("/v1/models/later").json()
+    assert got["status"] == "ready" and got["dim"] == 32
+    spec = client.get("/openapi.json").json()["paths"]
+    assert {"/v1/models", "/v1/models/{name}", "/v1/sources/import", "/v1/sources/{name}/esm",
+            "/v1/sources/bulk"} <= set(spec)
+
+
 def test_model_lifecycle_and_errors(client, tiny_models, tmp_path):
     r = client.post("/v1/models", json={"name": "nope", "path": str(tmp_path / "missing")})
     assert r.status_code == 422 and "no file or directory" in r.json()["detail"]

@@ -80,7 +80,8 @@ class Context:
         from app.db.models import EncoderRow
 
         with self.Session() as s:
-            names = list(s.scalars(select(EncoderRow.name).where(EncoderRow.enabled.is_(True))))
+            names = list(s.scalars(select(EncoderRow.name).where(EncoderRow.enabled.is_(True),
+                                                                 EncoderRow.status == "ready")))
 
         def done(name, t0):
             def cb(fut):
@@ -91,9 +92,12 @@ class Context:
                     log.warning("encoder %s failed to load: %s", name, exc)
             return cb
 
+        from app.services.models import warm_up_inputs, worker_encoder
+
         for name in names:
             t0 = time.perf_counter()
-            self.backend.submit_embed(name, ["warm up the encoder", "second text"]).add_done_callback(done(name, t0))
+            enc = worker_encoder(self, name)  # a user model travels as its spec
+            self.backend.submit_embed(enc, warm_up_inputs(enc)).add_done_callback(done(name, t0))
 
     def describe(self) -> dict:
         return {"data_dir": str(self.settings.data_dir.resolve()),

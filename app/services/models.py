@@ -56,6 +56,15 @@ def worker_encoder(ctx, name: str):
     return spec_for(row) if row is not None and is_user(row) else name
 
 
+def warm_up_inputs(encoder) -> list:
+    """Two throw-away inputs of the encoder's modality (blank images for a vision model)."""
+    if isinstance(encoder, EncoderSpec) and (encoder.options or {}).get("modality") == "image":
+        from PIL import Image
+
+        return [Image.new("RGB", (32, 32)), Image.new("RGB", (32, 32), (255, 255, 255))]
+    return ["warm up the encoder", "second text"]
+
+
 def n_probs(ctx, name: str) -> int:
     with ctx.Session() as s:
         row = s.get(EncoderRow, name)
@@ -108,7 +117,7 @@ def add(ctx, name: str, path: str, kind: str | None = None, modality: str | None
         options: dict | None = None, *, origin: str = "user", wait: float | None = None,
         inline: bool = False) -> tuple[dict, bool]:
     """Register a model and load it on a job. Returns ``(body, done)``: done -> the loaded model
-    (201); else ``{"model", "job", "status": "loading"}`` (202). A load failure within the wait
+    (201); else the model with ``"status": "loading"`` and its ``"job"`` (202). A load failure within the wait
     raises ``Invalid`` with the loader's reason and leaves no row behind."""
     from app.encoders import custom
 
@@ -158,7 +167,7 @@ def add(ctx, name: str, path: str, kind: str | None = None, modality: str | None
         raise Invalid(f"model {name!r} could not be loaded: {job['error']}")
     if job["status"] == "done":
         return get(ctx, name), True
-    return {"model": get(ctx, name), "job": job_id, "status": "loading"}, False
+    return get(ctx, name), False  # status "loading", with its "job"
 
 
 def _load_job(ctx, name: str, licence: str | None, progress) -> dict:

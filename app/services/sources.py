@@ -235,10 +235,18 @@ def delete_source(ctx, name: str) -> dict:
             raise Conflict(f"source {name!r} is still {t.status} (job {t.job_id}); wait for the job to end")
         sid, esm_key = t.id, t.esm_blob
         n_scores = s.execute(delete(Score).where(Score.source == name, Score.source_kind == "task")).rowcount
+        placeholder = t.dataset if t.dataset is not None and t.dataset.kind == "esm" else None
         s.delete(t)
+        extra_keys = []
+        if placeholder is not None:  # an imported ESM's data-less dataset row goes with it
+            extra_keys = [k for k in (placeholder.task_embedding_blob, placeholder.labels_blob) if k]
+            s.delete(placeholder)
     ctx.index.remove(sid)
-    if esm_key:
+    keys = [k for k in [esm_key, *extra_keys] if k]
+    if keys:
         with ctx.Session() as s:
-            if esm_key not in datasets_svc.referenced_blobs(s):
-                ctx.blobs.delete(esm_key)
+            still = datasets_svc.referenced_blobs(s)
+        for k in keys:
+            if k not in still:
+                ctx.blobs.delete(k)
     return {"name": name, "deleted": True, "scores_removed": n_scores}

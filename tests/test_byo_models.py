@@ -187,3 +187,19 @@ def test_cli_models_add_list_remove(tmp_path, tiny_models, capsys):
     assert "no file or directory" in capsys.readouterr().err
     assert main(["models", "remove", "v", "--data-dir", d]) == 0
     assert json.loads(capsys.readouterr().out)["deleted"] is True
+
+
+def test_hub_id_from_the_local_cache_only(client, tiny_models, tmp_path, monkeypatch):
+    import shutil
+
+    cache = tmp_path / "hub"
+    repo = cache / "models--acme--tiny-bert"
+    snap = repo / "snapshots" / ("0" * 40)
+    shutil.copytree(tiny_models["bert"], snap)
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("0" * 40)
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    m = _add(client, name="acme", path="acme/tiny-bert")
+    assert m["path"].endswith("0" * 40) and m["dim"] == 32
+    r = client.post("/v1/models", json={"name": "other", "path": "acme/not-cached"})
+    assert r.status_code == 422 and "nothing is downloaded" in r.json()["detail"]

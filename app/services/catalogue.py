@@ -227,6 +227,9 @@ def import_upload(ctx, data: bytes, base_encoder: str | None, prefix: str | None
     tmp = Path(tempfile.mkdtemp(prefix="transferrank-esm-"))
     try:
         root = _safe_extract(data, tmp, 4 * ctx.settings.max_upload_bytes)
+        if root == tmp and (root / "model.safetensors").is_file():
+            raise Invalid("the zip holds model.safetensors at its top level: put each ESM in a folder named after "
+                          "its source (<name>/config.json, <name>/model.safetensors)")
         folders = _esm_folders(root)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -88,9 +88,11 @@ def _resolve_path(path: str) -> str:
         return str(p.resolve())
     if re.match(r"^[\w.-]+/[\w.-]+$", path):
         try:
+            import os
+
             from huggingface_hub import snapshot_download
 
-            return snapshot_download(path, local_files_only=True)
+            return snapshot_download(path, local_files_only=True, cache_dir=os.environ.get("HF_HUB_CACHE") or None)
         except Exception as exc:  # not cached: nothing is fetched
             raise Invalid(f"{path!r} is neither a local path nor a hub id in the local Hugging Face cache "
                           f"(nothing is downloaded): {type(exc).__name__}") from None

@@ -144,3 +144,11 @@ def test_cli_ranks_regression_and_multilabel(tmp_path, capsys):
     finally:
         os.environ.pop("TRANSFERRANK_BASE_ENCODER", None)
         os.environ.pop("TRANSFERRANK_SEED_DEMO", None)
+
+
+def test_many_distinct_floats_say_why(make_client):
+    client = make_client(max_classes=5)
+    texts, _ = make_texts(12, 3)
+    data = pd.DataFrame({"text": texts, "label": np.linspace(0.1, 3.3, 12).round(2)}).to_csv(index=False)
+    r = upload(client, data.encode(), "f.csv")
+    assert r.status_code == 422 and "real numbers" in r.json()["detail"], r.text

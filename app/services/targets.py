@@ -224,36 +224,61 @@ def label_columns(cols: list[str]) -> list[str]:
     return out
 
 
-def parse_table(data: bytes, fmt: str, settings, task_type: str | None, classification_reader):
-    """A text table with a declared or inferred target type; classification goes to
-    ``classification_reader(data, fmt, settings)`` (the datasets module's reader)."""
+def _read_raw(data: bytes, fmt: str):
     import pandas as pd
 
+    if fmt in ("csv", "tsv"):
+        df = pd.read_csv(io.BytesIO(data), sep="\t" if fmt == "tsv" else ",", dtype=str,
+                         keep_default_na=False, na_values=[], encoding="utf-8")
+    elif fmt == "jsonl":
+        df = pd.read_json(io.BytesIO(data), lines=True, dtype=False)
+    else:
+        df = pd.read_parquet(io.BytesIO(data))
+    df.columns = [str(c).strip() for c in df.columns]
+    return df
+
+
+def parse_table(data: bytes, fmt: str, settings, task_type: str | None, classification_reader):
+    """A text table with a declared or inferred target type.
+
+    Classification (declared, or inferred) is read by ``classification_reader(data, fmt,
+    settings)`` (the datasets module's reader), whose distinct label strings are then checked
+    for ambiguity (``infer``) when no ``task_type`` was given; a JSONL / Parquet label column
+    holding real lists is read as multi-label. Regression and multi-label tables are read here."""
     task_type = check_task_type(task_type)
-    if not data.strip():
-        raise Invalid("the file is empty")
+    if task_type in (None, "classification"):
+        try:
+            parsed = classification_reader(data, fmt, settings)
+        except Invalid as exc:
+            if task_type is None and "classes exceed" in exc.detail:  # many distinct floats: say why
+                try:
+                    infer(_read_raw(data, fmt)["label"].tolist())
+                except Invalid:
+                    raise
+                except Exception:
+                    pass
+            raise
+        if task_type == "classification":
+            return parsed
+        names = list(parsed.label_names)
+        if fmt in ("jsonl", "parquet") and any(n.startswith("[") for n in names):
+            values = _read_raw(data, fmt)["label"].tolist()
+            if all(_is_listlike(v) for v in values):
+                task_type = "multilabel"  # real lists per row: unambiguous
+            else:
+                infer(values)
+        if task_type is None:
+            infer(names)  # 422 for real numbers or "a,b" strings, asking for task_type
+            return parsed
     try:
-        if fmt in ("csv", "tsv"):
-            df = pd.read_csv(io.BytesIO(data), sep="\t" if fmt == "tsv" else ",", dtype=str,
-                             keep_default_na=False, na_values=[], encoding="utf-8")
-        elif fmt == "jsonl":
-            df = pd.read_json(io.BytesIO(data), lines=True, dtype=False)
-        else:
-            df = pd.read_parquet(io.BytesIO(data))
+        df = _read_raw(data, fmt)
     except Exception:  # the classification reader gives the detailed message
         return classification_reader(data, fmt, settings)
-    df.columns = [str(c).strip() for c in df.columns]
     lcols = label_columns(list(df.columns))
     if task_type != "regression":  # several label columns are regression targets only
         lcols = [c for c in lcols if c == "label"]
     if "text" not in df.columns or not lcols:
         return classification_reader(data, fmt, settings)  # names the missing columns
-    if task_type is None and len(lcols) == 1:
-        infer(df[lcols[0]].tolist())  # 422 unless unambiguous
-        if not any(_is_listlike(v) for v in df[lcols[0]].tolist()[:1]):
-            return classification_reader(data, fmt, settings)
-    if task_type == "classification":
-        return classification_reader(data, fmt, settings)
     n = len(df)
     if n < 2:
         raise Invalid(f"the file has {n} row(s); at least 2 labelled examples are needed")

@@ -56,7 +56,7 @@ class JobRunner:
         self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="transferrank-job")
         self._active: set[str] = set()
         self._lock = threading.Lock()
-        self._last_write: dict[str, tuple[float, float]] = {}
+        self._last_write: dict[str, tuple[float, float, str | None]] = {}  # time, fraction, message
         self._stop = threading.Event()
         self._hb = threading.Thread(target=self._heartbeat_loop, name="transferrank-heartbeat", daemon=True)
         self._hb.start()

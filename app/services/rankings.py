@@ -117,6 +117,8 @@ def _validate(ctx, spec: RankingSpec) -> tuple[Dataset, list[str]]:
     if spec.candidates == "tasks" and not _task_rows(ctx, ds, spec):
         raise Invalid("there are no source tasks to rank; register one with POST /v1/sources "
                       "(or start the service with the demo catalogue)")
+    if ds.kind == "esm":
+        raise Invalid(f"dataset {ds.id} is the placeholder of an imported ESM: it holds no examples to rank")
     if spec.candidates == "tasks" and ds.kind == "image":
         raise Invalid("the source tasks are text tasks embedded by a text base encoder; rank an image dataset "
                       "with candidates='models' (vision models)")

@@ -99,6 +99,12 @@ def register(ctx, dataset_id: str, name: str | None = None, description: str = "
     bad = set(train) - TRAIN_KEYS
     if bad:
         raise Invalid(f"unknown training option(s) {', '.join(sorted(bad))}; allowed: {', '.join(sorted(TRAIN_KEYS))}")
+    if ds.kind in ("image", "esm"):
+        raise Invalid(f"dataset {ds.id} is {'an image dataset' if ds.kind == 'image' else 'an imported ESM'}: "
+                      "source tasks are text datasets (or NPZ base-encoder features)")
+    if train_esm and (ds.task_type or "classification") != "classification":
+        raise Invalid(f"ESM training fine-tunes a classifier; dataset {ds.id} is a {ds.task_type} target. "
+                      "Register it with train_esm=false (base embeddings only)")
     base = ctx.settings.base_encoder
     with ctx.Session() as s:
         if s.scalar(select(SourceTask).where(SourceTask.name == name)) is not None:

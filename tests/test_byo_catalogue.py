@@ -151,7 +151,7 @@ def test_several_base_encoders_and_cli_import(make_client, tmp_path):
     data_dir = tmp_path / "data"
     bert = save_tiny_bert(tmp_path / "bert")
     root = tmp_path / "glove"
-    Wg, bg = write_hfselect_esm(root / "g1", 50, "glove-6b-50d", 1)
+    write_hfselect_esm(root / "g1", 50, "glove-6b-50d", 1)
     import os
 
     os.environ["TRANSFERRANK_BASE_ENCODER"] = "glove-6b-50d"

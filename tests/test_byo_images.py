@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import io
 
-import numpy as np
 import pandas as pd
 import pytest
 
 from byo_helpers import fashion_mnist, png_bytes
-from conftest import rank, upload, wait_job
+from conftest import rank, upload
 
 fm = fashion_mnist()
 needs_fmnist = pytest.mark.skipif(fm is None, reason="Fashion-MNIST not installed (apt-get install "

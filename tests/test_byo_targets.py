@@ -3,7 +3,6 @@ targets rank through the API and the CLI with the estimators that apply; ambiguo
 (floats, comma lists) without task_type are refused with the reason."""
 from __future__ import annotations
 
-import io
 import json
 
 import numpy as np

@@ -199,7 +199,6 @@ class HFTextEncoder(_Base):
         self.family, self.licence = _hf_facts(config, local)
 
     def _forward(self, batch):
-        import torch
 
         enc = self.tokenizer(list(batch), truncation=True, max_length=self.max_length, padding=True,
                              return_tensors="pt").to(self.device)

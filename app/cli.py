@@ -16,15 +16,18 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-
-def _settings(args, **extra):
+if TYPE_CHECKING:
     from app.core.config import Settings
 
-    data_dir = getattr(args, "data_dir", None)
-    if data_dir:  # encoders keep their own caches (distilled model2vec) in the data dir too
-        os.environ["TRANSFERRANK_DATA_DIR"] = str(data_dir)
-    return Settings.from_env(data_dir=data_dir, **extra)
+
+def _settings(args: argparse.Namespace, **extra: Any) -> Settings:
+    """The environment's settings with the command line's options on top (passed down, never
+    written back to the environment)."""
+    from app.core.config import Settings
+
+    return Settings.from_env(data_dir=getattr(args, "data_dir", None), **extra)
 
 
 def _print_err(msg: str) -> None:
@@ -36,8 +39,9 @@ def cmd_serve(args) -> int:
 
     from app.main import create_app
 
-    os.environ.setdefault("TRANSFERRANK_WARM_UP", "1")
     settings = _settings(args)
+    if "warm_up" not in settings.model_fields_set:  # `serve` warms the encoders up unless told not to
+        settings = settings.replace(warm_up=True)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     app = create_app(settings)
     _print_err(f"TransferRank on http://{args.host}:{args.port} (data dir {settings.data_dir.resolve()}; "
@@ -64,16 +68,17 @@ def _format_table(result: dict) -> str:
 
 def cmd_rank(args) -> int:
     from app.core.errors import ServiceError
+    from app.core.status import RankingStatus
     from app.services import datasets as datasets_svc
     from app.services import rankings as rankings_svc
-    from app.services.context import Context
+    from app.services.startup import open_context
 
     path = Path(args.file)
     if not path.is_file():
         _print_err(f"error: no such file: {path}")
         return 2
     ests = [e.strip() for e in args.estimators.split(",") if e.strip()] if args.estimators else None
-    ctx = Context.open(_settings(args, log_level="WARNING") if args.json else _settings(args))
+    ctx = open_context(_settings(args, log_level="WARNING") if args.json else _settings(args))
     try:
         ds, created = datasets_svc.create_from_upload(ctx, path.read_bytes(), path.name, None,
                                                       getattr(args, "task_type", None))
@@ -84,7 +89,7 @@ def cmd_rank(args) -> int:
         spec = rankings_svc.RankingSpec(target=ds.id, candidates=args.candidates, estimators=ests,
                                         top_k=args.top_k, prefilter_k=args.prefilter_k, sources=sources)
         out, _ = rankings_svc.create(ctx, spec, inline=True)
-        if out.get("status") != "done":
+        if out.get("status") != RankingStatus.DONE:
             _print_err(f"error: {out.get('error') or 'ranking failed'}")
             return 1
     except ServiceError as exc:
@@ -99,6 +104,7 @@ def cmd_rank(args) -> int:
         ranking = [{"source": r["source"], "rank": r["rank"], "score": r.get("score"), "scores": r["scores"],
                     "details": r.get("details", {})} for r in out["ranking"]]
         print(json.dumps({"ranking": ranking, "target": out.get("target"), "estimators": out.get("estimators"),
+                          "skipped": out.get("skipped", {}), "notes": out.get("notes", {}),
                           "computed": out.get("computed"), "cached": out.get("cached")}))
     else:
         print(_format_table(out))
@@ -108,9 +114,9 @@ def cmd_rank(args) -> int:
 def cmd_keys(args) -> int:
     from app.core.errors import ServiceError
     from app.services import keys as keys_svc
-    from app.services.context import Context
+    from app.services.startup import open_context
 
-    ctx = Context.open(_settings(args), seed=False)
+    ctx = open_context(_settings(args), seed=False)
     try:
         if args.keys_cmd == "create":
             _info, key = keys_svc.create(ctx, args.owner, args.scopes)
@@ -248,6 +254,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    try:
+        settings = _settings(args)
+    except ValueError as exc:
+        _print_err(f"error: {exc}")
+        return 2
     if args.command == "rank" and args.top_k < 1:
         _print_err("error: --top-k must be >= 1")
         return 2
@@ -256,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
 
         from app.core.logging import setup_logging
 
-        setup_logging("WARNING" if getattr(args, "json", False) else os.environ.get("TRANSFERRANK_LOG_LEVEL", "INFO"))
+        setup_logging("WARNING" if getattr(args, "json", False) else settings.log_level)
         logging.getLogger("alembic").setLevel(logging.WARNING)
     return int(args.func(args) or 0)
 

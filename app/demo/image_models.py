@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
-import os
 import time
 from pathlib import Path
 
@@ -101,7 +100,9 @@ def save_torchscript(model, path: Path, *, classes: list[str], licence: str, fam
 
 
 def fashion_mnist_dir() -> Path:
-    env = os.environ.get("TRANSFERRANK_FMNIST_DIR")
+    from app.core.config import Settings
+
+    env = Settings.from_env().fmnist_dir
     for d in ([Path(env)] if env else []) + [
             Path("/usr/share/datasets/fashion-mnist"),
             Path.home() / ".cache/transferrank/fashion-mnist/usr/share/datasets/fashion-mnist"]:

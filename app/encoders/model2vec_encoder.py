@@ -20,11 +20,12 @@ import os
 import shutil
 import tempfile
 import threading
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
+from app.core.config import Settings
 from app.encoders.base import EncoderSpec, ProgressFn, check_texts
 
 DEFAULT_PCA_DIMS = 256
@@ -32,7 +33,7 @@ _distill_lock = threading.Lock()
 
 
 def default_cache_dir() -> Path:
-    return Path(os.environ.get("TRANSFERRANK_DATA_DIR") or ".transferrank")
+    return Settings.from_env().data_dir
 
 
 def _is_static_model_dir(path: Path) -> bool:

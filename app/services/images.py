@@ -21,7 +21,6 @@ into PIL images for the vision encoders on the workers.
 from __future__ import annotations
 
 import io
-import os
 import warnings
 import zipfile
 from pathlib import PurePosixPath
@@ -31,31 +30,30 @@ import numpy as np
 from app.core.errors import Invalid
 
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
-MAX_IMAGE_PIXELS = int(os.environ.get("TRANSFERRANK_MAX_IMAGE_PIXELS", 25_000_000))
-MAX_IMAGE_BYTES = int(os.environ.get("TRANSFERRANK_MAX_IMAGE_BYTES", 20 * 1024 * 1024))
 ZIP_EXPANSION = 4  # a zip may unpack to at most this many times the upload limit
 
 
-def _pil():
+def _pil(settings):
     from PIL import Image
 
-    Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = settings.max_image_pixels
     return Image
 
 
-def decode_checked(data: bytes, what: str) -> tuple[int, int]:
+def decode_checked(data: bytes, what: str, settings) -> tuple[int, int]:
     """Decode one image fully under the limits; returns (width, height) or raises ``Invalid``."""
-    Image = _pil()
-    if len(data) > MAX_IMAGE_BYTES:
-        raise Invalid(f"{what}: {len(data)} bytes exceed the per-image limit of {MAX_IMAGE_BYTES} "
+    Image = _pil(settings)
+    limit = settings.max_image_pixels
+    if len(data) > settings.max_image_bytes:
+        raise Invalid(f"{what}: {len(data)} bytes exceed the per-image limit of {settings.max_image_bytes} "
                       "(TRANSFERRANK_MAX_IMAGE_BYTES)")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data)) as im:
                 w, h = im.size
-                if w * h > MAX_IMAGE_PIXELS:
-                    raise Invalid(f"{what}: {w}x{h} pixels exceed the limit of {MAX_IMAGE_PIXELS} "
+                if w * h > limit:
+                    raise Invalid(f"{what}: {w}x{h} pixels exceed the limit of {limit} "
                                   "(TRANSFERRANK_MAX_IMAGE_PIXELS)")
                 im.load()
     except Invalid:
@@ -158,12 +156,12 @@ def parse_zip(data: bytes, settings, task_type: str | None = None):
         members.sort(key=lambda m: m[0].filename)
         blobs, sizes, labels = [], [], []
         for info, cls in members:
-            if info.file_size > MAX_IMAGE_BYTES:
+            if info.file_size > settings.max_image_bytes:
                 raise Invalid(f"{info.filename}: {info.file_size} bytes exceed the per-image limit of "
-                              f"{MAX_IMAGE_BYTES} (TRANSFERRANK_MAX_IMAGE_BYTES)")
+                              f"{settings.max_image_bytes} (TRANSFERRANK_MAX_IMAGE_BYTES)")
             with z.open(info) as fh:
-                raw = fh.read(MAX_IMAGE_BYTES + 1)  # bounded even if the header lies
-            sizes.append(decode_checked(raw, info.filename))
+                raw = fh.read(settings.max_image_bytes + 1)  # bounded even if the header lies
+            sizes.append(decode_checked(raw, info.filename, settings))
             blobs.append(raw)
             labels.append(cls)
     if task_type not in (None, "classification"):
@@ -194,14 +192,14 @@ def parse_parquet(data: bytes, settings, task_type: str | None = None):
         if not isinstance(v, (bytes, bytearray)):
             raise Invalid(f"row {i}: column 'image' must hold the encoded image bytes (PNG/JPEG), got "
                           f"{type(v).__name__}")
-        sizes.append(decode_checked(bytes(v), f"row {i}"))
+        sizes.append(decode_checked(bytes(v), f"row {i}", settings))
         blobs.append(bytes(v))
     return _parsed("parquet", blobs, sizes, {c: df[c].tolist() for c in lcols}, task_type, settings, cols)
 
 
 def load_images(ctx, ds) -> list:
     """The dataset's images, decoded (PIL, RGB or L as stored) in row order."""
-    Image = _pil()
+    Image = _pil(ctx.settings)
     extras = ds.extra_blobs or {}
     if "images" not in extras:
         raise Invalid(f"dataset {ds.id} ({ds.name}) holds no images")

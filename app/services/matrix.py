@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+from typing import TYPE_CHECKING
 
 from sqlalchemy import select
 
@@ -11,11 +12,14 @@ import estimators
 from app.core.errors import Invalid
 from app.db.models import Dataset, Feedback, Score
 
+if TYPE_CHECKING:
+    from app.services.context import Context
+
 CSV_COLUMNS = ["estimator", "source", "source_kind", "target", "target_name", "target_sha256", "encoder",
                "value", "higher_is_better", "n", "version", "observed_metric", "observed_value"]
 
 
-def build(ctx, estimator: str | None = None, target: str | None = None) -> dict:
+def build(ctx: Context, estimator: str | None = None, target: str | None = None) -> dict:
     if estimator:
         try:
             estimators.info(estimator)

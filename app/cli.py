@@ -30,6 +30,14 @@ def _settings(args: argparse.Namespace, **extra: Any) -> Settings:
     return Settings.from_env(data_dir=getattr(args, "data_dir", None), **extra)
 
 
+def serve_settings(args: argparse.Namespace) -> Settings:
+    """``serve`` warms the encoders up unless ``TRANSFERRANK_WARM_UP`` says otherwise."""
+    settings = _settings(args)
+    if "warm_up" not in settings.model_fields_set:
+        settings = settings.replace(warm_up=True)
+    return settings
+
+
 def _print_err(msg: str) -> None:
     print(msg, file=sys.stderr)
 
@@ -39,9 +47,7 @@ def cmd_serve(args) -> int:
 
     from app.main import create_app
 
-    settings = _settings(args)
-    if "warm_up" not in settings.model_fields_set:  # `serve` warms the encoders up unless told not to
-        settings = settings.replace(warm_up=True)
+    settings = serve_settings(args)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     app = create_app(settings)
     _print_err(f"TransferRank on http://{args.host}:{args.port} (data dir {settings.data_dir.resolve()}; "

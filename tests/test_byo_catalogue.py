@@ -105,6 +105,9 @@ def test_import_rank_export_roundtrip(client, tmp_path):
     with zipfile.ZipFile(io.BytesIO(r.content)) as z:
         assert sorted(z.namelist()) == ["hf-b/config.json", "hf-b/model.safetensors"]
         assert json.loads(z.read("hf-b/config.json"))["base_model_name"] == "glove-6b-50d"
+    js = client.get("/v1/sources/hf-b/esm?format=json").json()
+    np.testing.assert_array_equal(np.asarray(js["weight"], dtype=np.float32), maps["b"][0])
+    np.testing.assert_array_equal(np.asarray(js["bias"], dtype=np.float32), maps["b"][1])
     r2 = client.post("/v1/sources/import", files={"file": ("b.zip", r.content)}, data={"prefix": "copy-"})
     assert r2.status_code == 201 and r2.json()["sources"] == ["copy-hf-b"]
     out = rank(client, {"target": ds["id"], "candidates": "tasks", "estimators": ["esm_logme"],

@@ -5,11 +5,12 @@ answer with (body ``ErrorPublic``: ``{"detail": "..."}``).
 """
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, File, Form, Path, Query, Response, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import PlainTextResponse
+from fastapi.routing import APIRoute
 
 import estimators
 from app.api.deps import CtxDep, authenticate, require
@@ -44,9 +45,20 @@ from app.services import matrix as matrix_svc
 from app.services import rankings as rankings_svc
 from app.services import sources as sources_svc
 
-router = APIRouter(prefix="/v1", dependencies=[Depends(authenticate)], responses=errors(400, 401, 403, 422))
+
+class PublicRoute(APIRoute):
+    """A route whose body holds the fields the service returned (unset optional fields are left
+    out rather than sent as null, e.g. ``ranking`` before a ranking is done)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["response_model_exclude_unset"] = True
+        super().__init__(*args, **kwargs)
+
+
+router = APIRouter(prefix="/v1", dependencies=[Depends(authenticate)], responses=errors(400, 401, 403, 422),
+                   route_class=PublicRoute)
 admin = APIRouter(prefix="/v1/keys", tags=["keys"], dependencies=[Depends(require("admin"))],
-                  responses=errors(400, 401, 403, 422))
+                  responses=errors(400, 401, 403, 422), route_class=PublicRoute)
 
 CHUNK = 1 << 20
 NAME_MAX = 255

@@ -15,7 +15,7 @@ Map). Written per source (float16, no pickle):
 
 and ``catalogue.json`` (name, description, licence, provenance, encoder, sizes, sha256 of the
 files) which ``app.demo.load_demo_catalogue`` reads. Sources already built are kept unless
-``--force``. Cost on 2 shared CPU cores: a few minutes per source (fine-tuning dominates).
+``--force``. Cost: one ESM training per source (fine-tuning dominates).
 """
 from __future__ import annotations
 

@@ -255,8 +255,26 @@ def import_upload(ctx, data: bytes, base_encoder: str | None, prefix: str | None
 
 # ---------------------------------------------------------------------- export
 def export_zip(ctx, name: str) -> bytes:
-    from estimators.esm import EmbeddingSpaceMap
     from safetensors.numpy import save as st_save
+
+    esm, config = _export(ctx, name)
+    tensors = {"model.weight": np.ascontiguousarray(esm.weight, dtype=np.float32),
+               "model.bias": np.ascontiguousarray(esm.bias, dtype=np.float32)}
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr(f"{name}/config.json", json.dumps(config, indent=2))
+        z.writestr(f"{name}/model.safetensors", st_save(tensors, metadata={"format": "pt"}))
+    return buf.getvalue()
+
+
+def export_json(ctx, name: str) -> dict:
+    esm, config = _export(ctx, name)
+    return {"name": name, "config": config, "dim": esm.dim_in, "weight": esm.weight.tolist(),
+            "bias": esm.bias.tolist()}
+
+
+def _export(ctx, name: str):
+    from estimators.esm import EmbeddingSpaceMap
 
     with ctx.Session() as s:
         row = s.execute(select(SourceTask, Dataset).join(Dataset, Dataset.id == SourceTask.dataset_id)
@@ -271,13 +289,7 @@ def export_zip(ctx, name: str) -> bytes:
               "transferrank_base_encoder": t.base_encoder, "task_id": name,
               "num_examples": int(d.n_examples), "esm_architecture": "linear", "embedding_dim": esm.dim_in,
               "licence": t.licence or "", "description": t.description or ""}
-    tensors = {"model.weight": np.ascontiguousarray(esm.weight, dtype=np.float32),
-               "model.bias": np.ascontiguousarray(esm.bias, dtype=np.float32)}
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
-        z.writestr(f"{name}/config.json", json.dumps(config, indent=2))
-        z.writestr(f"{name}/model.safetensors", st_save(tensors, metadata={"format": "pt"}))
-    return buf.getvalue()
+    return esm, config
 
 
 # ---------------------------------------------------------------------- listing / bulk

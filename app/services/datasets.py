@@ -8,17 +8,20 @@ import json
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from app.core.errors import Conflict, Invalid, NotFound, TooLarge
 from app.core.logging import get_logger
 from app.db.models import Dataset, FeatureSet, Feedback, Ranking, Score, SourceTask, iso
+from app.db.session import rowcount
 
 if TYPE_CHECKING:
+    from app.core.config import Settings
     from app.services.context import Context
 
 log = get_logger("datasets")
@@ -83,7 +86,7 @@ def _detect_format(data: bytes, filename: str | None) -> str:
     return "csv"
 
 
-def _labels(raw, settings, what: str = "label") -> tuple[np.ndarray, list[str]]:
+def _labels(raw: Any, settings: Settings, what: str = "label") -> tuple[np.ndarray, list[str]]:
     names = [str(v).strip() for v in raw]
     if any(v == "" for v in names):
         bad = [i for i, v in enumerate(names) if v == ""][:5]
@@ -98,7 +101,7 @@ def _labels(raw, settings, what: str = "label") -> tuple[np.ndarray, list[str]]:
     return idx.astype(np.int64).reshape(-1), [str(c) for c in classes]
 
 
-def _check_rows(n: int, settings) -> None:
+def _check_rows(n: int, settings: Settings) -> None:
     if n == 0:
         raise Invalid("the file has no rows")
     if n < 2:
@@ -107,7 +110,7 @@ def _check_rows(n: int, settings) -> None:
         raise Invalid(f"{n} rows exceed the limit of {settings.max_rows} (TRANSFERRANK_MAX_ROWS)")
 
 
-def _parse_table(data: bytes, fmt: str, settings) -> Parsed:
+def _parse_table(data: bytes, fmt: str, settings: Settings) -> Parsed:
     import pandas as pd
 
     if not data.strip():
@@ -138,7 +141,7 @@ def _parse_table(data: bytes, fmt: str, settings) -> Parsed:
         if nulls.any():
             rows = np.flatnonzero(nulls)[:5].tolist()
             raise Invalid(f"column '{name}' has {int(nulls.sum())} missing value(s) (rows {rows}, 0-based)")
-        values = col.astype(str).tolist()
+        values: list[str] = col.astype(str).tolist()
         empty = [i for i, v in enumerate(values) if not v.strip()]
         if empty and name == "text":
             raise Invalid(f"column 'text' has {len(empty)} empty value(s) (rows {empty[:5]}, 0-based)")
@@ -156,7 +159,7 @@ def _parse_table(data: bytes, fmt: str, settings) -> Parsed:
     return Parsed("text", fmt, labels, names, texts=texts, text_pairs=pairs, columns=cols)
 
 
-def _parse_npz(data: bytes, settings) -> Parsed:
+def _parse_npz(data: bytes, settings: Settings) -> Parsed:
     try:
         npz = np.load(io.BytesIO(data), allow_pickle=False)
         arrays = {k: npz[k] for k in npz.files}
@@ -213,7 +216,7 @@ def _parse_npz(data: bytes, settings) -> Parsed:
     return Parsed("features", "npz", labels, names, features=features, extras=extras, columns=sorted(arrays))
 
 
-def parse_upload(data: bytes, filename: str | None, settings, task_type: str | None = None) -> Parsed:
+def parse_upload(data: bytes, filename: str | None, settings: Settings, task_type: str | None = None) -> Parsed:
     if len(data) > settings.max_upload_bytes:
         raise TooLarge(f"the upload has {len(data)} bytes, over the limit of {settings.max_upload_bytes} "
                        "(TRANSFERRANK_MAX_UPLOAD_BYTES)")
@@ -233,7 +236,7 @@ def parse_upload(data: bytes, filename: str | None, settings, task_type: str | N
 
 
 # ---------------------------------------------------------------------- storage
-def dataset_dict(ds: Dataset) -> dict:
+def dataset_dict(ds: Dataset) -> dict[str, Any]:
     return {
         "id": ds.id,
         "name": ds.name,
@@ -256,7 +259,7 @@ def _default_name(filename: str | None, sha: str) -> str:
 
 
 def store_parsed(ctx: Context, parsed: Parsed, name: str | None, filename: str | None = None,
-                 meta: dict | None = None) -> tuple[Dataset, bool]:
+                 meta: dict[str, Any] | None = None) -> tuple[Dataset, bool]:
     """Write blobs, then the SQL row in one transaction; on any failure remove the new blobs.
 
     Returns ``(dataset, created)``; ``created`` is False when the same content already exists.
@@ -271,7 +274,7 @@ def store_parsed(ctx: Context, parsed: Parsed, name: str | None, filename: str |
         texts_blob = None
         if parsed.kind == "text":
             texts = parsed.texts if parsed.text_pairs is None else [
-                f"{a}{SEP}{b}" for a, b in zip(parsed.texts, parsed.text_pairs)]
+                f"{a}{SEP}{b}" for a, b in zip(parsed.texts or [], parsed.text_pairs)]
             texts_blob = w.put_json(texts)
         labels_blob = w.put_array(parsed.labels)
         features_blob = w.put_array(parsed.features) if parsed.features is not None else None
@@ -299,7 +302,9 @@ def store_parsed(ctx: Context, parsed: Parsed, name: str | None, filename: str |
                 _ = existing.feature_sets
                 return existing, False
     with ctx.Session() as s:
-        ds = s.get(Dataset, ds.id)
+        stored = s.get(Dataset, ds.id)
+        assert stored is not None  # committed just above
+        ds = stored
         _ = ds.feature_sets
     log.info("dataset %s stored (%s, n=%d, C=%d, sha256=%s)", ds.id, ds.kind, ds.n_examples, ds.n_classes, sha[:12])
     return ds, True
@@ -336,10 +341,11 @@ def labels(ctx: Context, ds: Dataset) -> np.ndarray:
 def texts(ctx: Context, ds: Dataset) -> list[str]:
     if ds.texts_blob is None:
         raise Invalid(f"dataset {ds.id} ({ds.name}) holds features, not texts")
-    return ctx.blobs.get_json(ds.texts_blob)
+    stored: list[str] = ctx.blobs.get_json(ds.texts_blob)
+    return stored
 
 
-def referenced_blobs(session) -> set[str]:
+def referenced_blobs(session: Session) -> set[str]:
     keys: set[str] = set()
     for row in session.execute(select(Dataset.texts_blob, Dataset.labels_blob, Dataset.features_blob,
                                       Dataset.extra_blobs, Dataset.task_embedding_blob)):
@@ -352,7 +358,7 @@ def referenced_blobs(session) -> set[str]:
     return keys
 
 
-def delete_dataset(ctx: Context, dataset_id: str) -> dict:
+def delete_dataset(ctx: Context, dataset_id: str) -> dict[str, Any]:
     with ctx.Session.begin() as s:
         ds = s.get(Dataset, dataset_id)
         if ds is None:
@@ -364,7 +370,7 @@ def delete_dataset(ctx: Context, dataset_id: str) -> dict:
         keys = {k for k in (ds.texts_blob, ds.labels_blob, ds.features_blob, ds.task_embedding_blob) if k}
         keys.update((ds.extra_blobs or {}).values())
         keys.update(fs.blob for fs in ds.feature_sets)
-        n_scores = s.execute(delete(Score).where(Score.target_sha256 == ds.sha256)).rowcount
+        n_scores = rowcount(s.execute(delete(Score).where(Score.target_sha256 == ds.sha256)))
         s.execute(delete(Feedback).where(Feedback.target_id == dataset_id))
         s.execute(delete(Ranking).where(Ranking.target_id == dataset_id))
         s.delete(ds)

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
 
@@ -14,14 +14,14 @@ if TYPE_CHECKING:
     from app.services.context import Context
 
 
-def feedback_dict(f: Feedback) -> dict:
+def feedback_dict(f: Feedback) -> dict[str, Any]:
     return {"id": f.id, "source": f.source, "target": f.target_id, "target_sha256": f.target_sha256,
             "metric": f.metric, "value": f.value, "higher_is_better": f.higher_is_better, "note": f.note,
             "created_at": iso(f.created_at)}
 
 
 def create(ctx: Context, source: str, target: str, metric: str, value: float, higher_is_better: bool = True,
-           note: str | None = None) -> dict:
+           note: str | None = None) -> dict[str, Any]:
     if not math.isfinite(value):
         raise Invalid("value must be a finite number")
     if not metric.strip():
@@ -39,7 +39,7 @@ def create(ctx: Context, source: str, target: str, metric: str, value: float, hi
     return feedback_dict(f)
 
 
-def list_all(ctx: Context, target: str | None = None, source: str | None = None) -> list[dict]:
+def list_all(ctx: Context, target: str | None = None, source: str | None = None) -> list[dict[str, Any]]:
     with ctx.Session() as s:
         q = select(Feedback).order_by(Feedback.id)
         if target:

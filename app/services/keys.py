@@ -6,7 +6,8 @@ from __future__ import annotations
 import hashlib
 import secrets
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
 
@@ -23,7 +24,7 @@ def _hash(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
-def parse_scopes(scopes) -> list[str]:
+def parse_scopes(scopes: str | Iterable[str]) -> list[str]:
     items = scopes.split(",") if isinstance(scopes, str) else list(scopes)
     items = [s.strip() for s in items if s.strip()]
     bad = [s for s in items if s not in SCOPES]
@@ -32,14 +33,14 @@ def parse_scopes(scopes) -> list[str]:
     return sorted(set(items), key=SCOPES.index)
 
 
-def key_dict(k: ApiKey) -> dict:
+def key_dict(k: ApiKey) -> dict[str, Any]:
     return {"id": k.id, "owner": k.owner, "scopes": k.scopes.split(","), "active": k.revoked_at is None,
             "created_at": iso(k.created_at),
             "revoked_at": iso(k.revoked_at),
             "last_used_at": iso(k.last_used_at)}
 
 
-def create(ctx: Context, owner: str, scopes) -> tuple[dict, str]:
+def create(ctx: Context, owner: str, scopes: str | Iterable[str]) -> tuple[dict[str, Any], str]:
     if not owner or not owner.strip():
         raise Invalid("a key needs an owner name")
     scopes = parse_scopes(scopes)
@@ -52,12 +53,12 @@ def create(ctx: Context, owner: str, scopes) -> tuple[dict, str]:
     return key_dict(row), key
 
 
-def list_all(ctx: Context) -> list[dict]:
+def list_all(ctx: Context) -> list[dict[str, Any]]:
     with ctx.Session() as s:
         return [key_dict(k) for k in s.scalars(select(ApiKey).order_by(ApiKey.created_at))]
 
 
-def revoke(ctx: Context, key_id: str) -> dict:
+def revoke(ctx: Context, key_id: str) -> dict[str, Any]:
     with ctx.Session.begin() as s:
         row = s.get(ApiKey, key_id)
         if row is None:
@@ -71,14 +72,14 @@ def revoke(ctx: Context, key_id: str) -> dict:
 def any_active(ctx: Context) -> bool:
     cached = ctx.auth_cache.get("any")
     if cached is not None and time.monotonic() - cached[1] < 2.0:
-        return cached[0]
+        return bool(cached[0])
     with ctx.Session() as s:
         value = s.scalar(select(ApiKey.id).where(ApiKey.revoked_at.is_(None)).limit(1)) is not None
     ctx.auth_cache["any"] = (value, time.monotonic())
     return value
 
 
-def authorize(ctx: Context, header: str | None, scope: str) -> dict | None:
+def authorize(ctx: Context, header: str | None, scope: str) -> dict[str, Any] | None:
     """Check an ``Authorization`` header for ``scope``; None when auth is off (no keys yet)."""
     if not any_active(ctx):
         return None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
 
@@ -19,7 +19,7 @@ CSV_COLUMNS = ["estimator", "source", "source_kind", "target", "target_name", "t
                "value", "higher_is_better", "n", "version", "observed_metric", "observed_value"]
 
 
-def build(ctx: Context, estimator: str | None = None, target: str | None = None) -> dict:
+def build(ctx: Context, estimator: str | None = None, target: str | None = None) -> dict[str, Any]:
     if estimator:
         try:
             estimators.info(estimator)
@@ -31,17 +31,17 @@ def build(ctx: Context, estimator: str | None = None, target: str | None = None)
         if estimator:
             q = q.where(Score.estimator == estimator)
         if target:
-            ds = s.get(Dataset, target)
-            q = q.where(Score.target_sha256 == (ds.sha256 if ds else target))
+            wanted = s.get(Dataset, target)
+            q = q.where(Score.target_sha256 == (wanted.sha256 if wanted else target))
         scores = list(s.scalars(q))
         feedback = list(s.scalars(select(Feedback).order_by(Feedback.id)))
-    observed: dict[tuple[str, str], dict] = {}
+    observed: dict[tuple[str, str], dict[str, Any]] = {}
     for f in feedback:
         observed[(f.source, f.target_sha256)] = {"metric": f.metric, "value": f.value,
                                                   "higher_is_better": f.higher_is_better}
     name_count: dict[str, int] = {}
-    for d in datasets.values():
-        name_count[d.name] = name_count.get(d.name, 0) + 1
+    for row in datasets.values():
+        name_count[row.name] = name_count.get(row.name, 0) + 1
 
     def label(sha: str) -> str:  # a target's column name: its dataset name, made unique
         d = datasets.get(sha)
@@ -49,7 +49,8 @@ def build(ctx: Context, estimator: str | None = None, target: str | None = None)
             return sha[:12]
         return d.name if name_count[d.name] == 1 else f"{d.name} ({d.id[:8]})"
 
-    entries, matrix = [], {}
+    entries: list[dict[str, Any]] = []
+    matrix: dict[str, dict[str, dict[str, float]]] = {}
     seen_pairs = set()
     for r in scores:
         d = datasets.get(r.target_sha256)
@@ -81,7 +82,7 @@ def build(ctx: Context, estimator: str | None = None, target: str | None = None)
             "matrix": matrix, "entries": entries, "observed": obs_rows}
 
 
-def to_csv(data: dict) -> str:
+def to_csv(data: dict[str, Any]) -> str:
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, lineterminator="\n")
     w.writeheader()

@@ -38,7 +38,7 @@ from sqlalchemy import select
 import estimators
 from app.core.errors import Invalid, NotFound
 from app.core.logging import get_logger
-from app.core.progress import ProgressFn, no_progress
+from app.core.progress import ProgressFn, no_progress, scaled
 from app.core.status import JobStatus, RankingStatus, SourceStatus
 from app.db.models import (
     Dataset,
@@ -164,7 +164,8 @@ def _validate(ctx: Context, spec: RankingSpec) -> Plan:
         base_dim = _base_dim(ctx)
         if (ds.meta or {}).get("dim") != base_dim:
             raise Invalid(f"a tasks ranking of an NPZ dataset needs features from the base encoder "
-                          f"{ctx.settings.base_encoder} (dim {base_dim}); this one has dim {(ds.meta or {}).get('dim')}. "
+                          f"{ctx.settings.base_encoder} (dim {base_dim}); this one has dim "
+                          f"{(ds.meta or {}).get('dim')}. "
                           "Upload the texts instead, or rank candidates='models'")
     return Plan(spec, ds, list(names))
 
@@ -238,11 +239,12 @@ def _model_names(ctx: Context, ds: Dataset, spec: RankingSpec) -> list[str]:
 
 def _task_rows(ctx: Context, ds: Dataset, spec: RankingSpec) -> list[tuple[SourceTask, Dataset]]:
     with ctx.Session() as s:
-        rows = s.execute(select(SourceTask, Dataset).join(Dataset, Dataset.id == SourceTask.dataset_id)
-                         .where(SourceTask.status != SourceStatus.FAILED).order_by(SourceTask.name)).all()
+        found = s.execute(select(SourceTask, Dataset).join(Dataset, Dataset.id == SourceTask.dataset_id)
+                          .where(SourceTask.status != SourceStatus.FAILED).order_by(SourceTask.name)).all()
     # several base encoders may serve sources; an NPZ target carries the service's base features only
-    rows = [(t, d) for t, d in rows if d.sha256 != ds.sha256
-            and (ds.kind != "features" or t.base_encoder == ctx.settings.base_encoder)]
+    rows: list[tuple[SourceTask, Dataset]] = [
+        (t, d) for t, d in found if d.sha256 != ds.sha256
+        and (ds.kind != "features" or t.base_encoder == ctx.settings.base_encoder)]
     if spec.sources:
         have = {t.name for t, _ in rows}
         unknown = [n for n in spec.sources if n not in have]
@@ -286,12 +288,19 @@ class CandidateSet:
     prefilter: dict | None = None
 
 
+def _blob(ds: Dataset) -> str:
+    """The features blob of an NPZ dataset (every NPZ upload has one)."""
+    if ds.features_blob is None:
+        raise Invalid(f"dataset {ds.id} has no stored features")
+    return ds.features_blob
+
+
 def _npz_model_candidates(ctx: Context, ds: Dataset, models: list[str]) -> list[Candidate]:
     extras = ds.extra_blobs or {}
     out = []
     for m in models:
         if m == "features":
-            out.append(Candidate("features", "model", "npz:features", features=ctx.blobs.get_array(ds.features_blob)))
+            out.append(Candidate("features", "model", "npz:features", features=ctx.blobs.get_array(_blob(ds))))
             continue
         f, p = extras.get(f"features_{m}"), extras.get(f"probs_{m}")
         out.append(Candidate(m, "model", f"npz:{m}", features=ctx.blobs.get_array(f) if f else None,
@@ -301,7 +310,7 @@ def _npz_model_candidates(ctx: Context, ds: Dataset, models: list[str]) -> list[
 
 def _encoder_candidates(ctx: Context, ds: Dataset, models: list[str], progress: ProgressFn) -> list[Candidate]:
     progress(0.0, f"extracting features with {', '.join(models)}")
-    feats = features_svc.ensure(ctx, ds, models, progress=lambda p: progress(0.85 * p))
+    feats = features_svc.ensure(ctx, ds, models, progress=scaled(progress, 0.0, 0.85))
     with ctx.Session() as s:
         meta = {r.name: {"params": r.params, "dim": r.dim, "kind": r.kind}
                 for r in s.scalars(select(EncoderRow).where(EncoderRow.name.in_(models)))}
@@ -318,10 +327,10 @@ def _task_candidates(ctx: Context, plan: Plan, progress: ProgressFn) -> Candidat
     # the target is embedded once per base encoder that serves a source (the service's first)
     bases = [base] + sorted({t.base_encoder for t, _ in rows} - {base})
     if ds.kind == "features":
-        X_target = {base: ctx.blobs.get_array(ds.features_blob)}
+        X_target = {base: ctx.blobs.get_array(_blob(ds))}
     else:
         progress(0.0, f"embedding the target with the base encoder(s) {', '.join(bases)}")
-        X_target = features_svc.ensure(ctx, ds, bases, progress=lambda p: progress(0.6 * p))
+        X_target = features_svc.ensure(ctx, ds, bases, progress=scaled(progress, 0.0, 0.6))
     prefilter = None
     if spec.prefilter_k is not None and len(rows) > spec.prefilter_k:
         # FAISS holds the sources of the service's base encoder; sources of other bases are all scored
@@ -500,6 +509,8 @@ def _load_esm(ctx: Context, cand: Candidate) -> Any:
     from estimators.esm import EmbeddingSpaceMap
 
     if cand.esm is None:
+        if cand.esm_key is None:
+            raise Unavailable(f"source {cand.source} has no ESM")
         cand.esm = EmbeddingSpaceMap.load(ctx.blobs.path(cand.esm_key))
     return cand.esm
 
@@ -519,6 +530,8 @@ def _compute_one(ctx: Context, est: str, info: estimators.EstimatorInfo, cand: C
     # domains: target vs source base embeddings (loaded only now: cached scores never load them)
     if cand.features is None and cand.features_key is not None:
         cand.features = ctx.blobs.get_array(cand.features_key)
+    if cand.features is None or X_target is None:
+        raise Unavailable(f"{cand.source} has no base-encoder features")
     return estimators.score(est, _subsample(X_target, DOMAIN_MAX_ROWS), _subsample(cand.features, DOMAIN_MAX_ROWS),
                             **user)
 
@@ -689,6 +702,8 @@ def ranking_dict(r: Ranking, job: dict | None = None) -> dict:
 def _finish(ctx: Context, ranking_id: str, result: dict) -> None:
     with ctx.Session.begin() as s:
         r = s.get(Ranking, ranking_id)
+        if r is None:  # deleted meanwhile: nothing to record
+            return
         r.status, r.result, r.finished_at = RankingStatus.DONE, result, utcnow()
 
 
@@ -723,7 +738,9 @@ def create(ctx: Context, spec: RankingSpec, *, inline: bool = False) -> tuple[di
 
     def run(progress: ProgressFn) -> dict:
         with ctx.Session.begin() as s:
-            s.get(Ranking, ranking_id).status = RankingStatus.RUNNING
+            row = s.get(Ranking, ranking_id)
+            if row is not None:
+                row.status = RankingStatus.RUNNING
         result = compute(ctx, spec, progress, plan=plan)
         _finish(ctx, ranking_id, result)
         return {"ranking": ranking_id, "computed": result["computed"], "cached": result["cached"]}
@@ -744,5 +761,5 @@ def get(ctx: Context, ranking_id: str) -> dict:
     job = ctx.jobs.get(r.job_id) if r.job_id and r.status != RankingStatus.DONE else None
     if job is not None and job["status"] == JobStatus.FAILED and r.status != RankingStatus.FAILED:
         with ctx.Session() as s:
-            r = s.get(Ranking, ranking_id)
+            r = s.get(Ranking, ranking_id) or r
     return ranking_dict(r, job)

@@ -6,28 +6,35 @@ from __future__ import annotations
 import tempfile
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from app.core.errors import Conflict, Invalid, NotFound
 from app.core.logging import get_logger
+from app.core.progress import ProgressFn
 from app.core.status import SourceStatus
 from app.db.models import Dataset, EncoderRow, Score, SourceTask, iso
+from app.db.session import rowcount
 from app.services import datasets as datasets_svc
 from app.services import features as features_svc
+from app.storage.blobs import BlobWriter
+from app.training.config import TRAIN_FIELDS
 
 if TYPE_CHECKING:
     from app.services.context import Context
+    from estimators.esm import EmbeddingSpaceMap
 
 log = get_logger("sources")
 
-TRAIN_KEYS = {"epochs", "learning_rate", "max_length", "batch_size", "train_layers", "seed", "map_fit"}
+TRAIN_KEYS = set(TRAIN_FIELDS)  # app.training.config.EsmTrainConfig
 
 
-def source_dict(t: SourceTask, d: Dataset | None = None) -> dict:
+def source_dict(t: SourceTask, d: Dataset | None = None) -> dict[str, Any]:
     out = {"id": t.id, "name": t.name, "kind": "task", "dataset_id": t.dataset_id, "description": t.description,
            "licence": t.licence, "origin": t.origin, "status": t.status, "base_encoder": t.base_encoder,
            "has_esm": t.esm_blob is not None, "esm": t.esm_meta or {}, "job": t.job_id, "error": t.error,
@@ -37,12 +44,12 @@ def source_dict(t: SourceTask, d: Dataset | None = None) -> dict:
     return out
 
 
-def model_dict(e: EncoderRow) -> dict:
+def model_dict(e: EncoderRow) -> dict[str, Any]:
     return {"name": e.name, "kind": "model", "encoder_kind": e.kind, "dim": e.dim, "params": e.params,
             "licence": e.licence, "enabled": e.enabled}
 
 
-def list_sources(ctx: Context) -> dict:
+def list_sources(ctx: Context) -> dict[str, Any]:
     with ctx.Session() as s:
         tasks = [source_dict(t, d) for t, d in s.execute(
             select(SourceTask, Dataset).join(Dataset, Dataset.id == SourceTask.dataset_id).order_by(SourceTask.name))]
@@ -50,7 +57,7 @@ def list_sources(ctx: Context) -> dict:
     return {"tasks": tasks, "models": models, "base_encoder": ctx.settings.base_encoder}
 
 
-def get_source(ctx: Context, name: str) -> dict:
+def get_source(ctx: Context, name: str) -> dict[str, Any]:
     with ctx.Session() as s:
         row = s.execute(select(SourceTask, Dataset).join(Dataset, Dataset.id == SourceTask.dataset_id)
                         .where(SourceTask.name == name)).first()
@@ -74,7 +81,15 @@ def sync_encoders(ctx: Context) -> None:
                     spec.kind, spec.path or "", spec.dim, spec.params, spec.licence or "")
 
 
-def _store_esm(ctx: Context, writer, weight, bias, metadata: dict) -> str:
+def _row(s: Session, source_id: int) -> SourceTask:
+    """The source's row; ``NotFound`` when it was deleted meanwhile."""
+    row = s.get(SourceTask, source_id)
+    if row is None:
+        raise NotFound(f"source {source_id} was deleted")
+    return row
+
+
+def _store_esm(ctx: Context, writer: BlobWriter, weight: ArrayLike, bias: ArrayLike, metadata: dict[str, Any]) -> str:
     from estimators.esm import EmbeddingSpaceMap
 
     esm = EmbeddingSpaceMap(np.asarray(weight), np.asarray(bias),
@@ -87,14 +102,15 @@ def _store_esm(ctx: Context, writer, weight, bias, metadata: dict) -> str:
 def _activate(ctx: Context, source_id: int) -> None:
     """Index a source whose base embeddings exist (the task embedding is on its dataset row)."""
     with ctx.Session() as s:
-        t = s.get(SourceTask, source_id)
+        t = _row(s, source_id)
         key = s.scalar(select(Dataset.task_embedding_blob).where(Dataset.id == t.dataset_id))
     if key is not None:
         ctx.index.add(source_id, ctx.blobs.get_array(key))
 
 
 def register(ctx: Context, dataset_id: str, name: str | None = None, description: str = "", licence: str = "",
-             train_esm: bool = True, train: dict | None = None, origin: str = "user") -> tuple[dict, bool]:
+             train_esm: bool = True, train: dict[str, Any] | None = None,
+             origin: str = "user") -> tuple[dict[str, Any], bool]:
     """Register a source task. Returns ``(source, queued)``: queued -> a job trains/embeds it."""
     ds = datasets_svc.get(ctx, dataset_id)
     name = (name or ds.name).strip()
@@ -124,6 +140,8 @@ def register(ctx: Context, dataset_id: str, name: str | None = None, description
                           f"{base_row.dim if base_row else '?'}); this one has dim {dim}. Upload the texts instead")
         if train_esm and train:
             raise Invalid("an NPZ source has no texts, so no ESM can be trained for it")
+        if ds.features_blob is None:
+            raise Invalid(f"dataset {ds.id} has no stored features")
         X = ctx.blobs.get_array(ds.features_blob)
         with ctx.Session() as s:
             have = features_svc.cached(s, ds.sha256, base) is not None
@@ -131,7 +149,8 @@ def register(ctx: Context, dataset_id: str, name: str | None = None, description
             features_svc.store(ctx, ds, base, X)
         with ctx.Session.begin() as s:
             t = SourceTask(name=name, dataset_id=ds.id, description=description, licence=licence, origin=origin,
-                           status=SourceStatus.READY, base_encoder=base, esm_meta={"note": "NPZ source: no texts, no ESM"})
+                           status=SourceStatus.READY, base_encoder=base,
+                           esm_meta={"note": "NPZ source: no texts, no ESM"})
             s.add(t)
             s.flush()
             sid = t.id
@@ -150,7 +169,7 @@ def register(ctx: Context, dataset_id: str, name: str | None = None, description
     except IntegrityError:
         raise Conflict(f"a source task named {name!r} already exists") from None
 
-    def run(progress):
+    def run(progress: ProgressFn) -> dict[str, Any]:
         return _train_job(ctx, sid, ds, train_esm, train, progress)
 
     def on_error(err: str) -> None:
@@ -163,17 +182,18 @@ def register(ctx: Context, dataset_id: str, name: str | None = None, description
     return get_source(ctx, name), True
 
 
-def _train_job(ctx: Context, sid: int, ds: Dataset, train_esm: bool, train: dict, progress) -> dict:
+def _train_job(ctx: Context, sid: int, ds: Dataset, train_esm: bool, train: dict[str, Any],
+               progress: ProgressFn) -> dict[str, Any]:
     from app.workers.base import EsmTrainRequest
 
     base = ctx.settings.base_encoder
     with ctx.Session.begin() as s:
-        s.get(SourceTask, sid).status = SourceStatus.TRAINING if train_esm else SourceStatus.PENDING
+        _row(s, sid).status = SourceStatus.TRAINING if train_esm else SourceStatus.PENDING
     if not train_esm:
         progress(0.0, f"extracting {base} embeddings")
         features_svc.ensure(ctx, ds, [base], progress=progress)
         with ctx.Session.begin() as s:
-            s.get(SourceTask, sid).status = SourceStatus.READY
+            _row(s, sid).status = SourceStatus.READY
         _activate(ctx, sid)
         return {"source": sid, "esm": False}
     texts = datasets_svc.texts(ctx, ds)
@@ -197,7 +217,7 @@ def _train_job(ctx: Context, sid: int, ds: Dataset, train_esm: bool, train: dict
         key = _store_esm(ctx, w, result.weight, result.bias, {"base_encoder": base, "source_sha256": ds.sha256,
                                                              "method": request.map_fit})
         with ctx.Session.begin() as s:
-            t = s.get(SourceTask, sid)
+            t = _row(s, sid)
             t.esm_blob, t.status, t.error = key, SourceStatus.READY, None
             t.esm_meta = {"train": train, "metrics": metrics, "seconds": round(seconds, 2),
                           "bytes": ctx.blobs.path(key).stat().st_size}
@@ -206,7 +226,8 @@ def _train_job(ctx: Context, sid: int, ds: Dataset, train_esm: bool, train: dict
     return {"source": sid, "esm": key, "metrics": metrics}
 
 
-def add_ready_source(ctx: Context, *, name: str, dataset: Dataset, base_embeddings: np.ndarray | None, esm=None,
+def add_ready_source(ctx: Context, *, name: str, dataset: Dataset, base_embeddings: np.ndarray | None,
+                     esm: EmbeddingSpaceMap | None = None,
                      description: str = "", licence: str = "", origin: str = "demo",
                      encoder: str | None = None) -> int:
     """Insert a source whose base embeddings (and ESM) already exist, e.g. the demo catalogue."""
@@ -218,9 +239,10 @@ def add_ready_source(ctx: Context, *, name: str, dataset: Dataset, base_embeddin
             features_svc.store(ctx, dataset, base, np.asarray(base_embeddings, dtype=np.float32), base_encoder=base)
     with ctx.blobs.writer() as w:
         key = None
-        meta: dict = {}
+        meta: dict[str, Any] = {}
         if esm is not None:
-            key = _store_esm(ctx, w, esm.weight, esm.bias, {"base_encoder": base, "source_sha256": dataset.sha256,
+            weight, bias = esm._require_fitted()
+            key = _store_esm(ctx, w, weight, bias, {"base_encoder": base, "source_sha256": dataset.sha256,
                                                            "method": getattr(esm, "method", None)})
             meta = {"method": getattr(esm, "method", None), "shipped": True}
         try:
@@ -237,7 +259,7 @@ def add_ready_source(ctx: Context, *, name: str, dataset: Dataset, base_embeddin
     return sid
 
 
-def delete_source(ctx: Context, name: str) -> dict:
+def delete_source(ctx: Context, name: str) -> dict[str, Any]:
     with ctx.Session.begin() as s:
         t = s.scalar(select(SourceTask).where(SourceTask.name == name))
         if t is None:
@@ -245,7 +267,7 @@ def delete_source(ctx: Context, name: str) -> dict:
         if t.status in (SourceStatus.PENDING, SourceStatus.TRAINING):
             raise Conflict(f"source {name!r} is still {t.status} (job {t.job_id}); wait for the job to end")
         sid, esm_key = t.id, t.esm_blob
-        n_scores = s.execute(delete(Score).where(Score.source == name, Score.source_kind == "task")).rowcount
+        n_scores = rowcount(s.execute(delete(Score).where(Score.source == name, Score.source_kind == "task")))
         placeholder = t.dataset if t.dataset is not None and t.dataset.kind == "esm" else None
         s.delete(t)
         extra_keys = []

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from byo_helpers import save_tiny_bert
 
 import estimators
-from byo_helpers import save_tiny_bert
 from conftest import csv_bytes, make_texts, rank, upload, wait_job
 
 

@@ -7,8 +7,8 @@ import io
 
 import pandas as pd
 import pytest
-
 from byo_helpers import fashion_mnist, png_bytes
+
 from conftest import rank, upload
 
 fm = fashion_mnist()

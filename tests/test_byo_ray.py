@@ -7,10 +7,11 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
+from byo_helpers import save_tiny_bert, synthetic_images  # noqa: E402
+
 from app.encoders.base import EncoderSpec  # noqa: E402
 from app.workers.local import LocalBackend  # noqa: E402
 from app.workers.ray_backend import RayBackend  # noqa: E402
-from byo_helpers import save_tiny_bert, synthetic_images  # noqa: E402
 from conftest import make_texts  # noqa: E402
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(300)]

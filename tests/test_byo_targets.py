@@ -65,7 +65,8 @@ def test_regression_and_multilabel_rank_through_the_api(client):
     y = datasets_svc.labels(ctx, ds)
     assert glove["scores"]["logme"] == pytest.approx(estimators.score("logme", X, y, regression=True), rel=1e-9)
     # explicitly requested class-label estimators are skipped with the reason
-    out = rank(client, {"target": reg["id"], "candidates": "models", "estimators": ["logme", "hscore"], "sources": FAST})
+    out = rank(client, {"target": reg["id"], "candidates": "models", "estimators": ["logme", "hscore"],
+                        "sources": FAST})
     assert "needs class labels" in out["skipped"]["hscore"]
     assert all(x["scores"]["hscore"] is None for x in out["ranking"])
     r = client.post("/v1/rankings", json={"target": reg["id"], "candidates": "models", "estimators": ["nleep"]})

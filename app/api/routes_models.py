@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from app.api.deps import CtxDep, authenticate
 from app.api.routes import Id, PublicRoute
-from app.api.schemas import ModelPublic, _Public, errors
+from app.api.schemas import _Public, errors
 from app.services import models as models_svc
 
 router = APIRouter(prefix="/v1/models", tags=["models"], dependencies=[Depends(authenticate)],
@@ -42,15 +42,20 @@ class ModelPatch(BaseModel):
     enabled: bool
 
 
-class UserModelPublic(ModelPublic):
+class UserModelPublic(_Public):
     """A model candidate with what registration recorded (also the 202 body while it loads)."""
 
     model_config = ConfigDict(extra="allow", json_schema_extra={"examples": [{
         "name": "my-vit", "kind": "transformers", "modality": "image", "dim": 768, "params": 86389248,
         "licence": "Apache-2.0", "origin": "user", "status": "ready", "enabled": True, "family": "vit",
         "n_source_classes": 0, "job": "5e1f…"}]})
+    name: str
     kind: str = Field("model", description="transformers | sentence-transformers | torchscript (built-in: "
                                             "their registry kind)")
+    dim: int | None = None
+    params: int | None = None
+    licence: str | None = None
+    enabled: bool = True
     modality: str = "text"
     origin: str = Field("builtin", description="builtin | user | demo")
     status: str = Field("ready", description="loading | ready | failed")

@@ -37,10 +37,11 @@ def _torch():
 
 
 def small_cnn(n_classes: int, feature_dim: int = 64):
-    torch = _torch()
+    import torch
+
     nn = torch.nn
 
-    class SmallCNN(nn.Module):
+    class SmallCNN(torch.nn.Module):
         def __init__(self):
             super().__init__()
             self.body = nn.Sequential(

@@ -38,8 +38,9 @@ from __future__ import annotations
 import json
 import re
 import threading
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -91,6 +92,7 @@ class _Base:
     """Batching, progress, device, the ``[features | probs]`` output and ``describe()``."""
 
     modality = "text"
+    model: Any
 
     def __init__(self, spec: EncoderSpec):
         if not spec.path:
@@ -134,7 +136,7 @@ class _Base:
         out = np.empty((n, self.dim), dtype=np.float32)
         with self._lock, torch.inference_mode():
             for start in range(0, n, batch_size):
-                feats, probs = self._forward(items[start:start + batch_size])
+                feats, probs = self._forward(list(items[start:start + batch_size]))
                 feats = feats.float()
                 if self.options.get("normalize"):
                     feats = torch.nn.functional.normalize(feats, p=2, dim=1)
@@ -290,13 +292,13 @@ class SentenceTransformersEncoder(_Base):
                                              local_files_only=True)
         except Exception as exc:
             raise _load_error(spec, "sentence-transformers model", exc) from None
-        self._dim = int(self.model.get_sentence_embedding_dimension())
+        self._dim = int(self.model.get_sentence_embedding_dimension() or 0)
         self.family = "sentence-transformers"
         self.licence = _readme_licence(Path(spec.path).expanduser())
 
     def encode(self, items, *, batch_size: int = 32, progress: ProgressFn | None = None) -> np.ndarray:
         items = check_texts(items)
-        out = np.empty((len(items), self._dim), dtype=np.float32)
+        out = np.empty((len(items), int(self._dim or 0)), dtype=np.float32)
         with self._lock:
             for start in range(0, len(items), max(int(batch_size), 1)):
                 chunk = items[start:start + batch_size]

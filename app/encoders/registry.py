@@ -119,14 +119,6 @@ def register(spec: EncoderSpec, *, replace: bool = False) -> None:
     _cache.drop_where(lambda key: key[0] == spec.name)
 
 
-def unregister(name: str) -> None:
-    """Remove a registered encoder (a deleted user model) from the catalogue and the cache."""
-    specs = _all_specs()
-    with _specs_lock:
-        specs.pop(name, None)
-    _cache.drop(name)
-
-
 def build_encoder(spec: EncoderSpec, *, cache_dir: str | os.PathLike | None = None) -> Encoder:
     """Instantiate an encoder from its spec (no caching)."""
     if spec.kind in ("sentence-transformers", "torchscript") or (spec.options or {}).get("custom"):

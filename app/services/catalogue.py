@@ -37,6 +37,7 @@ import shutil
 import tempfile
 import zipfile
 from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from sqlalchemy import func, select
@@ -45,6 +46,11 @@ from sqlalchemy.exc import IntegrityError
 from app.core.errors import Conflict, Invalid, NotFound
 from app.core.logging import get_logger
 from app.db.models import Dataset, EncoderRow, FeatureSet, SourceTask
+
+if TYPE_CHECKING:
+    from app.core.progress import ProgressFn
+    from app.services.context import Context
+    from estimators.esm import EmbeddingSpaceMap
 
 log = get_logger("catalogue")
 
@@ -95,9 +101,9 @@ def _safe_extract(data: bytes, dest: Path, max_bytes: int) -> Path:
     return dest
 
 
-def _resolve_base(ctx, base_model_name: str | None, explicit: str | None) -> EncoderRow:
+def _resolve_base(ctx: Context, base_model_name: str | None, explicit: str | None) -> EncoderRow:
     with ctx.Session() as s:
-        rows = {r.name: r for r in s.scalars(select(EncoderRow))}
+        rows: dict[str, EncoderRow] = {r.name: r for r in s.scalars(select(EncoderRow))}
     wanted = explicit or base_model_name
     if not wanted:
         raise Invalid("the ESM's config.json names no base_model_name: pass base_encoder")
@@ -114,7 +120,7 @@ def _resolve_base(ctx, base_model_name: str | None, explicit: str | None) -> Enc
                   "base_encoder=<name> or register the model first (POST /v1/models)")
 
 
-def _read(folder: Path, ctx, base_encoder: str | None, prefix: str) -> dict:
+def _read(folder: Path, ctx: Context, base_encoder: str | None, prefix: str) -> dict[str, Any]:
     from estimators.esm import EmbeddingSpaceMap
 
     try:
@@ -135,7 +141,7 @@ def _read(folder: Path, ctx, base_encoder: str | None, prefix: str) -> dict:
 
 
 # ---------------------------------------------------------------------- task embedding
-def derived_task_embedding(ctx, esm, base: str) -> tuple[np.ndarray, str]:
+def derived_task_embedding(ctx: Context, esm: EmbeddingSpaceMap, base: str) -> tuple[np.ndarray, str]:
     """See the module docstring: displacement-weighted mean of reference base embeddings."""
     with ctx.Session() as s:
         keys = list(s.scalars(select(FeatureSet.blob).where(FeatureSet.encoder == base)
@@ -146,7 +152,7 @@ def derived_task_embedding(ctx, esm, base: str) -> tuple[np.ndarray, str]:
         X = np.asarray(ctx.blobs.get_array(k), dtype=np.float64)
         if X.ndim == 2 and X.shape[1] == esm.dim_in:
             refs.append(X if X.shape[0] <= REF_ROWS else X[np.sort(rng.choice(X.shape[0], REF_ROWS, replace=False))])
-    W, b = esm.weight, esm.bias
+    W, b = np.asarray(esm.weight, dtype=np.float64), np.asarray(esm.bias, dtype=np.float64)
     if refs:
         R = np.vstack(refs)
         Y = R @ W.T + b
@@ -164,7 +170,7 @@ def derived_task_embedding(ctx, esm, base: str) -> tuple[np.ndarray, str]:
 
 
 # ---------------------------------------------------------------------- import
-def import_dir(ctx, root: Path, base_encoder: str | None = None, prefix: str = "", progress=None) -> dict:
+def import_dir(ctx: Context, root: Path, base_encoder: str | None = None, prefix: str = "", progress: ProgressFn | None = None) -> dict[str, Any]:
     """Import every ESM folder under ``root`` (validated first, then written)."""
     from app.services import sources as sources_svc
 
@@ -222,7 +228,7 @@ def import_dir(ctx, root: Path, base_encoder: str | None = None, prefix: str = "
     return {"imported": len(done), "sources": done}
 
 
-def import_upload(ctx, data: bytes, base_encoder: str | None, prefix: str | None) -> tuple[dict, bool]:
+def import_upload(ctx: Context, data: bytes, base_encoder: str | None, prefix: str | None) -> tuple[dict[str, Any], bool]:
     """A zip of ESM folders: imported at once (201) or, when large, on a job (202)."""
     tmp = Path(tempfile.mkdtemp(prefix="transferrank-esm-"))
     try:
@@ -243,7 +249,7 @@ def import_upload(ctx, data: bytes, base_encoder: str | None, prefix: str | None
         job = ctx.jobs.create(s, "import_esms", message=f"queued: importing {len(folders)} ESM source(s)")
         job_id = job.id
 
-    def run(progress):
+    def run(progress: ProgressFn) -> dict[str, Any]:
         try:
             return import_dir(ctx, root, base_encoder, prefix or "", progress)
         finally:
@@ -254,7 +260,7 @@ def import_upload(ctx, data: bytes, base_encoder: str | None, prefix: str | None
 
 
 # ---------------------------------------------------------------------- export
-def export_zip(ctx, name: str) -> bytes:
+def export_zip(ctx: Context, name: str) -> bytes:
     from safetensors.numpy import save as st_save
 
     esm, config = _export(ctx, name)
@@ -267,13 +273,13 @@ def export_zip(ctx, name: str) -> bytes:
     return buf.getvalue()
 
 
-def export_json(ctx, name: str) -> dict:
+def export_json(ctx: Context, name: str) -> dict[str, Any]:
     esm, config = _export(ctx, name)
-    return {"name": name, "config": config, "dim": esm.dim_in, "weight": esm.weight.tolist(),
-            "bias": esm.bias.tolist()}
+    return {"name": name, "config": config, "dim": esm.dim_in, "weight": np.asarray(esm.weight).tolist(),
+            "bias": np.asarray(esm.bias).tolist()}
 
 
-def _export(ctx, name: str):
+def _export(ctx: Context, name: str) -> tuple[EmbeddingSpaceMap, dict[str, Any]]:
     from estimators.esm import EmbeddingSpaceMap
 
     with ctx.Session() as s:
@@ -293,8 +299,8 @@ def _export(ctx, name: str):
 
 
 # ---------------------------------------------------------------------- listing / bulk
-def list_sources(ctx, limit: int = 100, offset: int = 0, origin: str | None = None, status: str | None = None,
-                 base_encoder: str | None = None, q: str | None = None, has_esm: bool | None = None) -> dict:
+def list_sources(ctx: Context, limit: int = 100, offset: int = 0, origin: str | None = None, status: str | None = None,
+                 base_encoder: str | None = None, q: str | None = None, has_esm: bool | None = None) -> dict[str, Any]:
     """One page of source tasks (by name) with the total, plus the model candidates."""
     from app.services import models as models_svc
     from app.services.sources import source_dict
@@ -322,7 +328,7 @@ def list_sources(ctx, limit: int = 100, offset: int = 0, origin: str | None = No
             "base_encoder": ctx.settings.base_encoder, "base_encoders": bases}
 
 
-def bulk_register(ctx, entries: list[dict]) -> dict:
+def bulk_register(ctx: Context, entries: list[dict[str, Any]]) -> dict[str, Any]:
     """Register many sources from a manifest (each entry as ``POST /v1/sources``); all entries are
     checked (dataset exists, names free and distinct) before the first is registered."""
     from app.services import datasets as datasets_svc
@@ -331,7 +337,7 @@ def bulk_register(ctx, entries: list[dict]) -> dict:
     if not entries:
         raise Invalid("the manifest lists no sources")
     names = []
-    for i, e in enumerate(entries):
+    for e in entries:
         ds = datasets_svc.get(ctx, e["dataset"])
         names.append((e.get("name") or ds.name).strip())
     dup = sorted({n for n in names if names.count(n) > 1})

@@ -157,7 +157,7 @@ def ensure(ctx: Context, ds: Dataset, encoders: Sequence[str],
     return out
 
 
-def _split_probs(ctx, ds: Dataset, enc: str, X: np.ndarray, seconds: float | None) -> np.ndarray:
+def _split_probs(ctx: Context, ds: Dataset, enc: str, X: np.ndarray, seconds: float | None) -> np.ndarray:
     """A user model with a classification head returns ``[features | probs]``: keep the probs
     under ``<enc>#probs`` (stored when ``seconds`` is given) and return the features."""
     from app.services import models as models_svc

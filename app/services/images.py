@@ -24,23 +24,30 @@ import io
 import warnings
 import zipfile
 from pathlib import PurePosixPath
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from app.core.errors import Invalid
 
+if TYPE_CHECKING:
+    from app.core.config import Settings
+    from app.db.models import Dataset
+    from app.services.context import Context
+    from app.services.datasets import Parsed
+
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
 ZIP_EXPANSION = 4  # a zip may unpack to at most this many times the upload limit
 
 
-def _pil(settings):
+def _pil(settings: Settings) -> Any:
     from PIL import Image
 
     Image.MAX_IMAGE_PIXELS = settings.max_image_pixels
     return Image
 
 
-def decode_checked(data: bytes, what: str, settings) -> tuple[int, int]:
+def decode_checked(data: bytes, what: str, settings: Settings) -> tuple[int, int]:
     """Decode one image fully under the limits; returns (width, height) or raises ``Invalid``."""
     Image = _pil(settings)
     limit = settings.max_image_pixels
@@ -68,8 +75,8 @@ def decode_checked(data: bytes, what: str, settings) -> tuple[int, int]:
 
 
 def is_zip(data: bytes, filename: str | None) -> bool:
-    return (filename or "").lower().endswith(".zip") or (data[:2] == b"PK" and not (filename or "").lower().endswith(".npz")
-                                                         and _zip_has_images(data))
+    name = (filename or "").lower()
+    return name.endswith(".zip") or (data[:2] == b"PK" and not name.endswith(".npz") and _zip_has_images(data))
 
 
 def _zip_has_images(data: bytes) -> bool:
@@ -121,8 +128,8 @@ def _pack(blobs: list[bytes]) -> dict[str, np.ndarray]:
     return {"images": np.frombuffer(b"".join(blobs), dtype=np.uint8).copy(), "image_offsets": offsets}
 
 
-def _parsed(fmt: str, blobs: list[bytes], sizes: list[tuple[int, int]], columns: dict, task_type: str | None,
-            settings, extra_columns: list[str]):
+def _parsed(fmt: str, blobs: list[bytes], sizes: list[tuple[int, int]], columns: dict[str, Any], task_type: str | None,
+            settings: Settings, extra_columns: list[str]) -> Parsed:
     from app.services import targets
 
     n = len(blobs)
@@ -134,12 +141,12 @@ def _parsed(fmt: str, blobs: list[bytes], sizes: list[tuple[int, int]], columns:
 
         Y, names = _labels(next(iter(columns.values())), settings)
     TP = targets.parsed_class()
-    p = TP("image", fmt, Y, names, extras=_pack(blobs), columns=extra_columns, task_type=ttype, modality="image")
-    p.image_sizes = sizes
+    p = TP("image", fmt, Y, names, extras=_pack(blobs), columns=extra_columns, task_type=ttype, modality="image",
+           image_sizes=sizes)
     return p
 
 
-def parse_zip(data: bytes, settings, task_type: str | None = None):
+def parse_zip(data: bytes, settings: Settings, task_type: str | None = None) -> Parsed:
     try:
         z = zipfile.ZipFile(io.BytesIO(data))
     except zipfile.BadZipFile as exc:
@@ -170,7 +177,7 @@ def parse_zip(data: bytes, settings, task_type: str | None = None):
     return _parsed("zip", blobs, sizes, {"label": labels}, "classification", settings, ["image", "label"])
 
 
-def parse_parquet(data: bytes, settings, task_type: str | None = None):
+def parse_parquet(data: bytes, settings: Settings, task_type: str | None = None) -> Parsed:
     import pandas as pd
 
     from app.services import targets
@@ -197,7 +204,7 @@ def parse_parquet(data: bytes, settings, task_type: str | None = None):
     return _parsed("parquet", blobs, sizes, {c: df[c].tolist() for c in lcols}, task_type, settings, cols)
 
 
-def load_images(ctx, ds) -> list:
+def load_images(ctx: Context, ds: Dataset) -> list[Any]:
     """The dataset's images, decoded (PIL, RGB or L as stored) in row order."""
     Image = _pil(ctx.settings)
     extras = ds.extra_blobs or {}

@@ -17,13 +17,19 @@ from __future__ import annotations
 import re
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import delete, or_, select
 
 from app.core.errors import Conflict, Invalid, NotFound
 from app.core.logging import get_logger
 from app.db.models import EncoderRow, FeatureSet, Score, iso, utcnow
+from app.db.session import rowcount
 from app.encoders.base import EncoderSpec
+
+if TYPE_CHECKING:
+    from app.core.progress import ProgressFn
+    from app.services.context import Context
 
 log = get_logger("models")
 
@@ -49,14 +55,14 @@ def spec_for(row: EncoderRow) -> EncoderSpec:
                        licence=row.licence or "", options=options)
 
 
-def worker_encoder(ctx, name: str):
+def worker_encoder(ctx: Context, name: str) -> str | EncoderSpec:
     """What to hand a worker for model ``name``: its spec for a user model, else the name."""
     with ctx.Session() as s:
         row = s.get(EncoderRow, name)
     return spec_for(row) if row is not None and is_user(row) else name
 
 
-def warm_up_inputs(encoder) -> list:
+def warm_up_inputs(encoder: object) -> list[Any]:
     """Two throw-away inputs of the encoder's modality (blank images for a vision model)."""
     if isinstance(encoder, EncoderSpec) and (encoder.options or {}).get("modality") == "image":
         from PIL import Image
@@ -65,13 +71,13 @@ def warm_up_inputs(encoder) -> list:
     return ["warm up the encoder", "second text"]
 
 
-def n_probs(ctx, name: str) -> int:
+def n_probs(ctx: Context, name: str) -> int:
     with ctx.Session() as s:
         row = s.get(EncoderRow, name)
     return int(((row.meta or {}).get("n_probs") or 0) if row is not None and is_user(row) else 0)
 
 
-def model_dict(row: EncoderRow) -> dict:
+def model_dict(row: EncoderRow) -> dict[str, Any]:
     meta = dict(row.meta or {})
     return {"name": row.name, "kind": row.kind, "modality": row.modality or "text", "dim": row.dim,
             "params": row.params, "licence": row.licence, "path": row.path, "origin": row.origin or "builtin",
@@ -99,7 +105,7 @@ def _resolve_path(path: str) -> str:
     raise Invalid(f"no file or directory at {path!r} (the path is read on the server)")
 
 
-def _check(name: str, kind: str | None, modality: str | None, pooling: str | None, options: dict) -> None:
+def _check(name: str, kind: str | None, modality: str | None, pooling: str | None, options: dict[str, Any]) -> None:
     if not _NAME.match(name or ""):
         raise Invalid("a model name is 1-100 characters: letters, digits, '.', '_' or '-', starting with a "
                       f"letter or digit; got {name!r}")
@@ -114,10 +120,10 @@ def _check(name: str, kind: str | None, modality: str | None, pooling: str | Non
         raise Invalid(f"unknown model option(s) {', '.join(sorted(bad))}; allowed: {', '.join(sorted(OPTION_KEYS))}")
 
 
-def add(ctx, name: str, path: str, kind: str | None = None, modality: str | None = None,
+def add(ctx: Context, name: str, path: str, kind: str | None = None, modality: str | None = None,
         pooling: str | None = None, layer: int | None = None, licence: str | None = None,
-        options: dict | None = None, *, origin: str = "user", wait: float | None = None,
-        inline: bool = False) -> tuple[dict, bool]:
+        options: dict[str, Any] | None = None, *, origin: str = "user", wait: float | None = None,
+        inline: bool = False) -> tuple[dict[str, Any], bool]:
     """Register a model and load it on a job. Returns ``(body, done)``: done -> the loaded model
     (201); else the model with ``"status": "loading"`` and its ``"job"`` (202). A load failure within the wait
     raises ``Invalid`` with the loader's reason and leaves no row behind."""
@@ -142,13 +148,13 @@ def add(ctx, name: str, path: str, kind: str | None = None, modality: str | None
         if s.get(EncoderRow, name) is not None:
             raise Conflict(f"a model named {name!r} already exists; DELETE /v1/models/{name} first or pick "
                            "another name")
-        job = ctx.jobs.create(s, "load_model", message=f"queued: loading model {name}")
+        created = ctx.jobs.create(s, "load_model", message=f"queued: loading model {name}")
         s.add(EncoderRow(name=name, kind=kind, path=local, dim=None, params=None, licence=licence or "",
                          enabled=True, modality=modality, origin=origin, status="loading", options=options,
-                         meta={}, job_id=job.id, created_at=utcnow()))
-        job_id = job.id
+                         meta={}, job_id=created.id, created_at=utcnow()))
+        job_id = created.id
 
-    def run(progress):
+    def run(progress: ProgressFn) -> dict[str, Any]:
         return _load_job(ctx, name, licence, progress)
 
     def on_error(err: str) -> None:
@@ -161,7 +167,7 @@ def add(ctx, name: str, path: str, kind: str | None = None, modality: str | None
         ctx.jobs.run_inline(job_id, run, on_error)
     else:
         ctx.jobs.submit(job_id, run, on_error)
-        job = ctx.jobs.wait(job_id, timeout=SYNC_WAIT_SECONDS if wait is None else wait, poll=0.05)
+        ctx.jobs.wait(job_id, timeout=SYNC_WAIT_SECONDS if wait is None else wait, poll=0.05)
     job = ctx.jobs.get(job_id)
     if job["status"] == "failed":
         with ctx.Session.begin() as s:
@@ -172,7 +178,7 @@ def add(ctx, name: str, path: str, kind: str | None = None, modality: str | None
     return get(ctx, name), False  # status "loading", with its "job"
 
 
-def _load_job(ctx, name: str, licence: str | None, progress) -> dict:
+def _load_job(ctx: Context, name: str, licence: str | None, progress: ProgressFn) -> dict[str, Any]:
     from app.encoders.registry import get_encoder
 
     progress(0.05, f"loading model {name}")
@@ -183,7 +189,7 @@ def _load_job(ctx, name: str, licence: str | None, progress) -> dict:
         spec = spec_for(row)
     t0 = time.perf_counter()
     enc = get_encoder(spec)  # the loaders' ValueError (with the reason) fails the job
-    facts = enc.describe() if hasattr(enc, "describe") else {"dim": enc.dim, "params": None}
+    facts: dict[str, Any] = enc.describe() if hasattr(enc, "describe") else {"dim": enc.dim, "params": None}
     progress(0.8, f"checking model {name}")
     if facts.get("modality") and facts["modality"] != row.modality:
         raise ValueError(f"the loader reads {row.path} as a {facts['modality']} model, not {row.modality}")
@@ -202,8 +208,8 @@ def _load_job(ctx, name: str, licence: str | None, progress) -> dict:
     return {"model": name, "dim": int(facts["dim"]), "params": facts.get("params")}
 
 
-def list_all(ctx, modality: str | None = None, origin: str | None = None, limit: int = 100,
-             offset: int = 0) -> dict:
+def list_all(ctx: Context, modality: str | None = None, origin: str | None = None, limit: int = 100,
+             offset: int = 0) -> dict[str, Any]:
     with ctx.Session() as s:
         q = select(EncoderRow).order_by(EncoderRow.name)
         if modality:
@@ -214,7 +220,7 @@ def list_all(ctx, modality: str | None = None, origin: str | None = None, limit:
     return {"models": [model_dict(r) for r in rows], "limit": limit, "offset": offset}
 
 
-def get(ctx, name: str) -> dict:
+def get(ctx: Context, name: str) -> dict[str, Any]:
     with ctx.Session() as s:
         row = s.get(EncoderRow, name)
         if row is None:
@@ -222,7 +228,7 @@ def get(ctx, name: str) -> dict:
         return model_dict(row)
 
 
-def set_enabled(ctx, name: str, enabled: bool) -> dict:
+def set_enabled(ctx: Context, name: str, enabled: bool) -> dict[str, Any]:
     with ctx.Session.begin() as s:
         row = s.get(EncoderRow, name)
         if row is None:
@@ -231,7 +237,7 @@ def set_enabled(ctx, name: str, enabled: bool) -> dict:
     return get(ctx, name)
 
 
-def remove(ctx, name: str) -> dict:
+def remove(ctx: Context, name: str) -> dict[str, Any]:
     """Delete a user model with its cached features and scores (built-in ones can be disabled)."""
     from app.services import datasets as datasets_svc
 
@@ -246,8 +252,8 @@ def remove(ctx, name: str) -> dict:
             raise Conflict(f"model {name!r} is still loading (job {row.job_id}); wait for the job to end")
         encs = (name, name + PROBS_SUFFIX)
         keys = set(s.scalars(select(FeatureSet.blob).where(FeatureSet.encoder.in_(encs))))
-        n_fs = s.execute(delete(FeatureSet).where(FeatureSet.encoder.in_(encs))).rowcount
-        n_scores = s.execute(delete(Score).where(Score.source == name, Score.source_kind == "model")).rowcount
+        n_fs = rowcount(s.execute(delete(FeatureSet).where(FeatureSet.encoder.in_(encs))))
+        n_scores = rowcount(s.execute(delete(Score).where(Score.source == name, Score.source_kind == "model")))
         s.delete(row)
     with ctx.Session() as s:
         still = datasets_svc.referenced_blobs(s)
@@ -259,7 +265,7 @@ def remove(ctx, name: str) -> dict:
             "blobs_removed": removed}
 
 
-def ranking_candidates(ctx, modality: str) -> list[str]:
+def ranking_candidates(ctx: Context, modality: str) -> list[str]:
     """Enabled, loaded model names for targets of ``modality`` (text | image)."""
     with ctx.Session() as s:
         return list(s.scalars(select(EncoderRow.name).where(
@@ -270,7 +276,7 @@ def ranking_candidates(ctx, modality: str) -> list[str]:
 DEMO_MODELS_DIR = Path(__file__).resolve().parents[1] / "demo" / "data" / "image_models"
 
 
-def seed_demo_models(ctx, directory: Path | None = None) -> int:
+def seed_demo_models(ctx: Context, directory: Path | None = None) -> int:
     """Add the shipped image models (``app/demo/data/image_models/manifest.json``, trained here by
     ``python -m app.demo.image_models``) as ``origin = "demo"`` rows, with the facts recorded at
     training time (no load at start). Idempotent; returns how many were added."""

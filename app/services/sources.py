@@ -203,8 +203,11 @@ def _train_job(ctx: Context, sid: int, ds: Dataset, train_esm: bool, train: dict
     from app.training.esm_job import phase_message
 
     progress(0.0, "loading model")
-    result = ctx.backend.submit_train_esm(
-        request, progress=lambda p: progress(0.95 * p, phase_message(p, request.epochs))).result()
+
+    def phased(p: float, message: str | None = None, /) -> None:
+        progress(0.95 * p, phase_message(p, request.epochs))
+
+    result = ctx.backend.submit_train_esm(request, progress=phased).result()
     progress(0.95, "storing the ESM")
     seconds = time.perf_counter() - t0
     with ctx.Session() as s:

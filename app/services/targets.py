@@ -23,11 +23,18 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from app.core.errors import Invalid
+
+from app.services.datasets import Parsed
+
+if TYPE_CHECKING:
+    from app.core.config import Settings
 
 TASK_TYPES = ("classification", "regression", "multilabel")
 
@@ -41,11 +48,11 @@ def check_task_type(task_type: str | None) -> str | None:
     return t
 
 
-def _is_listlike(v) -> bool:
+def _is_listlike(v: object) -> bool:
     return isinstance(v, (list, tuple, np.ndarray))
 
 
-def _as_float(v) -> float | None:
+def _as_float(v: object) -> float | None:
     if isinstance(v, (bool, np.bool_)):
         return None
     if isinstance(v, (int, float, np.integer, np.floating)):
@@ -56,11 +63,11 @@ def _as_float(v) -> float | None:
         return None
 
 
-def _examples(values, k: int = 3) -> str:
+def _examples(values: list[Any], k: int = 3) -> str:
     return ", ".join(repr(v) if not isinstance(v, str) else v for v in values[:k])
 
 
-def infer(values: list) -> str:
+def infer(values: list[Any]) -> str:
     """The task type the values make unambiguous; ``Invalid`` (asking for task_type) otherwise."""
     if any(_is_listlike(v) for v in values):
         if all(_is_listlike(v) for v in values):
@@ -87,7 +94,7 @@ def infer(values: list) -> str:
     return "classification"
 
 
-def _multilabel_rows(values: list) -> list[list[str]]:
+def _multilabel_rows(values: list[Any]) -> list[list[str]]:
     rows = []
     for i, v in enumerate(values):
         if _is_listlike(v):
@@ -109,7 +116,7 @@ def _multilabel_rows(values: list) -> list[list[str]]:
     return rows
 
 
-def multilabel_matrix(values: list, settings) -> tuple[np.ndarray, list[str]]:
+def multilabel_matrix(values: list[Any], settings: Settings) -> tuple[np.ndarray, list[str]]:
     rows = _multilabel_rows(values)
     vocab = sorted({x for r in rows for x in r})
     if len(vocab) < 1:
@@ -127,7 +134,7 @@ def multilabel_matrix(values: list, settings) -> tuple[np.ndarray, list[str]]:
     return Y, vocab
 
 
-def regression_matrix(columns: dict[str, list]) -> tuple[np.ndarray, list[str]]:
+def regression_matrix(columns: dict[str, list[Any]]) -> tuple[np.ndarray, list[str]]:
     """``{name: values}`` (one or several target columns; a column may hold a list per row)."""
     names, cols = [], []
     for name, values in columns.items():
@@ -157,7 +164,7 @@ def regression_matrix(columns: dict[str, list]) -> tuple[np.ndarray, list[str]]:
     return (Y[:, 0] if Y.shape[1] == 1 else Y), names
 
 
-def interpret(columns: dict[str, list], task_type: str | None, settings) -> tuple[str, np.ndarray, list[str]]:
+def interpret(columns: dict[str, list[Any]], task_type: str | None, settings: Settings) -> tuple[str, np.ndarray, list[str]]:
     """-> (task_type, targets, names). ``columns``: the label column(s), ``{name: values}``."""
     task_type = check_task_type(task_type)
     first = next(iter(columns.values()))
@@ -177,7 +184,7 @@ def interpret(columns: dict[str, list], task_type: str | None, settings) -> tupl
     return task_type, np.asarray([], dtype=np.int64), []  # classification: the caller's reader
 
 
-def target_hash(h, task_type: str, Y: np.ndarray, names: list[str]) -> None:
+def target_hash(h: Any, task_type: str, Y: np.ndarray, names: list[str]) -> None:
     h.update(f"task_type:{task_type}\0".encode())
     h.update(json.dumps(names, ensure_ascii=False).encode())
     a = np.ascontiguousarray(Y)
@@ -185,36 +192,38 @@ def target_hash(h, task_type: str, Y: np.ndarray, names: list[str]) -> None:
     h.update(a.tobytes())
 
 
-def parsed_class():
-    """``Parsed`` with a task type (the datasets module's dataclass, extended)."""
-    from app.services.datasets import Parsed
+@dataclass
+class TargetParsed(Parsed):
+    """``Parsed`` with a target type, a modality and (images) the decoded sizes."""
 
-    @dataclass
-    class TargetParsed(Parsed):
-        task_type: str = "regression"
-        modality: str = "text"
+    task_type: str = "regression"
+    modality: str = "text"
+    image_sizes: list[tuple[int, int]] = field(default_factory=list)
 
-        @property
-        def n_classes(self) -> int:
-            return 0 if self.task_type == "regression" else len(self.label_names)
+    @property
+    def n_classes(self) -> int:
+        return 0 if self.task_type == "regression" else len(self.label_names)
 
-        def sha256(self) -> str:
-            h = hashlib.sha256()
-            h.update(f"transferrank-{self.kind}-{self.task_type}-v1\0".encode())
-            if self.kind == "text":
-                h.update(json.dumps({"text": self.texts, "text_pair": self.text_pairs}, ensure_ascii=False,
-                                    separators=(",", ":")).encode())
-            else:
-                arrays = dict(self.extras)
-                if self.features is not None:
-                    arrays["features"] = self.features
-                for key in sorted(arrays):
-                    a = np.ascontiguousarray(arrays[key])
-                    h.update(f"{key}:{a.dtype.str}:{a.shape}\0".encode())
-                    h.update(a.tobytes())
-            target_hash(h, self.task_type, self.labels, self.label_names)
-            return h.hexdigest()
+    def sha256(self) -> str:
+        h = hashlib.sha256()
+        h.update(f"transferrank-{self.kind}-{self.task_type}-v1\0".encode())
+        if self.kind == "text":
+            h.update(json.dumps({"text": self.texts, "text_pair": self.text_pairs}, ensure_ascii=False,
+                                separators=(",", ":")).encode())
+        else:
+            arrays = dict(self.extras)
+            if self.features is not None:
+                arrays["features"] = self.features
+            for key in sorted(arrays):
+                a = np.ascontiguousarray(arrays[key])
+                h.update(f"{key}:{a.dtype.str}:{a.shape}\0".encode())
+                h.update(a.tobytes())
+        target_hash(h, self.task_type, self.labels, self.label_names)
+        return h.hexdigest()
 
+
+def parsed_class() -> type[TargetParsed]:
+    """The ``Parsed`` of a dataset with a target type (kept for callers that import it lazily)."""
     return TargetParsed
 
 
@@ -224,7 +233,7 @@ def label_columns(cols: list[str]) -> list[str]:
     return out
 
 
-def _read_raw(data: bytes, fmt: str):
+def _read_raw(data: bytes, fmt: str) -> Any:
     import pandas as pd
 
     if fmt in ("csv", "tsv"):
@@ -238,7 +247,7 @@ def _read_raw(data: bytes, fmt: str):
     return df
 
 
-def parse_table(data: bytes, fmt: str, settings, task_type: str | None, classification_reader):
+def parse_table(data: bytes, fmt: str, settings: Settings, task_type: str | None, classification_reader: Callable[..., Parsed]) -> Parsed:
     """A text table with a declared or inferred target type.
 
     Classification (declared, or inferred) is read by ``classification_reader(data, fmt,
@@ -297,7 +306,7 @@ def parse_table(data: bytes, fmt: str, settings, task_type: str | None, classifi
     return TP("text", fmt, Y, names, texts=texts, text_pairs=pairs, columns=list(df.columns), task_type=ttype)
 
 
-def parse_npz(data: bytes, settings, task_type: str | None, classification_reader):
+def parse_npz(data: bytes, settings: Settings, task_type: str | None, classification_reader: Callable[..., Parsed]) -> Parsed:
     """NPZ ``features`` + ``labels``: classification through ``classification_reader``; regression
     (float (n,) or (n, k)) and multilabel ((n, L) 0/1) targets when ``task_type`` says so."""
     task_type = check_task_type(task_type)

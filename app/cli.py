@@ -8,6 +8,7 @@
     transferrank migrate [--revision head] [--data-dir DIR]
     transferrank models add PATH --name N [--kind K] [--modality M] [--data-dir DIR] | models list | models remove N
     transferrank sources import PATH [--base-encoder NAME] [--prefix P] [--data-dir DIR]
+    transferrank doctor [--repair] [--min-age SECONDS] [--data-dir DIR]
 """
 from __future__ import annotations
 
@@ -31,8 +32,9 @@ def _settings(args: argparse.Namespace, **extra: Any) -> Settings:
 
 
 def serve_settings(args: argparse.Namespace) -> Settings:
-    """``serve`` warms the encoders up unless ``TRANSFERRANK_WARM_UP`` says otherwise."""
-    settings = _settings(args)
+    """``serve`` warms the encoders up unless ``TRANSFERRANK_WARM_UP`` says otherwise; ``host`` is the
+    address it binds (open mode is allowed only on loopback)."""
+    settings = _settings(args, host=getattr(args, "host", None))
     if "warm_up" not in settings.model_fields_set:
         settings = settings.replace(warm_up=True)
     return settings
@@ -46,8 +48,14 @@ def cmd_serve(args) -> int:
     import uvicorn
 
     from app.main import create_app
+    from app.services import keys as keys_svc
 
     settings = serve_settings(args)
+    try:
+        keys_svc.check_settings(settings)
+    except ValueError as exc:
+        _print_err(f"error: {exc}")
+        return 2
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     app = create_app(settings)
     _print_err(f"TransferRank on http://{args.host}:{args.port} (data dir {settings.data_dir.resolve()}; "
@@ -59,8 +67,10 @@ def cmd_serve(args) -> int:
 def _format_table(result: dict) -> str:
     ranking = result.get("ranking", [])
     ests = result.get("estimators", [])
-    head = ["rank", "source", "score"] + ests
-    rows = [[str(r["rank"]), r["source"], "-" if r.get("score") is None else f"{r['score']:.3f}"]
+    head = ["rank", "source", "score", "95% interval", "~top"] + ests
+    rows = [[str(r["rank"]), r["source"], "-" if r.get("score") is None else f"{r['score']:.3f}",
+             "-" if not r.get("interval") else f"[{r['interval'][0]:.2f}, {r['interval'][1]:.2f}]",
+             "yes" if r.get("tied_with_top") else ""]
             + ["-" if r["scores"].get(e) is None else f"{r['scores'][e]:.4f}" for e in ests] for r in ranking]
     widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h) for i, h in enumerate(head)]
     lines = ["  ".join(h.ljust(w) for h, w in zip(head, widths)),
@@ -69,12 +79,14 @@ def _format_table(result: dict) -> str:
     t = result.get("target", {})
     lines.append(f"\ntarget {t.get('name')} (n={t.get('n_examples')}, C={t.get('n_classes')}); "
                  f"{result.get('computed', 0)} score(s) computed, {result.get('cached', 0)} from cache")
+    lines += [f"warning: {w}" for w in (result.get("uncertainty") or {}).get("warnings", [])]
     return "\n".join(lines)
 
 
 def cmd_rank(args) -> int:
     from app.core.errors import ServiceError
     from app.core.status import RankingStatus
+    from app.db.models import DEFAULT_OWNER
     from app.services import datasets as datasets_svc
     from app.services import rankings as rankings_svc
     from app.services.startup import open_context
@@ -87,13 +99,15 @@ def cmd_rank(args) -> int:
     ctx = open_context(_settings(args, log_level="WARNING") if args.json else _settings(args))
     try:
         ds, created = datasets_svc.create_from_upload(ctx, path.read_bytes(), path.name, None,
-                                                      getattr(args, "task_type", None))
+                                                      task_type=getattr(args, "task_type", None))
         if not args.json:
             _print_err(f"dataset {ds.id} ({'new' if created else 'already stored'}): n={ds.n_examples}, "
                        f"C={ds.n_classes}")
         sources = [x.strip() for x in args.sources.split(",") if x.strip()] if args.sources else None
         spec = rankings_svc.RankingSpec(target=ds.id, candidates=args.candidates, estimators=ests,
-                                        top_k=args.top_k, prefilter_k=args.prefilter_k, sources=sources)
+                                        top_k=args.top_k, prefilter_k=args.prefilter_k, sources=sources,
+                                        bootstrap=args.bootstrap,
+                                        owner=DEFAULT_OWNER)  # what open mode's REST caller sees
         out, _ = rankings_svc.create(ctx, spec, inline=True)
         if out.get("status") != RankingStatus.DONE:
             _print_err(f"error: {out.get('error') or 'ranking failed'}")
@@ -108,9 +122,11 @@ def cmd_rank(args) -> int:
         ctx.close()
     if args.json:
         ranking = [{"source": r["source"], "rank": r["rank"], "score": r.get("score"), "scores": r["scores"],
-                    "details": r.get("details", {})} for r in out["ranking"]]
+                    "details": r.get("details", {}),
+                    **{k: r[k] for k in ("interval", "p_top", "tied_with_top") if k in r}} for r in out["ranking"]]
         print(json.dumps({"ranking": ranking, "target": out.get("target"), "estimators": out.get("estimators"),
                           "skipped": out.get("skipped", {}), "notes": out.get("notes", {}),
+                          "uncertainty": out.get("uncertainty"),
                           "computed": out.get("computed"), "cached": out.get("cached")}))
     else:
         print(_format_table(out))
@@ -125,8 +141,10 @@ def cmd_keys(args) -> int:
     ctx = open_context(_settings(args), seed=False)
     try:
         if args.keys_cmd == "create":
-            _info, key = keys_svc.create(ctx, args.owner, args.scopes)
+            info, key = keys_svc.create(ctx, args.owner, args.scopes)
             print(key)
+            _print_err(f"key {info['id']} for owner {info['owner']} ({','.join(info['scopes'])}); it is shown once, "
+                       "only its hash is stored")
         elif args.keys_cmd == "list":
             for k in keys_svc.list_all(ctx):
                 print(f"{k['id']}  {k['owner']}  {','.join(k['scopes'])}  "
@@ -185,6 +203,20 @@ def cmd_migrate(args) -> int:
     return 0
 
 
+def cmd_doctor(args) -> int:
+    from app.services.context import Context
+    from app.services.doctor import check
+
+    ctx = Context.open(_settings(args), seed=False)
+    try:
+        report = check(ctx, repair=args.repair, min_age_seconds=args.min_age)
+    finally:
+        ctx.close()
+    print(json.dumps(report, indent=1))
+    problems = report["temp_files"] + report["orphan_blobs"] + report["n_missing_blobs"] + report["orphan_scores"]
+    return 0 if args.repair or problems == 0 else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="transferrank", description="Rank source tasks and pretrained models for "
                                 "transfer learning before fine-tuning.")
@@ -210,6 +242,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--sources", default=None, help="comma-separated candidate names (default: all)")
     r.add_argument("--task-type", choices=["classification", "regression", "multilabel"], default=None,
                    help="the target type (default: inferred when unambiguous)")
+    r.add_argument("--bootstrap", type=int, default=100,
+                   help="resamples for each candidate's interval and tied_with_top (0 = none)")
     r.add_argument("--json", action="store_true", help="print only the JSON result on stdout")
     data_dir(r)
     r.set_defaults(func=cmd_rank)
@@ -250,6 +284,13 @@ def build_parser() -> argparse.ArgumentParser:
     si.add_argument("--prefix", default="")
     data_dir(si)
     so.set_defaults(func=cmd_byo)
+    d = sub.add_parser("doctor", help="check the data dir and database; --repair removes temp files, orphan "
+                       "blobs and scores, and fails stale jobs")
+    d.add_argument("--repair", action="store_true")
+    d.add_argument("--min-age", type=float, default=3600.0,
+                   help="only files older than this many seconds count as leftovers (default 3600)")
+    data_dir(d)
+    d.set_defaults(func=cmd_doctor)
 
     m = sub.add_parser("migrate", help="apply database migrations (the service also does it on start)")
     m.add_argument("--revision", default="head")

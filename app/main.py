@@ -95,10 +95,15 @@ def create_app(settings: Settings | None = None, *, ctx: Context | None = None,
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        from app.services import keys as keys_svc
         from app.services import startup
 
+        keys_svc.check_settings(resolved)  # open mode off loopback, weak bootstrap secret: refuse to start
         own = ctx is None
         app.state.ctx = ctx if ctx is not None else startup.open_context(resolved, backend=backend)
+        keys_svc.bootstrap(app.state.ctx)
+        mode_line = keys_svc.describe_mode(app.state.ctx)
+        (log.warning if keys_svc.effective_mode(app.state.ctx) != "keys" else log.info)(mode_line)
         if own and resolved.warm_up:
             startup.warm_up(app.state.ctx)
         try:
@@ -111,8 +116,9 @@ def create_app(settings: Settings | None = None, *, ctx: Context | None = None,
         title="TransferRank",
         version=VERSION,
         description="Rank source tasks and pretrained models for transfer learning before fine-tuning.\n\n"
-                    "Errors are `{\"detail\": \"text\"}`. Once an API key exists, every `/v1` call needs "
-                    "`Authorization: Bearer <key>`.",
+                    "Errors are `{\"detail\": \"text\"}`. Once an API key exists (or when the service is not "
+                    "bound to loopback), every `/v1` call needs `Authorization: Bearer <key>`; another owner's "
+                    "rows answer 404.",
         lifespan=lifespan,
         docs_url=None,
         redoc_url=None,
@@ -122,7 +128,7 @@ def create_app(settings: Settings | None = None, *, ctx: Context | None = None,
 
     @app.exception_handler(ServiceError)
     async def _service_error(_req: Request, exc: ServiceError) -> JSONResponse:
-        return _error(exc.status_code, exc.detail)
+        return _error(exc.status_code, exc.detail, headers=getattr(exc, "headers", None))
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_req: Request, exc: RequestValidationError) -> JSONResponse:
@@ -152,7 +158,23 @@ def create_app(settings: Settings | None = None, *, ctx: Context | None = None,
             if length and length.isdigit() and int(length) > limit + UPLOAD_OVERHEAD:
                 return _error(413, f"the upload has {int(length)} bytes, over the limit of {limit} "
                                    "(TRANSFERRANK_MAX_UPLOAD_BYTES)")
+        if request.method in ("POST", "PUT", "PATCH") and request.url.path.startswith("/v1/"):
+            # writes are authenticated before their body is read, so an anonymous upload costs nothing;
+            # the route's own auth dependency then finds the result in the cache
+            from fastapi.concurrency import run_in_threadpool
+
+            from app.services import keys as keys_svc
+
+            try:
+                await run_in_threadpool(keys_svc.authenticate, request.app.state.ctx,
+                                        request.headers.get("authorization"), "write")
+            except ServiceError as exc:
+                return _error(exc.status_code, exc.detail)
         return await call_next(request)
+
+    from app.api.limits import install as install_limits
+
+    install_limits(app, settings)  # body / string / number limits, fault -> 4xx/507 mapping
 
     @app.get("/healthz", tags=["health"], response_model=HealthPublic)
     def healthz() -> HealthPublic:
@@ -165,6 +187,9 @@ def create_app(settings: Settings | None = None, *, ctx: Context | None = None,
         described: dict[str, Any] = request.app.state.ctx.describe()
         return described
 
+    from app.api.routes_jobs import router as jobs_router
+
+    app.include_router(jobs_router)
     app.include_router(router)
     app.include_router(admin)
     from app.api import routes_models, routes_sources_import

@@ -42,7 +42,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import math
 import os
 import sys
 import time
@@ -111,7 +110,7 @@ def build_targets() -> dict[str, dict]:
         T[name] = {"task": "classification", "texts": list(texts), "y": y, "label_names": names}
     for name, (texts, y) in _regression_pools(rng).items():
         T[name] = {"task": "regression", "texts": list(texts), "y": np.asarray(y, dtype=np.float64)}
-    for name, t in T.items():
+    for t in T.values():
         t["splits"] = [_split(t["y"], t["task"], sd) for sd in SEEDS]
     return T
 
@@ -159,13 +158,9 @@ def _minilm_variants(texts, cache: dict):
             hs = model(**enc, output_hidden_states=True).hidden_states
             r = rand(**enc).last_hidden_state
 
-            def pool(h, norm=True):
-                v = (h * m).sum(1) / m.sum(1).clamp(min=1e-9)
-                return torch.nn.functional.normalize(v, dim=1) if norm else v
-
-            outs["minilm_l6"].append((idx, pool(hs[-1]).numpy()))
-            outs["minilm_l6_layer2"].append((idx, pool(hs[2]).numpy()))
-            outs["minilm_l6_random_init"].append((idx, pool(r).numpy()))
+            outs["minilm_l6"].append((idx, _mean_pool(hs[-1], m).numpy()))
+            outs["minilm_l6_layer2"].append((idx, _mean_pool(hs[2], m).numpy()))
+            outs["minilm_l6_random_init"].append((idx, _mean_pool(r, m).numpy()))
     for k, parts in outs.items():
         X = np.empty((len(texts), 384), dtype=np.float32)
         for idx, v in parts:
@@ -174,11 +169,18 @@ def _minilm_variants(texts, cache: dict):
     return tok
 
 
+def _mean_pool(h, mask):
+    """Masked mean over tokens, L2-normalised (sentence-transformers' pooling)."""
+    import torch
+
+    v = (h * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+    return torch.nn.functional.normalize(v, dim=1)
+
+
 def _onnx_l3(texts, tok):
     import glob
 
     import onnxruntime as ort
-
     import static_model  # noqa: F401  (only to locate site-packages reliably)
 
     site = Path(static_model.__file__).resolve().parents[1]

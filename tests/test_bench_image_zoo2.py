@@ -48,7 +48,8 @@ def test_results_are_reproduced(rescored):
     assert set(res["summary"]) == set(committed["summary"])
     for method in ("default", "static", *sorted(STABLE & set(committed["summary"]))):
         for metric in ("weighted_tau", "kendall_tau", "regret@1"):
-            assert res["summary"][method][metric] == pytest.approx(committed["summary"][method][metric], abs=1e-4), (method, metric)
+            want = committed["summary"][method][metric]
+            assert res["summary"][method][metric] == pytest.approx(want, abs=1e-4), (method, metric)
     for method, row in committed["summary"].items():
         assert abs(res["summary"][method]["weighted_tau"] - row["weighted_tau"]) < 0.05, method
 
@@ -63,7 +64,7 @@ def test_protocol_of_the_committed_inputs():
         for s, v in runs.items():
             assert len(v) >= 3, (t, s)  # >= 3 seeds of fine-tuning per pair
             assert np.all(np.isfinite(v))
-        for s, c in cands[t].items():
+        for c in cands[t].values():
             assert c["features"].shape[0] == labels[t].shape[0]
     # the controls are among the worst sources on average (the benchmark is not degenerate)
     mean = {s: np.mean([np.mean(gold_runs[t][s]) for t in gold_runs if meta["targets"][t]["task"] == "classification"])

@@ -163,7 +163,7 @@ def build_one(sd: SourceDef, *, epochs: int, force: bool) -> dict:
 
     last = [-1.0]
 
-    def progress(p: float) -> None:
+    def progress(p: float, message: str | None = None, /) -> None:
         if p - last[0] >= 0.1 or p >= 1.0:
             last[0] = p
             print(f"[{sd.name}]   {p:4.0%}  {time.perf_counter() - t0:6.1f}s", flush=True)

@@ -79,7 +79,8 @@ def store(ctx: Context, ds: Dataset, encoder: str, X: np.ndarray, seconds: float
                                  n=int(X.shape[0]), dim=int(X.shape[1]), seconds=seconds)
                 s.add(row)
                 if te_key is not None:
-                    s.execute(update(Dataset).where(Dataset.id == ds.id).values(task_embedding_blob=te_key))
+                    # every row with this content (one per owner) shares the embedding
+                    s.execute(update(Dataset).where(Dataset.sha256 == ds.sha256).values(task_embedding_blob=te_key))
         except IntegrityError:
             w.keep_all()
             with ctx.Session() as s:
@@ -126,7 +127,7 @@ def ensure(ctx: Context, ds: Dataset, encoders: Sequence[str],
     fractions = {enc: 0.0 for enc in missing}
 
     def report(enc: str) -> ProgressFn:
-        def cb(p: float) -> None:
+        def cb(p: float, message: str | None = None, /) -> None:
             fractions[enc] = min(max(float(p), 0.0), 1.0)
             if progress:
                 progress(sum(fractions.values()) / len(fractions))

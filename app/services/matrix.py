@@ -1,5 +1,9 @@
 """The transfer matrix: cached source x target scores per estimator, with observed feedback
-beside them, as JSON or CSV (long format, one row per source x target x estimator)."""
+beside them, as JSON or CSV (long format, one row per source x target x estimator).
+
+Scores are cached by content (target sha256), so one row may serve several owners; a caller sees
+a score only when the target is one of its own or the public datasets and the source one of its
+own or the public sources and models, and only its own feedback: no other owner's names."""
 from __future__ import annotations
 
 import csv
@@ -9,8 +13,10 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import select
 
 import estimators
-from app.core.errors import Invalid
+from app.core.errors import Invalid, NotFound
 from app.db.models import Dataset, Feedback, Score
+from app.services.sources import hidden_names
+from app.services.tenancy import can_read, visible
 
 if TYPE_CHECKING:
     from app.services.context import Context
@@ -19,22 +25,39 @@ CSV_COLUMNS = ["estimator", "source", "source_kind", "target", "target_name", "t
                "value", "higher_is_better", "n", "version", "observed_metric", "observed_value"]
 
 
-def build(ctx: Context, estimator: str | None = None, target: str | None = None) -> dict[str, Any]:
+def build(ctx: Context, estimator: str | None = None, target: str | None = None,
+          owner: str | None = None) -> dict[str, Any]:
     if estimator:
         try:
             estimators.info(estimator)
         except ValueError as exc:
             raise Invalid(str(exc)) from None
+    hidden = hidden_names(ctx, owner)
     with ctx.Session() as s:
-        datasets = {d.sha256: d for d in s.scalars(select(Dataset))}
+        datasets: dict[str, Dataset] = {}
+        for found in s.scalars(select(Dataset).where(visible(Dataset.owner, owner))
+                               .order_by((Dataset.owner == owner).asc() if owner else Dataset.id)):
+            datasets[found.sha256] = found  # the caller's own row wins over a public one with the same content
         q = select(Score).order_by(Score.estimator, Score.source, Score.target_sha256)
         if estimator:
             q = q.where(Score.estimator == estimator)
+        else:  # the rankings' cached bootstrap draws (estimator "bootstrap:<name>") are not transfer scores
+            q = q.where(Score.estimator.not_like("bootstrap:%"))
         if target:
             wanted = s.get(Dataset, target)
-            q = q.where(Score.target_sha256 == (wanted.sha256 if wanted else target))
-        scores = list(s.scalars(q))
-        feedback = list(s.scalars(select(Feedback).order_by(Feedback.id)))
+            if wanted is not None and can_read(wanted.owner, owner):
+                sha = wanted.sha256
+            elif target in datasets or owner is None:  # a content hash
+                sha = target
+            else:
+                raise NotFound(f"no dataset with id {target!r}; list them with GET /v1/datasets")
+            q = q.where(Score.target_sha256 == sha)
+        fq = select(Feedback).order_by(Feedback.id)
+        if owner is not None:
+            fq = fq.where(Feedback.owner == owner)
+        scores = [r for r in s.scalars(q)
+                  if owner is None or (r.target_sha256 in datasets and r.source not in hidden)]
+        feedback = list(s.scalars(fq))
     observed: dict[tuple[str, str], dict[str, Any]] = {}
     for f in feedback:
         observed[(f.source, f.target_sha256)] = {"metric": f.metric, "value": f.value,

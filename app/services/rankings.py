@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 
 import estimators
 from app.core.errors import Invalid, NotFound
@@ -41,8 +42,10 @@ from app.core.logging import get_logger
 from app.core.progress import ProgressFn, no_progress, scaled
 from app.core.status import JobStatus, RankingStatus, SourceStatus
 from app.db.models import (
+    DEFAULT_OWNER,
     Dataset,
     EncoderRow,
+    FeatureSet,
     Feedback,
     Ranking,
     Score,
@@ -53,6 +56,7 @@ from app.db.models import (
 from app.services import datasets as datasets_svc
 from app.services import features as features_svc
 from app.services import scores as scores_svc
+from app.services.tenancy import visible
 from estimators.ranking import DEFAULT_ESTIMATORS as LIBRARY_DEFAULTS
 from estimators.ranking import (
     Combined,
@@ -65,6 +69,7 @@ from estimators.ranking import (
     observed_prior,
     static_score,
 )
+from estimators.uncertainty import DEFAULT_B, Bootstrap, bootstrap, rescore
 
 if TYPE_CHECKING:
     from app.services.context import Context
@@ -85,6 +90,11 @@ NEEDS_FOR = {"models": ("features", "probs"), "tasks": ("esm", "domains")}
 SYNC_SCORE_LIMIT = 64  # more uncached scores than this -> run as a job
 DOMAIN_MAX_ROWS = 2000  # divergences on at most this many rows per domain (seeded subsample)
 SERVICE_PARAMS = ("source_sha256", "esm", "max_rows")  # cache-key parameters the service adds
+#: The bootstrap's cost bound: at most this many estimator evaluations per ranking (B is lowered
+#: to fit, never below MIN_BOOTSTRAP); see estimators.uncertainty.
+BOOTSTRAP_BUDGET = 3000
+MIN_BOOTSTRAP = 20
+BOOTSTRAP_PREFIX = "bootstrap:"  # cached bootstrap draws: estimator "bootstrap:<name>" in the score cache
 
 
 @dataclass
@@ -95,13 +105,15 @@ class RankingSpec:
     top_k: int = 10
     prefilter_k: int | None = None
     sources: list[str] | None = None
-    params: dict[str, dict] = field(default_factory=dict)
+    params: dict[str, dict[str, Any]] = field(default_factory=dict)
     use_feedback: bool | None = None
+    bootstrap: int = DEFAULT_B
+    owner: str | None = None  # who asks: its own and the public datasets, sources and feedback (None: all)
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         return {"target": self.target, "candidates": self.candidates, "estimators": self.estimators,
                 "top_k": self.top_k, "prefilter_k": self.prefilter_k, "sources": self.sources,
-                "params": self.params, "use_feedback": self.use_feedback}
+                "params": self.params, "use_feedback": self.use_feedback, "bootstrap": self.bootstrap}
 
 
 @dataclass
@@ -118,7 +130,7 @@ def _validate(ctx: Context, spec: RankingSpec) -> Plan:
     """Check a request once (400/404/422 on bad input) and return what it ranks with."""
     if spec.candidates not in NEEDS_FOR:
         raise Invalid(f"candidates must be 'models' or 'tasks', got {spec.candidates!r}")
-    ds = datasets_svc.get(ctx, spec.target)
+    ds = datasets_svc.get(ctx, spec.target, spec.owner)
     if ds.kind == "esm":
         raise Invalid(f"dataset {ds.id} is the placeholder of an imported ESM: it holds no examples to rank")
     if spec.candidates == "tasks" and ds.kind == "image":
@@ -153,6 +165,8 @@ def _validate(ctx: Context, spec: RankingSpec) -> Plan:
         raise Invalid(f"params given for estimator(s) not requested: {', '.join(sorted(unknown_params))}")
     if spec.top_k < 1:
         raise Invalid("top_k must be >= 1")
+    if isinstance(spec.bootstrap, bool) or not isinstance(spec.bootstrap, int) or not 0 <= spec.bootstrap <= 1000:
+        raise Invalid(f"bootstrap must be an integer in 0..1000 (resamples; 0 = none), got {spec.bootstrap!r}")
     if spec.prefilter_k is not None and spec.prefilter_k < 1:
         raise Invalid("prefilter_k must be >= 1")
     if spec.prefilter_k is not None and spec.candidates != "tasks":
@@ -217,7 +231,7 @@ class Candidate:
     esm_key: str | None = None
     esm: object | None = None  # the loaded ESM, once per ranking (every esm_* estimator uses it)
     source_sha256: str | None = None
-    meta: dict = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
 
 
 def _model_names(ctx: Context, ds: Dataset, spec: RankingSpec) -> list[str]:
@@ -226,7 +240,11 @@ def _model_names(ctx: Context, ds: Dataset, spec: RankingSpec) -> list[str]:
     else:
         from app.services import models as models_svc
 
-        names = models_svc.ranking_candidates(ctx, getattr(ds, "modality", None) or "text")
+        allowed = set(models_svc.ranking_candidates(ctx, getattr(ds, "modality", None) or "text"))
+        with ctx.Session() as s:
+            names = [n for n in s.scalars(select(EncoderRow.name).where(EncoderRow.enabled.is_(True),
+                                                                        visible(EncoderRow.owner, spec.owner))
+                                          .order_by(EncoderRow.name)) if n in allowed]
     if spec.sources:
         unknown = [n for n in spec.sources if n not in names]
         if unknown:
@@ -240,7 +258,9 @@ def _model_names(ctx: Context, ds: Dataset, spec: RankingSpec) -> list[str]:
 def _task_rows(ctx: Context, ds: Dataset, spec: RankingSpec) -> list[tuple[SourceTask, Dataset]]:
     with ctx.Session() as s:
         found = s.execute(select(SourceTask, Dataset).join(Dataset, Dataset.id == SourceTask.dataset_id)
-                          .where(SourceTask.status != SourceStatus.FAILED).order_by(SourceTask.name)).all()
+                          .where(SourceTask.status != SourceStatus.FAILED,
+                                 visible(SourceTask.owner, spec.owner))
+                          .order_by(SourceTask.name)).all()
     # several base encoders may serve sources; an NPZ target carries the service's base features only
     rows: list[tuple[SourceTask, Dataset]] = [
         (t, d) for t, d in found if d.sha256 != ds.sha256
@@ -254,9 +274,31 @@ def _task_rows(ctx: Context, ds: Dataset, spec: RankingSpec) -> list[tuple[Sourc
     return rows
 
 
-def needs_job(ctx: Context, plan: Plan) -> bool:
-    """True when the ranking needs feature extraction (or many uncached scores)."""
+def cost(ctx: Context, plan: Plan) -> tuple[float, int]:
+    """``(operations, pairs)``: a rough count of floating-point operations of the ranking if
+    nothing were cached, and the number of (candidate, estimator) pairs: per pair
+    ``n d (min(n, d) + C)`` for models (SVD-class estimators and per-class terms), ``n d (d + C)``
+    for tasks (the ESM map and the d x d estimators)."""
     spec, ds, names = plan.spec, plan.ds, plan.names
+    n, C = float(ds.n_examples), float(ds.n_classes)
+    d = float((ds.meta or {}).get("dim") or _base_dim(ctx) or 768)
+    if spec.candidates == "models":
+        pairs = len(_model_names(ctx, ds, spec)) * len(names)
+        return pairs * n * d * (min(n, d) + C), pairs
+    pairs = min(len(_task_rows(ctx, ds, spec)), spec.prefilter_k or 10**9) * len(names)
+    return pairs * n * d * (d + C), pairs
+
+
+def needs_job(ctx: Context, plan: Plan) -> bool:
+    """True when the ranking needs feature extraction, many uncached scores, or its uncached cost
+    is above ``TRANSFERRANK_SYNC_COST_LIMIT`` (then it runs as a job, off the request thread)."""
+    spec, ds, names = plan.spec, plan.ds, plan.names
+    ops, pairs = cost(ctx, plan)
+    if ops > ctx.settings.sync_cost_limit:
+        with ctx.Session() as s:
+            cached = len(scores_svc.lookup_target(s, ds.sha256, names, scores_svc.version()))
+        if ops * max(0, pairs - cached) / max(pairs, 1) > ctx.settings.sync_cost_limit:
+            return True
     if ds.kind == "features":
         return False
     with ctx.Session() as s:
@@ -285,7 +327,7 @@ class CandidateSet:
     cands: list[Candidate]
     y: np.ndarray
     X_target: dict[str, np.ndarray] | None = None  # tasks: the target under each base encoder
-    prefilter: dict | None = None
+    prefilter: dict[str, Any] | None = None
 
 
 def _blob(ds: Dataset) -> str:
@@ -334,16 +376,19 @@ def _task_candidates(ctx: Context, plan: Plan, progress: ProgressFn) -> Candidat
     prefilter = None
     if spec.prefilter_k is not None and len(rows) > spec.prefilter_k:
         # FAISS holds the sources of the service's base encoder; sources of other bases are all scored
-        hits = ctx.index.search(features_svc.task_embedding(X_target[base]), spec.prefilter_k)
+        ids = {t.id for t, _ in rows}  # the index holds every owner's sources: search past the others
+        hidden = max(ctx.index.describe()["sources"] - len(rows), 0)
+        hits = [h for h in ctx.index.search(features_svc.task_embedding(X_target[base]), spec.prefilter_k + hidden)
+                if h[0] in ids][:spec.prefilter_k]
         keep = {sid for sid, _ in hits}
         prefilter = {"k": spec.prefilter_k, "searched": len(rows),
                      "similarity": {t.name: round(sim, 6) for t, _ in rows for sid, sim in hits if t.id == sid}}
         rows = [(t, d) for t, d in rows if t.id in keep or t.base_encoder != base]
     with ctx.Session() as s:
         fsets = {(fs.dataset_sha256, fs.encoder): fs for fs in s.scalars(
-            select(features_svc.FeatureSet).where(
-                features_svc.FeatureSet.encoder.in_(bases),
-                features_svc.FeatureSet.dataset_sha256.in_([d.sha256 for _, d in rows])))}
+            select(FeatureSet).where(
+                FeatureSet.encoder.in_(bases),
+                FeatureSet.dataset_sha256.in_([d.sha256 for _, d in rows])))}
     cands = []
     for t, d in rows:
         fs = fsets.get((d.sha256, t.base_encoder))
@@ -377,7 +422,7 @@ class ScoredTable:
     """The library's score table of a ranking, with the service's per-cell details."""
 
     table: ScoreTable
-    details: dict[str, dict[str, dict]]  # source -> estimator -> detail
+    details: dict[str, dict[str, dict[str, Any]]]  # source -> estimator -> detail
     computed: int = 0
     cached: int = 0
 
@@ -392,10 +437,11 @@ class _CachedScorer:
         self.ctx, self.plan, self.cs = ctx, plan, cs
         self.ver = scores_svc.version()
         with ctx.Session() as s:
-            self.cache: dict[tuple, Score] = scores_svc.lookup_target(s, plan.ds.sha256, plan.names, self.ver)
-        self.new_rows: list[dict] = []
-        self.details: dict[str, dict[str, dict]] = {c.source: {} for c in cs.cands}
+            self.cache: dict[tuple[str, ...], Score] = scores_svc.lookup_target(s, plan.ds.sha256, plan.names, self.ver)
+        self.new_rows: list[dict[str, Any]] = []
+        self.details: dict[str, dict[str, dict[str, Any]]] = {c.source: {} for c in cs.cands}
         self.computed = self.cached = 0
+        self.fresh: set[tuple[str, ...]] = set()  # keys this ranking just computed in bulk (task_scoring)
 
     def value(self, cand: Candidate, est: str, kw: dict[str, Any]) -> float:
         """The value of one cell; ``Unavailable`` when the candidate lacks the input."""
@@ -410,10 +456,15 @@ class _CachedScorer:
                                   "higher_is_better": info.higher_is_better}
         params = _score_params(kw, info, cand)
         ph = scores_svc.params_hash(params)
-        hit = self.cache.get(scores_svc.key(cand.source, ds.sha256, cand.encoder, est, ph, self.ver))
+        k = scores_svc.key(cand.source, ds.sha256, cand.encoder, est, ph, self.ver)
+        hit = self.cache.get(k)
         if hit is not None:
-            self.details[cand.source][est] = dict(detail, cached=True)
-            self.cached += 1
+            fresh = k in self.fresh
+            self.details[cand.source][est] = dict(detail, cached=not fresh)
+            if fresh:
+                self.computed += 1
+            else:
+                self.cached += 1
             return float(hit.value)
         if reason is not None:
             self.details[cand.source][est] = dict(detail, cached=False, skipped=reason)
@@ -436,8 +487,23 @@ def score_table(ctx: Context, plan: Plan, cs: CandidateSet, progress: ProgressFn
     each column goes through ``ScoreTable.score_column`` -- the library's fallback policy --
     reading those results, and scoring (through the cache) only what a fallback needs."""
     spec, names = plan.spec, plan.names
-    scorer = _CachedScorer(ctx, plan, cs)
     start = 0.85 if spec.candidates == "models" else 0.6
+    fresh: set[tuple[str, ...]] = set()
+    base = ctx.settings.base_encoder
+    if spec.candidates == "tasks" and cs.X_target is not None and base in cs.X_target \
+            and _task_type(plan.ds) == "classification":  # default ESM scores: statistics path, on the workers
+        from app.services import task_scoring
+
+        def params_of(est: str, c: Candidate) -> dict[str, Any]:
+            return _score_params(dict((spec.params or {}).get(est, {})), estimators.info(est), c)
+
+        fresh = task_scoring.prefill(ctx, plan.ds.sha256, plan.ds.n_examples, ctx.settings.base_encoder,
+                                     cs.X_target[base], cs.y, [c for c in cs.cands if c.encoder == base],
+                                     names, params_of,
+                                     progress=scaled(progress, 0.6, 0.14))["keys"]
+        start = 0.74
+    scorer = _CachedScorer(ctx, plan, cs)
+    scorer.fresh = fresh
     by_name = {c.source: c for c in cs.cands}
     first: dict[tuple[str, str], float | BaseException] = {}
     for i, c in enumerate(cs.cands):
@@ -469,9 +535,13 @@ def score_table(ctx: Context, plan: Plan, cs: CandidateSet, progress: ProgressFn
             scorer.details[source][est]["fallback"] = note
         for source, why in table.errors[est].items():
             scorer.details[source][est] = dict(scorer.details[source].get(est, {}), cached=False, error=why)
+        if table.errors[est]:  # the column is dropped for every candidate: say so on every cell
+            for source in by_name:
+                if source not in table.errors[est] and est in scorer.details[source]:
+                    scorer.details[source][est]["skipped"] = f"{est} failed on another candidate"
     if spec.candidates == "models" and spec.estimators is None:
         _add_static(table, cs.cands)
-    scores_svc.store_many(ctx, scorer.new_rows)
+    datasets_svc.store_scores(ctx, plan.ds.id, scorer.new_rows)  # NotFound if the target was deleted meanwhile
     return ScoredTable(table, scorer.details, scorer.computed, scorer.cached)
 
 
@@ -515,18 +585,26 @@ def _load_esm(ctx: Context, cand: Candidate) -> Any:
     return cand.esm
 
 
+def _present(a: np.ndarray | None, why: str) -> np.ndarray:
+    if a is None:
+        raise Unavailable(why)
+    return a
+
+
 def _compute_one(ctx: Context, est: str, info: estimators.EstimatorInfo, cand: Candidate,
                  X_target: dict[str, np.ndarray] | np.ndarray | None, y: np.ndarray,
-                 params: dict) -> float:
+                 params: dict[str, Any]) -> float:
     user = {k: v for k, v in params.items() if k not in SERVICE_PARAMS}
     if info.needs == "features":
-        return estimators.score(est, cand.features, y, **user)
+        return estimators.score(est, _present(cand.features, f"{cand.source} has no features"), y, **user)
     if info.needs == "probs":
-        return estimators.score(est, cand.probs, y, **user)
+        return estimators.score(est, _present(cand.probs, f"{cand.source} has no source-class probabilities"), y,
+                                **user)
     if isinstance(X_target, dict):  # tasks: the target embedded by this source's own base encoder
         X_target = X_target[cand.encoder]
     if info.needs == "esm":
-        return estimators.score(est, X_target, y, esm=_load_esm(ctx, cand), **user)
+        return estimators.score(est, _present(X_target, "the target has no base-encoder features"), y,
+                                esm=_load_esm(ctx, cand), **user)
     # domains: target vs source base embeddings (loaded only now: cached scores never load them)
     if cand.features is None and cand.features_key is not None:
         cand.features = ctx.blobs.get_array(cand.features_key)
@@ -547,17 +625,22 @@ def _skip_reason(info: estimators.EstimatorInfo, cand: Candidate) -> str | None:
 
 
 # ---------------------------------------------------------------------- observed prior
-def _observed(ctx: Context, target: Dataset, kind: str, sources: list[str]) -> tuple[dict, dict, dict]:
+Observed = dict[str, dict[str, float]]  # {target sha256 or source: {source or metric: value}}
+
+
+def _observed(ctx: Context, target: Dataset, kind: str, sources: list[str],
+              owner: str | None = None) -> tuple[Observed, dict[str, float], Observed]:
     """Feedback -> (observed {target_sha: {source: value}}, similarity {target_sha: sim},
     this target's own observations {source: {metric: value}})."""
     with ctx.Session() as s:
-        rows = list(s.scalars(select(Feedback).where(Feedback.source.in_(sources))))
+        q = select(Feedback).where(Feedback.source.in_(sources))  # only the asker's own observations
+        rows = list(s.scalars(q if owner is None else q.where(Feedback.owner == owner)))
         if not rows:
             return {}, {}, {}
         shas = {r.target_sha256 for r in rows}
         emb_keys = dict(s.execute(select(Dataset.sha256, Dataset.task_embedding_blob)
                                   .where(Dataset.sha256.in_(shas | {target.sha256}))).all())
-    own: dict[str, dict] = {}
+    own: dict[str, dict[str, float]] = {}
     by_target: dict[str, dict[str, dict[str, list[float]]]] = {}
     for r in rows:
         v = r.value if r.higher_is_better else -r.value
@@ -569,7 +652,7 @@ def _observed(ctx: Context, target: Dataset, kind: str, sources: list[str]) -> t
         metric = max(metrics, key=lambda m: len(metrics[m]))  # the metric most sources report
         observed[sha] = {src: float(np.mean(vals)) for src, vals in metrics[metric].items()}
 
-    def emb(sha):
+    def emb(sha: str) -> np.ndarray | None:
         key = emb_keys.get(sha)
         return None if not key else np.asarray(ctx.blobs.get_array(key), dtype=np.float64).reshape(-1)
 
@@ -585,9 +668,84 @@ def _observed(ctx: Context, target: Dataset, kind: str, sources: list[str]) -> t
     return observed, similarity, own
 
 
-def _prior(observed: dict, similarity: dict) -> dict[str, float]:
+def _prior(observed: dict[str, Any], similarity: dict[str, Any]) -> dict[str, float]:
     return {k: float(v) for k, v in observed_prior(observed, similarity).items()
             if v is not None and math.isfinite(float(v))}
+
+
+# ---------------------------------------------------------------------- uncertainty
+def _bootstrap(ctx: Context, plan: Plan, cs: CandidateSet, st: ScoredTable, res: Combined,
+               prior: dict[str, float] | None) -> Bootstrap | None:
+    """The library's bootstrap (``estimators.uncertainty``) over the target's examples, re-scoring
+    from the candidates' inputs with the settings each column used (fallbacks included): models
+    from their features / probabilities, tasks from the target mapped through each ESM (the
+    ``esm_*`` values are the base estimators on the mapped features); domain divergences and
+    ``static`` are held at their values. ``B`` is lowered to fit ``BOOTSTRAP_BUDGET``. Each cell's
+    draws are cached in the score table (estimator ``bootstrap:<name>``, keyed by the cell's
+    parameters + B + seed, the draws in its params), so a repeated ranking re-computes nothing."""
+    B = plan.spec.bootstrap
+    if not B or _task_type(plan.ds) != "classification":  # intervals for class-label targets only (for now)
+        return None
+    table = st.table
+    cols = [c for c in table.columns if c not in res.skipped]
+    n_cells = sum(1 for c in cols for cand in table.candidates if table.value(c, cand) is not None)
+    B = min(B, max(MIN_BOOTSTRAP, BOOTSTRAP_BUDGET // max(n_cells, 1)))
+    by_name = {c.source: c for c in cs.cands}
+    mapped: dict[str, np.ndarray] = {}  # the current task's mapped target (one at a time)
+    ds, ver = plan.ds, scores_svc.version()
+    with ctx.Session() as s:
+        cache = scores_svc.lookup_target(s, ds.sha256, [BOOTSTRAP_PREFIX + c for c in cols], ver)
+    new_rows: list[dict[str, Any]] = []
+
+    def resampled(cand: Candidate, column: str, idx: np.ndarray) -> np.ndarray | None:
+        info = estimators.info(column)
+        kw = table.params.get(column, {})
+        if info.needs == "features" and cand.features is not None:
+            return rescore(column, cand.features, cs.y, idx, kw)
+        if info.needs == "probs" and cand.probs is not None:
+            return rescore(column, cand.probs, cs.y, idx, kw)
+        if info.needs == "esm" and cand.esm_key is not None and cs.X_target is not None \
+                and column[4:] in estimators.names():
+            if cand.source not in mapped:
+                for other in list(mapped):  # free the previous source's ESM and mapped features
+                    by_name[other].esm = None
+                    del mapped[other]
+                mapped[cand.source] = _load_esm(ctx, cand).transform(cs.X_target[cand.encoder])
+            return rescore(column[4:], mapped[cand.source], cs.y, idx, kw)
+        return None  # domains: held at the value
+
+    def values(source: str, column: str, idx: np.ndarray) -> np.ndarray:
+        cand = by_name[source]
+        point = table.value(column, source)
+        const = np.full(idx.shape[0], np.nan if point is None else point)
+        if column not in estimators.names():
+            return const  # static
+        info = estimators.info(column)
+        params = {**_score_params(table.params.get(column, {}), info, cand), "B": idx.shape[0], "seed": 0}
+        ph = scores_svc.params_hash(params)
+        hit = cache.get(scores_svc.key(source, ds.sha256, cand.encoder, BOOTSTRAP_PREFIX + column, ph, ver))
+        if hit is not None:  # the draws depend only on the inputs, the settings, the labels, B and the seed
+            return np.array([np.nan if v is None else float(v) for v in hit.params["draws"]], dtype=np.float64)
+        t1 = time.perf_counter()
+        draws = resampled(cand, column, idx)
+        if draws is None:
+            return const
+        finite = draws[np.isfinite(draws)]
+        new_rows.append(dict(source=source, source_kind=cand.kind, target_sha256=ds.sha256, encoder=cand.encoder,
+                             estimator=BOOTSTRAP_PREFIX + column, params_hash=ph,
+                             params={**params, "draws": [float(v) if np.isfinite(v) else None for v in draws]},
+                             version=ver, value=float(finite.mean()) if finite.size else 0.0, n=ds.n_examples,
+                             seconds=time.perf_counter() - t1))
+        return draws
+
+    boot = bootstrap(table, res, cs.y, values, weights=_weights(plan.spec), prior=prior, B=B, seed=0)
+    for c in cs.cands:
+        c.esm = None
+    scores_svc.store_many(ctx, new_rows)
+    if B < plan.spec.bootstrap:
+        boot.warnings.append(f"B lowered from {plan.spec.bootstrap} to {B} to bound the cost "
+                             f"({n_cells} scores to re-compute per resample)")
+    return boot
 
 
 # ---------------------------------------------------------------------- combination and response
@@ -595,20 +753,20 @@ def _weights(spec: RankingSpec) -> dict[str, float]:
     return dict(DEFAULT_COLUMN_WEIGHTS) if spec.estimators is None else default_weights(True)
 
 
-def _prior_for(ctx: Context, plan: Plan, sources: list[str]) -> tuple[dict[str, float] | None, dict]:
+def _prior_for(ctx: Context, plan: Plan, sources: list[str]) -> tuple[dict[str, float] | None, dict[str, Any]]:
     """The observed-results prior (default requests, or ``use_feedback``) and this target's own
     observations ``{source: {metric: value}}``."""
     spec = plan.spec
     use = spec.use_feedback if spec.use_feedback is not None else spec.estimators is None
     if not use:
         return None, {}
-    observed, similarity, own = _observed(ctx, plan.ds, spec.candidates, sources)
+    observed, similarity, own = _observed(ctx, plan.ds, spec.candidates, sources, spec.owner)
     prior = {s_: v for s_, v in _prior(observed, similarity).items() if s_ in sources} if observed else {}
     return (prior or None), own
 
 
-def shape_response(plan: Plan, cs: CandidateSet, st: ScoredTable, res: Combined, own: dict,
-                   seconds: float) -> dict:
+def shape_response(plan: Plan, cs: CandidateSet, st: ScoredTable, res: Combined, own: dict[str, Any],
+                   seconds: float, boot: Bootstrap | None = None) -> dict[str, Any]:
     """The ranking's JSON: one item per candidate (best first) with its raw scores, their
     details (cached, fallback, error, skipped) and the combined score."""
     spec, ds, names, table = plan.spec, plan.ds, plan.names, st.table
@@ -630,6 +788,8 @@ def shape_response(plan: Plan, cs: CandidateSet, st: ScoredTable, res: Combined,
             item["prior"] = res.prior[src]
         if src in own:
             item["observed"] = own[src]
+        if boot is not None:
+            item.update(boot.for_candidate(src))
         if src in res.unscored:
             zero = [c for c, w in res.weights.items() if w == 0 and table.columns.count(c)
                     and table.value(c, src) is not None]
@@ -657,6 +817,8 @@ def shape_response(plan: Plan, cs: CandidateSet, st: ScoredTable, res: Combined,
     }
     if cs.prefilter is not None:
         result["prefilter"] = cs.prefilter
+    if boot is not None:
+        result["uncertainty"] = boot.summary()
     if spec.candidates == "tasks":  # which base encoder(s) embedded the target, with their sources
         result["base_encoders"] = {b: sum(1 for c in cs.cands if c.encoder == b)
                                    for b in sorted({c.encoder for c in cs.cands})}
@@ -664,7 +826,7 @@ def shape_response(plan: Plan, cs: CandidateSet, st: ScoredTable, res: Combined,
 
 
 def compute(ctx: Context, spec: RankingSpec, progress: ProgressFn | None = None, *,
-            plan: Plan | None = None) -> dict:
+            plan: Plan | None = None) -> dict[str, Any]:
     """Build the candidates, score them through the cache, combine (``estimators.ranking.combine``)
     and shape the response. ``Invalid`` (422) when no estimator produced a value."""
     t0 = time.perf_counter()
@@ -677,15 +839,16 @@ def compute(ctx: Context, spec: RankingSpec, progress: ProgressFn | None = None,
         res = combine(st.table, _weights(plan.spec), prior)
     except RankingFailed as exc:
         raise Invalid(str(exc)) from None
+    boot = _bootstrap(ctx, plan, cs, st, res, prior)
     report(1.0)
-    result = shape_response(plan, cs, st, res, own, time.perf_counter() - t0)
+    result = shape_response(plan, cs, st, res, own, time.perf_counter() - t0, boot)
     log.info("ranking of %s (%s, %s): %d computed, %d cached in %.2fs", plan.ds.id, spec.candidates,
              ",".join(plan.names), st.computed, st.cached, result["seconds"])
     return result
 
 
 # ---------------------------------------------------------------------- requests
-def ranking_dict(r: Ranking, job: dict | None = None) -> dict:
+def ranking_dict(r: Ranking, job: dict[str, Any] | None = None) -> dict[str, Any]:
     out = {"id": r.id, "status": r.status, "target": r.target_id, "candidates": r.candidates,
            "request": r.request, "job": r.job_id,
            "progress": 1.0 if r.status == RankingStatus.DONE else (job or {}).get("progress", 0.0),
@@ -699,7 +862,7 @@ def ranking_dict(r: Ranking, job: dict | None = None) -> dict:
     return out
 
 
-def _finish(ctx: Context, ranking_id: str, result: dict) -> None:
+def _finish(ctx: Context, ranking_id: str, result: dict[str, Any]) -> None:
     with ctx.Session.begin() as s:
         r = s.get(Ranking, ranking_id)
         if r is None:  # deleted meanwhile: nothing to record
@@ -714,29 +877,43 @@ def _fail(ctx: Context, ranking_id: str, error: str) -> None:
             r.status, r.error, r.finished_at = RankingStatus.FAILED, error, utcnow()
 
 
-def create(ctx: Context, spec: RankingSpec, *, inline: bool = False) -> tuple[dict, bool]:
+def create(ctx: Context, spec: RankingSpec, *, inline: bool = False) -> tuple[dict[str, Any], bool]:
     """Create a ranking. Returns ``(body, done)``: done -> 200 with the ranking, else 202 + job.
 
     The request is validated once. A synchronous ranking that cannot be computed (no estimator
     produced a value) raises ``Invalid`` (422); a queued one ends ``failed`` with the reason.
     ``inline=True`` (the CLI) computes in the caller's thread even when a job is needed."""
+    from app.services import ranking_memo  # the same request on the same state: the same ranking
+
+    remembered = ranking_memo.lookup(ctx, ranking_memo.fingerprint(ctx, spec.as_dict(), spec.target, spec.owner))
+    if remembered is not None:
+        return remembered, True
     plan = _validate(ctx, spec)
     if not needs_job(ctx, plan):
         result = compute(ctx, spec, plan=plan)
+        try:
+            with ctx.Session.begin() as s:
+                r = Ranking(owner=spec.owner or DEFAULT_OWNER, target_id=spec.target, candidates=spec.candidates,
+                            request=spec.as_dict(), status=RankingStatus.DONE, result=result, finished_at=utcnow())
+                s.add(r)
+        except IntegrityError:  # the target was deleted meanwhile
+            raise NotFound(f"dataset {spec.target!r} was deleted while it was being ranked") from None
+        body = ranking_dict(r)
+        ranking_memo.remember(ctx, ranking_memo.fingerprint(ctx, spec.as_dict(), spec.target, spec.owner), body)
+        return body, True
+    try:
         with ctx.Session.begin() as s:
-            r = Ranking(target_id=spec.target, candidates=spec.candidates, request=spec.as_dict(),
-                        status=RankingStatus.DONE, result=result, finished_at=utcnow())
+            job = ctx.jobs.create(s, "ranking", message=f"queued: {spec.candidates} ranking of {spec.target}",
+                                  owner=spec.owner or DEFAULT_OWNER)
+            r = Ranking(owner=spec.owner or DEFAULT_OWNER, target_id=spec.target, candidates=spec.candidates,
+                        request=spec.as_dict(), status=RankingStatus.QUEUED, job_id=job.id)
             s.add(r)
-        return ranking_dict(r), True
-    with ctx.Session.begin() as s:
-        job = ctx.jobs.create(s, "ranking", message=f"queued: {spec.candidates} ranking of {spec.target}")
-        r = Ranking(target_id=spec.target, candidates=spec.candidates, request=spec.as_dict(),
-                    status=RankingStatus.QUEUED, job_id=job.id)
-        s.add(r)
-        s.flush()
-        ranking_id, job_id = r.id, job.id
+            s.flush()
+            ranking_id, job_id = r.id, job.id
+    except IntegrityError:  # the target was deleted meanwhile
+        raise NotFound(f"dataset {spec.target!r} was deleted while it was being ranked") from None
 
-    def run(progress: ProgressFn) -> dict:
+    def run(progress: ProgressFn) -> dict[str, Any]:
         with ctx.Session.begin() as s:
             row = s.get(Ranking, ranking_id)
             if row is not None:
@@ -753,10 +930,11 @@ def create(ctx: Context, spec: RankingSpec, *, inline: bool = False) -> tuple[di
     return {"id": ranking_id, "status": RankingStatus.QUEUED, "job": job_id, "progress": 0.0}, False
 
 
-def get(ctx: Context, ranking_id: str) -> dict:
+def get(ctx: Context, ranking_id: str, owner: str | None = None) -> dict[str, Any]:
+    """The ranking, if ``owner`` made it (None: internal, any)."""
     with ctx.Session() as s:
         r = s.get(Ranking, ranking_id)
-        if r is None:
+        if r is None or (owner is not None and r.owner != owner):
             raise NotFound(f"no ranking with id {ranking_id!r}")
     job = ctx.jobs.get(r.job_id) if r.job_id and r.status != RankingStatus.DONE else None
     if job is not None and job["status"] == JobStatus.FAILED and r.status != RankingStatus.FAILED:

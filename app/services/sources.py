@@ -16,12 +16,13 @@ from sqlalchemy.orm import Session
 
 from app.core.errors import Conflict, Invalid, NotFound
 from app.core.logging import get_logger
-from app.core.progress import ProgressFn
+from app.core.progress import ProgressFn, scaled
 from app.core.status import SourceStatus
-from app.db.models import Dataset, EncoderRow, Score, SourceTask, iso
+from app.db.models import DEFAULT_OWNER, Dataset, EncoderRow, Score, SourceTask, iso
 from app.db.session import rowcount
 from app.services import datasets as datasets_svc
 from app.services import features as features_svc
+from app.services.tenancy import check_read, check_write, visible
 from app.storage.blobs import BlobWriter
 from app.training.config import TRAIN_FIELDS
 
@@ -35,7 +36,8 @@ TRAIN_KEYS = set(TRAIN_FIELDS)  # app.training.config.EsmTrainConfig
 
 
 def source_dict(t: SourceTask, d: Dataset | None = None) -> dict[str, Any]:
-    out = {"id": t.id, "name": t.name, "kind": "task", "dataset_id": t.dataset_id, "description": t.description,
+    out = {"id": t.id, "name": t.name, "kind": "task", "owner": t.owner, "dataset_id": t.dataset_id,
+           "description": t.description,
            "licence": t.licence, "origin": t.origin, "status": t.status, "base_encoder": t.base_encoder,
            "has_esm": t.esm_blob is not None, "esm": t.esm_meta or {}, "job": t.job_id, "error": t.error,
            "created_at": iso(t.created_at)}
@@ -45,25 +47,39 @@ def source_dict(t: SourceTask, d: Dataset | None = None) -> dict[str, Any]:
 
 
 def model_dict(e: EncoderRow) -> dict[str, Any]:
-    return {"name": e.name, "kind": "model", "encoder_kind": e.kind, "dim": e.dim, "params": e.params,
+    return {"name": e.name, "kind": "model", "owner": e.owner, "encoder_kind": e.kind, "dim": e.dim,
+            "params": e.params,
             "licence": e.licence, "enabled": e.enabled}
 
 
-def list_sources(ctx: Context) -> dict[str, Any]:
+def list_sources(ctx: Context, owner: str | None = None) -> dict[str, Any]:
+    """The catalogue ``owner`` sees: its own sources and models and the public ones."""
     with ctx.Session() as s:
         tasks = [source_dict(t, d) for t, d in s.execute(
-            select(SourceTask, Dataset).join(Dataset, Dataset.id == SourceTask.dataset_id).order_by(SourceTask.name))]
-        models = [model_dict(e) for e in s.scalars(select(EncoderRow).order_by(EncoderRow.name))]
+            select(SourceTask, Dataset).join(Dataset, Dataset.id == SourceTask.dataset_id)
+            .where(visible(SourceTask.owner, owner)).order_by(SourceTask.name))]
+        models = [model_dict(e) for e in s.scalars(select(EncoderRow).where(visible(EncoderRow.owner, owner))
+                                                     .order_by(EncoderRow.name))]
     return {"tasks": tasks, "models": models, "base_encoder": ctx.settings.base_encoder}
 
 
-def get_source(ctx: Context, name: str) -> dict[str, Any]:
+def get_source(ctx: Context, name: str, owner: str | None = None) -> dict[str, Any]:
     with ctx.Session() as s:
         row = s.execute(select(SourceTask, Dataset).join(Dataset, Dataset.id == SourceTask.dataset_id)
                         .where(SourceTask.name == name)).first()
-        if row is None:
-            raise NotFound(f"no source task named {name!r}; list them with GET /v1/sources")
-        return source_dict(*row)
+        task = check_read(row[0] if row else None, owner,
+                          f"no source task named {name!r}; list them with GET /v1/sources")
+        return source_dict(task, row[1] if row else None)
+
+
+def hidden_names(ctx: Context, owner: str | None) -> set[str]:
+    """Names of the source tasks and models of other owners (their scores stay hidden from ``owner``)."""
+    if owner is None:
+        return set()
+    with ctx.Session() as s:
+        names = set(s.scalars(select(SourceTask.name).where(~visible(SourceTask.owner, owner))))
+        names.update(s.scalars(select(EncoderRow.name).where(~visible(EncoderRow.owner, owner))))
+    return names
 
 
 def sync_encoders(ctx: Context) -> None:
@@ -109,10 +125,15 @@ def _activate(ctx: Context, source_id: int) -> None:
 
 
 def register(ctx: Context, dataset_id: str, name: str | None = None, description: str = "", licence: str = "",
-             train_esm: bool = True, train: dict[str, Any] | None = None,
-             origin: str = "user") -> tuple[dict[str, Any], bool]:
-    """Register a source task. Returns ``(source, queued)``: queued -> a job trains/embeds it."""
+             train_esm: bool = True, train: dict[str, Any] | None = None, origin: str = "user", *,
+             owner: str = DEFAULT_OWNER, admin: bool = False) -> tuple[dict[str, Any], bool]:
+    """Register a source task owned by the dataset's owner. Returns ``(source, queued)``: queued ->
+    a job trains/embeds it. ``owner`` must be allowed to change the dataset (public: admin only)."""
+    with ctx.Session() as s:
+        check_write(s.get(Dataset, dataset_id), owner, admin,
+                    f"no dataset with id {dataset_id!r}; list them with GET /v1/datasets", f"dataset {dataset_id}")
     ds = datasets_svc.get(ctx, dataset_id)
+    owner = ds.owner
     name = (name or ds.name).strip()
     if not name:
         raise Invalid("a source needs a non-empty name")
@@ -127,11 +148,18 @@ def register(ctx: Context, dataset_id: str, name: str | None = None, description
         raise Invalid(f"ESM training fine-tunes a classifier; dataset {ds.id} is a {ds.task_type} target. "
                       "Register it with train_esm=false (base embeddings only)")
     base = ctx.settings.base_encoder
-    with ctx.Session() as s:
-        if s.scalar(select(SourceTask).where(SourceTask.name == name)) is not None:
-            raise Conflict(f"a source task named {name!r} already exists")
-        if s.scalar(select(SourceTask).where(SourceTask.dataset_id == ds.id)) is not None:
-            raise Conflict(f"dataset {ds.id} is already registered as a source")
+    with ctx.Session.begin() as s:
+        for t in s.scalars(select(SourceTask).where((SourceTask.name == name) | (SourceTask.dataset_id == ds.id))):
+            if t.status == SourceStatus.FAILED and t.owner == owner:
+                # a failed registration is retried by repeating the request
+                s.execute(delete(Score).where(Score.source == t.name, Score.source_kind == "task"))
+                s.delete(t)
+                s.flush()
+                ctx.index.remove(t.id)
+            elif t.name == name:
+                raise Conflict(f"a source task named {name!r} already exists; choose another name")
+            else:
+                raise Conflict(f"dataset {ds.id} is already registered as a source")
         base_row = s.get(EncoderRow, base)
     if ds.kind == "features":
         dim = (ds.meta or {}).get("dim")
@@ -148,8 +176,8 @@ def register(ctx: Context, dataset_id: str, name: str | None = None, description
         if not have:
             features_svc.store(ctx, ds, base, X)
         with ctx.Session.begin() as s:
-            t = SourceTask(name=name, dataset_id=ds.id, description=description, licence=licence, origin=origin,
-                           status=SourceStatus.READY, base_encoder=base,
+            t = SourceTask(name=name, owner=owner, dataset_id=ds.id, description=description, licence=licence,
+                           origin=origin, status=SourceStatus.READY, base_encoder=base,
                            esm_meta={"note": "NPZ source: no texts, no ESM"})
             s.add(t)
             s.flush()
@@ -160,14 +188,16 @@ def register(ctx: Context, dataset_id: str, name: str | None = None, description
     try:
         with ctx.Session.begin() as s:
             job = ctx.jobs.create(s, "train_esm" if train_esm else "embed_source",
-                                  message=f"queued: {'ESM training' if train_esm else 'embedding'} for source {name}")
-            t = SourceTask(name=name, dataset_id=ds.id, description=description, licence=licence, origin=origin,
-                           status=SourceStatus.PENDING, base_encoder=base, job_id=job.id, esm_meta={"train": train})
+                                  message=f"queued: {'ESM training' if train_esm else 'embedding'} for source {name}",
+                                  owner=owner)
+            t = SourceTask(name=name, owner=owner, dataset_id=ds.id, description=description, licence=licence,
+                           origin=origin, status=SourceStatus.PENDING, base_encoder=base, job_id=job.id,
+                           esm_meta={"train": train})
             s.add(t)
             s.flush()
             sid, job_id = t.id, job.id
     except IntegrityError:
-        raise Conflict(f"a source task named {name!r} already exists") from None
+        raise Conflict(f"a source task named {name!r} already exists; choose another name") from None
 
     def run(progress: ProgressFn) -> dict[str, Any]:
         return _train_job(ctx, sid, ds, train_esm, train, progress)
@@ -232,8 +262,9 @@ def _train_job(ctx: Context, sid: int, ds: Dataset, train_esm: bool, train: dict
 def add_ready_source(ctx: Context, *, name: str, dataset: Dataset, base_embeddings: np.ndarray | None,
                      esm: EmbeddingSpaceMap | None = None,
                      description: str = "", licence: str = "", origin: str = "demo",
-                     encoder: str | None = None) -> int:
-    """Insert a source whose base embeddings (and ESM) already exist, e.g. the demo catalogue."""
+                     encoder: str | None = None, owner: str | None = None) -> int:
+    """Insert a source whose base embeddings (and ESM) already exist, e.g. the demo catalogue.
+    Owned by ``owner``, by default the dataset's owner."""
     base = encoder or ctx.settings.base_encoder
     if base_embeddings is not None:
         with ctx.Session() as s:
@@ -250,8 +281,9 @@ def add_ready_source(ctx: Context, *, name: str, dataset: Dataset, base_embeddin
             meta = {"method": getattr(esm, "method", None), "shipped": True}
         try:
             with ctx.Session.begin() as s:
-                t = SourceTask(name=name, dataset_id=dataset.id, description=description, licence=licence,
-                               origin=origin, status=SourceStatus.READY, base_encoder=base, esm_blob=key, esm_meta=meta)
+                t = SourceTask(name=name, owner=owner or dataset.owner, dataset_id=dataset.id,
+                               description=description, licence=licence, origin=origin, status=SourceStatus.READY,
+                               base_encoder=base, esm_blob=key, esm_meta=meta)
                 s.add(t)
                 s.flush()
                 sid = t.id
@@ -262,11 +294,10 @@ def add_ready_source(ctx: Context, *, name: str, dataset: Dataset, base_embeddin
     return sid
 
 
-def delete_source(ctx: Context, name: str) -> dict[str, Any]:
+def delete_source(ctx: Context, name: str, owner: str | None = None, admin: bool = False) -> dict[str, Any]:
     with ctx.Session.begin() as s:
-        t = s.scalar(select(SourceTask).where(SourceTask.name == name))
-        if t is None:
-            raise NotFound(f"no source task named {name!r}")
+        t = check_write(s.scalar(select(SourceTask).where(SourceTask.name == name)), owner, admin,
+                        f"no source task named {name!r}", f"source {name!r}")
         if t.status in (SourceStatus.PENDING, SourceStatus.TRAINING):
             raise Conflict(f"source {name!r} is still {t.status} (job {t.job_id}); wait for the job to end")
         sid, esm_key = t.id, t.esm_blob

@@ -247,6 +247,14 @@ def _read_raw(data: bytes, fmt: str) -> Any:
     return df
 
 
+def _all_lists(data: bytes, fmt: str) -> bool:
+    try:
+        values = _read_raw(data, fmt)["label"].tolist()
+    except Exception:  # noqa: BLE001 -- the reader reports what is wrong with the file
+        return False
+    return bool(values) and all(_is_listlike(v) for v in values)
+
+
 def parse_table(data: bytes, fmt: str, settings: Settings, task_type: str | None, classification_reader: Callable[..., Parsed]) -> Parsed:
     """A text table with a declared or inferred target type.
 
@@ -255,6 +263,8 @@ def parse_table(data: bytes, fmt: str, settings: Settings, task_type: str | None
     for ambiguity (``infer``) when no ``task_type`` was given; a JSONL / Parquet label column
     holding real lists is read as multi-label. Regression and multi-label tables are read here."""
     task_type = check_task_type(task_type)
+    if task_type is None and fmt in ("jsonl", "parquet") and _all_lists(data, fmt):
+        task_type = "multilabel"  # real lists per row: unambiguous
     if task_type in (None, "classification"):
         try:
             parsed = classification_reader(data, fmt, settings)

@@ -8,9 +8,9 @@ when it has one, else numpy) and returns the (k, E) scores.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -66,10 +66,9 @@ def score_esm_chunk(request: EsmScoreRequest, progress=None) -> np.ndarray:
     from estimators.esm_stats import score_many
 
     stats = load_target_stats(request.stats_path)
-    maps = [EmbeddingSpaceMap.load(p) for p in request.esm_paths]
-    W = np.stack([m.weight for m in maps])
-    b = np.stack([m.bias for m in maps])
-    del maps
+    from estimators.esm_stats import stack_esms
+
+    W, b = stack_esms(EmbeddingSpaceMap.load(p) for p in request.esm_paths)
     report = None if progress is None else (lambda done, total: progress(done / total))
     return score_many(stats, W, list(request.estimators), bias=b, device=pick_device(request.device),
                       progress=report)

@@ -2,7 +2,7 @@
 created_at) and dataset target types (task_type, modality)
 
 Revision ID: 0004
-Revises: 0001
+Revises: 0003
 """
 from collections.abc import Sequence
 
@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0004"
-down_revision: str | None = "0001"
+down_revision: str | None = "0003"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

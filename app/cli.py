@@ -6,6 +6,8 @@
     transferrank keys create --owner NAME --scopes read,write[,admin] [--data-dir DIR]
     transferrank keys list | keys revoke KEY_ID
     transferrank migrate [--revision head] [--data-dir DIR]
+    transferrank models add PATH --name N [--kind K] [--modality M] [--data-dir DIR] | models list | models remove N
+    transferrank sources import PATH [--base-encoder NAME] [--prefix P] [--data-dir DIR]
     transferrank doctor [--repair] [--min-age SECONDS] [--data-dir DIR]
 """
 from __future__ import annotations
@@ -96,7 +98,8 @@ def cmd_rank(args) -> int:
     ests = [e.strip() for e in args.estimators.split(",") if e.strip()] if args.estimators else None
     ctx = open_context(_settings(args, log_level="WARNING") if args.json else _settings(args))
     try:
-        ds, created = datasets_svc.create_from_upload(ctx, path.read_bytes(), path.name, None)
+        ds, created = datasets_svc.create_from_upload(ctx, path.read_bytes(), path.name, None,
+                                                      task_type=getattr(args, "task_type", None))
         if not args.json:
             _print_err(f"dataset {ds.id} ({'new' if created else 'already stored'}): n={ds.n_examples}, "
                        f"C={ds.n_classes}")
@@ -157,6 +160,35 @@ def cmd_keys(args) -> int:
     return 0
 
 
+def cmd_byo(args) -> int:
+    """``models add|list|remove`` and ``sources import`` on a data dir, without a server."""
+    from app.core.errors import ServiceError
+    from app.services import catalogue as catalogue_svc
+    from app.services import models as models_svc
+    from app.services.context import Context
+
+    ctx = Context.open(_settings(args, log_level="WARNING"), seed=False)
+    try:
+        if args.command == "sources":
+            out = catalogue_svc.import_dir(ctx, Path(args.path), args.base_encoder, args.prefix) \
+                if Path(args.path).is_dir() else catalogue_svc.import_upload(
+                    ctx, Path(args.path).read_bytes(), args.base_encoder, args.prefix)[0]
+        elif args.models_cmd == "add":
+            out, _ = models_svc.add(ctx, args.name, args.path, args.kind, args.modality, args.pooling, args.layer,
+                                    args.licence, inline=True)
+        elif args.models_cmd == "list":
+            out = models_svc.list_all(ctx, limit=1000)
+        else:
+            out = models_svc.remove(ctx, args.name)
+    except (ServiceError, ValueError, OSError) as exc:
+        _print_err(f"error: {getattr(exc, 'detail', exc)}")
+        return 2
+    finally:
+        ctx.close()
+    print(json.dumps(out, indent=2, default=str))
+    return 0
+
+
 def cmd_migrate(args) -> int:
     from app.db.session import make_engine, upgrade
 
@@ -208,6 +240,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--top-k", type=int, default=10)
     r.add_argument("--prefilter-k", type=int, default=None, help="tasks: score only the k nearest sources")
     r.add_argument("--sources", default=None, help="comma-separated candidate names (default: all)")
+    r.add_argument("--task-type", choices=["classification", "regression", "multilabel"], default=None,
+                   help="the target type (default: inferred when unambiguous)")
     r.add_argument("--bootstrap", type=int, default=100,
                    help="resamples for each candidate's interval and tied_with_top (0 = none)")
     r.add_argument("--json", action="store_true", help="print only the JSON result on stdout")
@@ -227,6 +261,29 @@ def build_parser() -> argparse.ArgumentParser:
     data_dir(kr)
     k.set_defaults(func=cmd_keys)
 
+    mo = sub.add_parser("models", help="model candidates: add PATH --name N | list | remove NAME")
+    msub = mo.add_subparsers(dest="models_cmd", required=True)
+    ma = msub.add_parser("add", help="register a local transformers / sentence-transformers dir or TorchScript file")
+    ma.add_argument("path")
+    ma.add_argument("--name", required=True)
+    ma.add_argument("--kind", choices=["transformers", "sentence-transformers", "torchscript"], default=None)
+    ma.add_argument("--modality", choices=["text", "image"], default=None)
+    ma.add_argument("--pooling", choices=["mean", "cls", "pooler"], default=None)
+    ma.add_argument("--layer", type=int, default=None)
+    ma.add_argument("--licence", default=None)
+    mr = msub.add_parser("remove")
+    mr.add_argument("name")
+    for sp in (ma, msub.add_parser("list"), mr):
+        data_dir(sp)
+    mo.set_defaults(func=cmd_byo)
+    so = sub.add_parser("sources", help="source catalogue: import ESMs (hf-dataset-selector layout)")
+    ssub = so.add_subparsers(dest="sources_cmd", required=True)
+    si = ssub.add_parser("import", help="import a folder of <name>/{config.json,model.safetensors} folders, or a zip")
+    si.add_argument("path")
+    si.add_argument("--base-encoder", default=None)
+    si.add_argument("--prefix", default="")
+    data_dir(si)
+    so.set_defaults(func=cmd_byo)
     d = sub.add_parser("doctor", help="check the data dir and database; --repair removes temp files, orphan "
                        "blobs and scores, and fails stale jobs")
     d.add_argument("--repair", action="store_true")

@@ -192,4 +192,8 @@ def create_app(settings: Settings | None = None, *, ctx: Context | None = None,
     app.include_router(jobs_router)
     app.include_router(router)
     app.include_router(admin)
+    from app.api import routes_models, routes_sources_import
+
+    app.include_router(routes_models.router)
+    app.include_router(routes_sources_import.router)
     return app

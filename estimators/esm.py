@@ -265,8 +265,15 @@ class EmbeddingSpaceMap:
 
     @classmethod
     def load(cls, file: str | os.PathLike[str]) -> EmbeddingSpaceMap:
-        """Read a file written by ``save`` (safetensors or ``.npz``); never unpickles."""
+        """Read a file written by ``save`` (safetensors or ``.npz``); never unpickles.
+
+        Also reads the layout of PyPI ``hf-dataset-selector`` (``hfselect``): a directory with
+        ``config.json`` (kept as metadata, e.g. ``base_model_name``) and ``model.safetensors``
+        holding the ``nn.Linear`` tensors ``model.weight`` (d_out, d_in) and ``model.bias`` -- the
+        same ``x @ W.T + b`` convention -- or that ``model.safetensors`` file alone."""
         path = Path(file)
+        if path.is_dir():
+            return _load_hfselect_dir(cls, path)
         if not path.is_file():
             raise ValueError(f"no ESM file at {path}")
         with open(path, "rb") as fh:
@@ -282,7 +289,14 @@ class EmbeddingSpaceMap:
                 with safe_open(str(path), framework="numpy") as f:
                     meta = dict(f.metadata() or {})
                     keys = set(f.keys())
-                    d = {"weight": f.get_tensor("weight"), "bias": f.get_tensor("bias") if "bias" in keys else None}
+                    prefix = "model." if "weight" not in keys and "model.weight" in keys else ""
+                    if prefix and meta.get("format") not in (None, FORMAT):
+                        meta["source_format"] = meta.pop("format")  # torch's "pt": an hfselect ESM
+                    if f"{prefix}weight" not in keys:
+                        raise ValueError(f"{path} holds no ESM weight (tensors 'weight' or 'model.weight'; found "
+                                         f"{', '.join(sorted(keys)) or 'none'})")
+                    d = {"weight": f.get_tensor(f"{prefix}weight"),
+                         "bias": f.get_tensor(f"{prefix}bias") if f"{prefix}bias" in keys else None}
         except ValueError:
             raise
         except Exception as exc:  # corrupt / foreign file
@@ -291,6 +305,25 @@ class EmbeddingSpaceMap:
             raise ValueError(f"{path} holds format {meta.get('format')!r}, not {FORMAT!r}")
         d["metadata"] = meta
         return cls.from_arrays(d)
+
+
+def _load_hfselect_dir(cls: type[EmbeddingSpaceMap], path: Path) -> EmbeddingSpaceMap:
+    """``<dir>/config.json`` + ``<dir>/model.safetensors`` (hf-dataset-selector's ESM layout)."""
+    weights = path / "model.safetensors"
+    if not weights.is_file():
+        raise ValueError(f"{path} is a directory without model.safetensors (hf-dataset-selector ESM layout: "
+                         "config.json + model.safetensors)")
+    config: dict[str, Any] = {}
+    if (path / "config.json").is_file():
+        try:
+            config = json.loads((path / "config.json").read_text())
+        except ValueError as exc:
+            raise ValueError(f"{path / 'config.json'} is not valid JSON: {exc}") from None
+        if not isinstance(config, dict):
+            raise ValueError(f"{path / 'config.json'} must hold a JSON object")
+    esm = cls.load(weights)
+    esm.metadata.update({str(k): v if isinstance(v, str) else json.dumps(v) for k, v in config.items()})
+    return esm
 
 
 # ---------------------------------------------------------------------- fitting back-ends

@@ -729,3 +729,35 @@ def profile_similarity(
         else:
             sims[t] = float(np.exp(-np.mean((a - b) ** 2) / (2 * bandwidth**2)))
     return sims
+
+
+# ------------------------------------------------------------------ target types
+#: Target types a dataset can have (``classification``: int labels; ``regression``: float
+#: targets (n,) or (n, k); ``multilabel``: an (n, L) 0/1 matrix).
+TARGET_TYPES = ("classification", "regression", "multilabel")
+#: The default estimators per target type and kind. Regression and multi-label targets are ranked
+#: by LogME in its regression form (Bayesian evidence of a linear model per target column; a
+#: multi-label target is the 0/1 matrix, one column per label), the only default estimator defined
+#: for float targets; class-label estimators (N-LEEP, ETran-LDA, H-score, LEEP, ...) do not apply.
+DEFAULT_ESTIMATORS_BY_TARGET: dict[str, dict[str, tuple[str, ...]]] = {
+    "classification": DEFAULT_ESTIMATORS,
+    "regression": {"models": ("logme",), "tasks": ("logme",)},
+    "multilabel": {"models": ("logme",), "tasks": ("logme",)},
+}
+
+
+def not_applicable(name: str, target_type: str) -> str | None:
+    """Why estimator ``name`` cannot score a target of ``target_type`` (None when it can).
+
+    Estimators that compare two domains need no labels and apply to every target type; the
+    others need class labels unless their registry entry says ``regression=True`` (LogME and the
+    ESM-LogME built on it, which take float targets with ``regression=True``)."""
+    if target_type not in TARGET_TYPES:
+        raise ValueError(f"target_type must be one of {', '.join(TARGET_TYPES)}, got {target_type!r}")
+    if target_type == "classification":
+        return None
+    info = _info(name)
+    if info.needs == "domains" or info.regression or name == "esm_logme":
+        return None
+    return (f"{name} needs class labels; this target is {target_type} (estimators for float targets: "
+            f"logme, esm_logme, and the label-free domain measures)")

@@ -89,10 +89,13 @@ async def _read_limited(file: UploadFile, limit: int) -> bytes:
 async def upload_dataset(ctx: CtxDep, principal: AuthDep, response: Response,
                          file: Annotated[UploadFile, File(description="CSV / JSONL / Parquet (text, label) or "
                                                                       "NPZ (features, labels)")],
-                         name: Annotated[str | None, Form(max_length=NAME_MAX)] = None) -> DatasetPublic:
+                         name: Annotated[str | None, Form(max_length=NAME_MAX)] = None,
+                         task_type: Annotated[Literal["classification", "regression", "multilabel"] | None,
+                                              Form(description="the target type (default: inferred when "
+                                                               "unambiguous, else 422)")] = None) -> DatasetPublic:
     data = await _read_limited(file, ctx.settings.max_upload_bytes)
     ds, created = await run_in_threadpool(datasets_svc.create_from_upload, ctx, data, file.filename, name,
-                                          owner=principal.owner)
+                                          owner=principal.owner, task_type=task_type)
     response.status_code = 201 if created else 200
     return DatasetPublic.model_validate(datasets_svc.dataset_dict(ds))
 
@@ -118,8 +121,15 @@ def delete_dataset(ctx: CtxDep, principal: AuthDep, dataset_id: Id) -> DatasetDe
 
 # ---------------------------------------------------------------------- sources
 @router.get("/sources", tags=["sources"], response_model=SourceCataloguePublic)
-def list_sources(ctx: CtxDep, principal: AuthDep) -> SourceCataloguePublic:
-    return SourceCataloguePublic.model_validate(sources_svc.list_sources(ctx, principal.owner))
+def list_sources(ctx: CtxDep, principal: AuthDep, limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+                 offset: Annotated[int, Query(ge=0)] = 0, origin: str | None = None, status: str | None = None,
+                 base_encoder: str | None = None, q: str | None = None,
+                 has_esm: bool | None = None) -> SourceCataloguePublic:
+    """One page of source tasks (``total`` counts all that match the filters), and the models."""
+    from app.services import catalogue as catalogue_svc
+
+    return SourceCataloguePublic.model_validate(
+        catalogue_svc.list_sources(ctx, limit, offset, origin, status, base_encoder, q, has_esm))
 
 
 @router.get("/sources/{name}", tags=["sources"], response_model=SourcePublic, responses=errors(404))

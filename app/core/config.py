@@ -61,6 +61,10 @@ class Settings(BaseSettings):
                                   json_schema_extra={"shown": "52428800 (50 MB)"})
     max_rows: int = Field(100_000, ge=1, description="more examples in a dataset -> 422")
     max_classes: int = Field(1000, ge=2, description="more classes in a dataset -> 422")
+    max_image_pixels: int = Field(25_000_000, ge=1, description="pixels per image of an image dataset; more -> "
+                                  "422 (decompression bombs are refused)")
+    max_image_bytes: int = Field(20 * 1024 * 1024, ge=1, description="bytes per encoded image; more -> 422",
+                                 json_schema_extra={"shown": "20971520 (20 MB)"})
     # -- catalogue and start-up
     base_encoder: str = Field(DEFAULT_BASE_ENCODER, min_length=1,
                               description="encoder for task embeddings and ESMs")

@@ -81,6 +81,9 @@ class Dataset(Base):
     extra_blobs: Mapped[dict] = mapped_column(JSON, default=dict)  # NPZ features_<m>/probs_<m>
     task_embedding_blob: Mapped[str | None] = mapped_column(String(80))  # float32 (d,), base encoder
     meta: Mapped[dict] = mapped_column(JSON, default=dict)  # format, columns, text_pair, ...
+    task_type: Mapped[str] = mapped_column(String(16), default="classification",
+                                           server_default="classification")  # |regression|multilabel
+    modality: Mapped[str] = mapped_column(String(16), default="text", server_default="text")  # |image|features
     created_at: Mapped[dt.datetime] = mapped_column(_TS, default=utcnow)
 
     feature_sets: Mapped[list[FeatureSet]] = relationship(
@@ -101,6 +104,14 @@ class EncoderRow(Base):
     params: Mapped[int | None] = mapped_column(BigInteger)
     licence: Mapped[str] = mapped_column(String(200), default="")
     enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    modality: Mapped[str] = mapped_column(String(16), default="text", server_default="text")  # text|image
+    origin: Mapped[str] = mapped_column(String(16), default="builtin", server_default="builtin")  # |user|demo
+    status: Mapped[str] = mapped_column(String(16), default="ready", server_default="ready")  # loading|ready|failed
+    options: Mapped[dict | None] = mapped_column(JSON)  # pooling, layer, max_length, ...
+    meta: Mapped[dict | None] = mapped_column(JSON)  # family/base, source classes, loader facts
+    error: Mapped[str | None] = mapped_column(Text)
+    job_id: Mapped[str | None] = mapped_column(String(32))
+    created_at: Mapped[dt.datetime | None] = mapped_column(_TS, default=utcnow)
 
 
 class FeatureSet(Base):

@@ -22,7 +22,7 @@ from app.core.lru import LRU
 from app.encoders.base import Encoder, EncoderSpec
 
 BASE_ENCODER = DEFAULT_BASE_ENCODER
-KINDS = ("transformers", "model2vec", "word-vectors", "tfidf-svd")
+KINDS = ("transformers", "model2vec", "word-vectors", "tfidf-svd", "sentence-transformers", "torchscript")
 
 
 @lru_cache(maxsize=1)
@@ -121,6 +121,10 @@ def register(spec: EncoderSpec, *, replace: bool = False) -> None:
 
 def build_encoder(spec: EncoderSpec, *, cache_dir: str | os.PathLike | None = None) -> Encoder:
     """Instantiate an encoder from its spec (no caching)."""
+    if spec.kind in ("sentence-transformers", "torchscript") or (spec.options or {}).get("custom"):
+        from app.encoders import custom  # user models: text or image, pooling, heads (app.encoders.custom)
+
+        return custom.build(spec)
     if spec.kind == "transformers":
         from app.encoders.transformers_encoder import TransformersEncoder
 

@@ -30,7 +30,25 @@ SEP = " [SEP] "
 # ---------------------------------------------------------------------- parsing
 # The bounded readers live in app.services.ingest; these names stay importable from here.
 Parsed = ingest.Parsed
-parse_upload = ingest.parse_upload
+
+
+def parse_upload(data: bytes, filename: str | None, settings: Settings, task_type: str | None = None) -> Parsed:
+    """``ingest.parse_upload``, plus image uploads (``app.services.images``) and target types
+    (``app.services.targets``: regression / multilabel, and ambiguous labels refused)."""
+    from app.services import images, targets
+
+    task_type = targets.check_task_type(task_type)
+    if not data or len(data) > settings.max_upload_bytes:
+        return ingest.parse_upload(data, filename, settings)  # the size errors
+    if images.is_zip(data, filename):
+        return images.parse_zip(data, settings, task_type)
+    if images.parquet_has_image(data):
+        return images.parse_parquet(data, settings, task_type)
+    fmt = ingest.detect_format(data, filename)
+    if fmt == "npz":
+        return targets.parse_npz(data, settings, task_type, lambda d, s: ingest.parse_upload(d, "upload.npz", s))
+    return targets.parse_table(data, fmt, settings, task_type,
+                               lambda d, f, s: ingest.parse_upload(d, filename, s))
 _labels = ingest._labels
 _check_rows = ingest.check_rows
 
@@ -56,6 +74,8 @@ def dataset_dict(ds: Dataset) -> dict[str, Any]:
         "n_examples": ds.n_examples,
         "n_classes": ds.n_classes,
         "kind": ds.kind,
+        "task_type": ds.task_type or "classification",
+        "modality": ds.modality or ("features" if ds.kind == "features" else "text"),
         "classes": list(ds.label_names or [])[:50],
         "format": (ds.meta or {}).get("format"),
         "feature_sets": sorted({fs.encoder for fs in ds.feature_sets}) if ds.feature_sets is not None else [],
@@ -103,6 +123,8 @@ def store_parsed(ctx: Context, parsed: Parsed, name: str | None, filename: str |
                   "text_pair": parsed.text_pairs is not None,
                   "dim": int(parsed.features.shape[1]) if parsed.features is not None else None,
                   **(meta or {})},
+            task_type=getattr(parsed, "task_type", "classification"),
+            modality=getattr(parsed, "modality", "features" if parsed.kind == "features" else "text"),
         )
         try:
             with ctx.Session.begin() as s:
@@ -128,9 +150,9 @@ def store_parsed(ctx: Context, parsed: Parsed, name: str | None, filename: str |
 
 
 def create_from_upload(ctx: Context, data: bytes, filename: str | None, name: str | None, *,
-                       owner: str = DEFAULT_OWNER) -> tuple[Dataset, bool]:
+                       owner: str = DEFAULT_OWNER, task_type: str | None = None) -> tuple[Dataset, bool]:
     check_name(name)
-    parsed = parse_upload(data, filename, ctx.settings)
+    parsed = parse_upload(data, filename, ctx.settings, task_type)
     return store_parsed(ctx, parsed, name, filename, owner=owner)
 
 

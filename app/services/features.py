@@ -116,9 +116,14 @@ def ensure(ctx: Context, ds: Dataset, encoders: Sequence[str],
         if progress:
             progress(1.0)
         return out
-    if ds.kind != "text":
+    if ds.kind == "image":
+        from app.services import images as images_svc
+
+        texts = images_svc.load_images(ctx, ds)  # PIL images: the image encoders' input
+    elif ds.kind != "text":
         raise Invalid(f"dataset {ds.id} holds precomputed features; it cannot be embedded with {', '.join(missing)}")
-    texts = datasets_svc.texts(ctx, ds)
+    else:
+        texts = datasets_svc.texts(ctx, ds)
     fractions = {enc: 0.0 for enc in missing}
 
     def report(enc: str) -> ProgressFn:
@@ -139,6 +144,7 @@ def ensure(ctx: Context, ds: Dataset, encoders: Sequence[str],
                 errors.append(f"{enc}: {exc}")
                 continue
             seconds = time.perf_counter() - t0
+            X = _split_probs(ctx, ds, enc, X, seconds if enc in owned else None)
             if enc in owned:
                 store(ctx, ds, enc, X, seconds)
                 log.info("features %s x %s: %s in %.2fs", ds.id, enc, X.shape, seconds)
@@ -150,6 +156,22 @@ def ensure(ctx: Context, ds: Dataset, encoders: Sequence[str],
     if errors:
         raise RuntimeError("feature extraction failed: " + "; ".join(errors))
     return out
+
+
+def _split_probs(ctx: Context, ds: Dataset, enc: str, X: np.ndarray, seconds: float | None) -> np.ndarray:
+    """A user model with a classification head returns ``[features | probs]``: keep the probs
+    under ``<enc>#probs`` (stored when ``seconds`` is given) and return the features."""
+    from app.services import models as models_svc
+
+    z = models_svc.n_probs(ctx, enc)
+    if z <= 0 or X.ndim != 2 or X.shape[1] <= z:
+        return X
+    if seconds is not None:
+        with ctx.Session() as s:
+            have = cached(s, ds.sha256, enc + models_svc.PROBS_SUFFIX) is not None
+        if not have:
+            store(ctx, ds, enc + models_svc.PROBS_SUFFIX, X[:, -z:], seconds)
+    return X[:, :-z]
 
 
 # (service instance, dataset sha256, encoder) -> Future of a running extraction, so that two requests needing
@@ -168,6 +190,9 @@ def _submit_once(ctx: Context, ds: Dataset, encoders: list[str], texts: list[str
             if key in _INFLIGHT:
                 futures[enc] = _INFLIGHT[key]
             else:
-                futures[enc] = _INFLIGHT[key] = ctx.backend.submit_embed(enc, texts, progress=report(enc))
+                from app.services.models import worker_encoder  # a user model travels as its spec
+
+                futures[enc] = _INFLIGHT[key] = ctx.backend.submit_embed(worker_encoder(ctx, enc), texts,
+                                                                         progress=report(enc))
                 owned.add(enc)
     return owned, futures

@@ -92,7 +92,7 @@ class JobRunner:
         self._cancelled: set[str] = set()
         self._owners: dict[str, str] = {}  # unfinished job -> requester (this process)
         self._lock = threading.Lock()
-        self._last_write: dict[str, tuple[float, float]] = {}
+        self._last_write: dict[str, tuple[float, float, str | None]] = {}  # time, fraction, message
         self._stop = threading.Event()
         for t in self._threads:
             t.start()
@@ -189,10 +189,10 @@ class JobRunner:
         self.check_cancelled(job_id)
         fraction = min(max(float(fraction), 0.0), 1.0)
         now = time.monotonic()
-        last_t, last_p = self._last_write.get(job_id, (0.0, -1.0))
-        if message is None and fraction - last_p < 0.01 and now - last_t < 1.0:
+        last_t, last_p, last_m = self._last_write.get(job_id, (0.0, -1.0, None))
+        if (message is None or message == last_m) and fraction - last_p < 0.01 and now - last_t < 1.0:
             return
-        self._last_write[job_id] = (now, fraction)
+        self._last_write[job_id] = (now, fraction, message if message is not None else last_m)
         values: dict[str, Any] = {"progress": fraction, "heartbeat_at": utcnow()}
         if message is not None:
             values["message"] = message

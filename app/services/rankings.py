@@ -131,7 +131,12 @@ def _validate(ctx: Context, spec: RankingSpec) -> Plan:
     if spec.candidates not in NEEDS_FOR:
         raise Invalid(f"candidates must be 'models' or 'tasks', got {spec.candidates!r}")
     ds = datasets_svc.get(ctx, spec.target, spec.owner)
-    names = spec.estimators or list(DEFAULT_ESTIMATORS[spec.candidates])
+    if ds.kind == "esm":
+        raise Invalid(f"dataset {ds.id} is the placeholder of an imported ESM: it holds no examples to rank")
+    if spec.candidates == "tasks" and ds.kind == "image":
+        raise Invalid("the source tasks are text tasks embedded by a text base encoder; rank an image dataset "
+                      "with candidates='models' (vision models)")
+    names = spec.estimators or _defaults_for(ctx, ds, spec)
     if spec.estimators is None and spec.candidates == "models" and ds.kind == "features":
         extras = ds.extra_blobs or {}
         models = [m for m in _model_names(ctx, ds, spec) if m != "features"]
@@ -149,6 +154,12 @@ def _validate(ctx: Context, spec: RankingSpec) -> Plan:
             other = [n for n in estimators.names() if estimators.info(n).needs in NEEDS_FOR[spec.candidates]]
             raise Invalid(f"estimator {name!r} (needs {info.needs}) cannot rank {spec.candidates}; "
                           f"for {spec.candidates} use one of {', '.join(other)}")
+    from estimators.ranking import not_applicable
+
+    reasons = [not_applicable(n, _task_type(ds)) for n in names]
+    if all(r is not None for r in reasons):
+        raise Invalid(f"none of the estimators {', '.join(names)} applies to this {_task_type(ds)} target: "
+                      f"{reasons[0]}")
     unknown_params = set(spec.params or {}) - set(names)
     if unknown_params:
         raise Invalid(f"params given for estimator(s) not requested: {', '.join(sorted(unknown_params))}")
@@ -171,6 +182,35 @@ def _validate(ctx: Context, spec: RankingSpec) -> Plan:
                           f"{(ds.meta or {}).get('dim')}. "
                           "Upload the texts instead, or rank candidates='models'")
     return Plan(spec, ds, list(names))
+
+
+def _task_type(ds: Dataset) -> str:
+    return getattr(ds, "task_type", None) or "classification"
+
+
+def _defaults_for(ctx: Context, ds: Dataset, spec: RankingSpec) -> list[str]:
+    """The default estimators for this target type (``estimators.ranking``); for models, LEEP
+    joins when every candidate model has a classification head (source-class probabilities)."""
+    from estimators.ranking import DEFAULT_ESTIMATORS_BY_TARGET
+
+    t = _task_type(ds)
+    if t == "classification":
+        names = list(DEFAULT_ESTIMATORS[spec.candidates])
+        if spec.candidates == "models" and ds.kind != "features":
+            from app.services import models as models_svc
+
+            models = _model_names(ctx, ds, spec)
+            if models and all(models_svc.n_probs(ctx, m) > 0 for m in models):
+                names.append("leep")
+        return names
+    base = list(DEFAULT_ESTIMATORS_BY_TARGET[t][spec.candidates])
+    return base if spec.candidates == "models" else [f"esm_{e}" for e in base] + ["semb"]
+
+
+def _labels(ctx: Context, ds: Dataset) -> np.ndarray:
+    """Class indices; float targets for regression, the 0/1 matrix (as floats) for multilabel."""
+    y = datasets_svc.labels(ctx, ds)
+    return y if _task_type(ds) == "classification" else np.asarray(y, dtype=np.float64)
 
 
 def _base_dim(ctx: Context) -> int | None:
@@ -198,10 +238,13 @@ def _model_names(ctx: Context, ds: Dataset, spec: RankingSpec) -> list[str]:
     if ds.kind == "features":
         names = ["features"] + sorted({k.split("_", 1)[1] for k in (ds.extra_blobs or {})})
     else:
+        from app.services import models as models_svc
+
+        allowed = set(models_svc.ranking_candidates(ctx, getattr(ds, "modality", None) or "text"))
         with ctx.Session() as s:
-            names = list(s.scalars(select(EncoderRow.name).where(EncoderRow.enabled.is_(True),
-                                                                 visible(EncoderRow.owner, spec.owner))
-                                   .order_by(EncoderRow.name)))
+            names = [n for n in s.scalars(select(EncoderRow.name).where(EncoderRow.enabled.is_(True),
+                                                                        visible(EncoderRow.owner, spec.owner))
+                                          .order_by(EncoderRow.name)) if n in allowed]
     if spec.sources:
         unknown = [n for n in spec.sources if n not in names]
         if unknown:
@@ -216,10 +259,12 @@ def _task_rows(ctx: Context, ds: Dataset, spec: RankingSpec) -> list[tuple[Sourc
     with ctx.Session() as s:
         found = s.execute(select(SourceTask, Dataset).join(Dataset, Dataset.id == SourceTask.dataset_id)
                           .where(SourceTask.status != SourceStatus.FAILED,
-                                 SourceTask.base_encoder == ctx.settings.base_encoder,
                                  visible(SourceTask.owner, spec.owner))
                           .order_by(SourceTask.name)).all()
-    rows: list[tuple[SourceTask, Dataset]] = [(t, d) for t, d in found if d.sha256 != ds.sha256]
+    # several base encoders may serve sources; an NPZ target carries the service's base features only
+    rows: list[tuple[SourceTask, Dataset]] = [
+        (t, d) for t, d in found if d.sha256 != ds.sha256
+        and (ds.kind != "features" or t.base_encoder == ctx.settings.base_encoder)]
     if spec.sources:
         have = {t.name for t, _ in rows}
         unknown = [n for n in spec.sources if n not in have]
@@ -264,7 +309,7 @@ def needs_job(ctx: Context, plan: Plan) -> bool:
             return True
         n_pairs = len(wanted) * len(names)
     else:
-        if ctx.settings.base_encoder not in have:
+        if any(t.base_encoder not in have for t, _ in _task_rows(ctx, ds, spec)):
             return True
         n_pairs = min(len(_task_rows(ctx, ds, spec)), spec.prefilter_k or 10**9) * len(names)
     if n_pairs <= SYNC_SCORE_LIMIT:
@@ -281,7 +326,7 @@ class CandidateSet:
 
     cands: list[Candidate]
     y: np.ndarray
-    X_target: np.ndarray | None = None
+    X_target: dict[str, np.ndarray] | None = None  # tasks: the target under each base encoder
     prefilter: dict[str, Any] | None = None
 
 
@@ -311,47 +356,53 @@ def _encoder_candidates(ctx: Context, ds: Dataset, models: list[str], progress: 
     with ctx.Session() as s:
         meta = {r.name: {"params": r.params, "dim": r.dim, "kind": r.kind}
                 for r in s.scalars(select(EncoderRow).where(EncoderRow.name.in_(models)))}
-    return [Candidate(m, "model", m, features=feats[m], meta=meta.get(m, {})) for m in models]
+    from app.services.models import PROBS_SUFFIX  # a head's source-class probabilities, kept apart
+
+    return [Candidate(m, "model", m, features=feats[m], meta=meta.get(m, {}),
+                      probs=features_svc.get_features(ctx, ds, m + PROBS_SUFFIX)) for m in models]
 
 
 def _task_candidates(ctx: Context, plan: Plan, progress: ProgressFn) -> CandidateSet:
     spec, ds = plan.spec, plan.ds
     base = ctx.settings.base_encoder
-    if ds.kind == "features":
-        X_target = ctx.blobs.get_array(_blob(ds))
-    else:
-        progress(0.0, f"embedding the target with the base encoder {base}")
-        X_target = features_svc.ensure(ctx, ds, [base], progress=scaled(progress, 0.0, 0.6))[base]
     rows = _task_rows(ctx, ds, spec)
+    # the target is embedded once per base encoder that serves a source (the service's first)
+    bases = [base] + sorted({t.base_encoder for t, _ in rows} - {base})
+    if ds.kind == "features":
+        X_target = {base: ctx.blobs.get_array(_blob(ds))}
+    else:
+        progress(0.0, f"embedding the target with the base encoder(s) {', '.join(bases)}")
+        X_target = features_svc.ensure(ctx, ds, bases, progress=scaled(progress, 0.0, 0.6))
     prefilter = None
     if spec.prefilter_k is not None and len(rows) > spec.prefilter_k:
+        # FAISS holds the sources of the service's base encoder; sources of other bases are all scored
         ids = {t.id for t, _ in rows}  # the index holds every owner's sources: search past the others
         hidden = max(ctx.index.describe()["sources"] - len(rows), 0)
-        hits = [h for h in ctx.index.search(features_svc.task_embedding(X_target), spec.prefilter_k + hidden)
+        hits = [h for h in ctx.index.search(features_svc.task_embedding(X_target[base]), spec.prefilter_k + hidden)
                 if h[0] in ids][:spec.prefilter_k]
         keep = {sid for sid, _ in hits}
         prefilter = {"k": spec.prefilter_k, "searched": len(rows),
                      "similarity": {t.name: round(sim, 6) for t, _ in rows for sid, sim in hits if t.id == sid}}
-        rows = [(t, d) for t, d in rows if t.id in keep]
+        rows = [(t, d) for t, d in rows if t.id in keep or t.base_encoder != base]
     with ctx.Session() as s:
-        fsets = {fs.dataset_sha256: fs for fs in s.scalars(
+        fsets = {(fs.dataset_sha256, fs.encoder): fs for fs in s.scalars(
             select(FeatureSet).where(
-                FeatureSet.encoder == base,
+                FeatureSet.encoder.in_(bases),
                 FeatureSet.dataset_sha256.in_([d.sha256 for _, d in rows])))}
     cands = []
     for t, d in rows:
-        fs = fsets.get(d.sha256)
+        fs = fsets.get((d.sha256, t.base_encoder))
         if fs is None and t.esm_blob is None:
             continue  # still being embedded (status pending): nothing to score it with yet
         cands.append(Candidate(
-            t.name, "task", base, features_key=fs.blob if fs is not None else None,
+            t.name, "task", t.base_encoder, features_key=fs.blob if fs is not None else None,
             esm_key=t.esm_blob, source_sha256=d.sha256,
             meta={"status": t.status, "origin": t.origin, "n_examples": d.n_examples,
                   "n_classes": d.n_classes, "licence": t.licence}))
     if not cands:
         raise Invalid("no source task is ready yet (their base embeddings are still being computed); "
                       "retry when GET /v1/sources shows status 'ready'")
-    return CandidateSet(cands, datasets_svc.labels(ctx, ds), X_target, prefilter)
+    return CandidateSet(cands, _labels(ctx, ds), X_target, prefilter)
 
 
 def build_candidates(ctx: Context, plan: Plan, progress: ProgressFn = no_progress) -> CandidateSet:
@@ -362,7 +413,7 @@ def build_candidates(ctx: Context, plan: Plan, progress: ProgressFn = no_progres
     models = _model_names(ctx, plan.ds, plan.spec)
     cands = (_npz_model_candidates(ctx, plan.ds, models) if plan.ds.kind == "features"
              else _encoder_candidates(ctx, plan.ds, models, progress))
-    return CandidateSet(cands, datasets_svc.labels(ctx, plan.ds))
+    return CandidateSet(cands, _labels(ctx, plan.ds))
 
 
 # ---------------------------------------------------------------------- cached scoring
@@ -395,8 +446,12 @@ class _CachedScorer:
     def value(self, cand: Candidate, est: str, kw: dict[str, Any]) -> float:
         """The value of one cell; ``Unavailable`` when the candidate lacks the input."""
         info = estimators.info(est)
-        reason = _skip_reason(info, cand)
         ds = self.plan.ds
+        from estimators.ranking import not_applicable
+
+        reason = not_applicable(est, _task_type(ds)) or _skip_reason(info, cand)
+        if _task_type(ds) != "classification" and info.needs in ("features", "esm"):
+            kw = dict(kw, regression=True)  # LogME on float targets (multi-label: the 0/1 matrix)
         detail: dict[str, Any] = {"encoder": cand.encoder, "n": ds.n_examples, "version": self.ver,
                                   "higher_is_better": info.higher_is_better}
         params = _score_params(kw, info, cand)
@@ -434,14 +489,17 @@ def score_table(ctx: Context, plan: Plan, cs: CandidateSet, progress: ProgressFn
     spec, names = plan.spec, plan.names
     start = 0.85 if spec.candidates == "models" else 0.6
     fresh: set[tuple[str, ...]] = set()
-    if spec.candidates == "tasks" and cs.X_target is not None:  # default ESM scores: statistics path, on the workers
+    base = ctx.settings.base_encoder
+    if spec.candidates == "tasks" and cs.X_target is not None and base in cs.X_target \
+            and _task_type(plan.ds) == "classification":  # default ESM scores: statistics path, on the workers
         from app.services import task_scoring
 
         def params_of(est: str, c: Candidate) -> dict[str, Any]:
             return _score_params(dict((spec.params or {}).get(est, {})), estimators.info(est), c)
 
         fresh = task_scoring.prefill(ctx, plan.ds.sha256, plan.ds.n_examples, ctx.settings.base_encoder,
-                                     cs.X_target, cs.y, cs.cands, names, params_of,
+                                     cs.X_target[base], cs.y, [c for c in cs.cands if c.encoder == base],
+                                     names, params_of,
                                      progress=scaled(progress, 0.6, 0.14))["keys"]
         start = 0.74
     scorer = _CachedScorer(ctx, plan, cs)
@@ -457,7 +515,7 @@ def score_table(ctx: Context, plan: Plan, cs: CandidateSet, progress: ProgressFn
                 first[c.source, est] = exc
         if c.kind == "task":
             c.features = c.esm = None  # free the source's embeddings and ESM before the next source
-        progress(start + 0.14 * (i + 1) / len(cs.cands))
+        progress(start + 0.14 * (i + 1) / len(cs.cands), f"scoring {i + 1}/{len(cs.cands)}")
     table = ScoreTable(list(by_name))
     n_classes = int(np.unique(cs.y).shape[0])
     for est in names:
@@ -534,13 +592,16 @@ def _present(a: np.ndarray | None, why: str) -> np.ndarray:
 
 
 def _compute_one(ctx: Context, est: str, info: estimators.EstimatorInfo, cand: Candidate,
-                 X_target: np.ndarray | None, y: np.ndarray, params: dict[str, Any]) -> float:
+                 X_target: dict[str, np.ndarray] | np.ndarray | None, y: np.ndarray,
+                 params: dict[str, Any]) -> float:
     user = {k: v for k, v in params.items() if k not in SERVICE_PARAMS}
     if info.needs == "features":
         return estimators.score(est, _present(cand.features, f"{cand.source} has no features"), y, **user)
     if info.needs == "probs":
         return estimators.score(est, _present(cand.probs, f"{cand.source} has no source-class probabilities"), y,
                                 **user)
+    if isinstance(X_target, dict):  # tasks: the target embedded by this source's own base encoder
+        X_target = X_target[cand.encoder]
     if info.needs == "esm":
         return estimators.score(est, _present(X_target, "the target has no base-encoder features"), y,
                                 esm=_load_esm(ctx, cand), **user)
@@ -623,7 +684,7 @@ def _bootstrap(ctx: Context, plan: Plan, cs: CandidateSet, st: ScoredTable, res:
     draws are cached in the score table (estimator ``bootstrap:<name>``, keyed by the cell's
     parameters + B + seed, the draws in its params), so a repeated ranking re-computes nothing."""
     B = plan.spec.bootstrap
-    if not B:
+    if not B or _task_type(plan.ds) != "classification":  # intervals for class-label targets only (for now)
         return None
     table = st.table
     cols = [c for c in table.columns if c not in res.skipped]
@@ -649,7 +710,7 @@ def _bootstrap(ctx: Context, plan: Plan, cs: CandidateSet, st: ScoredTable, res:
                 for other in list(mapped):  # free the previous source's ESM and mapped features
                     by_name[other].esm = None
                     del mapped[other]
-                mapped[cand.source] = _load_esm(ctx, cand).transform(cs.X_target)
+                mapped[cand.source] = _load_esm(ctx, cand).transform(cs.X_target[cand.encoder])
             return rescore(column[4:], mapped[cand.source], cs.y, idx, kw)
         return None  # domains: held at the value
 
@@ -738,7 +799,8 @@ def shape_response(plan: Plan, cs: CandidateSet, st: ScoredTable, res: Combined,
     errors = [f"{est} on {src}: {why}" for est in names for src, why in table.errors.get(est, {}).items()]
     result = {
         "target": {"id": ds.id, "name": ds.name, "sha256": ds.sha256, "n_examples": ds.n_examples,
-                   "n_classes": ds.n_classes, "kind": ds.kind},
+                   "n_classes": ds.n_classes, "kind": ds.kind, "task_type": _task_type(ds),
+                   "modality": getattr(ds, "modality", None)},
         "candidates": spec.candidates,
         "estimators": names,
         "combine": {"method": "weighted mean of per-estimator z-scores across candidates "
@@ -757,6 +819,9 @@ def shape_response(plan: Plan, cs: CandidateSet, st: ScoredTable, res: Combined,
         result["prefilter"] = cs.prefilter
     if boot is not None:
         result["uncertainty"] = boot.summary()
+    if spec.candidates == "tasks":  # which base encoder(s) embedded the target, with their sources
+        result["base_encoders"] = {b: sum(1 for c in cs.cands if c.encoder == b)
+                                   for b in sorted({c.encoder for c in cs.cands})}
     return result
 
 

@@ -141,6 +141,12 @@ def register(ctx: Context, dataset_id: str, name: str | None = None, description
     bad = set(train) - TRAIN_KEYS
     if bad:
         raise Invalid(f"unknown training option(s) {', '.join(sorted(bad))}; allowed: {', '.join(sorted(TRAIN_KEYS))}")
+    if ds.kind in ("image", "esm"):
+        raise Invalid(f"dataset {ds.id} is {'an image dataset' if ds.kind == 'image' else 'an imported ESM'}: "
+                      "source tasks are text datasets (or NPZ base-encoder features)")
+    if train_esm and (ds.task_type or "classification") != "classification":
+        raise Invalid(f"ESM training fine-tunes a classifier; dataset {ds.id} is a {ds.task_type} target. "
+                      "Register it with train_esm=false (base embeddings only)")
     base = ctx.settings.base_encoder
     with ctx.Session.begin() as s:
         for t in s.scalars(select(SourceTask).where((SourceTask.name == name) | (SourceTask.dataset_id == ds.id))):
@@ -214,6 +220,7 @@ def _train_job(ctx: Context, sid: int, ds: Dataset, train_esm: bool, train: dict
     with ctx.Session.begin() as s:
         _row(s, sid).status = SourceStatus.TRAINING if train_esm else SourceStatus.PENDING
     if not train_esm:
+        progress(0.0, f"extracting {base} embeddings")
         features_svc.ensure(ctx, ds, [base], progress=progress)
         with ctx.Session.begin() as s:
             _row(s, sid).status = SourceStatus.READY
@@ -223,7 +230,15 @@ def _train_job(ctx: Context, sid: int, ds: Dataset, train_esm: bool, train: dict
     labels = datasets_svc.labels(ctx, ds)
     request = EsmTrainRequest(base_encoder=base, texts=texts, labels=labels.tolist(), **train)
     t0 = time.perf_counter()
-    result = ctx.backend.submit_train_esm(request, progress=scaled(progress, 0.0, 0.95)).result()
+    from app.training.esm_job import phase_message
+
+    progress(0.0, "loading model")
+
+    def phased(p: float, message: str | None = None, /) -> None:
+        progress(0.95 * p, phase_message(p, request.epochs))
+
+    result = ctx.backend.submit_train_esm(request, progress=phased).result()
+    progress(0.95, "storing the ESM")
     seconds = time.perf_counter() - t0
     with ctx.Session() as s:
         have_base = features_svc.cached(s, ds.sha256, base) is not None
@@ -287,10 +302,18 @@ def delete_source(ctx: Context, name: str, owner: str | None = None, admin: bool
             raise Conflict(f"source {name!r} is still {t.status} (job {t.job_id}); wait for the job to end")
         sid, esm_key = t.id, t.esm_blob
         n_scores = rowcount(s.execute(delete(Score).where(Score.source == name, Score.source_kind == "task")))
+        placeholder = t.dataset if t.dataset is not None and t.dataset.kind == "esm" else None
         s.delete(t)
+        extra_keys = []
+        if placeholder is not None:  # an imported ESM's data-less dataset row goes with it
+            extra_keys = [k for k in (placeholder.task_embedding_blob, placeholder.labels_blob) if k]
+            s.delete(placeholder)
     ctx.index.remove(sid)
-    if esm_key:
+    keys = [k for k in [esm_key, *extra_keys] if k]
+    if keys:
         with ctx.Session() as s:
-            if esm_key not in datasets_svc.referenced_blobs(s):
-                ctx.blobs.delete(esm_key)
+            still = datasets_svc.referenced_blobs(s)
+        for k in keys:
+            if k not in still:
+                ctx.blobs.delete(k)
     return {"name": name, "deleted": True, "scores_removed": n_scores}

@@ -62,6 +62,9 @@ def start(ctx: Context, *, migrate: bool = True, seed: bool | None = None) -> No
     sync_encoders(ctx)
     if settings.seed_demo if seed is None else seed:
         seed_demo(ctx)
+        from app.services.models import seed_demo_models
+
+        seed_demo_models(ctx)  # the small image models trained here (TorchScript)
     ctx.index.ensure()
 
 
@@ -69,7 +72,8 @@ def warm_up(ctx: Context) -> None:
     """Load every enabled model candidate on the workers in the background, so the first ranking
     does not wait for it (the first use of a model2vec candidate distils it)."""
     with ctx.Session() as s:
-        names = list(s.scalars(select(EncoderRow.name).where(EncoderRow.enabled.is_(True))))
+        names = list(s.scalars(select(EncoderRow.name).where(EncoderRow.enabled.is_(True),
+                                                             EncoderRow.status == "ready")))
 
     def done(name: str, t0: float) -> Any:
         def cb(fut: Future[Any]) -> None:
@@ -80,9 +84,12 @@ def warm_up(ctx: Context) -> None:
                 log.warning("encoder %s failed to load: %s", name, exc)
         return cb
 
+    from app.services.models import warm_up_inputs, worker_encoder
+
     for name in names:
         t0 = time.perf_counter()
-        ctx.backend.submit_embed(name, ["warm up the encoder", "second text"]).add_done_callback(done(name, t0))
+        enc = worker_encoder(ctx, name)  # a user model travels as its spec
+        ctx.backend.submit_embed(enc, warm_up_inputs(enc)).add_done_callback(done(name, t0))
 
 
 def seed_demo(ctx: Context) -> dict[str, int]:

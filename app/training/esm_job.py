@@ -33,6 +33,26 @@ _PHASES = {"load": 0.02, "finetune": 0.70, "embed_base": 0.125, "embed_ft": 0.12
 
 
 
+def phase_message(fraction: float, epochs: int) -> str:
+    """The phase a ``train_esm`` progress fraction falls in, as a job message:
+    ``loading model``, ``fine-tuning epoch k/N``, ``extracting base embeddings``,
+    ``extracting fine-tuned embeddings``, ``fitting the ESM``."""
+    f = min(max(float(fraction), 0.0), 1.0)
+    edge = _PHASES["load"]
+    if f < edge:
+        return "loading model"
+    if f < edge + _PHASES["finetune"]:
+        k = min(int((f - edge) / _PHASES["finetune"] * epochs) + 1, epochs)
+        return f"fine-tuning epoch {k}/{epochs}"
+    edge += _PHASES["finetune"]
+    if f < edge + _PHASES["embed_base"]:
+        return "extracting base embeddings"
+    edge += _PHASES["embed_base"]
+    if f < edge + _PHASES["embed_ft"]:
+        return "extracting fine-tuned embeddings"
+    return "fitting the ESM"
+
+
 def _phase_progress(progress: ProgressFn | None, start: float, width: float) -> ProgressFn | None:
     return None if progress is None else scaled(progress, start, width)
 

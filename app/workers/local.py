@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from app.core.lru import LRU
+from app.encoders.base import EncoderSpec
 from app.workers.base import Cancelled, EsmTrainRequest, ProgressFn, WorkerBackend
 
 
@@ -39,7 +40,15 @@ class EncoderCache:
 
         return build_encoder(resolve(name))  # not the registry's cache: this LRU is the bound
 
-    def get(self, name: str) -> object:
+    def get(self, name: str | EncoderSpec) -> object:
+        """The loaded encoder for a registry name, or for an ``EncoderSpec`` (a user model,
+        cached under its full identity)."""
+        if not isinstance(name, str):
+            spec = name
+            key = f"{spec.name}|{spec.kind}|{spec.path}|{sorted((spec.options or {}).items())!r}"
+            from app.encoders.registry import build_encoder
+
+            return self._lru.get(key, lambda: build_encoder(spec))
         return self._lru.get(name, lambda: self._load(name))
 
     def names(self) -> list[str]:

@@ -331,7 +331,8 @@ class RayBackend(WorkerBackend):
         texts = list(texts)
 
         def run() -> np.ndarray:
-            out = self._run(encoder, lambda h, job: h.embed.remote(encoder, texts, self._sink, job), progress)
+            key = getattr(encoder, "name", encoder)  # a user model travels as its EncoderSpec
+            out = self._run(key, lambda h, job: h.embed.remote(encoder, texts, self._sink, job), progress)
             return np.array(out, dtype=np.float32)  # a writable copy owned by the caller
 
         return self._coord.submit(run)

@@ -1,9 +1,9 @@
 """Coverage of the "indistinguishable from the top" set (``estimators.uncertainty``) per benchmark.
 
 For every classification target of the benchmarks with committed features, the library's default
-ranking (``rank_candidates``' own steps: ``build_table`` + ``combine``) is bootstrapped over the
-target's examples (``estimators.uncertainty.bootstrap``, B resamples, seeded); the candidates
-marked ``tied_with_top`` form the set. Coverage = share of targets whose gold-best source (mean
+ranking is bootstrapped over the target's examples (``rank_candidates(..., bootstrap=B)``, i.e.
+``estimators.uncertainty``, B stratified resamples, seeded); the candidates marked
+``tied_with_top`` form the set. Coverage = share of targets whose gold-best source (mean
 of the seeds) is in the set; size = its mean number of candidates. Regression targets are left
 out (the bootstrap resamples within classes).
 
@@ -32,18 +32,13 @@ def available() -> bool:
 
 
 def target_sets(candidates, y, *, kind: str = "models", B: int = 100, seed: int = 0) -> dict:
-    """The default ranking's tied-with-top set on one target: {"order", "tied", "warnings"}."""
-    from estimators import uncertainty as U
-    from estimators.ranking import _default_estimators, _validate, build_table, combine, default_weights
+    """The default ranking's tied-with-top set on one target (``rank_candidates(..., bootstrap=B)``):
+    {"order", "tied", "warnings"}."""
+    from estimators.ranking import rank_candidates
 
-    cands, y = _validate(candidates, y)
-    ests = _default_estimators(cands, kind)
-    table = build_table(cands, y, ests, {})
-    result = combine(table, default_weights(False, None))
-    boot = U.bootstrap(table, result, y, U.features_values(cands, y, {}), weights=default_weights(False, None),
-                       B=B, seed=seed)
-    return {"order": [n for n, _, _ in result.order], "tied": sorted(n for n, t in boot.tied_with_top.items() if t),
-            "warnings": list(boot.warnings)}
+    rows = rank_candidates(candidates, y, kind=kind, bootstrap=B, seed=seed)
+    return {"order": [r["name"] for r in rows], "tied": sorted(r["name"] for r in rows if r.get("tied_with_top")),
+            "warnings": list(rows[0].get("warnings", [])) if rows else []}
 
 
 def benchmark_coverage(candidates, labels, gold_runs, *, kind="models", B=100) -> dict:
@@ -65,9 +60,16 @@ def benchmark_coverage(candidates, labels, gold_runs, *, kind="models", B=100) -
 def inputs():
     """{benchmark: (candidates, labels, gold_runs, kind)} for the benchmarks with committed features
     (classification targets)."""
-    from bench import image_zoo2, text_models
+    from bench import image_zoo2, lobo, model_zoo, text_models
 
     out = {}
+    try:  # needs the model zoo's training cache (bench/.cache/model_zoo): local runs only
+        c, lab, g, _, _ = model_zoo.compute(verbose=False)
+        out["model_zoo"] = (c, lab, g, "models")
+    except Exception as exc:  # noqa: BLE001 -- reported, the other benchmarks still run
+        print(f"model_zoo left out: {type(exc).__name__}: {exc}")
+    c, lab, g = lobo.text_tasks_inputs()
+    out["text_tasks"] = (c, lab, g, "tasks")
     for name, mod in (("image_zoo2", image_zoo2), ("text_models", text_models)):
         cands, labels, gold, meta = mod.load_inputs()
         cls = [t for t, m in meta["targets"].items() if m["task"] == "classification"]

@@ -205,11 +205,15 @@ def compare_worker(args: dict) -> dict:
         W, b = cat(idx)
         r = {}
         esms = hf_esms(W, b, device=args["device"])
-        for key, fn in (("hf", lambda: hf_loop(X, y, esms, device=args["device"])),
-                        ("old_logme", lambda: old_path(X, y, W, b, names=("esm_logme",))[:, 0]),
-                        ("new_logme", lambda: score_many(stats, W, ["esm_logme"], bias=b, device=dev)[:, 0]),
-                        ("new_default", lambda: score_many(stats, W, list(ESTIMATORS), bias=b, device=dev))):
-            out, tw, tc = _timed(fn)
+        calls = {
+            "hf": (hf_loop, (X, y, esms), {"device": args["device"]}),
+            "old_logme": (old_path, (X, y, W, b), {"names": ("esm_logme",)}),
+            "new_logme": (score_many, (stats, W, ["esm_logme"]), {"bias": b, "device": dev}),
+            "new_default": (score_many, (stats, W, list(ESTIMATORS)), {"bias": b, "device": dev}),
+        }
+        for key, (fn, fargs, fkw) in calls.items():
+            out, tw, tc = _timed(fn, *fargs, **fkw)
+            out = out[:, 0] if key in ("old_logme", "new_logme") else out
             wall[key] += tw
             cpu[key] += tc
             count[key] += idx.size
@@ -408,6 +412,8 @@ def report(cmd: str, args, compare: dict, sizes: list[dict], machine_before: str
     lines += ["", "Generating the synthetic ESMs is excluded from the times (the service reads them from its "
               "blob store instead).", ""]
     for s in sizes:
+        if not s.get("recall_table"):
+            continue
         lines += [f"### Recall@10 vs the exhaustive default, {s['size']:,} sources (first stage x shortlist)", "",
                   "| first stage | " + " | ".join(f"M={m}" for m in next(iter(s["recall_table"].values()))) + " |",
                   "|---|" + "---|" * len(next(iter(s["recall_table"].values())))]

@@ -36,7 +36,7 @@ depends on n. ``TargetStats.from_data`` costs O(n d^2) once per target. Values e
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -76,18 +76,27 @@ class TargetStats:
     class_sums: np.ndarray | None = None
     targets: np.ndarray | None = None
     xty: np.ndarray | None = None
-    _derived: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+    _derived: dict[str, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @property
     def regression(self) -> bool:
         return self.targets is not None
+
+    def label_moments(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(Xc^T Y (d, t), 1^T Y (t,), ||Y||^2 per column (t,))`` with Y the one-hot labels
+        (t = C) or the float targets."""
+        if self.targets is not None and self.xty is not None:
+            Y = self.targets
+            return self.xty, Y.sum(axis=0), np.einsum("ij,ij->j", Y, Y)
+        counts = _need(self.counts, "counts").astype(np.float64)
+        return _need(self.class_sums, "class_sums").T, counts, counts
 
     @property
     def n_classes(self) -> int:
         return 0 if self.counts is None else int(self.counts.shape[0])
 
     @classmethod
-    def from_data(cls, X, y, *, regression: bool = False) -> TargetStats:
+    def from_data(cls, X: Any, y: Any, *, regression: bool = False) -> TargetStats:
         """Statistics of target features ``X`` (n, d) with class labels ``y`` (n,) (any sortable
         labels, remapped to 0..C-1 in sorted order as the estimators do) or, with
         ``regression=True``, float targets (n,) / (n, t) (LogME only). Cost O(n d^2)."""
@@ -126,7 +135,6 @@ class TargetStats:
         n, d = Xc.shape
         if mean.shape != (d,) or scatter.shape != (d, d):
             raise ValueError("target statistics have inconsistent shapes")
-
         def get(k: str, dt: type) -> np.ndarray | None:
             return None if arrays.get(k) is None else np.asarray(arrays[k], dtype=dt)
 
@@ -135,8 +143,14 @@ class TargetStats:
                    xty=get("xty", np.float64))
 
 
+def _need(a: np.ndarray | None, what: str) -> np.ndarray:
+    if a is None:
+        raise ValueError(f"these target statistics have no {what!r}")
+    return a
+
+
 # ---------------------------------------------------------------------- ESM stacks
-def stack_esms(esms: Iterable) -> tuple[np.ndarray, np.ndarray]:
+def stack_esms(esms: Iterable[Any]) -> tuple[np.ndarray, np.ndarray]:
     """``(W (S, d_out, d_in), b (S, d_out))`` float64 from ESMs (objects, paths or
     ``{"weight", "bias"}`` dicts, as ``estimators.esm`` accepts); all must share their shapes."""
     from .esm import _as_esm
@@ -144,13 +158,15 @@ def stack_esms(esms: Iterable) -> tuple[np.ndarray, np.ndarray]:
     maps = [_as_esm(e) for e in esms]
     if not maps:
         raise ValueError("no ESMs given")
-    shapes = {m.weight.shape for m in maps}
+    Ws = [_need(m.weight, "weight") for m in maps]
+    bs = [_need(m.bias, "bias") for m in maps]
+    shapes = {w.shape for w in Ws}
     if len(shapes) != 1:
         raise ValueError(f"the ESMs have different shapes {sorted(shapes)}; score each base encoder separately")
-    return np.stack([m.weight for m in maps]), np.stack([m.bias for m in maps])
+    return np.stack(Ws), np.stack(bs)
 
 
-def _check_stack(W, b, d_in: int) -> tuple[np.ndarray, np.ndarray]:
+def _check_stack(W: Any, b: Any, d_in: int) -> tuple[np.ndarray, np.ndarray]:
     W = np.asarray(W, dtype=np.float64)
     if W.ndim == 2:
         W = W[None]
@@ -172,48 +188,48 @@ def _check_stack(W, b, d_in: int) -> tuple[np.ndarray, np.ndarray]:
 class _Numpy:
     float = np.float64
 
-    def asarray(self, a):
+    def asarray(self, a: Any) -> Any:
         return np.asarray(a, dtype=np.float64)
 
-    def to_numpy(self, a):
+    def to_numpy(self, a: Any) -> Any:
         return np.asarray(a)
 
-    def T(self, a):
+    def T(self, a: Any) -> Any:
         return np.swapaxes(a, -1, -2)
 
-    def eigh(self, a):
+    def eigh(self, a: Any) -> Any:
         return np.linalg.eigh(a)
 
-    def solve(self, a, b):
+    def solve(self, a: Any, b: Any) -> Any:
         return np.linalg.solve(a, b)
 
-    def eye(self, d):
+    def eye(self, d: Any) -> Any:
         return np.eye(d)
 
-    def diag(self, a):
+    def diag(self, a: Any) -> Any:
         return np.diagonal(a, axis1=-2, axis2=-1)
 
-    def amax(self, a, axis):
+    def amax(self, a: Any, axis: Any) -> Any:
         return a.max(axis=axis)
 
-    def where(self, c, a, b):
+    def where(self, c: Any, a: Any, b: Any) -> Any:
         return np.where(c, a, b)
 
-    def logsumexp(self, a, axis):
+    def logsumexp(self, a: Any, axis: Any) -> Any:
         top = a.max(axis=axis, keepdims=True)
         return np.log(np.exp(a - top).sum(axis=axis)) + np.squeeze(top, axis)
 
-    def index(self, a):
+    def index(self, a: Any) -> Any:
         return np.asarray(a, dtype=np.int64)
 
-    def fsum(self, a, axis):
+    def fsum(self, a: Any, axis: Any) -> Any:
         return a.sum(axis=axis, dtype=np.float64)
 
     log, sqrt, exp, abs = np.log, np.sqrt, np.exp, np.abs
 
 
 class _Torch:
-    def __init__(self, device: str):
+    def __init__(self, device: str) -> None:
         import torch
 
         self.torch = torch
@@ -222,58 +238,58 @@ class _Torch:
             raise ValueError(f"device={device!r} asked for, but torch sees no CUDA device")
         self.float = torch.float64
 
-    def asarray(self, a):
+    def asarray(self, a: Any) -> Any:
         return self.torch.as_tensor(np.asarray(a, dtype=np.float64), device=self.device)
 
-    def to_numpy(self, a):
+    def to_numpy(self, a: Any) -> Any:
         return a.detach().cpu().numpy()
 
-    def T(self, a):
+    def T(self, a: Any) -> Any:
         return a.transpose(-1, -2)
 
-    def eigh(self, a):
+    def eigh(self, a: Any) -> Any:
         return self.torch.linalg.eigh(a)
 
-    def solve(self, a, b):
+    def solve(self, a: Any, b: Any) -> Any:
         return self.torch.linalg.solve(a, b)
 
-    def eye(self, d):
+    def eye(self, d: Any) -> Any:
         return self.torch.eye(d, dtype=self.float, device=self.device)
 
-    def diag(self, a):
+    def diag(self, a: Any) -> Any:
         return self.torch.diagonal(a, dim1=-2, dim2=-1)
 
-    def amax(self, a, axis):
+    def amax(self, a: Any, axis: Any) -> Any:
         return a.amax(dim=axis)
 
-    def where(self, c, a, b):
+    def where(self, c: Any, a: Any, b: Any) -> Any:
         t = self.torch
         return t.where(c, t.as_tensor(a, dtype=self.float, device=self.device),
                        t.as_tensor(b, dtype=self.float, device=self.device))
 
-    def logsumexp(self, a, axis):
+    def logsumexp(self, a: Any, axis: Any) -> Any:
         return self.torch.logsumexp(a, dim=axis)
 
-    def index(self, a):
+    def index(self, a: Any) -> Any:
         return self.torch.as_tensor(np.asarray(a, dtype=np.int64), device=self.device)
 
-    def fsum(self, a, axis):
+    def fsum(self, a: Any, axis: Any) -> Any:
         return a.sum(dim=axis, dtype=self.float)
 
-    def log(self, a):
+    def log(self, a: Any) -> Any:
         return self.torch.log(a)
 
-    def sqrt(self, a):
+    def sqrt(self, a: Any) -> Any:
         return self.torch.sqrt(a)
 
-    def exp(self, a):
+    def exp(self, a: Any) -> Any:
         return self.torch.exp(a)
 
-    def abs(self, a):
+    def abs(self, a: Any) -> Any:
         return self.torch.abs(a)
 
 
-def _backend(device):
+def _backend(device: Any) -> Any:
     if device is None:
         return _Numpy()
     if not isinstance(device, str) and not hasattr(device, "type"):
@@ -287,7 +303,7 @@ def _backend(device):
 
 
 # ---------------------------------------------------------------------- LogME, batched
-def _fixed_point(xp, sigma, mask, x2, y_sq, n: int):
+def _fixed_point(xp: Any, sigma: Any, mask: Any, x2: Any, y_sq: Any, n: int) -> Any:
     """``estimators.logme._fixed_point_evidence`` for a batch of sources.
 
     sigma (S, k, 1) eigenvalues (zero where ``mask`` (S, k, 1) is False), x2 (S, k, t) squared
@@ -321,7 +337,7 @@ def _fixed_point(xp, sigma, mask, x2, y_sq, n: int):
     return evidence / n
 
 
-def _logme_batch(xp, sigma, vecs, P, y_sq, n: int, size: int):
+def _logme_batch(xp: Any, sigma: Any, vecs: Any, P: Any, y_sq: Any, n: int, size: int) -> Any:
     """Mean LogME evidence per source from the eigenvalues ``sigma`` (S, k, ascending) of a Gram
     matrix and the targets' projections ``P`` (S, k, t): ``V^T F^T Y`` for ``F^T F`` (``vecs``
     given: divided by sqrt(sigma) here) or ``U^T Y`` for ``F F^T`` (``vecs=None``). ``size`` =
@@ -341,8 +357,9 @@ def _logme_batch(xp, sigma, vecs, P, y_sq, n: int, size: int):
 
 
 # ---------------------------------------------------------------------- main entry point
-def score_many(stats: TargetStats, esms, estimators: Sequence[str] = SUPPORTED, *, bias=None,
-               device=None, chunk_size: int | None = None, progress=None) -> np.ndarray:
+def score_many(stats: TargetStats, esms: Any, estimators: Sequence[str] = SUPPORTED, *, bias: Any = None,
+               device: Any = None, chunk_size: int | None = None,
+               progress: Callable[[int, int], None] | None = None) -> np.ndarray:
     """Scores of many sources' ESMs on one target, from the target's statistics.
 
     stats: ``TargetStats.from_data(X, y)`` of the target's base-encoder embeddings.
@@ -391,7 +408,7 @@ def score_many(stats: TargetStats, esms, estimators: Sequence[str] = SUPPORTED, 
     return out
 
 
-def _prepare(xp, st: TargetStats) -> dict:
+def _prepare(xp: Any, st: TargetStats) -> dict[str, Any]:
     derived = st._derived.get("bases")
     if derived is None:  # once per target (d^3), reused by every call on it; one atomic store
         lam, V = np.linalg.eigh(st.scatter)
@@ -400,25 +417,17 @@ def _prepare(xp, st: TargetStats) -> dict:
     root, (lroot, lz, lysq) = derived
     t = {"mean": xp.asarray(st.mean), "root": xp.asarray(root), "Xc": xp.asarray(st.centred)}
     t.update(lroot=xp.asarray(lroot), lz=xp.asarray(lz), lysq=xp.asarray(lysq))
-    if st.regression:
-        t["xty"] = xp.asarray(st.xty)
-        t["ysum"] = xp.asarray(st.targets.sum(axis=0))
-        t["ysq"] = xp.asarray(np.einsum("ij,ij->j", st.targets, st.targets))
-        t["Y"] = xp.asarray(st.targets)
-    else:
-        C = st.n_classes
-        t["sums"] = xp.asarray(st.class_sums)
-        t["counts"] = xp.asarray(st.counts.astype(np.float64))
-        t["labels"] = xp.index(st.labels)
+    if not st.regression:
+        counts = _need(st.counts, "counts")
+        t["sums"] = xp.asarray(_need(st.class_sums, "class_sums"))
+        t["counts"] = xp.asarray(counts.astype(np.float64))
+        t["labels"] = xp.index(_need(st.labels, "labels"))
         t["rows"] = xp.index(np.arange(st.n))
-        onehot = np.zeros((st.n, C))
-        onehot[np.arange(st.n), st.labels] = 1.0
-        t["Y"] = xp.asarray(onehot)
-        t["log_prior"] = xp.asarray(np.log(st.counts / st.n))
+        t["log_prior"] = xp.asarray(np.log(counts / st.n))
     return t
 
 
-def _score_chunk(xp, t, st: TargetStats, W, b, ests) -> dict:
+def _score_chunk(xp: Any, t: dict[str, Any], st: TargetStats, W: Any, b: Any, ests: list[str]) -> dict[str, np.ndarray]:
     res = {}
     if "esm_logme" in ests:
         res["esm_logme"] = _logme_chunk(xp, t, st, W, b)
@@ -431,7 +440,7 @@ def _score_chunk(xp, t, st: TargetStats, W, b, ests) -> dict:
     return res
 
 
-def _gram(xp, W, R):
+def _gram(xp: Any, W: Any, R: Any) -> Any:
     """``W Sc W^T = (W R)(W R)^T`` with ``Sc = R R^T`` (R from the target, once): one product
     and one symmetric rank-k update per source (numpy's ``P @ P.T`` calls BLAS syrk)."""
     S, d_out, d_in = W.shape
@@ -441,7 +450,7 @@ def _gram(xp, W, R):
     return P @ xp.T(P)
 
 
-def _logme_basis(st: TargetStats):
+def _logme_basis(st: TargetStats) -> Any:
     """Target-side LogME quantities: ``root`` ((d+1), k) and ``z`` (k, t) with
     ``[X, 1]^T [X, 1] = root root^T`` restricted to its k numerically non-null directions
     (``root = B diag(l)^(1/2)``), and ``z = diag(l)^(-1/2) B^T [X, 1]^T Y``."""
@@ -454,19 +463,14 @@ def _logme_basis(st: TargetStats):
     lam, B = np.linalg.eigh((E + E.T) / 2.0)
     keep = lam > lam[-1] * max(n, d + 1) * np.finfo(np.float64).eps
     lam, B = lam[keep], B[:, keep]
-    if st.regression:
-        XtY = np.vstack([st.xty + np.outer(m, st.targets.sum(axis=0)), st.targets.sum(axis=0)[None, :]])
-        y_sq = np.einsum("ij,ij->j", st.targets, st.targets)
-    else:
-        counts = st.counts.astype(np.float64)
-        XtY = np.vstack([st.class_sums.T + np.outer(m, counts), counts[None, :]])
-        y_sq = counts
+    xcy, ysum, y_sq = st.label_moments()
+    XtY = np.vstack([xcy + np.outer(m, ysum), ysum[None, :]])  # [X, 1]^T Y
     root = B * np.sqrt(lam)
     z = (B.T @ XtY) / np.sqrt(lam)[:, None]
     return root, z, y_sq
 
 
-def _logme_chunk(xp, t, st, W, b):
+def _logme_chunk(xp: Any, t: Any, st: Any, W: Any, b: Any) -> Any:
     """ESM-LogME of a chunk of sources.
 
     With ``[X, 1] = H B^T`` (B: orthonormal basis of the row space, ``H^T H = diag(l)``) and
@@ -557,10 +561,10 @@ def _pivots(D: np.ndarray, E: np.ndarray, shift: np.ndarray) -> np.ndarray:
     E2 = E * E
     for j in range(1, a.shape[0]):
         p[j] = a[j] - E2[j - 1] / p[j - 1]
-    return p
+    return np.asarray(p)
 
 
-def _twisted(D, E, E2, t, Z):
+def _twisted(D: Any, E: Any, E2: Any, t: Any, Z: Any) -> Any:
     """For K symmetric positive definite tridiagonal systems ``(T + tI) r = z`` (columns of
     D (k, K), E (k-1, K), E2 = E * E, t (K,), Z (k, K)): the solution r, ``log det(T + tI)``
     and ``tr((T + tI)^-1)`` (from forward pivots p and backward pivots q:
@@ -586,7 +590,7 @@ def _twisted(D, E, E2, t, Z):
     return r, np.log(p).sum(axis=0), trinv
 
 
-def _fixed_point_twisted(diag, off, Zh, res_x2, n: int) -> np.ndarray:
+def _fixed_point_twisted(diag: np.ndarray, off: np.ndarray, Zh: np.ndarray, res_x2: np.ndarray, n: int) -> np.ndarray:
     """``estimators.logme._fixed_point_evidence`` (all k directions kept) from the tridiagonal
     form: diag (S, k), off (S, k-1), Zh = U^T z (S, k, t), res_x2 (t,) the targets' energy
     outside the column space. Returns the mean evidence / n, (S,)."""
@@ -624,10 +628,10 @@ def _fixed_point_twisted(diag, off, Zh, res_x2, n: int) -> np.ndarray:
     logdet = k * np.log(beta) + np.log(_pivots(D, E, alpha / beta)).sum(axis=0)
     evidence = (k / 2.0 * np.log(alpha) + n / 2.0 * np.log(beta) - 0.5 * logdet
                 - beta / 2.0 * res2 - alpha / 2.0 * m2 - n / 2.0 * math.log(2 * math.pi)) / n
-    return evidence.reshape(S, tc).mean(1)
+    return np.asarray(evidence.reshape(S, tc).mean(1), dtype=np.float64)
 
 
-def _hscore_shrinkage_chunk(xp, t, st, Wt, G):
+def _hscore_shrinkage_chunk(xp: Any, t: Any, st: Any, Wt: Any, G: Any) -> Any:
     n = st.n
     d = G.shape[-1]
     S_F = G / n  # covariance of F, ddof 0
@@ -671,7 +675,7 @@ def _hscore_shrinkage_chunk(xp, t, st, Wt, G):
     return out
 
 
-def _etran_lda_chunk(xp, t, st, W, b):
+def _etran_lda_chunk(xp: Any, t: Any, st: Any, W: Any, b: Any) -> Any:
     n = st.n
     means = t["sums"] / t["counts"][:, None] + t["mean"][None, :]  # raw class means of X (C, d_in)
     muF = means @ xp.T(W) + b[:, None, :]  # (S, C, d_out)
@@ -687,8 +691,8 @@ def _etran_lda_chunk(xp, t, st, W, b):
 
 
 # ---------------------------------------------------------------------- two-stage ranking
-def logme_lowrank(stats: TargetStats, esms, *, rank: int = 64, bias=None, device=None,
-                  chunk_size: int | None = None, progress=None) -> np.ndarray:
+def logme_lowrank(stats: TargetStats, esms: Any, *, rank: int = 64, bias: Any = None, device: Any = None,
+                  chunk_size: int | None = None, progress: Callable[[int, int], None] | None = None) -> np.ndarray:
     """A cheap stand-in for ESM-LogME: LogME of the target truncated to its top ``rank``
     principal directions, mapped through each ESM.
 
@@ -708,12 +712,8 @@ def logme_lowrank(stats: TargetStats, esms, *, rank: int = 64, bias=None, device
     Vr = V[:, -r:]
     xp = _backend(device)
     root = xp.asarray(Vr * np.sqrt(np.clip(lam[-r:], 0.0, None)))
-    if stats.regression:
-        proj_y, ysum, y_sq = Vr @ (Vr.T @ stats.xty), stats.targets.sum(axis=0), np.einsum(
-            "ij,ij->j", stats.targets, stats.targets)
-    else:
-        proj_y, ysum, y_sq = Vr @ (Vr.T @ stats.class_sums.T), stats.counts.astype(np.float64), \
-            stats.counts.astype(np.float64)
+    xcy, ysum, y_sq = stats.label_moments()
+    proj_y = Vr @ (Vr.T @ xcy)
     proj_y, ysum, y_sq, mean = xp.asarray(proj_y), xp.asarray(ysum), xp.asarray(y_sq), xp.asarray(stats.mean)
     n = stats.n
     chunk = int(chunk_size or max(1, min(512, _CHUNK_BYTES // (8 * 3 * d_out * max(d_in, 1)))))
@@ -740,7 +740,7 @@ def logme_lowrank(stats: TargetStats, esms, *, rank: int = 64, bias=None, device
     return out
 
 
-def _concat_last(xp, a, b):
+def _concat_last(xp: Any, a: Any, b: Any) -> Any:
     if isinstance(xp, _Numpy):
         return np.concatenate([a, b], axis=2)
     return xp.torch.cat([a, b], dim=2)
@@ -804,9 +804,9 @@ def combine_shortlist(top: np.ndarray, sample: np.ndarray, n_rest: int, *,
     return combined / wsum
 
 
-def rank_two_stage(stats: TargetStats, esms, names: Sequence[str] | None = None, *, shortlist: int = 200,
-                   calibration: int = 64, rank: int = 64, seed: int = 0, bias=None, device=None,
-                   chunk_size: int = 256, progress=None) -> dict:
+def rank_two_stage(stats: TargetStats, esms: Any, names: Sequence[str] | None = None, *, shortlist: int = 200,
+                   calibration: int = 64, rank: int = 64, seed: int = 0, bias: Any = None, device: Any = None,
+                   chunk_size: int = 256, progress: Callable[[float], None] | None = None) -> dict[str, Any]:
     """Rank many sources for one target: a cheap first stage over all, the default on the best.
 
     Stage 1 scores every source with ``logme_lowrank`` (rank ``rank``) and the exact ETran-LDA
@@ -833,13 +833,14 @@ def rank_two_stage(stats: TargetStats, esms, names: Sequence[str] | None = None,
             raise ValueError("with a loader function, names= must list the sources")
         S = len(names)
 
-        def load(idx):
-            return _check_stack(*esms(np.asarray(idx)), stats.d)
+        def load(idx: Any) -> Any:
+            W_, b_ = esms(np.asarray(idx))
+            return _check_stack(W_, b_, stats.d)
     else:
         W, b = _stack_input(stats, esms, bias)
         S = W.shape[0]
 
-        def load(idx):
+        def load(idx: Any) -> Any:
             return W[idx], b[idx]
     if names is None:
         names = [f"source-{i}" for i in range(S)]
@@ -884,7 +885,7 @@ def rank_two_stage(stats: TargetStats, esms, names: Sequence[str] | None = None,
             "stage1": {"logme_lowrank": lr, "etran_lda": lda}}
 
 
-def _stack_input(stats: TargetStats, esms, bias):
+def _stack_input(stats: TargetStats, esms: Any, bias: Any) -> Any:
     if not isinstance(stats, TargetStats):
         raise ValueError("stats must be a TargetStats (TargetStats.from_data(X, y))")
     if isinstance(esms, np.ndarray) or (hasattr(esms, "shape") and hasattr(esms, "ndim")):

@@ -18,20 +18,20 @@ def test_auth_dep_resolves_the_key_once_per_request(settings_factory, monkeypatc
     probe = APIRouter(prefix="/v1", dependencies=[Depends(authenticate)])
 
     @probe.get("/whoami")
-    def whoami(ctx: CtxDep, key: AuthDep) -> dict[str, object]:
-        return {"owner": key["owner"] if key else None, "base_encoder": ctx.settings.base_encoder}
+    def whoami(ctx: CtxDep, principal: AuthDep) -> dict[str, object]:
+        return {"owner": principal.owner, "key": principal.key_id, "base_encoder": ctx.settings.base_encoder}
 
     app.include_router(probe)
     calls = []
-    real = keys_svc.authorize
-    monkeypatch.setattr(keys_svc, "authorize", lambda *a: calls.append(a[2]) or real(*a))
+    real = keys_svc.authenticate
+    monkeypatch.setattr(keys_svc, "authenticate", lambda *a, **k: calls.append(a[2]) or real(*a, **k))
     with TestClient(app) as client:
-        assert client.get("/v1/whoami").json()["owner"] is None  # no key yet: auth is off
-        _info, key = keys_svc.create(app.state.ctx, "alice", ["read"])
+        assert client.get("/v1/whoami").json()["key"] is None  # no key yet: the anonymous local owner
+        info, key = keys_svc.create(app.state.ctx, "alice", ["read"])
         calls.clear()
         r = client.get("/v1/whoami", headers={"Authorization": f"Bearer {key}"})
-        assert r.status_code == 200 and r.json()["owner"] == "alice"
-        assert calls == ["read"]
+        assert r.status_code == 200 and r.json()["owner"] == "alice" and r.json()["key"] == info["id"]
+        assert calls == ["read"]  # the router's check and the route's AuthDep: one call
         assert client.get("/v1/whoami").status_code == 401
 
 

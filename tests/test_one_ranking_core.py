@@ -133,8 +133,10 @@ def test_fallback_value_is_cached_under_the_parameters_used(client):
     assert by_hash[("features", fallback_hash)] == by_hash[("good", fallback_hash)] == {"n_components": 3}
     assert by_hash.get(("good", scores_svc.params_hash({}))) == {}
     assert ("features", scores_svc.params_hash({})) not in by_hash
-    again = rank(client, {"target": did, "candidates": "models"})
-    assert again["computed"] == 0
+    same = rank(client, {"target": did, "candidates": "models"})
+    assert same["id"] == first["id"]  # the same request on the same state is the same ranking
+    again = rank(client, {"target": did, "candidates": "models", "top_k": 5})  # a new one, from the cache
+    assert again["id"] != first["id"] and again["computed"] == 0
     assert all(r["details"]["nleep"]["cached"] and r["details"]["nleep"]["fallback"] == note
                for r in again["ranking"])
     scored = [(r["source"], r["score"]) for r in again["ranking"]]
@@ -143,3 +145,26 @@ def test_fallback_value_is_cached_under_the_parameters_used(client):
         estimators.score("nleep", X.astype(np.float32), y, n_components=3)
         if again["ranking"][0]["source"] == "features" else
         estimators.score("nleep", good.astype(np.float32), y, n_components=3))
+
+
+def test_bootstrap_draws_are_cached_and_reused(client):
+    """Each cell's bootstrap draws are stored in the score cache (estimator ``bootstrap:<name>``,
+    keyed by the cell's parameters, B and the seed); a repeated ranking reads them back."""
+    from app.db.models import Score
+
+    arrays = _target(seed=5)
+    did = upload(client, _npz(arrays), "t.npz").json()["id"]
+    body = {"target": did, "candidates": "models", "sources": list(MODELS), "estimators": ["logme", "leep"]}
+    first = rank(client, body)
+    ctx = client.app.state.ctx
+    with ctx.Session() as s:
+        rows = list(s.scalars(select(Score).where(Score.estimator.like("bootstrap:%"))))
+    assert {(r.source, r.estimator) for r in rows} == {(m, f"bootstrap:{e}") for m in MODELS for e in ("logme", "leep")}
+    assert all(len(r.params["draws"]) == 100 and r.params["B"] == 100 for r in rows)
+    again = rank(client, body)
+    with ctx.Session() as s:
+        assert s.query(Score).filter(Score.estimator.like("bootstrap:%")).count() == len(rows)
+    assert again["computed"] == 0
+    assert [(r["interval"], r["tied_with_top"]) for r in again["ranking"]] == \
+        [(r["interval"], r["tied_with_top"]) for r in first["ranking"]]
+    assert first["ranking"][0]["tied_with_top"] and first["uncertainty"]["B"] == 100

@@ -138,3 +138,26 @@ def test_worker_dying_after_retries_fails_the_job_with_the_reason(ray_backend):
         assert b.actor_pids() != [pid]
     finally:
         b.shutdown()
+
+
+def test_score_esms_on_ray_actors_equals_local(ray_backend, local_backend, tmp_path):
+    """A chunk of ESM scores computed by a Ray actor from blob paths equals the local pool's."""
+    import io as _io
+
+    from app.workers.scoring import EsmScoreRequest
+    from estimators.esm import EmbeddingSpaceMap
+    from estimators.esm_stats import TargetStats
+
+    rng = np.random.default_rng(5)
+    X, y = rng.normal(size=(80, 6)), rng.integers(0, 2, 80)
+    buf = _io.BytesIO()
+    np.savez(buf, **TargetStats.from_data(X, y).to_arrays())
+    stats_path = tmp_path / "stats.npz"
+    stats_path.write_bytes(buf.getvalue())
+    paths = [str(EmbeddingSpaceMap(rng.normal(size=(6, 6)), rng.normal(size=6)).save(tmp_path / f"e{i}.safetensors"))
+             for i in range(3)]
+    req = EsmScoreRequest(str(stats_path), paths, ["esm_logme", "esm_etran_lda"], device="cpu")
+    on_ray = ray_backend.submit_score_esms(req).result(timeout=300)
+    local = local_backend.submit_score_esms(req).result(timeout=300)
+    assert on_ray.shape == (3, 2)
+    np.testing.assert_allclose(on_ray, local, rtol=1e-12)

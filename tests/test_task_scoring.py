@@ -30,8 +30,8 @@ def ctx(settings_factory, db_url, tmp_path):
     from app.services.context import Context
     from app.workers.local import LocalBackend
 
-    context = Context.open(settings_factory(tmp_path / "data", database_url=db_url),
-                           backend=LocalBackend(max_workers=2))
+    settings = settings_factory(tmp_path / "data", database_url=db_url)
+    context = Context.open(settings, backend=LocalBackend(max_workers=2))
     yield context
     context.close()
 
@@ -61,8 +61,9 @@ def test_prefill_scores_every_source_in_chunks_then_reads_the_cache(ctx, tmp_pat
     names = ["esm_logme", "esm_etran_lda", "esm_hscore_shrinkage", "semb"]
     seen = []
     out = task_scoring.prefill(ctx, "a" * 64, 150, "glove-6b-50d", X, y, cands, names, _params_of,
-                               progress=seen.append, chunk_sources=4)
-    assert out == {"computed": 33, "sources": 11, "chunks": 3, "failed": 0}
+                               progress=lambda f, m=None: seen.append(f), chunk_sources=4)
+    keys = out.pop("keys")
+    assert out == {"computed": 33, "sources": 11, "chunks": 3, "failed": 0} and len(keys) == 33
     assert seen == sorted(seen) and seen[-1] == 1.0
     ver = scores_svc.version()
     with ctx.Session() as s:
@@ -104,3 +105,77 @@ def test_target_statistics_are_kept_as_a_blob(ctx):
     assert task_scoring.target_stats_blob(ctx, "d" * 64, "enc", X, y) == key
     st = load_target_stats(str(ctx.blobs.path(key)))
     assert st.n == 40 and st.d == 5 and st.n_classes == 2
+
+
+def test_tasks_ranking_through_the_api_uses_the_statistics_path(client, tmp_path):
+    """Sources with ESMs: the ranking's esm_* scores equal the one-source estimators, count as
+    computed on the first request and come from the cache on the second."""
+    from app.services import task_scoring
+    from conftest import npz_bytes, rank, upload
+
+    rng = np.random.default_rng(7)
+    d = 50  # the test base encoder's dimension
+    X = rng.normal(size=(120, d)) + 0.2
+    y = rng.integers(0, 3, 120)
+    ctx = client.app.state.ctx
+    from app.services import datasets as datasets_svc
+    from app.services import sources as sources_svc
+
+    maps = {}
+    for i in range(3):
+        W = np.eye(d) + 0.3 * rng.normal(size=(d, d)) / math.sqrt(d)
+        esm = EmbeddingSpaceMap(W, rng.normal(size=d) * 0.1)
+        Xs = rng.normal(size=(40, d))
+        parsed = datasets_svc.Parsed("features", "npz", rng.integers(0, 2, 40), ["a", "b"], features=Xs)
+        ds, _ = datasets_svc.store_parsed(ctx, parsed, f"src{i}")
+        sources_svc.add_ready_source(ctx, name=f"src{i}", dataset=ds, base_embeddings=Xs.astype(np.float32),
+                                     esm=esm, description="", licence="", origin="user",
+                                     encoder=ctx.settings.base_encoder)
+        maps[f"src{i}"] = esm
+    target = upload(client, npz_bytes(features=X.astype(np.float32), labels=y), "t.npz").json()["id"]
+    calls = []
+    real = task_scoring.prefill
+    try:
+        task_scoring.prefill = lambda *a, **k: calls.append(1) or real(*a, **k)
+        first = rank(client, {"target": target, "candidates": "tasks",
+                              "estimators": ["esm_logme", "esm_etran_lda", "esm_hscore_shrinkage"]})
+    finally:
+        task_scoring.prefill = real
+    assert calls and first["computed"] == 9 and first["cached"] == 0
+    for row in first["ranking"]:
+        for e in ("esm_logme", "esm_etran_lda", "esm_hscore_shrinkage"):
+            assert row["scores"][e] == pytest.approx(estimators.score(e, X, y, esm=maps[row["source"]]), rel=1e-6)
+    again = rank(client, {"target": target, "candidates": "tasks", "top_k": 2,
+                          "estimators": ["esm_logme", "esm_etran_lda", "esm_hscore_shrinkage"]})
+    assert again["computed"] == 0 and again["cached"] == 9
+
+
+def test_repeated_ranking_is_the_same_ranking_with_an_etag(client):
+    from app.db.models import Ranking
+    from conftest import npz_bytes, upload
+
+    rng = np.random.default_rng(8)
+    X, y = rng.normal(size=(60, 8)).astype(np.float32), rng.integers(0, 2, 60)
+    target = upload(client, npz_bytes(features=X, labels=y), "t.npz").json()["id"]
+    body = {"target": target, "candidates": "models", "estimators": ["logme"]}
+    first = client.post("/v1/rankings", json=body)
+    assert first.status_code == 200 and first.headers["ETag"]
+    ctx = client.app.state.ctx
+    with ctx.Session() as s:
+        rows = s.query(Ranking).count()
+    second = client.post("/v1/rankings", json=body)
+    assert second.status_code == 200 and second.json()["id"] == first.json()["id"]
+    assert second.headers["ETag"] == first.headers["ETag"]
+    with ctx.Session() as s:
+        assert s.query(Ranking).count() == rows  # no new row
+    tag = first.headers["ETag"]
+    assert client.post("/v1/rankings", json=body, headers={"If-None-Match": tag}).status_code == 304
+    got = client.get(f"/v1/rankings/{first.json()['id']}", headers={"If-None-Match": tag})
+    assert got.status_code == 304 and got.headers["ETag"] == tag
+    assert client.get(f"/v1/rankings/{first.json()['id']}").headers["ETag"] == tag
+    other = client.post("/v1/rankings", json={**body, "top_k": 3})  # another request: another ranking
+    assert other.status_code == 200 and other.json()["id"] != first.json()["id"]
+    more = client.post("/v1/rankings", json={**body, "estimators": ["hscore"]})  # new scores of the target
+    assert more.status_code == 200
+    after = client.post("/v1/rankings", json=body)  # the cache state changed: a new ranking
+    assert after.status_code == 200 and after.json()["id"] != first.json()["id"]

@@ -74,9 +74,21 @@ def world(make_client, db_url, tmp_path):
     r = client.post("/v1/feedback", json={"source": "alice-private-src", "target": ds["id"], "metric": "accuracy",
                                           "value": 0.9, "note": "alice-secret-note"}, headers=A)
     assert r.status_code == 201, r.text
+    model = None
+    if ("POST", "/v1/models") in _routes(client.app):  # user-registered models belong to an owner too
+        from pathlib import Path
+
+        import app
+
+        shipped = sorted((Path(app.__file__).parent / "demo" / "data").rglob("*.pt"))
+        assert shipped, "no TorchScript model ships with the demo data to register as alice's model"
+        r = client.post("/v1/models", json={"name": "alice-private-model", "path": str(shipped[0]), "wait": 0},
+                        headers=A)
+        assert r.status_code in (201, 202), r.text
+        model = "alice-private-model"
     return {"client": client, "ctx": ctx, "keys": k, "dataset": ds, "source_dataset": src_ds,
             "source": "alice-private-src", "ranking": ranking["id"], "job": job_id, "content": content,
-            "public_dataset": pub_ds.id}
+            "public_dataset": pub_ds.id, "model": model}
 
 
 def wait_job_as(client, job_id: str, headers: dict, timeout: float = 120.0) -> dict:
@@ -105,8 +117,9 @@ def rank_as(client, body: dict, headers: dict) -> dict:
 
 def _secrets(w) -> list[str]:
     """Strings of alice's that no other owner may ever see."""
-    return [w["dataset"]["id"], w["source_dataset"]["id"], "alice-secret-reviews", "alice-private-src",
-            w["ranking"], w["job"], "alice-secret-note", w["source_dataset"]["name"]]
+    out = [w["dataset"]["id"], w["source_dataset"]["id"], "alice-secret-reviews", "alice-private-src",
+           w["ranking"], w["job"], "alice-secret-note", w["source_dataset"]["name"]]
+    return out + ([w["model"]] if w["model"] else [])
 
 
 # ---------------------------------------------------------------------- route enumeration
@@ -120,7 +133,7 @@ def _routes(app) -> list[tuple[str, str]]:
 
 
 _PARAM_BY_COLLECTION = {"datasets": "dataset", "sources": "source", "rankings": "ranking", "jobs": "job",
-                        "keys": "key"}
+                        "keys": "key", "models": "model"}
 
 
 def _fill(path: str, w) -> tuple[str, bool]:
@@ -131,7 +144,7 @@ def _fill(path: str, w) -> tuple[str, bool]:
         if seg.startswith("{"):
             kind = _PARAM_BY_COLLECTION.get(segments[i - 1])
             value = {"dataset": w["dataset"]["id"], "source": w["source"], "ranking": w["ranking"],
-                     "job": w["job"], "key": w["keys"]["alice_id"]}.get(kind)
+                     "job": w["job"], "key": w["keys"]["alice_id"], "model": w["model"]}.get(kind)
             if value is None:
                 known, value = False, "unknown-" + seg.strip("{}")
             segments[i] = value
@@ -159,6 +172,7 @@ _BODIES = {
     ("POST", "/v1/feedback"): lambda w: {"json": {"source": w["source"], "target": w["dataset"]["id"],
                                                   "metric": "accuracy", "value": 0.1}},
     ("POST", "/v1/keys"): lambda w: {"json": {"owner": "mallory", "scopes": ["read", "write", "admin"]}},
+    ("PATCH", "/v1/models/{name}"): lambda w: {"json": {"enabled": False}},
 }
 
 # what bob (another owner, read+write, no admin) gets from each known route called with alice's rows
@@ -170,6 +184,10 @@ _BOB = {
     ("GET", "/v1/rankings/{ranking_id}"): 404,
     ("GET", "/v1/jobs/{job_id}"): 404,
     ("DELETE", "/v1/jobs/{job_id}"): 404,
+    ("GET", "/v1/models/{name}"): 404,
+    ("PATCH", "/v1/models/{name}"): 404,
+    ("DELETE", "/v1/models/{name}"): 404,
+    ("GET", "/v1/sources/{name}/esm"): 404,
     ("POST", "/v1/rankings"): 404,
     ("POST", "/v1/sources"): 404,
     ("POST", "/v1/feedback"): 404,
@@ -200,13 +218,18 @@ def _same_as_missing(client, method: str, path: str, w, headers: dict, response,
     url, _ = _fill(path, w)
     ghost = {w["dataset"]["id"]: "0" * 32, w["source"]: "no-such-source", w["ranking"]: "1" * 32,
              w["job"]: "2" * 32}
+    if w["model"]:
+        ghost[w["model"]] = "no-such-model"
     ghost_url = url
     for real, fake in ghost.items():
         ghost_url = ghost_url.replace(real, fake)
     if ghost_url == url:
         return
-    kwargs = {"headers": headers}
-    if method in ("POST", "PUT", "PATCH"):
+    kwargs: dict = {"headers": headers}
+    body = _BODIES.get((method, path))
+    if body is not None:
+        kwargs.update(body(w))
+    elif method in ("POST", "PUT", "PATCH"):
         kwargs["json"] = {}
     other = client.request(method, ghost_url, **kwargs)
     detail = response.json()["detail"]

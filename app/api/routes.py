@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, File, Form, Path, Query, Response, UploadFile
+from fastapi import APIRouter, Depends, File, Form, Header, Path, Query, Response, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import PlainTextResponse
 from fastapi.routing import APIRoute
@@ -42,6 +42,7 @@ from app.services import datasets as datasets_svc
 from app.services import feedback as feedback_svc
 from app.services import keys as keys_svc
 from app.services import matrix as matrix_svc
+from app.services import ranking_memo
 from app.services import rankings as rankings_svc
 from app.services import sources as sources_svc
 
@@ -150,16 +151,28 @@ def delete_source(ctx: CtxDep, principal: AuthDep, name: Id) -> SourceDeletedPub
 @router.post("/rankings", tags=["rankings"], response_model=RankingPublic,
              responses={202: {"model": RankingPublic, "description": "queued as a job (status 'queued')"},
                         **errors(404)})
-def create_ranking(ctx: CtxDep, principal: AuthDep, body: RankingRequest, response: Response) -> RankingPublic:
+def create_ranking(ctx: CtxDep, principal: AuthDep, body: RankingRequest, response: Response,
+                   if_none_match: Annotated[str | None, Header()] = None) -> Any:
     spec = rankings_svc.RankingSpec(**body.model_dump(), owner=principal.owner)
     out, done = rankings_svc.create(ctx, spec)
-    response.status_code = 200 if done else 202
-    return RankingPublic.model_validate(out)
+    return _tagged(out, response, if_none_match, 200 if done else 202)
 
 
 @router.get("/rankings/{ranking_id}", tags=["rankings"], response_model=RankingPublic, responses=errors(404))
-def get_ranking(ctx: CtxDep, principal: AuthDep, ranking_id: Id) -> RankingPublic:
-    return RankingPublic.model_validate(rankings_svc.get(ctx, ranking_id, principal.owner))
+def get_ranking(ctx: CtxDep, principal: AuthDep, ranking_id: Id, response: Response,
+                if_none_match: Annotated[str | None, Header()] = None) -> Any:
+    return _tagged(rankings_svc.get(ctx, ranking_id, principal.owner), response, if_none_match, 200)
+
+
+def _tagged(out: dict[str, Any], response: Response, if_none_match: str | None, status: int) -> Any:
+    """A finished ranking carries an ETag (its content never changes); ``If-None-Match`` -> 304."""
+    tag = ranking_memo.etag_for(out)
+    if tag is not None:
+        if ranking_memo.matches(if_none_match, tag):
+            return Response(status_code=304, headers={"ETag": tag})
+        response.headers["ETag"] = tag
+    response.status_code = status
+    return RankingPublic.model_validate(out)
 
 
 @router.get("/jobs/{job_id}", tags=["jobs"], response_model=JobPublic, responses=errors(404))

@@ -41,6 +41,8 @@ def build(ctx: Context, estimator: str | None = None, target: str | None = None,
         q = select(Score).order_by(Score.estimator, Score.source, Score.target_sha256)
         if estimator:
             q = q.where(Score.estimator == estimator)
+        else:  # the rankings' cached bootstrap draws (estimator "bootstrap:<name>") are not transfer scores
+            q = q.where(Score.estimator.not_like("bootstrap:%"))
         if target:
             wanted = s.get(Dataset, target)
             if wanted is not None and can_read(wanted.owner, owner):

@@ -17,6 +17,7 @@ import json
 import threading
 import weakref
 from collections import OrderedDict
+from typing import Any
 
 from sqlalchemy import case, func, select
 
@@ -25,24 +26,24 @@ from app.services import scores as scores_svc
 
 MAX_ENTRIES = 2048
 
-_memos: weakref.WeakKeyDictionary[object, _Memo] = weakref.WeakKeyDictionary()
+_memos: weakref.WeakKeyDictionary[Any, _Memo] = weakref.WeakKeyDictionary()
 _memos_lock = threading.Lock()
 
 
 class _Memo:
     def __init__(self, size: int) -> None:
         self.size = size
-        self.items: OrderedDict[str, dict] = OrderedDict()
+        self.items: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self.lock = threading.Lock()
 
-    def get(self, key: str) -> dict | None:
+    def get(self, key: str) -> dict[str, Any] | None:
         with self.lock:
             body = self.items.get(key)
             if body is not None:
                 self.items.move_to_end(key)
             return body
 
-    def put(self, key: str, body: dict) -> None:
+    def put(self, key: str, body: dict[str, Any]) -> None:
         with self.lock:
             self.items[key] = body
             self.items.move_to_end(key)
@@ -50,7 +51,7 @@ class _Memo:
                 self.items.popitem(last=False)
 
 
-def _memo(ctx) -> _Memo:
+def _memo(ctx: Any) -> _Memo:
     with _memos_lock:
         m = _memos.get(ctx)
         if m is None:
@@ -58,7 +59,7 @@ def _memo(ctx) -> _Memo:
         return m
 
 
-def fingerprint(ctx, request: dict, target_id: str, scope: str | None = None) -> str | None:
+def fingerprint(ctx: Any, request: dict[str, Any], target_id: str, scope: str | None = None) -> str | None:
     """Digest of ``request`` (the ranking spec as a dict) and of the state a ranking of
     ``target_id`` reads; ``scope`` separates callers that must not share answers (e.g. an API
     key's owner). None when the target does not exist."""
@@ -78,7 +79,7 @@ def fingerprint(ctx, request: dict, target_id: str, scope: str | None = None) ->
     return hashlib.sha256(json.dumps(state, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def lookup(ctx, key: str | None) -> dict | None:
+def lookup(ctx: Any, key: str | None) -> dict[str, Any] | None:
     """The remembered answer for a fingerprint (a copy), or None."""
     if key is None:
         return None
@@ -86,7 +87,7 @@ def lookup(ctx, key: str | None) -> dict | None:
     return None if body is None else dict(body)
 
 
-def remember(ctx, key: str | None, body: dict) -> None:
+def remember(ctx: Any, key: str | None, body: dict[str, Any]) -> None:
     """Keep a finished ranking's answer under ``key``."""
     if key is not None and body.get("status") == "done":
         _memo(ctx).put(key, dict(body))
@@ -95,6 +96,14 @@ def remember(ctx, key: str | None, body: dict) -> None:
 def etag(key: str) -> str:
     """A strong HTTP entity tag for a fingerprint or any other stable identifier."""
     return '"' + hashlib.sha256(key.encode()).hexdigest()[:40] + '"'
+
+
+def etag_for(body: dict[str, Any]) -> str | None:
+    """The entity tag of a ranking answer: finished rankings never change, so their id names
+    their content; None while queued or running."""
+    if body.get("status") != "done" or not body.get("id"):
+        return None
+    return etag(f"ranking:{body['id']}")
 
 
 def matches(if_none_match: str | None, tag: str) -> bool:

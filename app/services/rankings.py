@@ -94,6 +94,7 @@ SERVICE_PARAMS = ("source_sha256", "esm", "max_rows")  # cache-key parameters th
 #: to fit, never below MIN_BOOTSTRAP); see estimators.uncertainty.
 BOOTSTRAP_BUDGET = 3000
 MIN_BOOTSTRAP = 20
+BOOTSTRAP_PREFIX = "bootstrap:"  # cached bootstrap draws: estimator "bootstrap:<name>" in the score cache
 
 
 @dataclass
@@ -389,6 +390,7 @@ class _CachedScorer:
         self.new_rows: list[dict[str, Any]] = []
         self.details: dict[str, dict[str, dict[str, Any]]] = {c.source: {} for c in cs.cands}
         self.computed = self.cached = 0
+        self.fresh: set[tuple[str, ...]] = set()  # keys this ranking just computed in bulk (task_scoring)
 
     def value(self, cand: Candidate, est: str, kw: dict[str, Any]) -> float:
         """The value of one cell; ``Unavailable`` when the candidate lacks the input."""
@@ -399,10 +401,15 @@ class _CachedScorer:
                                   "higher_is_better": info.higher_is_better}
         params = _score_params(kw, info, cand)
         ph = scores_svc.params_hash(params)
-        hit = self.cache.get(scores_svc.key(cand.source, ds.sha256, cand.encoder, est, ph, self.ver))
+        k = scores_svc.key(cand.source, ds.sha256, cand.encoder, est, ph, self.ver)
+        hit = self.cache.get(k)
         if hit is not None:
-            self.details[cand.source][est] = dict(detail, cached=True)
-            self.cached += 1
+            fresh = k in self.fresh
+            self.details[cand.source][est] = dict(detail, cached=not fresh)
+            if fresh:
+                self.computed += 1
+            else:
+                self.cached += 1
             return float(hit.value)
         if reason is not None:
             self.details[cand.source][est] = dict(detail, cached=False, skipped=reason)
@@ -425,8 +432,20 @@ def score_table(ctx: Context, plan: Plan, cs: CandidateSet, progress: ProgressFn
     each column goes through ``ScoreTable.score_column`` -- the library's fallback policy --
     reading those results, and scoring (through the cache) only what a fallback needs."""
     spec, names = plan.spec, plan.names
-    scorer = _CachedScorer(ctx, plan, cs)
     start = 0.85 if spec.candidates == "models" else 0.6
+    fresh: set[tuple[str, ...]] = set()
+    if spec.candidates == "tasks" and cs.X_target is not None:  # default ESM scores: statistics path, on the workers
+        from app.services import task_scoring
+
+        def params_of(est: str, c: Candidate) -> dict[str, Any]:
+            return _score_params(dict((spec.params or {}).get(est, {})), estimators.info(est), c)
+
+        fresh = task_scoring.prefill(ctx, plan.ds.sha256, plan.ds.n_examples, ctx.settings.base_encoder,
+                                     cs.X_target, cs.y, cs.cands, names, params_of,
+                                     progress=scaled(progress, 0.6, 0.14))["keys"]
+        start = 0.74
+    scorer = _CachedScorer(ctx, plan, cs)
+    scorer.fresh = fresh
     by_name = {c.source: c for c in cs.cands}
     first: dict[tuple[str, str], float | BaseException] = {}
     for i, c in enumerate(cs.cands):
@@ -600,7 +619,9 @@ def _bootstrap(ctx: Context, plan: Plan, cs: CandidateSet, st: ScoredTable, res:
     from the candidates' inputs with the settings each column used (fallbacks included): models
     from their features / probabilities, tasks from the target mapped through each ESM (the
     ``esm_*`` values are the base estimators on the mapped features); domain divergences and
-    ``static`` are held at their values. ``B`` is lowered to fit ``BOOTSTRAP_BUDGET``."""
+    ``static`` are held at their values. ``B`` is lowered to fit ``BOOTSTRAP_BUDGET``. Each cell's
+    draws are cached in the score table (estimator ``bootstrap:<name>``, keyed by the cell's
+    parameters + B + seed, the draws in its params), so a repeated ranking re-computes nothing."""
     B = plan.spec.bootstrap
     if not B:
         return None
@@ -610,13 +631,12 @@ def _bootstrap(ctx: Context, plan: Plan, cs: CandidateSet, st: ScoredTable, res:
     B = min(B, max(MIN_BOOTSTRAP, BOOTSTRAP_BUDGET // max(n_cells, 1)))
     by_name = {c.source: c for c in cs.cands}
     mapped: dict[str, np.ndarray] = {}  # the current task's mapped target (one at a time)
+    ds, ver = plan.ds, scores_svc.version()
+    with ctx.Session() as s:
+        cache = scores_svc.lookup_target(s, ds.sha256, [BOOTSTRAP_PREFIX + c for c in cols], ver)
+    new_rows: list[dict[str, Any]] = []
 
-    def values(source: str, column: str, idx: np.ndarray) -> np.ndarray:
-        cand = by_name[source]
-        point = table.value(column, source)
-        const = np.full(idx.shape[0], np.nan if point is None else point)
-        if column not in estimators.names():
-            return const  # static
+    def resampled(cand: Candidate, column: str, idx: np.ndarray) -> np.ndarray | None:
         info = estimators.info(column)
         kw = table.params.get(column, {})
         if info.needs == "features" and cand.features is not None:
@@ -625,17 +645,42 @@ def _bootstrap(ctx: Context, plan: Plan, cs: CandidateSet, st: ScoredTable, res:
             return rescore(column, cand.probs, cs.y, idx, kw)
         if info.needs == "esm" and cand.esm_key is not None and cs.X_target is not None \
                 and column[4:] in estimators.names():
-            if source not in mapped:
+            if cand.source not in mapped:
                 for other in list(mapped):  # free the previous source's ESM and mapped features
                     by_name[other].esm = None
                     del mapped[other]
-                mapped[source] = _load_esm(ctx, cand).transform(cs.X_target)
-            return rescore(column[4:], mapped[source], cs.y, idx, kw)
-        return const  # domains: held at the value
+                mapped[cand.source] = _load_esm(ctx, cand).transform(cs.X_target)
+            return rescore(column[4:], mapped[cand.source], cs.y, idx, kw)
+        return None  # domains: held at the value
+
+    def values(source: str, column: str, idx: np.ndarray) -> np.ndarray:
+        cand = by_name[source]
+        point = table.value(column, source)
+        const = np.full(idx.shape[0], np.nan if point is None else point)
+        if column not in estimators.names():
+            return const  # static
+        info = estimators.info(column)
+        params = {**_score_params(table.params.get(column, {}), info, cand), "B": idx.shape[0], "seed": 0}
+        ph = scores_svc.params_hash(params)
+        hit = cache.get(scores_svc.key(source, ds.sha256, cand.encoder, BOOTSTRAP_PREFIX + column, ph, ver))
+        if hit is not None:  # the draws depend only on the inputs, the settings, the labels, B and the seed
+            return np.array([np.nan if v is None else float(v) for v in hit.params["draws"]], dtype=np.float64)
+        t1 = time.perf_counter()
+        draws = resampled(cand, column, idx)
+        if draws is None:
+            return const
+        finite = draws[np.isfinite(draws)]
+        new_rows.append(dict(source=source, source_kind=cand.kind, target_sha256=ds.sha256, encoder=cand.encoder,
+                             estimator=BOOTSTRAP_PREFIX + column, params_hash=ph,
+                             params={**params, "draws": [float(v) if np.isfinite(v) else None for v in draws]},
+                             version=ver, value=float(finite.mean()) if finite.size else 0.0, n=ds.n_examples,
+                             seconds=time.perf_counter() - t1))
+        return draws
 
     boot = bootstrap(table, res, cs.y, values, weights=_weights(plan.spec), prior=prior, B=B, seed=0)
     for c in cs.cands:
         c.esm = None
+    scores_svc.store_many(ctx, new_rows)
     if B < plan.spec.bootstrap:
         boot.warnings.append(f"B lowered from {plan.spec.bootstrap} to {B} to bound the cost "
                              f"({n_cells} scores to re-compute per resample)")
@@ -773,6 +818,11 @@ def create(ctx: Context, spec: RankingSpec, *, inline: bool = False) -> tuple[di
     The request is validated once. A synchronous ranking that cannot be computed (no estimator
     produced a value) raises ``Invalid`` (422); a queued one ends ``failed`` with the reason.
     ``inline=True`` (the CLI) computes in the caller's thread even when a job is needed."""
+    from app.services import ranking_memo  # the same request on the same state: the same ranking
+
+    remembered = ranking_memo.lookup(ctx, ranking_memo.fingerprint(ctx, spec.as_dict(), spec.target, spec.owner))
+    if remembered is not None:
+        return remembered, True
     plan = _validate(ctx, spec)
     if not needs_job(ctx, plan):
         result = compute(ctx, spec, plan=plan)
@@ -783,7 +833,9 @@ def create(ctx: Context, spec: RankingSpec, *, inline: bool = False) -> tuple[di
                 s.add(r)
         except IntegrityError:  # the target was deleted meanwhile
             raise NotFound(f"dataset {spec.target!r} was deleted while it was being ranked") from None
-        return ranking_dict(r), True
+        body = ranking_dict(r)
+        ranking_memo.remember(ctx, ranking_memo.fingerprint(ctx, spec.as_dict(), spec.target, spec.owner), body)
+        return body, True
     try:
         with ctx.Session.begin() as s:
             job = ctx.jobs.create(s, "ranking", message=f"queued: {spec.candidates} ranking of {spec.target}",

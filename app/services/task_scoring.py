@@ -19,11 +19,13 @@ import io
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
-from concurrent.futures import FIRST_COMPLETED, wait
+from concurrent.futures import FIRST_COMPLETED, Future, wait
+from typing import Any, TypeVar
 
 import numpy as np
 
 from app.core.logging import get_logger
+from app.core.progress import ProgressFn, no_progress
 from app.services import scores as scores_svc
 
 log = get_logger("task_scoring")
@@ -34,7 +36,7 @@ CHUNK_SOURCES = 64
 IN_FLIGHT_PER_WORKER = 2
 STATS_FORMAT = "esm-stats-1"
 
-_stats_blobs: OrderedDict[tuple, str] = OrderedDict()  # (target sha, encoder, version) -> blob key
+_stats_blobs: OrderedDict[tuple[str, ...], str] = OrderedDict()  # (target sha, encoder, version) -> blob key
 _stats_lock = threading.Lock()
 
 
@@ -44,7 +46,7 @@ def supported(estimator: str) -> bool:
     return estimator in SUPPORTED
 
 
-def target_stats_blob(ctx, target_sha256: str, encoder: str, X_target: np.ndarray, y) -> str:
+def target_stats_blob(ctx: Any, target_sha256: str, encoder: str, X_target: np.ndarray, y: Any) -> str:
     """Blob key of the target's ``TargetStats`` (``.npz``, no pickle), computed on first use per
     (target, base encoder, code version) and found again by content afterwards."""
     from estimators.esm_stats import TargetStats
@@ -56,8 +58,8 @@ def target_stats_blob(ctx, target_sha256: str, encoder: str, X_target: np.ndarra
         return key
     stats = TargetStats.from_data(X_target, y)
     buf = io.BytesIO()
-    np.savez(buf, **stats.to_arrays())
-    key = ctx.blobs.put_bytes(buf.getvalue(), "npz")
+    np.savez(buf, allow_pickle=False, **stats.to_arrays())
+    key = str(ctx.blobs.put_bytes(buf.getvalue(), "npz"))
     with _stats_lock:
         _stats_blobs[ck] = key
         while len(_stats_blobs) > 256:
@@ -65,35 +67,40 @@ def target_stats_blob(ctx, target_sha256: str, encoder: str, X_target: np.ndarra
     return key
 
 
-def _chunks(items: list, size: int) -> Iterable[list]:
+_T = TypeVar("_T")
+_Todo = tuple[Any, dict[str, tuple[dict[str, Any], str]]]
+
+
+def _chunks(items: list[_T], size: int) -> Iterable[list[_T]]:
     for start in range(0, len(items), size):
         yield items[start:start + size]
 
 
-def prefill(ctx, target_sha256: str, n_examples: int, encoder: str, X_target: np.ndarray, y,
-            candidates: list, estimators_: list[str], params_of: Callable[[str, object], dict],
-            progress: Callable[[float], None] | None = None, *, chunk_sources: int = CHUNK_SOURCES,
-            device: str = "auto") -> dict:
+def prefill(ctx: Any, target_sha256: str, n_examples: int, encoder: str, X_target: np.ndarray, y: Any,
+            candidates: list[Any], estimators_: list[str], params_of: Callable[[str, Any], dict[str, Any]],
+            progress: ProgressFn | None = None, *, chunk_sources: int = CHUNK_SOURCES,
+            device: str = "auto") -> dict[str, Any]:
     """Compute and cache the missing default ESM scores of the task candidates.
 
     candidates: objects with ``source``, ``kind`` ("task"), ``encoder``, ``esm_key`` (the ESM
     blob) — the ranking's candidates. params_of(estimator, candidate): the score's params as the
-    ranking keys them. Returns ``{"computed", "sources", "chunks", "failed"}``.
+    ranking keys them. progress: ``ProgressFn``, reported after each chunk. Returns
+    ``{"computed", "sources", "chunks", "failed", "keys"}`` (keys: the cache keys stored).
     """
     from app.workers.scoring import EsmScoreRequest
 
-    report = progress or (lambda p: None)
+    report: ProgressFn = progress or no_progress
     ests = [e for e in estimators_ if supported(e)]
     tasks = [c for c in candidates if getattr(c, "kind", None) == "task" and c.esm_key is not None]
-    out = {"computed": 0, "sources": 0, "chunks": 0, "failed": 0}
+    out: dict[str, Any] = {"computed": 0, "sources": 0, "chunks": 0, "failed": 0, "keys": set()}
     if not ests or not tasks:
         return out
     ver = scores_svc.version()
     with ctx.Session() as s:
         cache = scores_svc.lookup_target(s, target_sha256, ests, ver)
-    todo = []  # (candidate, {estimator: (params, params hash)}) with at least one missing score
+    todo: list[_Todo] = []  # (candidate, {estimator: (params, params hash)}), a score missing
     for c in tasks:
-        missing = {}
+        missing: dict[str, tuple[dict[str, Any], str]] = {}
         for e in ests:
             params = params_of(e, c)
             if set(params) - {"source_sha256", "esm"}:
@@ -104,18 +111,22 @@ def prefill(ctx, target_sha256: str, n_examples: int, encoder: str, X_target: np
         if missing:
             todo.append((c, missing))
     if not todo:
-        report(1.0)
+        report(1.0, None)
         return out
     cols = [e for e in ests if any(e in m for _, m in todo)]
-    stats_path = str(ctx.blobs.path(target_stats_blob(ctx, target_sha256, encoder, X_target, y)))
+    try:
+        stats_path = str(ctx.blobs.path(target_stats_blob(ctx, target_sha256, encoder, X_target, y)))
+    except ValueError as exc:  # e.g. float targets: the one-source path scores and reports them
+        log.info("no statistics path for target %s: %s", target_sha256[:12], exc)
+        return out
     backend = ctx.backend
     workers = int(getattr(backend, "max_workers", None) or getattr(backend, "num_actors", None) or 2)
     limit = max(1, workers * IN_FLIGHT_PER_WORKER)
     chunks = list(_chunks(todo, int(chunk_sources)))
-    pending: dict = {}
+    pending: dict[Future[Any], list[_Todo]] = {}
     done_sources = 0
 
-    def submit(chunk):
+    def submit(chunk: list[_Todo]) -> None:
         req = EsmScoreRequest(stats_path=stats_path, esm_paths=[str(ctx.blobs.path(c.esm_key)) for c, _ in chunk],
                               estimators=cols, device=device)
         pending[backend.submit_score_esms(req)] = chunk
@@ -135,7 +146,7 @@ def prefill(ctx, target_sha256: str, n_examples: int, encoder: str, X_target: np
                 log.warning("ESM scoring chunk of %d sources failed: %s: %s", len(chunk), type(exc).__name__, exc)
                 out["failed"] += len(chunk)
                 values = None
-            rows = []
+            rows: list[dict[str, Any]] = []
             if values is not None:
                 for i, (c, missing) in enumerate(chunk):
                     for j, e in enumerate(cols):
@@ -146,9 +157,11 @@ def prefill(ctx, target_sha256: str, n_examples: int, encoder: str, X_target: np
                                          encoder=c.encoder, estimator=e, params_hash=ph, params=params,
                                          version=ver, value=float(values[i, j]), n=n_examples, seconds=None))
             out["computed"] += scores_svc.store_many(ctx, rows)
+            out["keys"].update(scores_svc.key(r["source"], target_sha256, r["encoder"], r["estimator"],
+                                              r["params_hash"], ver) for r in rows)
             out["chunks"] += 1
             done_sources += len(chunk)
-            report(done_sources / len(todo))
+            report(done_sources / len(todo), f"scored {done_sources} of {len(todo)} sources' ESMs")
             nxt = next(queue, None)
             if nxt is not None:
                 submit(nxt)

@@ -66,10 +66,9 @@ def score_esm_chunk(request: EsmScoreRequest, progress=None) -> np.ndarray:
     from estimators.esm_stats import score_many
 
     stats = load_target_stats(request.stats_path)
-    fitted = [EmbeddingSpaceMap.load(p)._require_fitted() for p in request.esm_paths]
-    W = np.stack([w for w, _ in fitted])
-    b = np.stack([bias for _, bias in fitted])
-    del fitted
+    from estimators.esm_stats import stack_esms
+
+    W, b = stack_esms(EmbeddingSpaceMap.load(p) for p in request.esm_paths)
     report = None if progress is None else (lambda done, total: progress(done / total))
     return score_many(stats, W, list(request.estimators), bias=b, device=pick_device(request.device),
                       progress=report)

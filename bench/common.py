@@ -537,7 +537,7 @@ def library_score_table(candidates, labels, scores=None, **params) -> dict:
                   or all(c.get("probs") is not None for c in cands.values())]
         ranked = rank_candidates({s: {k: c[k] for k in ("features", "probs") if c.get(k) is not None}
                                   | {"scores": pre[s]} for s, c in cands.items()},
-                                 labels[t], estimators=usable, **params)
+                                 labels[t], estimators=usable, bootstrap=0, **params)
         out[t] = {e: {r["name"]: float(r["scores"].get(e, math.nan)) for r in ranked} for e in usable}
     return out
 
@@ -640,6 +640,9 @@ def headline(out_dir: Path = RESULTS_DIR) -> str:
         from bench.lobo import headline_section
 
         lines += headline_section(json.loads((out_dir / "lobo.json").read_text()))
+    if (out_dir / "coverage.md").exists():  # the bootstrap's tied-with-top set (bench.coverage)
+        lines += ["## How sure the default's top pick is", "",
+                  *(out_dir / "coverage.md").read_text().splitlines()[2:], ""]
     text = "\n".join(lines)
     (out_dir / "headline.md").write_text(text)
     print(text)

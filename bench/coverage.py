@@ -1,9 +1,9 @@
 """Coverage of the "indistinguishable from the top" set (``estimators.uncertainty``) per benchmark.
 
 For every classification target of the benchmarks with committed features, the library's default
-ranking (``rank_candidates``' own steps: ``build_table`` + ``combine``) is bootstrapped over the
-target's examples (``estimators.uncertainty.bootstrap``, B resamples, seeded); the candidates
-marked ``tied_with_top`` form the set. Coverage = share of targets whose gold-best source (mean
+ranking is bootstrapped over the target's examples (``rank_candidates(..., bootstrap=B)``, i.e.
+``estimators.uncertainty``, B stratified resamples, seeded); the candidates marked
+``tied_with_top`` form the set. Coverage = share of targets whose gold-best source (mean
 of the seeds) is in the set; size = its mean number of candidates. Regression targets are left
 out (the bootstrap resamples within classes).
 
@@ -32,18 +32,13 @@ def available() -> bool:
 
 
 def target_sets(candidates, y, *, kind: str = "models", B: int = 100, seed: int = 0) -> dict:
-    """The default ranking's tied-with-top set on one target: {"order", "tied", "warnings"}."""
-    from estimators import uncertainty as U
-    from estimators.ranking import _default_estimators, _validate, build_table, combine, default_weights
+    """The default ranking's tied-with-top set on one target (``rank_candidates(..., bootstrap=B)``):
+    {"order", "tied", "warnings"}."""
+    from estimators.ranking import rank_candidates
 
-    cands, y = _validate(candidates, y)
-    ests = _default_estimators(cands, kind)
-    table = build_table(cands, y, ests, {})
-    result = combine(table, default_weights(False, None))
-    boot = U.bootstrap(table, result, y, U.features_values(cands, y, {}), weights=default_weights(False, None),
-                       B=B, seed=seed)
-    return {"order": [n for n, _, _ in result.order], "tied": sorted(n for n, t in boot.tied_with_top.items() if t),
-            "warnings": list(boot.warnings)}
+    rows = rank_candidates(candidates, y, kind=kind, bootstrap=B, seed=seed)
+    return {"order": [r["name"] for r in rows], "tied": sorted(r["name"] for r in rows if r.get("tied_with_top")),
+            "warnings": list(rows[0].get("warnings", [])) if rows else []}
 
 
 def benchmark_coverage(candidates, labels, gold_runs, *, kind="models", B=100) -> dict:
@@ -62,13 +57,27 @@ def benchmark_coverage(candidates, labels, gold_runs, *, kind="models", B=100) -
             "mean_candidates": float(np.mean([p["n_candidates"] for p in per.values()])), "per_target": per}
 
 
-def inputs():
-    """{benchmark: (candidates, labels, gold_runs, kind)} for the benchmarks with committed features
-    (classification targets)."""
-    from bench import image_zoo2, text_models
+BENCHMARKS = ("image_zoo2", "text_models", "text_tasks", "model_zoo")
+
+
+def inputs(names=BENCHMARKS):
+    """{benchmark: (candidates, labels, gold_runs, kind)} for the benchmarks with features
+    (classification targets); ``model_zoo`` needs its local training cache."""
+    from bench import image_zoo2, lobo, model_zoo, text_models
 
     out = {}
+    if "model_zoo" in names:
+        try:  # needs the model zoo's training cache (bench/.cache/model_zoo): local runs only
+            c, lab, g, _, _ = model_zoo.compute(verbose=False)
+            out["model_zoo"] = (c, lab, g, "models")
+        except Exception as exc:  # noqa: BLE001 -- reported, the other benchmarks still run
+            print(f"model_zoo left out: {type(exc).__name__}: {exc}")
+    if "text_tasks" in names:
+        c, lab, g = lobo.text_tasks_inputs()
+        out["text_tasks"] = (c, lab, g, "tasks")
     for name, mod in (("image_zoo2", image_zoo2), ("text_models", text_models)):
+        if name not in names:
+            continue
         cands, labels, gold, meta = mod.load_inputs()
         cls = [t for t, m in meta["targets"].items() if m["task"] == "classification"]
         out[name] = ({t: cands[t] for t in cls}, labels, gold, "models")
@@ -79,17 +88,19 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--B", type=int, default=100)
     ap.add_argument("--out", type=Path, default=common.RESULTS_DIR)
+    ap.add_argument("--benchmarks", default=",".join(BENCHMARKS), help="comma-separated subset of " + ", ".join(BENCHMARKS))
     args = ap.parse_args(argv)
+    names = [b for b in args.benchmarks.split(",") if b]
     if not available():
         print("estimators.uncertainty is not available: nothing to measure")
         return 1
     t0 = time.time()
-    res = {name: benchmark_coverage(c, lab, g, kind=k, B=args.B) for name, (c, lab, g, k) in inputs().items()}
+    res = {name: benchmark_coverage(c, lab, g, kind=k, B=args.B) for name, (c, lab, g, k) in inputs(names).items()}
     allp = [p for r in res.values() for p in r["per_target"].values()]
     total = {"n_targets": len(allp), "coverage": float(np.mean([p["covered"] for p in allp])),
              "mean_size": float(np.mean([p["size"] for p in allp]))}
     L = ["# Coverage of the \"indistinguishable from the top\" set", "",
-         f"Made by `python -m bench.coverage --B {args.B}` in {time.time() - t0:.0f} s. The library's default ranking "
+         f"Made by `python -m bench.coverage --B {args.B} --benchmarks {','.join(names)}` in {time.time() - t0:.0f} s. The library's default ranking "
          f"bootstrapped over each target's examples ({args.B} stratified resamples, `estimators.uncertainty`); "
          "coverage = share of targets whose gold-best source is in the set.", "",
          "| benchmark | targets | coverage | mean set size | candidates |", "|---|---|---|---|---|"]

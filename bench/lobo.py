@@ -48,10 +48,9 @@ RULES = ("mean", "worst", "regret")
 
 
 # ------------------------------------------------------------------------------- score tables
-def build_text_tasks_table(scores_dir: Path = common.SCORES_DIR) -> Path:
-    """Score table of ``bench.text_tasks`` from its committed inputs: every features estimator on
-    each target's base embeddings mapped through each source's ESM (fitted as ``text_tasks``
-    fits them), gold = its committed fine-tuning accuracies (the seeds complete for every source)."""
+def text_tasks_inputs():
+    """``bench.text_tasks``' committed inputs as candidates: (candidates {target: {source:
+    {"features": base embeddings mapped through the source's ESM, "meta"}}}, labels, gold_runs)."""
     from threadpoolctl import threadpool_limits
 
     from bench import text_tasks as tt
@@ -78,9 +77,21 @@ def build_text_tasks_table(scores_dir: Path = common.SCORES_DIR) -> Path:
             labels[t] = A[f"tgt__{t}__labels"].astype(np.int64)
             cands[t] = {s: {"features": esms[s].transform(Xt)} for s in srcs}
             gold_runs[t] = {s: [v for sd, v in sorted(by_seed[(t, s)].items()) if sd in complete[t]] for s in srcs}
+            for s in srcs:
+                cands[t][s]["meta"] = {"source_size": meta["sources"][s]["n_train"], "params": meta["base_params"]}
+    return cands, labels, gold_runs
+
+
+def build_text_tasks_table(scores_dir: Path = common.SCORES_DIR) -> Path:
+    """Score table of ``bench.text_tasks`` from its committed inputs: every features estimator on
+    each target's base embeddings mapped through each source's ESM (fitted as ``text_tasks``
+    fits them), gold = its committed fine-tuning accuracies (the seeds complete for every source)."""
+    from threadpoolctl import threadpool_limits
+
+    cands, labels, gold_runs = text_tasks_inputs()
+    with threadpool_limits(limits=1):
         table = common.library_score_table(cands, labels)
-    meta_s = {t: {s: {"source_size": meta["sources"][s]["n_train"], "params": meta["base_params"]} for s in cands[t]}
-              for t in cands}
+    meta_s = {t: {s: c["meta"] for s, c in cands[t].items()} for t in cands}
     return common.write_score_table("text_tasks", table, gold_runs, kind="tasks", out_dir=scores_dir, meta=meta_s)
 
 

@@ -61,7 +61,7 @@ def default_ranking(tgt: Mapping, **kw) -> dict[str, float]:
             cand["meta"] = tgt["meta"][s]
         cands[s] = cand
     y = np.arange(2)  # unused: every value is precomputed
-    ranked = rank_candidates(cands, y, **kw)
+    ranked = rank_candidates(cands, y, **{"bootstrap": 0, **kw})
     return {r["name"]: r["score"] for r in ranked}
 
 

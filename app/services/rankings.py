@@ -24,6 +24,9 @@ combination also takes, for default requests, the ``static`` size baseline (mode
 reported) and the prior from observed fine-tuning results (``POST /v1/feedback``;
 ``estimators.ranking.observed_prior`` over targets weighted by task-embedding similarity;
 weight 1). A ranking where no estimator produced a value is a failed ranking with the reason.
+Every ranking then runs the library's bootstrap over the target's examples
+(``estimators.uncertainty``; ``bootstrap`` resamples, default 100, cost-bounded, draws cached):
+each candidate carries ``interval``, ``p_top`` and ``tied_with_top``, the response ``uncertainty``.
 """
 from __future__ import annotations
 

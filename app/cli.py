@@ -62,28 +62,26 @@ def _format_table(result: dict) -> str:
 
 def cmd_rank(args) -> int:
     from app.core.errors import ServiceError
-    from app.services import datasets as datasets_svc
-    from app.services import rankings as rankings_svc
     from app.services.context import Context
+    from app.services.oneshot import RankingFailed, rank_bytes
 
     path = Path(args.file)
     if not path.is_file():
         _print_err(f"error: no such file: {path}")
         return 2
     ests = [e.strip() for e in args.estimators.split(",") if e.strip()] if args.estimators else None
+    sources = [x.strip() for x in args.sources.split(",") if x.strip()] if args.sources else None
     ctx = Context.open(_settings(args, log_level="WARNING") if args.json else _settings(args))
     try:
-        ds, created = datasets_svc.create_from_upload(ctx, path.read_bytes(), path.name, None)
+        ds, created, out = rank_bytes(ctx, path.read_bytes(), path.name, candidates=args.candidates,
+                                      estimators=ests, top_k=args.top_k, prefilter_k=args.prefilter_k,
+                                      sources=sources)
         if not args.json:
             _print_err(f"dataset {ds.id} ({'new' if created else 'already stored'}): n={ds.n_examples}, "
                        f"C={ds.n_classes}")
-        sources = [x.strip() for x in args.sources.split(",") if x.strip()] if args.sources else None
-        spec = rankings_svc.RankingSpec(target=ds.id, candidates=args.candidates, estimators=ests,
-                                        top_k=args.top_k, prefilter_k=args.prefilter_k, sources=sources)
-        out, _ = rankings_svc.create(ctx, spec, inline=True)
-        if out.get("status") != "done":
-            _print_err(f"error: {out.get('error') or 'ranking failed'}")
-            return 1
+    except RankingFailed as exc:
+        _print_err(f"error: {exc.detail}")
+        return 1
     except ServiceError as exc:
         _print_err(f"error: {exc.detail}")
         return 2

@@ -198,7 +198,7 @@ def encode_dataset(data, name: str | None = None) -> tuple[str, bytes]:
             if len(X) != len(y):
                 raise ValueError(f"{len(X)} texts but {len(y)} labels")
             return stem + ".csv", _csv_bytes([str(x) for x in X], y.tolist())
-        if isinstance(X, dict):
+        if isinstance(X, dict) and not hasattr(X, "tocsr"):
             if not X:
                 raise ValueError("the dict of feature arrays is empty")
             arrays = {f"features_{k}": np.asarray(v) for k, v in X.items()}
@@ -210,6 +210,14 @@ def encode_dataset(data, name: str | None = None) -> tuple[str, bytes]:
         return stem + ".npz", _npz_bytes(features=X, labels=y)
     raise TypeError("upload takes a file path, a pandas DataFrame, or (X, y) with X texts or a 2-D array; "
                     f"got {type(data).__name__}")
+
+
+def dict_candidates(data) -> list[str] | None:
+    """The candidate names of ``(dict of feature arrays, y)``: they are the ranking's sources
+    (the NPZ's required ``features`` array repeats the first one)."""
+    if isinstance(data, tuple) and len(data) == 2 and isinstance(data[0], dict) and not hasattr(data[0], "tocsr"):
+        return [str(k) for k in data[0]]
+    return None
 
 
 def upload(data, opts: Options, name: str | None = None, task_type: str | None = None) -> Op:
@@ -300,6 +308,8 @@ def ranking_body(target: str, candidates: str, estimators, top_k: int, **extra) 
 
 def rank(dataset_or_id, opts: Options, candidates: str, estimators, top_k: int, wait: bool, progress,
          timeout: float | None = None, **extra) -> Op:
+    if extra.get("sources") is None and dict_candidates(dataset_or_id):
+        extra["sources"] = dict_candidates(dataset_or_id)
     target = yield from target_id(dataset_or_id, opts)
     resp = yield from request(Call("POST", "/v1/rankings", json=ranking_body(target, candidates, estimators, top_k,
                                                                               **extra)), opts)

@@ -18,7 +18,7 @@ class TransferRankError(Exception):
         return self.detail if self.status_code is None else f"{self.detail} (HTTP {self.status_code})"
 
 
-class BadRequestError(TransferRankError):
+class BadRequestError(TransferRankError, ValueError):
     status_code = 400
 
 
@@ -46,8 +46,9 @@ class PayloadTooLargeError(TransferRankError):
     status_code = 413
 
 
-class ValidationError(TransferRankError):
-    """422: a well-formed request whose content cannot be used (bad columns, one class, ...)."""
+class ValidationError(TransferRankError, ValueError):
+    """422: a well-formed request whose content cannot be used (bad columns, one class, ...).
+    Also a ``ValueError``, as scikit-learn and plain Python code expect for bad input."""
 
     status_code = 422
 

@@ -47,7 +47,8 @@ def enqueue_top_k(study, ranking, top_k: int = 3, param: str = "source", fixed_p
 
 class FeedbackCallback:
     """An Optuna study callback: each COMPLETE trial's value is reported as feedback for the
-    source in ``trial.params[param]`` (pruned/failed trials are not observations). The metric's
+    source in ``trial.params[param]`` (or ``trial.user_attrs[param]`` when the source is fixed
+    per study); pruned/failed trials are not observations. The metric's
     direction follows the study's (a minimised loss is reported with higher_is_better=False)."""
 
     def __init__(self, client, target, metric: str = "accuracy", param: str = "source"):
@@ -56,13 +57,14 @@ class FeedbackCallback:
 
     def __call__(self, study, trial) -> None:
         optuna = _optuna()
-        if trial.state != optuna.trial.TrialState.COMPLETE or self.param not in trial.params:
+        source = trial.params.get(self.param, trial.user_attrs.get(self.param))
+        if trial.state != optuna.trial.TrialState.COMPLETE or source is None:
             return
         if self._reporter is None:
             maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
             self._reporter = FeedbackReporter(self.client, self.target, self.metric, higher_is_better=maximize)
         others = {k: v for k, v in trial.params.items() if k != self.param}
-        self._reporter(trial.params[self.param], trial.value,
+        self._reporter(source, trial.value,
                        note=f"optuna study {study.study_name} trial {trial.number} {others}"[:500])
 
     @property

@@ -32,6 +32,7 @@ def _validation_message(exc: RequestValidationError) -> str:
 def create_app(settings: Settings | None = None, *, ctx=None, backend=None) -> FastAPI:
     from app.api.deps import require
     from app.api.routes import admin, router
+    from app.api.routes_matrix import router as matrix_router
 
     settings = settings or (ctx.settings if ctx is not None else Settings.from_env())
 
@@ -92,6 +93,7 @@ def create_app(settings: Settings | None = None, *, ctx=None, backend=None) -> F
         """Data dir, database kind, worker backend, FAISS index and base encoder of this service."""
         return request.app.state.ctx.describe()
 
+    app.include_router(matrix_router)
     app.include_router(router)
     app.include_router(admin)
     return app

@@ -1,5 +1,4 @@
-"""examples/select_then_tune.py runs end to end on the shipped corpus (in-process), and against
-a live service, where every Optuna trial comes back as feedback."""
+"""examples/select_then_tune.py runs end to end on the shipped corpus, in-process."""
 from __future__ import annotations
 
 import os

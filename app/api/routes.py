@@ -1,11 +1,9 @@
 """/v1 routes: parse, call a service, shape the response. No logic here."""
 from __future__ import annotations
 
-from typing import Literal
-
 from fastapi import APIRouter, Depends, File, Form, Query, UploadFile
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse
 
 import estimators
 from app.api.deps import get_ctx, require
@@ -14,7 +12,6 @@ from app.core.errors import TooLarge
 from app.services import datasets as datasets_svc
 from app.services import feedback as feedback_svc
 from app.services import keys as keys_svc
-from app.services import matrix as matrix_svc
 from app.services import rankings as rankings_svc
 from app.services import sources as sources_svc
 
@@ -105,17 +102,7 @@ def get_job(job_id: str, ctx=Depends(get_ctx)):
     return ctx.jobs.get(job_id)
 
 
-# ---------------------------------------------------------------------- matrix / feedback / estimators
-@router.get("/transfer-matrix", tags=["scores"])
-def transfer_matrix(estimator: str | None = None, target: str | None = None,
-                    format: Literal["json", "csv"] = "json", ctx=Depends(get_ctx)):
-    data = matrix_svc.build(ctx, estimator or None, target or None)
-    if format == "csv":
-        return PlainTextResponse(matrix_svc.to_csv(data), media_type="text/csv",
-                                 headers={"Content-Disposition": 'attachment; filename="transfer-matrix.csv"'})
-    return data
-
-
+# ---------------------------------------------------------------------- feedback / estimators (matrix: routes_matrix)
 @router.post("/feedback", tags=["feedback"], status_code=201)
 def create_feedback(body: FeedbackCreate, ctx=Depends(get_ctx)):
     return feedback_svc.create(ctx, body.source, body.target, body.metric, body.value, body.higher_is_better,

@@ -1,0 +1,115 @@
+"""/v1 matrix views and batch rankings: parse, call a service, shape the response.
+
+- ``GET /v1/transfer-matrix``: repeated ``estimator``/``target``/``source`` filters,
+  ``layout=long|wide``, ``value`` (wide: ``score`` or an estimator), ``limit``/``offset``,
+  ``format=json|csv|parquet``; unknown query parameters -> 422.
+- ``GET /v1/transfer-matrix.png``: the wide matrix as a heatmap.
+- ``POST /v1/rankings/batch``: several targets, one job (202).
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from pydantic import BaseModel, ConfigDict, Field
+
+from app.api.deps import get_ctx, require
+from app.core.errors import Invalid
+from app.services import batch as batch_svc
+from app.services import matrix as matrix_svc
+from app.services import rankings as rankings_svc
+
+router = APIRouter(prefix="/v1", dependencies=[Depends(require())])
+
+ERR = {"description": "`{\"detail\": \"...\"}`: what to change", "content": {"application/json": {"schema": {
+    "type": "object", "properties": {"detail": {"type": "string"}}}}}}
+MATRIX_PARAMS = ("estimator", "target", "source", "layout", "value", "limit", "offset", "format")
+PNG_PARAMS = ("estimator", "target", "source", "value", "limit", "offset", "title")
+
+
+def only_params(*allowed: str):
+    """422 for a query parameter the route does not know (a typo must not be silently ignored)."""
+
+    def check(request: Request) -> None:
+        unknown = sorted(set(request.query_params) - set(allowed))
+        if unknown:
+            raise Invalid(f"unknown query parameter(s) {', '.join(unknown)}; this endpoint takes "
+                          f"{', '.join(allowed)}")
+    return Depends(check)
+
+
+Names = list[str] | None
+
+
+def _matrix(ctx, estimator, target, source, layout, value, limit, offset) -> dict:
+    data = matrix_svc.build(ctx, estimator, target, source=source)
+    if layout == "wide":
+        return matrix_svc.wide(data, value, limit, offset)
+    if value != "score":
+        raise Invalid("value applies to layout=wide only")
+    return matrix_svc.page(data, limit, offset)
+
+
+@router.get("/transfer-matrix", tags=["scores"], dependencies=[only_params(*MATRIX_PARAMS)],
+            responses={200: {"description": "JSON; CSV (text/csv) or Parquet (application/vnd.apache.parquet) "
+                                            "with format=", "content": {"text/csv": {}, "application/vnd.apache.parquet": {}}},
+                       404: ERR, 422: ERR})
+def transfer_matrix(estimator: Names = Query(None, description="repeat for several estimators"),
+                    target: Names = Query(None, description="dataset id or sha256; repeat for several"),
+                    source: Names = Query(None, description="source task or model name; repeat for several"),
+                    layout: Literal["long", "wide"] = Query("long", description="long: one entry per source x "
+                                                            "target x estimator; wide: sources x targets"),
+                    value: str = Query("score", description="wide: 'score' (combined) or an estimator name"),
+                    limit: int | None = Query(None, ge=1, le=100_000, description="long: entries; wide: rows"),
+                    offset: int = Query(0, ge=0),
+                    format: Literal["json", "csv", "parquet"] = "json", ctx=Depends(get_ctx)):
+    data = _matrix(ctx, estimator, target, source, layout, value, limit, offset)
+    if format == "csv":
+        return PlainTextResponse(matrix_svc.to_csv(data), media_type="text/csv",
+                                 headers={"Content-Disposition": 'attachment; filename="transfer-matrix.csv"'})
+    if format == "parquet":
+        return Response(matrix_svc.to_parquet(data), media_type="application/vnd.apache.parquet",
+                        headers={"Content-Disposition": 'attachment; filename="transfer-matrix.parquet"'})
+    return data
+
+
+@router.get("/transfer-matrix.png", tags=["scores"], dependencies=[only_params(*PNG_PARAMS)],
+            response_class=Response,
+            responses={200: {"content": {"image/png": {}}, "description": "the heatmap"}, 404: ERR, 422: ERR,
+                       501: ERR})
+async def transfer_matrix_png(estimator: Names = Query(None), target: Names = Query(None),
+                              source: Names = Query(None),
+                              value: str = Query("score", description="'score' (combined) or an estimator name"),
+                              limit: int | None = Query(50, ge=1, le=200, description="at most this many sources"),
+                              offset: int = Query(0, ge=0), title: str | None = Query(None, max_length=200),
+                              ctx=Depends(get_ctx)):
+    def draw() -> bytes:
+        data = _matrix(ctx, estimator, target, source, "wide", value, limit, offset)
+        return matrix_svc.heatmap_png(data, title)
+
+    return Response(await run_in_threadpool(draw), media_type="image/png")
+
+
+class BatchRankingRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    targets: list[str] = Field(..., min_length=1, max_length=batch_svc.MAX_TARGETS, description="dataset ids")
+    candidates: Literal["tasks", "models"] = Field(..., description="rank source tasks or pretrained models")
+    estimators: list[str] | None = Field(None, description="as POST /v1/rankings (default combination if null)")
+    top_k: int = Field(10, ge=1, le=10_000)
+    prefilter_k: int | None = Field(None, ge=1)
+    sources: list[str] | None = None
+    params: dict[str, dict] = Field(default_factory=dict)
+    use_feedback: bool | None = None
+
+
+@router.post("/rankings/batch", tags=["rankings"], status_code=202,
+             responses={202: {"description": "one job ranks every target; poll GET /v1/jobs/{job}, then "
+                                             "GET /v1/rankings/{id} per target"}, 404: ERR, 422: ERR})
+def create_batch(body: BatchRankingRequest, ctx=Depends(get_ctx)):
+    fields = body.model_dump()
+    targets = fields.pop("targets")
+    spec = rankings_svc.RankingSpec(target=targets[0], **fields)
+    return JSONResponse(batch_svc.create(ctx, spec, targets), status_code=202)

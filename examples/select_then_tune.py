@@ -6,9 +6,10 @@ Data: the chatterbot-topics corpus shipped with the demo catalogue (540 short En
 sentences, 12 topics; app/demo/README.md has its provenance and licence), split 70/30. The
 selector ranks the candidate encoders on the training split only (no fine-tuning, no test
 labels); then every encoder gets the same Optuna budget for a linear head on its frozen
-features (ridge classifier; 3-fold CV on the training split), and the test accuracy of each tuned head is printed, so the chosen
-encoder's accuracy stands beside the others'. With ``--server`` the ranking comes from that
-service and each Optuna trial is reported back to it as feedback.
+features (ridge classifier; 3-fold CV on the training split), and the test accuracy of each
+tuned head is printed, so the chosen encoder's accuracy stands beside the others'. With
+``--server`` the ranking comes from that service and each Optuna trial is reported back to it
+as feedback.
 """
 from __future__ import annotations
 

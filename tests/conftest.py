@@ -152,3 +152,13 @@ def rank(client, body: dict, timeout: float = 120.0) -> dict:
 def upload(client, content: bytes, filename: str = "data.csv", name: str | None = None):
     data = {"name": name} if name else None
     return client.post("/v1/datasets", files={"file": (filename, content)}, data=data)
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory):
+    """A real service on a free port (uvicorn in a thread, SQLite, fast encoders): ``.url``, ``.ctx``."""
+    from live_server import LiveServer
+
+    server = LiveServer(tmp_path_factory.mktemp("live") / "data").start()
+    yield server
+    server.stop()

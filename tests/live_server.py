@@ -7,8 +7,6 @@ import threading
 import time
 from pathlib import Path
 
-import pytest
-
 FAST_BASE = "glove-6b-50d"
 FAST_MODELS = ["glove-6b-50d", "tfidf-svd"]
 
@@ -39,7 +37,7 @@ class LiveServer:
     def ctx(self):
         return self.app.state.ctx
 
-    def start(self, timeout: float = 120.0) -> "LiveServer":
+    def start(self, timeout: float = 120.0) -> LiveServer:
         self.thread.start()
         deadline = time.monotonic() + timeout
         while not self.server.started:
@@ -52,10 +50,3 @@ class LiveServer:
         self.server.should_exit = True
         self.thread.join(timeout=30)
         self._sock.close()
-
-
-@pytest.fixture(scope="module")
-def live(tmp_path_factory):
-    server = LiveServer(tmp_path_factory.mktemp("live") / "data").start()
-    yield server
-    server.stop()

@@ -14,10 +14,20 @@ import pytest
 
 import transferrank
 from conftest import csv_bytes, make_texts
-from live_server import FAST_MODELS, LiveServer, live  # noqa: F401 - fixture
-from transferrank import (AsyncClient, AuthError, Client, Dataset, JobFailedError, NotFoundError,
-                          PermissionDeniedError, Ranking, TransferRankConnectionError, TransferRankError,
-                          ValidationError)
+from live_server import FAST_MODELS, LiveServer
+from transferrank import (
+    AsyncClient,
+    AuthError,
+    Client,
+    Dataset,
+    JobFailedError,
+    NotFoundError,
+    PermissionDeniedError,
+    Ranking,
+    TransferRankConnectionError,
+    TransferRankError,
+    ValidationError,
+)
 
 
 @pytest.fixture

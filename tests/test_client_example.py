@@ -9,8 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from live_server import live  # noqa: F401 - fixture
-
 ROOT = Path(__file__).resolve().parents[1]
 pytest.importorskip("optuna")
 pytestmark = pytest.mark.slow

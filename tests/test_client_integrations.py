@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from conftest import make_texts
-from live_server import FAST_MODELS, live  # noqa: F401 - fixture
+from live_server import FAST_MODELS
 from transferrank import Client, TransferSelector
 from transferrank.integrations import ranked_sources
 from transferrank.integrations.feedback import FeedbackReporter
@@ -33,8 +33,7 @@ def test_optuna_enqueues_the_top_sources_in_order_and_reports_feedback(live, tar
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import cross_val_score
 
-    from transferrank.integrations.optuna import (FeedbackCallback, enqueue_top_k, source_distribution,
-                                                  suggest_source)
+    from transferrank.integrations.optuna import FeedbackCallback, enqueue_top_k, source_distribution, suggest_source
 
     texts, y, ds, ranking = target
     dist = source_distribution(ranking)

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from conftest import make_texts
-from live_server import FAST_MODELS, live  # noqa: F401 - fixture
+from live_server import FAST_MODELS
 from transferrank import Client, NotFoundError, ValidationError
 
 
@@ -32,7 +32,8 @@ def test_batch_ranks_every_target_in_one_job(live, batch):
     assert seen and any(m and m.startswith("target ") for _, m in seen)
     with Client(live.url) as tr:
         job = tr.job(rankings[0].job)
-        assert job.kind == "ranking_batch" and job.status == "done" and job.result["rankings"] == [r.id for r in rankings]
+        assert job.kind == "ranking_batch" and job.status == "done"
+        assert job.result["rankings"] == [r.id for r in rankings]
         with pytest.raises(NotFoundError, match="nope"):
             tr.rank_batch([targets[0].id, "nope"], estimators=["logme"])
         with pytest.raises(ValidationError, match="unknown estimator"):

@@ -8,7 +8,7 @@ from sklearn.base import clone
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from conftest import make_texts
-from live_server import FAST_BASE, FAST_MODELS, live  # noqa: F401 - fixture
+from live_server import FAST_BASE, FAST_MODELS
 from transferrank import TransferSelector
 
 

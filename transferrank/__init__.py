@@ -11,10 +11,21 @@ notebook or a pipeline. Needs only ``httpx`` and ``numpy`` (pandas for DataFrame
 from __future__ import annotations
 
 from transferrank.client import AsyncClient, Client
-from transferrank.errors import (AuthError, BadRequestError, ConflictError, JobFailedError, NotFoundError,
-                                 PayloadTooLargeError, PermissionDeniedError, RateLimitError, ServerError,
-                                 TransferRankConnectionError, TransferRankError, TransferRankTimeoutError,
-                                 ValidationError)
+from transferrank.errors import (
+    AuthError,
+    BadRequestError,
+    ConflictError,
+    JobFailedError,
+    NotFoundError,
+    PayloadTooLargeError,
+    PermissionDeniedError,
+    RateLimitError,
+    ServerError,
+    TransferRankConnectionError,
+    TransferRankError,
+    TransferRankTimeoutError,
+    ValidationError,
+)
 from transferrank.models import Dataset, Feedback, Job, Ranking, Source
 
 __version__ = "0.1.0"

@@ -30,15 +30,15 @@ atexit.register(_close_all)
 def context(data_dir: str | os.PathLike | None = None):
     """The (cached) service context of a data dir; opened once per process."""
     from app.core.config import Settings
+    from app.core.paths import default_data_dir
     from app.services.context import Context
 
+    data_dir = data_dir or default_data_dir()
     settings = Settings.from_env(data_dir=data_dir, log_level=os.environ.get("TRANSFERRANK_LOG_LEVEL", "WARNING"))
     key = f"{settings.data_dir.resolve()}|{settings.db_url}"
     with _LOCK:
         ctx = _CONTEXTS.get(key)
         if ctx is None:
-            if data_dir is not None:  # encoders keep their own caches in the data dir
-                os.environ.setdefault("TRANSFERRANK_DATA_DIR", str(data_dir))
             ctx = _CONTEXTS[key] = Context.open(settings)
         return ctx
 

@@ -13,9 +13,10 @@ import io
 import os
 import time
 import zipfile
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Generator
+from typing import Any
 from urllib.parse import quote
 
 import numpy as np

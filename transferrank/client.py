@@ -15,7 +15,8 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from typing import Any, Iterable, Literal
+from collections.abc import Iterable
+from typing import Any, Literal
 
 import httpx
 
@@ -209,20 +210,28 @@ class _Endpoints:
 
     def transfer_matrix(self, estimator=None, target=None, source=None,
                         format: Literal["json", "csv", "parquet"] = "json", layout: Literal["long", "wide"] = "long",
-                        limit: int | None = None, offset: int | None = None):
+                        limit: int | None = None, offset: int | None = None, value: str | None = None):
         """``GET /v1/transfer-matrix``: ``estimator``/``target``/``source`` take one name or a
-        list. Returns the JSON dict, the CSV text, or the Parquet bytes."""
+        list; ``layout="wide"`` pivots sources x targets (cells: ``value`` = the combined score
+        or an estimator). Returns the JSON dict, the CSV text, or the Parquet bytes."""
         params = self._matrix_params(estimator, target, source, layout, limit, offset)
         params.append(("format", format))
+        if value is not None:
+            params.append(("value", value))
 
         def op():
             resp = yield from P.request(Call("GET", "/v1/transfer-matrix", params=params), self.options)
             return resp.json() if format == "json" else (resp.text if format == "csv" else resp.content)
         return self._run(op())
 
-    def transfer_matrix_png(self, estimator=None, target=None, source=None, limit: int | None = None) -> bytes:
-        """``GET /v1/transfer-matrix.png``: the heatmap as PNG bytes."""
+    def transfer_matrix_png(self, estimator=None, target=None, source=None, limit: int | None = None,
+                            value: str = "score", title: str | None = None) -> bytes:
+        """``GET /v1/transfer-matrix.png``: the heatmap (sources x targets, ``value`` = the
+        combined score or an estimator) as PNG bytes."""
         params = self._matrix_params(estimator, target, source, None, limit, None)
+        params.append(("value", value))
+        if title:
+            params.append(("title", title))
 
         def op():
             resp = yield from P.request(Call("GET", "/v1/transfer-matrix.png", params=params), self.options)
@@ -288,7 +297,7 @@ class Client(_Endpoints):
     def close(self) -> None:
         self._http.close()
 
-    def __enter__(self) -> "Client":
+    def __enter__(self) -> Client:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -328,7 +337,7 @@ class AsyncClient(_Endpoints):
     async def aclose(self) -> None:
         await self._http.aclose()
 
-    async def __aenter__(self) -> "AsyncClient":
+    async def __aenter__(self) -> AsyncClient:
         return self
 
     async def __aexit__(self, *exc) -> None:

@@ -28,7 +28,7 @@ class Dataset:
     raw: dict = field(default_factory=dict, repr=False)
 
     @classmethod
-    def from_json(cls, d: dict, created: bool | None = None) -> "Dataset":
+    def from_json(cls, d: dict, created: bool | None = None) -> Dataset:
         return cls(id=d["id"], name=d.get("name"), sha256=d.get("sha256"), n_examples=d.get("n_examples"),
                    n_classes=d.get("n_classes"), kind=d.get("kind"), task_type=d.get("task_type"),
                    modality=d.get("modality"), created=created, raw=d)
@@ -52,7 +52,7 @@ class Job:
         return self.status in self.FINISHED
 
     @classmethod
-    def from_json(cls, d: dict) -> "Job":
+    def from_json(cls, d: dict) -> Job:
         return cls(id=d["id"], status=d.get("status", "queued"), kind=d.get("kind"),
                    progress=float(d.get("progress") or 0.0), message=d.get("message"), error=d.get("error"),
                    result=d.get("result") or {}, raw=d)
@@ -75,7 +75,7 @@ class Ranking:
     raw: dict = field(default_factory=dict, repr=False)
 
     @classmethod
-    def from_json(cls, d: dict) -> "Ranking":
+    def from_json(cls, d: dict) -> Ranking:
         return cls(id=d.get("id"), status=d.get("status", "done"), ranking=list(d.get("ranking") or []),
                    target=d.get("target"), candidates=d.get("candidates"), estimators=list(d.get("estimators") or []),
                    job=d.get("job"), progress=float(d.get("progress") or (1.0 if d.get("status") == "done" else 0.0)),
@@ -136,7 +136,7 @@ class Source:
     raw: dict = field(default_factory=dict, repr=False)
 
     @classmethod
-    def from_json(cls, d: dict) -> "Source":
+    def from_json(cls, d: dict) -> Source:
         return cls(name=d["name"], kind=d.get("kind", "task"), status=d.get("status"), raw=d)
 
 
@@ -151,6 +151,6 @@ class Feedback:
     raw: dict = field(default_factory=dict, repr=False)
 
     @classmethod
-    def from_json(cls, d: dict) -> "Feedback":
+    def from_json(cls, d: dict) -> Feedback:
         return cls(id=d.get("id"), source=d["source"], target=d["target"], metric=d["metric"],
                    value=float(d["value"]), higher_is_better=bool(d.get("higher_is_better", True)), raw=d)

@@ -8,7 +8,7 @@
 """
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.concurrency import run_in_threadpool
@@ -20,6 +20,7 @@ from app.core.errors import Invalid
 from app.services import batch as batch_svc
 from app.services import matrix as matrix_svc
 from app.services import rankings as rankings_svc
+from app.services.context import Context
 
 router = APIRouter(prefix="/v1", dependencies=[Depends(require())])
 
@@ -40,10 +41,16 @@ def only_params(*allowed: str):
     return Depends(check)
 
 
-Names = list[str] | None
+Ctx = Annotated[Context, Depends(get_ctx)]
+Estimators = Annotated[list[str] | None, Query(description="estimator name; repeat for several")]
+Targets = Annotated[list[str] | None, Query(description="dataset id or sha256; repeat for several")]
+Sources = Annotated[list[str] | None, Query(description="source task or model name; repeat for several")]
+Value = Annotated[str, Query(max_length=64, description="wide layout / PNG: 'score' (combined) or an estimator")]
+Offset = Annotated[int, Query(ge=0)]
 
 
-def _matrix(ctx, estimator, target, source, layout, value, limit, offset) -> dict:
+def _matrix(ctx: Context, estimator, target, source, layout: str, value: str, limit: int | None,
+            offset: int) -> dict:
     data = matrix_svc.build(ctx, estimator, target, source=source)
     if layout == "wide":
         return matrix_svc.wide(data, value, limit, offset)
@@ -52,19 +59,20 @@ def _matrix(ctx, estimator, target, source, layout, value, limit, offset) -> dic
     return matrix_svc.page(data, limit, offset)
 
 
+MATRIX_200 = {"description": "JSON; CSV (text/csv) or Parquet (application/vnd.apache.parquet) with format=",
+              "content": {"text/csv": {}, "application/vnd.apache.parquet": {}}}
+
+
 @router.get("/transfer-matrix", tags=["scores"], dependencies=[only_params(*MATRIX_PARAMS)],
-            responses={200: {"description": "JSON; CSV (text/csv) or Parquet (application/vnd.apache.parquet) "
-                                            "with format=", "content": {"text/csv": {}, "application/vnd.apache.parquet": {}}},
-                       404: ERR, 422: ERR})
-def transfer_matrix(estimator: Names = Query(None, description="repeat for several estimators"),
-                    target: Names = Query(None, description="dataset id or sha256; repeat for several"),
-                    source: Names = Query(None, description="source task or model name; repeat for several"),
-                    layout: Literal["long", "wide"] = Query("long", description="long: one entry per source x "
-                                                            "target x estimator; wide: sources x targets"),
-                    value: str = Query("score", description="wide: 'score' (combined) or an estimator name"),
-                    limit: int | None = Query(None, ge=1, le=100_000, description="long: entries; wide: rows"),
-                    offset: int = Query(0, ge=0),
-                    format: Literal["json", "csv", "parquet"] = "json", ctx=Depends(get_ctx)):
+            responses={200: MATRIX_200, 404: ERR, 422: ERR})
+def transfer_matrix(ctx: Ctx, estimator: Estimators = None, target: Targets = None, source: Sources = None,
+                    layout: Annotated[Literal["long", "wide"], Query(
+                        description="long: one entry per source x target x estimator; wide: sources x targets")]
+                    = "long",
+                    value: Value = "score",
+                    limit: Annotated[int | None, Query(ge=1, le=100_000, description="long: entries; wide: rows")]
+                    = None,
+                    offset: Offset = 0, format: Literal["json", "csv", "parquet"] = "json"):
     data = _matrix(ctx, estimator, target, source, layout, value, limit, offset)
     if format == "csv":
         return PlainTextResponse(matrix_svc.to_csv(data), media_type="text/csv",
@@ -79,12 +87,11 @@ def transfer_matrix(estimator: Names = Query(None, description="repeat for sever
             response_class=Response,
             responses={200: {"content": {"image/png": {}}, "description": "the heatmap"}, 404: ERR, 422: ERR,
                        501: ERR})
-async def transfer_matrix_png(estimator: Names = Query(None), target: Names = Query(None),
-                              source: Names = Query(None),
-                              value: str = Query("score", description="'score' (combined) or an estimator name"),
-                              limit: int | None = Query(50, ge=1, le=200, description="at most this many sources"),
-                              offset: int = Query(0, ge=0), title: str | None = Query(None, max_length=200),
-                              ctx=Depends(get_ctx)):
+async def transfer_matrix_png(ctx: Ctx, estimator: Estimators = None, target: Targets = None,
+                              source: Sources = None, value: Value = "score",
+                              limit: Annotated[int, Query(ge=1, le=200, description="at most this many sources")]
+                              = 50,
+                              offset: Offset = 0, title: Annotated[str | None, Query(max_length=200)] = None):
     def draw() -> bytes:
         data = _matrix(ctx, estimator, target, source, "wide", value, limit, offset)
         return matrix_svc.heatmap_png(data, title)
@@ -108,7 +115,7 @@ class BatchRankingRequest(BaseModel):
 @router.post("/rankings/batch", tags=["rankings"], status_code=202,
              responses={202: {"description": "one job ranks every target; poll GET /v1/jobs/{job}, then "
                                              "GET /v1/rankings/{id} per target"}, 404: ERR, 422: ERR})
-def create_batch(body: BatchRankingRequest, ctx=Depends(get_ctx)):
+def create_batch(ctx: Ctx, body: BatchRankingRequest):
     fields = body.model_dump()
     targets = fields.pop("targets")
     spec = rankings_svc.RankingSpec(target=targets[0], **fields)

@@ -6,7 +6,7 @@ teacher (e.g. the packaged all-MiniLM-L6-v2) and a static model is distilled fro
 ``model2vec.distill.distill(teacher, pca_dims=options["pca_dims"])`` on first use
 (~20-60 s on 2 CPU cores, offline, ~15 MB) and cached under
 ``<cache_dir>/models/<name>-pca<dims>``. ``cache_dir`` is ``options["cache_dir"]``, else the
-``TRANSFERRANK_DATA_DIR`` environment variable, else ``./.transferrank`` (the service's
+``TRANSFERRANK_DATA_DIR`` environment variable, else the per-user cache dir (the service's
 default data dir). The cache is written to a temporary directory and renamed into place, so a
 crash or a concurrent process never leaves a half-written model behind.
 
@@ -20,8 +20,8 @@ import os
 import shutil
 import tempfile
 import threading
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -32,7 +32,9 @@ _distill_lock = threading.Lock()
 
 
 def default_cache_dir() -> Path:
-    return Path(os.environ.get("TRANSFERRANK_DATA_DIR") or ".transferrank")
+    from app.core.paths import default_data_dir
+
+    return default_data_dir()
 
 
 def _is_static_model_dir(path: Path) -> bool:

@@ -16,7 +16,7 @@ from app.services import rankings as rankings_svc
 MAX_TARGETS = 100
 
 
-def create(ctx, spec: "rankings_svc.RankingSpec", targets: list[str]) -> dict:
+def create(ctx, spec: rankings_svc.RankingSpec, targets: list[str]) -> dict:
     """Validate every target up front (404/422 before anything is queued), then queue one job."""
     targets = list(dict.fromkeys(targets))
     if not targets:

@@ -8,7 +8,7 @@ progress is reported as ``progress(fraction, message)``; without it, in the call
 from __future__ import annotations
 
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from app.core.errors import Invalid
 from app.services import datasets as datasets_svc

@@ -220,3 +220,33 @@ def test_job_failure_is_raised(live, tr):
 def test_exceptions_share_a_base():
     for cls in (AuthError, NotFoundError, ValidationError, transferrank.RateLimitError, JobFailedError):
         assert issubclass(cls, TransferRankError)
+
+
+def test_readme_notebook_snippet_ranks_a_dataframe_in_five_lines(tmp_path, monkeypatch):
+    """The README's "Python client" snippet, verbatim but for the URL, against a live service
+    (the two slow model candidates disabled so the test stays short)."""
+    import re
+
+    from sqlalchemy import update
+
+    from app.db.models import EncoderRow
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme[readme.index("## Python client"):]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    lines = [ln for ln in code.splitlines() if ln.strip()]
+    assert len(lines) <= 5
+    server = LiveServer(tmp_path / "readme").start()
+    try:
+        with server.ctx.Session.begin() as s:
+            s.execute(update(EncoderRow).where(EncoderRow.name.not_in(FAST_MODELS)).values(enabled=False))
+        texts, labels = make_texts(30, 2, seed=3)
+        monkeypatch.chdir(tmp_path)
+        pd.DataFrame({"text": texts, "label": labels}).to_csv("reviews.csv", index=False)
+        scope: dict = {}
+        exec(compile(code.replace("http://127.0.0.1:8000", server.url), "README", "exec"), scope)
+        frame = scope["ranking"].to_pandas()
+        assert list(frame["rank"]) == [1, 2] and set(frame["source"]) == set(FAST_MODELS)
+        assert {"source", "rank", "score"} <= set(frame.columns)
+    finally:
+        server.stop()

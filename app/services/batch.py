@@ -8,15 +8,21 @@ target that fails marks its own ranking failed and the batch goes on.
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import TYPE_CHECKING, Any
 
 from app.core.errors import Invalid, ServiceError
 from app.db.models import Ranking, utcnow
 from app.services import rankings as rankings_svc
 
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from app.services.context import Context
+
 MAX_TARGETS = 100
 
 
-def create(ctx, spec: rankings_svc.RankingSpec, targets: list[str]) -> dict:
+def create(ctx: Context, spec: rankings_svc.RankingSpec, targets: list[str]) -> dict[str, Any]:
     """Validate every target up front (404/422 before anything is queued), then queue one job."""
     targets = list(dict.fromkeys(targets))
     if not targets:
@@ -34,13 +40,17 @@ def create(ctx, spec: rankings_svc.RankingSpec, targets: list[str]) -> dict:
         s.flush()
         ids, job_id = [r.id for r in rows], job.id
 
-    def run(progress):
-        n, failed = len(specs), []
+    def run(progress: Callable[..., None]) -> dict[str, Any]:
+        n, failed = len(specs), list[str]()
         for i, (rid, x) in enumerate(zip(ids, specs)):
             with ctx.Session.begin() as s:
-                s.get(Ranking, rid).status = "running"
+                row = s.get(Ranking, rid)
+                if row is None:  # deleted meanwhile
+                    failed.append(rid)
+                    continue
+                row.status = "running"
 
-            def part(p, message=None, i=i):
+            def part(p: float, message: str | None = None, i: int = i) -> None:
                 progress((i + min(max(float(p), 0.0), 1.0)) / n,
                          f"target {i + 1}/{n}" + (f": {message}" if message else ""))
 
@@ -53,7 +63,7 @@ def create(ctx, spec: rankings_svc.RankingSpec, targets: list[str]) -> dict:
             rankings_svc._finish(ctx, rid, result)
         return {"rankings": ids, "failed": failed}
 
-    def on_error(err):  # the job died (crash, cancel): every ranking not finished fails with it
+    def on_error(err: str) -> None:  # the job died (crash, cancel): every ranking not finished fails with it
         with ctx.Session.begin() as s:
             for rid in ids:
                 r = s.get(Ranking, rid)

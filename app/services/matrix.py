@@ -16,6 +16,7 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from sqlalchemy import select
@@ -24,6 +25,11 @@ import estimators
 from app.core.errors import Invalid, NotFound, ServiceError
 from app.db.models import Dataset, Feedback, Score
 from estimators.ranking import DEFAULT_WEIGHTS, zscores
+
+if TYPE_CHECKING:
+    from app.services.context import Context
+
+Names = str | Iterable[str] | None
 
 CSV_COLUMNS = ["estimator", "source", "source_kind", "target", "target_name", "target_sha256", "encoder",
                "value", "higher_is_better", "n", "version", "observed_metric", "observed_value", "score"]
@@ -35,7 +41,7 @@ class NotAvailable(ServiceError):
     status_code = 501
 
 
-def _names(value: str | Iterable[str] | None) -> list[str]:
+def _names(value: Names) -> list[str]:
     if value is None:
         return []
     values = [value] if isinstance(value, str) else list(value)
@@ -50,7 +56,7 @@ def weight(estimator: str) -> float:
     return float(DEFAULT_WEIGHTS.get(base, 1.0))
 
 
-def combined_scores(entries: list[dict]) -> dict[tuple[str, str], float | None]:
+def combined_scores(entries: list[dict[str, Any]]) -> dict[tuple[str, str], float | None]:
     """{(source, target_sha256): combined score} over the scored entries (see the module doc)."""
     groups: dict[tuple[str, str], dict[str, float]] = {}  # (target, estimator) -> {source: signed value}
     for e in entries:
@@ -71,8 +77,7 @@ def combined_scores(entries: list[dict]) -> dict[tuple[str, str], float | None]:
     return {k: (round(num[k] / den[k], 6) if den[k] > 0 else None) for k in num}
 
 
-def build(ctx, estimator: str | Iterable[str] | None = None, target: str | Iterable[str] | None = None, *,
-          source: str | Iterable[str] | None = None) -> dict:
+def build(ctx: Context, estimator: Names = None, target: Names = None, *, source: Names = None) -> dict[str, Any]:
     ests, targets, sources = _names(estimator), _names(target), _names(source)
     for name in ests:
         try:
@@ -102,13 +107,13 @@ def build(ctx, estimator: str | Iterable[str] | None = None, target: str | Itera
         if sources:
             fq = fq.where(Feedback.source.in_(sources))
         feedback = list(s.scalars(fq))
-    observed: dict[tuple[str, str], dict] = {}
+    observed: dict[tuple[str, str], dict[str, Any]] = {}
     for f in feedback:
         observed[(f.source, f.target_sha256)] = {"metric": f.metric, "value": f.value,
                                                   "higher_is_better": f.higher_is_better}
     name_count: dict[str, int] = {}
-    for d in datasets.values():
-        name_count[d.name] = name_count.get(d.name, 0) + 1
+    for ds_ in datasets.values():
+        name_count[ds_.name] = name_count.get(ds_.name, 0) + 1
 
     def label(sha: str) -> str:  # a target's column name: its dataset name, made unique
         d = datasets.get(sha)
@@ -120,10 +125,11 @@ def build(ctx, estimator: str | Iterable[str] | None = None, target: str | Itera
     latest: dict[tuple[str, str, str], Score] = {}  # several params/versions: the newest row per cell
     for r in scores:
         latest[(r.estimator, r.source, r.target_sha256)] = r
-    entries, matrix = [], {}
-    seen_pairs = set()
+    entries: list[dict[str, Any]] = []
+    matrix: dict[str, dict[str, dict[str, float]]] = {}
+    seen_pairs: set[tuple[str, str]] = set()
     for r in latest.values():
-        d = datasets.get(r.target_sha256)
+        d: Dataset | None = datasets.get(r.target_sha256)
         obs = observed.get((r.source, r.target_sha256))
         hib = estimators.info(r.estimator).higher_is_better if r.estimator in known else None
         entries.append({"estimator": r.estimator, "source": r.source, "source_kind": r.source_kind,
@@ -165,7 +171,7 @@ def build(ctx, estimator: str | Iterable[str] | None = None, target: str | Itera
                         "weights": {e: weight(e) for e in sorted(matrix)}}}
 
 
-def page(data: dict, limit: int | None, offset: int = 0) -> dict:
+def page(data: dict[str, Any], limit: int | None, offset: int = 0) -> dict[str, Any]:
     """Long layout, entries ``[offset, offset + limit)`` (ordered by target, then score)."""
     out = dict(data)
     end = None if limit is None else offset + limit
@@ -174,7 +180,7 @@ def page(data: dict, limit: int | None, offset: int = 0) -> dict:
     return out
 
 
-def wide(data: dict, value: str = "score", limit: int | None = None, offset: int = 0) -> dict:
+def wide(data: dict[str, Any], value: str = "score", limit: int | None = None, offset: int = 0) -> dict[str, Any]:
     """Pivot: one row per source (best mean rank across targets first), one column per target,
     cells = the combined score or one estimator's raw value (``value``)."""
     if value != "score" and value not in data["matrix"]:
@@ -212,19 +218,19 @@ def _by_target(per_source: dict[str, dict[str, float]]) -> dict[str, dict[str, f
     return out
 
 
-def _long_rows(data: dict) -> tuple[list[str], list[list]]:
+def _long_rows(data: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
     return CSV_COLUMNS, [[e.get(k) for k in CSV_COLUMNS] for e in data["entries"]]
 
 
-def _wide_rows(data: dict) -> tuple[list[str], list[list]]:
+def _wide_rows(data: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
     return ["source", *data["columns"]], [[src, *vals] for src, vals in zip(data["index"], data["data"])]
 
 
-def _rows(data: dict) -> tuple[list[str], list[list]]:
+def _rows(data: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
     return _wide_rows(data) if data.get("layout") == "wide" else _long_rows(data)
 
 
-def to_csv(data: dict) -> str:
+def to_csv(data: dict[str, Any]) -> str:
     header, rows = _rows(data)
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
@@ -233,7 +239,7 @@ def to_csv(data: dict) -> str:
     return buf.getvalue()
 
 
-def to_parquet(data: dict) -> bytes:
+def to_parquet(data: dict[str, Any]) -> bytes:
     import pandas as pd
 
     header, rows = _rows(data)
@@ -244,7 +250,7 @@ def to_parquet(data: dict) -> bytes:
     return buf.getvalue()
 
 
-def heatmap_png(data: dict, title: str | None = None) -> bytes:
+def heatmap_png(data: dict[str, Any], title: str | None = None) -> bytes:
     """The wide matrix (``wide(...)``) as a PNG heatmap: sources down, targets across, cells
     annotated when the grid is small; missing cells blank."""
     if not data["index"] or not data["columns"]:
@@ -266,8 +272,8 @@ def heatmap_png(data: dict, title: str | None = None) -> bytes:
     finite = M[np.isfinite(M)]
     lim = float(np.max(np.abs(finite))) if finite.size else 1.0
     cmap = "RdYlGn" if data["value"] == "score" else "viridis"
-    kw = {"vmin": -lim, "vmax": lim} if data["value"] == "score" else {}
-    im = ax.imshow(np.ma.masked_invalid(M), aspect="auto", cmap=cmap, interpolation="nearest", **kw)
+    vmin, vmax = (-lim, lim) if data["value"] == "score" else (None, None)
+    im = ax.imshow(np.ma.masked_invalid(M), aspect="auto", cmap=cmap, interpolation="nearest", vmin=vmin, vmax=vmax)
     ax.set_xticks(range(n_cols), labels=data["columns"], rotation=45, ha="right", fontsize=8)
     ax.set_yticks(range(n_rows), labels=data["index"], fontsize=8)
     if n_rows * n_cols <= 400:

@@ -9,20 +9,25 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from app.core.errors import Invalid
 from app.services import datasets as datasets_svc
 from app.services import rankings as rankings_svc
+
+if TYPE_CHECKING:
+    from app.db.models import Dataset
+    from app.services.context import Context
 
 
 class RankingFailed(Invalid):
     """The dataset was stored but its ranking ended as failed (the job's error text)."""
 
 
-def rank_bytes(ctx, data: bytes, filename: str, *, candidates: str, estimators: list[str] | None = None,
+def rank_bytes(ctx: Context, data: bytes, filename: str, *, candidates: str, estimators: list[str] | None = None,
                top_k: int = 10, prefilter_k: int | None = None, sources: list[str] | None = None,
                name: str | None = None, progress: Callable[[float, str | None], None] | None = None,
-               poll: float = 0.1) -> tuple[object, bool, dict]:
+               poll: float = 0.1) -> tuple[Dataset, bool, dict[str, Any]]:
     """Returns ``(dataset row, created, ranking dict as GET /v1/rankings/{id})``; raises
     ``ServiceError`` (bad file, unknown estimator, ...) or ``RankingFailed`` when the ranking itself failed."""
     ds, created = datasets_svc.create_from_upload(ctx, data, filename, name)

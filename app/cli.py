@@ -19,16 +19,18 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-
-def _settings(args, **extra):
+if TYPE_CHECKING:
     from app.core.config import Settings
-    from app.core.paths import default_data_dir
 
-    data_dir = getattr(args, "data_dir", None) or default_data_dir()
-    if data_dir:  # encoders keep their own caches (distilled model2vec) in the data dir too
-        os.environ["TRANSFERRANK_DATA_DIR"] = str(data_dir)
-    return Settings.from_env(data_dir=data_dir, **extra)
+
+def _settings(args: argparse.Namespace, **extra: Any) -> Settings:
+    """The environment's settings with the command line's options on top (passed down, never
+    written back to the environment)."""
+    from app.core.config import Settings
+
+    return Settings.from_env(data_dir=getattr(args, "data_dir", None), **extra)
 
 
 def _print_err(msg: str) -> None:
@@ -40,8 +42,9 @@ def cmd_serve(args) -> int:
 
     from app.main import create_app
 
-    os.environ.setdefault("TRANSFERRANK_WARM_UP", "1")
     settings = _settings(args)
+    if "warm_up" not in settings.model_fields_set:  # `serve` warms the encoders up unless told not to
+        settings = settings.replace(warm_up=True)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     app = create_app(settings)
     _print_err(f"TransferRank on http://{args.host}:{args.port} (data dir {settings.data_dir.resolve()}; "
@@ -68,8 +71,8 @@ def _format_table(result: dict) -> str:
 
 def cmd_rank(args) -> int:
     from app.core.errors import ServiceError
-    from app.services.context import Context
     from app.services.oneshot import RankingFailed, rank_bytes
+    from app.services.startup import open_context
 
     path = Path(args.file)
     if not path.is_file():
@@ -84,7 +87,7 @@ def cmd_rank(args) -> int:
     from app.cli_client import progress_bar, status
 
     with status("opening the data dir", enabled=not args.json):
-        ctx = Context.open(_settings(args, log_level="WARNING") if args.json else _settings(args))
+        ctx = open_context(_settings(args, log_level="WARNING") if args.json else _settings(args))
     try:
         with progress_bar(f"ranking {args.candidates}", enabled=not args.json) as update:
             ds, created, out = rank_bytes(ctx, path.read_bytes(), path.name, candidates=args.candidates,
@@ -113,6 +116,7 @@ def _emit_ranking(args, out: dict) -> None:
         ranking = [{"source": r["source"], "rank": r["rank"], "score": r.get("score"), "scores": r["scores"],
                     "details": r.get("details", {})} for r in out["ranking"]]
         print(json.dumps({"ranking": ranking, "target": out.get("target"), "estimators": out.get("estimators"),
+                          "skipped": out.get("skipped", {}), "notes": out.get("notes", {}),
                           "computed": out.get("computed"), "cached": out.get("cached")}))
     else:
         print(_format_table(out))
@@ -133,13 +137,13 @@ def _emit_keys(keys: list[dict], as_json: bool) -> None:
 def cmd_keys(args) -> int:
     from app.core.errors import ServiceError
     from app.services import keys as keys_svc
-    from app.services.context import Context
+    from app.services.startup import open_context
 
     if args.server:
         from app import cli_client
 
         return cli_client.keys_remote(args, _emit_keys)
-    ctx = Context.open(_settings(args), seed=False)
+    ctx = open_context(_settings(args), seed=False)
     try:
         if args.keys_cmd == "create":
             info, key = keys_svc.create(ctx, args.owner, args.scopes)
@@ -257,6 +261,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    try:
+        settings = _settings(args)
+    except ValueError as exc:
+        _print_err(f"error: {exc}")
+        return 2
     if args.command == "rank" and args.top_k < 1:
         _print_err("error: --top-k must be >= 1")
         return 2
@@ -265,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
 
         from app.core.logging import setup_logging
 
-        setup_logging("WARNING" if getattr(args, "json", False) else os.environ.get("TRANSFERRANK_LOG_LEVEL", "INFO"))
+        setup_logging("WARNING" if getattr(args, "json", False) else settings.log_level)
         logging.getLogger("alembic").setLevel(logging.WARNING)
     return int(args.func(args) or 0)
 

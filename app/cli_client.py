@@ -154,10 +154,10 @@ def add_matrix_parser(sub, data_dir, server) -> None:
 def _local_matrix(args, layout: str) -> dict:
     from app.cli import _settings
     from app.services import matrix as matrix_svc
-    from app.services.context import Context
+    from app.services.startup import open_context
 
     with status("opening the data dir", enabled=not getattr(args, "json", False)):
-        ctx = Context.open(_settings(args, log_level="WARNING"), seed=False)
+        ctx = open_context(_settings(args, log_level="WARNING"), seed=False)
     try:
         data = matrix_svc.build(ctx, args.estimator, args.target, source=args.source)
     finally:
@@ -187,7 +187,8 @@ def cmd_matrix(args) -> int:
     from app.core.errors import ServiceError
     from app.services import matrix as matrix_svc
 
-    fmt = "json" if getattr(args, "json", False) and args.matrix_cmd == "show" else getattr(args, "format", None)
+    fmt: str = "json" if getattr(args, "json", False) and args.matrix_cmd == "show" \
+        else getattr(args, "format", "table")
     layout = "wide" if args.matrix_cmd == "plot" else args.layout
     if fmt == "parquet" and not args.out:
         _err("error: --format parquet writes a binary file: give --out FILE")

@@ -1,24 +1,41 @@
 """The FastAPI application. ``create_app(settings)`` builds it; ``transferrank serve`` runs it.
 
-On start (lifespan) the service context is opened: migrations to head, stale jobs reaped,
-encoder catalogue mirrored, demo catalogue seeded, FAISS index checked against SQL.
+On start (lifespan) the service context is opened and the start-up work of
+``app.services.startup`` runs: migrations to head, stale jobs reaped, encoder catalogue
+mirrored, demo catalogue seeded, FAISS index checked against SQL.
+
+Every error is ``{"detail": "text"}`` (``app.api.schemas.ErrorPublic``), request validation
+errors included; ``/docs`` and ``/redoc`` are served from packaged assets (no CDN).
 """
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import Depends, FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+from sqlalchemy.exc import DataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from app.api.schemas import HealthPublic, InfoPublic, errors
 from app.core.config import Settings
 from app.core.errors import ServiceError
 from app.core.logging import get_logger
 
+if TYPE_CHECKING:
+    from app.services.context import Context
+    from app.workers.base import WorkerBackend
+
 log = get_logger("api")
 
 UPLOAD_OVERHEAD = 64 * 1024  # multipart framing around the file
+VERSION = "0.1.0"
+DOCS_ASSETS = "/docs-assets"
 
 
 def _validation_message(exc: RequestValidationError) -> str:
@@ -29,21 +46,62 @@ def _validation_message(exc: RequestValidationError) -> str:
     return "; ".join(parts) or "invalid request"
 
 
-def create_app(settings: Settings | None = None, *, ctx=None, backend=None) -> FastAPI:
-    from app.api.deps import require
+def _error(status: int, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"detail": detail}, status_code=status, headers=headers)
+
+
+def _docs_assets() -> Path:
+    """Swagger UI and ReDoc files shipped by the ``fastapi-offline`` package."""
+    import fastapi_offline
+
+    return Path(fastapi_offline.__file__).parent / "static"
+
+
+def _mount_docs(app: FastAPI) -> None:
+    """``/docs`` (Swagger UI) and ``/redoc`` from packaged assets, so they render without internet."""
+    from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
+    from fastapi.responses import HTMLResponse
+    from fastapi.staticfiles import StaticFiles
+
+    app.mount(DOCS_ASSETS, StaticFiles(directory=_docs_assets()), name="docs-assets")
+    openapi_url = app.openapi_url or "/openapi.json"
+    oauth2_redirect = "/docs/oauth2-redirect"
+
+    @app.get("/docs", include_in_schema=False)
+    def swagger_ui() -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url=openapi_url, title=f"{app.title} - Swagger UI",
+                                   oauth2_redirect_url=oauth2_redirect,
+                                   swagger_js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
+                                   swagger_css_url=f"{DOCS_ASSETS}/swagger-ui.css",
+                                   swagger_favicon_url=f"{DOCS_ASSETS}/favicon.png")
+
+    @app.get(oauth2_redirect, include_in_schema=False)
+    def swagger_ui_redirect() -> HTMLResponse:
+        return get_swagger_ui_oauth2_redirect_html()
+
+    @app.get("/redoc", include_in_schema=False)
+    def redoc() -> HTMLResponse:
+        return get_redoc_html(openapi_url=openapi_url, title=f"{app.title} - ReDoc",
+                              redoc_js_url=f"{DOCS_ASSETS}/redoc.standalone.js",
+                              redoc_favicon_url=f"{DOCS_ASSETS}/favicon.png", with_google_fonts=False)
+
+
+def create_app(settings: Settings | None = None, *, ctx: Context | None = None,
+               backend: WorkerBackend | None = None) -> FastAPI:
+    from app.api.deps import authenticate
     from app.api.routes import admin, router
     from app.api.routes_matrix import router as matrix_router
 
-    settings = settings or (ctx.settings if ctx is not None else Settings.from_env())
+    resolved = settings or (ctx.settings if ctx is not None else Settings.from_env())
 
     @asynccontextmanager
-    async def lifespan(app: FastAPI):
-        from app.services.context import Context
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        from app.services import startup
 
         own = ctx is None
-        app.state.ctx = ctx if ctx is not None else Context.open(settings, backend=backend)
-        if own and settings.warm_up:
-            app.state.ctx.warm_up()
+        app.state.ctx = ctx if ctx is not None else startup.open_context(resolved, backend=backend)
+        if own and resolved.warm_up:
+            startup.warm_up(app.state.ctx)
         try:
             yield
         finally:
@@ -52,46 +110,61 @@ def create_app(settings: Settings | None = None, *, ctx=None, backend=None) -> F
 
     app = FastAPI(
         title="TransferRank",
-        version="0.1.0",
-        description="Rank source tasks and pretrained models for transfer learning before fine-tuning.",
+        version=VERSION,
+        description="Rank source tasks and pretrained models for transfer learning before fine-tuning.\n\n"
+                    "Errors are `{\"detail\": \"text\"}`. Once an API key exists, every `/v1` call needs "
+                    "`Authorization: Bearer <key>`.",
         lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
     )
-    app.state.settings = settings
+    app.state.settings = resolved
+    _mount_docs(app)
 
     @app.exception_handler(ServiceError)
-    async def _service_error(_req: Request, exc: ServiceError):
-        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code)
+    async def _service_error(_req: Request, exc: ServiceError) -> JSONResponse:
+        return _error(exc.status_code, exc.detail)
 
     @app.exception_handler(RequestValidationError)
-    async def _validation_error(_req: Request, exc: RequestValidationError):
-        return JSONResponse({"detail": _validation_message(exc)}, status_code=422)
+    async def _validation_error(_req: Request, exc: RequestValidationError) -> JSONResponse:
+        return _error(422, _validation_message(exc))
 
     @app.exception_handler(ValueError)
-    async def _value_error(_req: Request, exc: ValueError):  # estimators' input errors
-        return JSONResponse({"detail": str(exc)}, status_code=422)
+    async def _value_error(_req: Request, exc: ValueError) -> JSONResponse:  # estimators' input errors
+        if isinstance(exc, ValidationError):  # a response that does not match its model: a bug, not a 422
+            raise exc
+        return _error(422, str(exc))
+
+    @app.exception_handler(DataError)
+    async def _data_error(_req: Request, exc: DataError) -> JSONResponse:  # a value the database cannot store
+        return _error(422, f"the database rejected a value of the request: {str(exc.orig).splitlines()[0]}")
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http_error(_req: Request, exc: StarletteHTTPException):
-        return JSONResponse({"detail": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
+    async def _http_error(_req: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return _error(exc.status_code, str(exc.detail), headers=exc.headers)
 
     @app.middleware("http")
-    async def _upload_limit(request: Request, call_next):
+    async def _guards(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        if "\x00" in unquote(request.url.path) or "\x00" in unquote(request.url.query):
+            return _error(422, "the URL contains a NUL character")
         if request.method == "POST" and request.url.path.rstrip("/") == "/v1/datasets":
             length = request.headers.get("content-length")
-            limit = settings.max_upload_bytes
+            limit = resolved.max_upload_bytes
             if length and length.isdigit() and int(length) > limit + UPLOAD_OVERHEAD:
-                return JSONResponse({"detail": f"the upload has {int(length)} bytes, over the limit of {limit} "
-                                               "(TRANSFERRANK_MAX_UPLOAD_BYTES)"}, status_code=413)
+                return _error(413, f"the upload has {int(length)} bytes, over the limit of {limit} "
+                                   "(TRANSFERRANK_MAX_UPLOAD_BYTES)")
         return await call_next(request)
 
-    @app.get("/healthz", tags=["health"])
-    def healthz():
-        return {"status": "ok"}
+    @app.get("/healthz", tags=["health"], response_model=HealthPublic)
+    def healthz() -> HealthPublic:
+        return HealthPublic(status="ok")
 
-    @app.get("/v1/info", tags=["health"], dependencies=[Depends(require())])
-    def info(request: Request):
+    @app.get("/v1/info", tags=["health"], dependencies=[Depends(authenticate)], response_model=InfoPublic,
+             responses=errors(400, 401, 403, 422))
+    def info(request: Request) -> dict[str, Any]:
         """Data dir, database kind, worker backend, FAISS index and base encoder of this service."""
-        return request.app.state.ctx.describe()
+        described: dict[str, Any] = request.app.state.ctx.describe()
+        return described
 
     app.include_router(matrix_router)
     app.include_router(router)

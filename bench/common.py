@@ -82,6 +82,25 @@ def metrics(pred: Mapping[str, float], gold: Mapping[str, float],
     return {m: float(out[m]) for m in METRICS}
 
 
+def tie_noise(pred: Mapping[str, float]) -> dict[str, float]:
+    """One method's scores for one target, with a spread within floating-point noise made an
+    exact tie (the mean): the ranking core's rule (``estimators.ranking.zscores``: std <=
+    ``NOISE_RTOL`` * max |value|). Such scores order the sources by rounding, which differs between
+    BLAS kernels (e.g. the H-score of n <= d examples is C - 1 for every source, +- 1e-15), so a
+    benchmark reports them as a tie (no correlation, pessimistic regret) on every machine."""
+    from estimators.ranking import NOISE_RTOL
+
+    v = np.array([float(x) for x in pred.values()], dtype=np.float64)
+    ok = np.isfinite(v)
+    if ok.sum() < 2:
+        return dict(pred)
+    sd, top = float(v[ok].std()), float(np.abs(v[ok]).max())
+    if sd > NOISE_RTOL * top:
+        return dict(pred)
+    mean = float(v[ok].mean())
+    return {s: (mean if math.isfinite(float(x)) else float(x)) for s, x in pred.items()}
+
+
 def mean_over_targets(per_target: Mapping[str, Mapping[str, Mapping[str, float]]]) -> dict:
     """{target: {method: {metric}}} -> {method: {metric: nanmean over targets, 'n_targets'}}."""
     methods = list(dict.fromkeys(m for t in per_target.values() for m in t))

@@ -19,10 +19,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
-from pathlib import Path
 import platform
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 

@@ -36,8 +36,8 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 
 def load_texts(corpus: str, n: int, seed: int = 0) -> list[str]:
-    """``n`` real texts from ``bench.corpora`` (chatterbot-corpus needs no download)."""
-    from bench import corpora
+    """``n`` real texts from ``app.demo.corpora`` (chatterbot-corpus needs no download)."""
+    from app.demo import corpora
 
     texts, labels = corpora.load(corpus)
     if len(texts) > n:
@@ -185,7 +185,7 @@ def to_markdown(res: dict) -> str:
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--encoder", default="minilm-l6")
-    p.add_argument("--corpus", default="chatterbot", help="a bench.corpora dataset name")
+    p.add_argument("--corpus", default="chatterbot", help="an app.demo.corpora dataset name")
     p.add_argument("--n", type=int, default=2000)
     p.add_argument("--repeats", type=int, default=3, help="best of this many runs per row")
     p.add_argument("--jobs", type=int, default=2, help="concurrent jobs for the parallel rows (1 = skip)")

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from app.core.config import Settings
 from bench import common
 
 SEEDS = (0, 1, 2)
@@ -53,7 +54,7 @@ def _fmnist_dir() -> Path:
     When absent, the Debian package is fetched with ``apt-get download`` and unpacked with
     ``dpkg-deb -x`` into ``~/.cache/transferrank/fashion-mnist`` (outside the repository).
     """
-    env = os.environ.get("TRANSFERRANK_FMNIST_DIR")
+    env = Settings.from_env().fmnist_dir
     user_cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "transferrank" / "fashion-mnist"
     candidates = ([Path(env)] if env else []) + [
         Path("/usr/share/datasets/fashion-mnist"),
@@ -260,7 +261,8 @@ def _train(body, head, x, y, *, epochs, lr, batch, seed, body_lr=None):
     opt = torch.optim.Adam([{"params": list(body.parameters()), "lr": lr if body_lr is None else body_lr},
                             {"params": list(head.parameters()), "lr": lr}])
     lossf = torch.nn.CrossEntropyLoss()
-    body.train(); head.train()
+    body.train()
+    head.train()
     for _ in range(epochs):
         perm = torch.randperm(len(Y), generator=g)
         for i in range(0, len(Y), batch):
@@ -268,7 +270,8 @@ def _train(body, head, x, y, *, epochs, lr, batch, seed, body_lr=None):
             opt.zero_grad()
             lossf(head(body(X[b])), Y[b]).backward()
             opt.step()
-    body.eval(); head.eval()
+    body.eval()
+    head.eval()
 
 
 def _forward(body, head, x):
@@ -294,11 +297,13 @@ def pretrain(src: Source, n_classes: int):
     path = CACHE / f"pre_{src.name}_{_key(src.name, src.arch, src.width, src.n_train, PRETRAIN_EPOCHS)}.pt"
     if path.exists():
         state = torch.load(path)
-        body.load_state_dict(state["body"]); head.load_state_dict(state["head"])
+        body.load_state_dict(state["body"])
+        head.load_state_dict(state["head"])
     else:
         if src.train:
             _train(body, head, src.x, src.y, epochs=PRETRAIN_EPOCHS, lr=1e-3, batch=64, seed=hash_seed(src.name))
-        body.eval(); head.eval()
+        body.eval()
+        head.eval()
         torch.save({"body": body.state_dict(), "head": head.state_dict()}, path)
     return body, head
 

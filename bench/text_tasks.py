@@ -8,7 +8,7 @@ would have before fine-tuning on the target: base-encoder embeddings of the targ
 each source's ESM (a linear map base -> fine-tuned embeddings, fitted on the source texts) and
 the base embeddings of the source texts.
 
-Sources and targets come from ``bench.corpora`` (WordNet, fortune-mod, Jane Austen, Amazon
+Sources and targets come from ``app.demo.corpora`` (WordNet, fortune-mod, Jane Austen, Amazon
 fine-food reviews, Trump tweets, chatterbot-corpus, Bing lexicon), including different label
 sets of one corpus (WordNet supersense vs. POS, tweets by period vs. by client). A target is
 never paired with the identical source task, and its train/test texts are removed from every
@@ -33,12 +33,13 @@ import csv
 import hashlib
 import json
 import math
-import os
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+
+from app.core.config import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA_DIR = ROOT / "bench" / "data" / "text"
@@ -51,11 +52,11 @@ def cache_dir() -> Path:
     made with another configuration are never mixed in."""
     design = json.dumps([SOURCES, TARGETS, CONFIG], sort_keys=True)
     tag = hashlib.sha256(design.encode()).hexdigest()[:10]
-    return Path(os.environ.get("TRANSFERRANK_TEXT_CACHE", "/work/cache/textbench")) / f"design-{tag}"
+    return Settings.from_env().text_cache / f"design-{tag}"
 
 
 # ------------------------------------------------------------------------------ the design
-#: source task -> (bench.corpora dataset, number of training texts, min examples per class)
+#: source task -> (app.demo.corpora dataset, number of training texts, min examples per class)
 SOURCES: dict[str, tuple[str, int, int]] = {
     "wordnet_supersense": ("wordnet_supersense", 600, 400),
     "wordnet_pos": ("wordnet_pos", 600, 100),
@@ -154,7 +155,7 @@ def make_splits(force: bool = False) -> dict:
 
 
 def _load(ds: str, _cache: dict = {}):  # noqa: B006 -- a per-process memo of loaded corpora
-    from bench import corpora
+    from app.demo import corpora
 
     if ds not in _cache:
         _cache[ds] = corpora.load(ds)
@@ -162,7 +163,7 @@ def _load(ds: str, _cache: dict = {}):  # noqa: B006 -- a per-process memo of lo
 
 
 def _design_splits() -> dict:
-    from bench import corpora
+    from app.demo import corpora
 
     seed = CONFIG["split_seed"]
     used: dict[str, set[str]] = {}
@@ -184,7 +185,7 @@ def _design_splits() -> dict:
 
 def _add_held_out(out: dict, names: list[str]) -> None:
     """Split each held-out target from the texts no existing split of its corpus uses."""
-    from bench import corpora
+    from app.demo import corpora
 
     used: dict[str, set[str]] = {}
     for kind, table in (("targets", all_targets()), ("sources", SOURCES)):
@@ -348,7 +349,7 @@ def stage_features(splits: dict) -> None:
 
 def export(splits: dict) -> None:
     """Write the committed re-scoring inputs to bench/data/text/."""
-    from bench import corpora
+    from app.demo import corpora
 
     DATA_DIR.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -499,7 +500,7 @@ def _raw_scores(P: dict, s: str, names) -> dict[str, float]:
 
 
 def _rescore(data_dir: Path, out_dir: Path, command: str | None) -> dict:
-    from bench.common import evaluate_rankings, zmean
+    from bench.common import evaluate_rankings, tie_noise, zmean
     from estimators.esm import EmbeddingSpaceMap
     from estimators.ranking import DEFAULT_ESTIMATORS, observed_prior, rank_candidates
 
@@ -567,7 +568,7 @@ def _rescore(data_dir: Path, out_dir: Path, command: str | None) -> dict:
                  for s in srcs}
         P = {"default": {r["name"]: r["score"] for r in rank_candidates(cands, y, kind="tasks")}, **P}
         ablation[t] = {label: zmean(P, members, borda="Borda" in label) for label, members in combinations().items()}
-        preds[t] = P
+        preds[t] = {m: tie_noise(p) for m, p in P.items()}
 
     n_sources = len(meta["sources"])
     M = np.full((n_sources, len(targets)), np.nan)
@@ -610,8 +611,11 @@ leave-one-target-out; plain mean / weighted by the cosine of the targets' mean b
 features: the mean z-score of `esm_logme`, `esm_etran_lda` and `esm_hscore_shrinkage`, which is
 what the service's default tasks ranking computes. LogME on the *base* features is the
 same for every source, so it cannot rank sources and is not listed; `esm_tmi` is the same for
-every source too (TMI is invariant to the ESM's linear map), so its rank correlations are undefined (—).
-Licences of the data: see `bench/data/text/meta.json` (`bench/corpora.py: LICENCES`)."""
+every source too (TMI is invariant to the ESM's linear map), so its rank correlations are undefined (—);
+so is `esm_hscore`: with n = 160 target examples in d = 384 dimensions the plain H-score is C − 1
+for every source, equal up to rounding (a spread within floating-point noise is scored as a tie,
+`bench.common.tie_noise`, the ranking core's rule), so it has no correlation and pessimistic regrets.
+Licences of the data: see `bench/data/text/meta.json` (`app/demo/corpora.py: LICENCES`)."""
     res = evaluate_rankings(
         NAME, preds, gold, title="Intermediate tasks (text, MiniLM, ESMs)",
         command=command or "python -m bench.text_tasks --rescore", out_dir=out_dir,
@@ -624,7 +628,8 @@ Licences of the data: see `bench/data/text/meta.json` (`bench/corpora.py: LICENC
         held_out_note="computed after the default `tasks` estimators were fixed; each has all 9 sources as "
                       "candidates, including the finer-grained task on the same corpus",
     )
-    return res
+    # not written to the JSON: the per-target predictions, for checks of their numerical margins
+    return dict(res, predictions=preds)
 
 
 def main(argv=None) -> None:

@@ -14,6 +14,9 @@ from __future__ import annotations
 
 import inspect
 import math
+from typing import Any
+
+from numpy.typing import ArrayLike
 
 from ._registry import REGISTRY, EstimatorInfo
 
@@ -34,7 +37,7 @@ def info(name: str) -> EstimatorInfo:
         raise ValueError(f"unknown estimator {name!r}; choose from {', '.join(REGISTRY)}") from None
 
 
-def score(name: str, X, y, **params) -> float:
+def score(name: str, X: ArrayLike, y: ArrayLike, **params: Any) -> float:
     """Score with estimator ``name``; always a finite float or a ``ValueError``."""
     fn = info(name).load()
     try:

@@ -18,7 +18,7 @@ def class_sums(X: np.ndarray, y: np.ndarray, C: int) -> tuple[np.ndarray, np.nda
     return sums, counts
 
 
-def class_means_variances(X: np.ndarray, y: np.ndarray, C: int):
+def class_means_variances(X: np.ndarray, y: np.ndarray, C: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per-class means (C, d), population variances (C, d, ddof=0, two-pass) and counts (C,)."""
     sums, counts = class_sums(X, y, C)
     means = sums / counts[:, None]

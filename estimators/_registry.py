@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 
 @dataclass(frozen=True)
@@ -24,9 +24,10 @@ class EstimatorInfo:
     cost: str
     regression: bool = False  # accepts float targets (regression=True)
 
-    def load(self) -> Callable:
+    def load(self) -> Callable[..., float]:
         module, func = self.target.split(":")
-        return getattr(importlib.import_module(f"estimators.{module}"), func)
+        fn: Callable[..., float] = getattr(importlib.import_module(f"estimators.{module}"), func)
+        return fn
 
 
 _E = EstimatorInfo

@@ -7,6 +7,7 @@ their inputs (scikit-learn's ``check_array`` / ``check_X_y`` pattern).
 from __future__ import annotations
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 __all__ = [
     "check_features",
@@ -24,43 +25,44 @@ def _finite(a: np.ndarray, what: str) -> None:
         raise ValueError(f"{what} contains {bad} NaN or infinite value(s); clean or impute them first")
 
 
-def check_features(X, *, name: str = "X", min_samples: int = 2) -> np.ndarray:
+def check_features(X: ArrayLike, *, name: str = "X", min_samples: int = 2) -> np.ndarray:
     """Return ``X`` as a C-contiguous float64 (n, d) array, or raise ``ValueError``."""
     try:
-        X = np.asarray(X, dtype=np.float64)
+        A = np.asarray(X, dtype=np.float64)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"{name} must be a numeric array: {exc}") from None
-    if X.ndim != 2:
-        raise ValueError(f"{name} must be a 2-D array (n_samples, n_features), got shape {X.shape}")
-    n, d = X.shape
+    if A.ndim != 2:
+        raise ValueError(f"{name} must be a 2-D array (n_samples, n_features), got shape {A.shape}")
+    n, d = A.shape
     if n < min_samples:
         raise ValueError(f"{name} needs at least {min_samples} samples, got {n}")
     if d < 1:
         raise ValueError(f"{name} has no feature columns")
-    _finite(X, name)
-    return np.ascontiguousarray(X)
+    _finite(A, name)
+    return np.ascontiguousarray(A)
 
 
-def check_labels(y, n: int | None = None, *, min_classes: int = 2, min_per_class: int = 1):
+def check_labels(y: ArrayLike, n: int | None = None, *, min_classes: int = 2,
+                 min_per_class: int = 1) -> tuple[np.ndarray, int]:
     """Validate class labels and remap them to 0..C-1.
 
     Any hashable, sortable labels are accepted (ints with gaps, strings); they are remapped in
     sorted order so the result never depends on the label values. Returns ``(y_int64, C)``.
     """
-    y = np.asarray(y)
-    if y.ndim == 2 and y.shape[1] == 1:
-        y = y[:, 0]
-    if y.ndim != 1:
-        raise ValueError(f"y must be a 1-D array of class labels, got shape {y.shape}")
-    if n is not None and y.shape[0] != n:
-        raise ValueError(f"X has {n} samples but y has {y.shape[0]} labels")
-    if y.dtype.kind == "f":
-        _finite(y, "y")
-        if not np.all(y == np.round(y)):
+    a = np.asarray(y)
+    if a.ndim == 2 and a.shape[1] == 1:
+        a = a[:, 0]
+    if a.ndim != 1:
+        raise ValueError(f"y must be a 1-D array of class labels, got shape {a.shape}")
+    if n is not None and a.shape[0] != n:
+        raise ValueError(f"X has {n} samples but y has {a.shape[0]} labels")
+    if a.dtype.kind == "f":
+        _finite(a, "y")
+        if not np.all(a == np.round(a)):
             raise ValueError("y must hold integer class labels; for real-valued targets use regression=True")
-    if y.dtype.kind not in "iufUSOb":
-        raise ValueError(f"y has unsupported dtype {y.dtype}")
-    classes, y_idx, counts = np.unique(y, return_inverse=True, return_counts=True)
+    if a.dtype.kind not in "iufUSOb":
+        raise ValueError(f"y has unsupported dtype {a.dtype}")
+    classes, y_idx, counts = np.unique(a, return_inverse=True, return_counts=True)
     C = classes.shape[0]
     if C < min_classes:
         raise ValueError(f"y has {C} distinct class(es); at least {min_classes} are needed")
@@ -72,34 +74,35 @@ def check_labels(y, n: int | None = None, *, min_classes: int = 2, min_per_class
     return y_idx.astype(np.int64).reshape(-1), int(C)
 
 
-def check_features_labels(X, y, *, min_classes: int = 2, min_per_class: int = 1):
+def check_features_labels(X: ArrayLike, y: ArrayLike, *, min_classes: int = 2,
+                          min_per_class: int = 1) -> tuple[np.ndarray, np.ndarray, int]:
     """``check_features`` + ``check_labels``; also rejects n < number of classes."""
-    X = check_features(X)
-    y, C = check_labels(y, X.shape[0], min_classes=min_classes, min_per_class=min_per_class)
-    if X.shape[0] < C:
-        raise ValueError(f"n={X.shape[0]} samples is fewer than the {C} classes")
-    return X, y, C
+    F = check_features(X)
+    labels, C = check_labels(y, F.shape[0], min_classes=min_classes, min_per_class=min_per_class)
+    if F.shape[0] < C:
+        raise ValueError(f"n={F.shape[0]} samples is fewer than the {C} classes")
+    return F, labels, C
 
 
-def check_targets(y, n: int) -> np.ndarray:
+def check_targets(y: ArrayLike, n: int) -> np.ndarray:
     """Real-valued regression targets as float64 (n, t)."""
     try:
-        y = np.asarray(y, dtype=np.float64)
+        T = np.asarray(y, dtype=np.float64)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"regression targets must be numeric: {exc}") from None
-    if y.ndim == 1:
-        y = y[:, None]
-    if y.ndim != 2:
-        raise ValueError(f"regression targets must have shape (n,) or (n, t), got {y.shape}")
-    if y.shape[0] != n:
-        raise ValueError(f"X has {n} samples but y has {y.shape[0]} rows")
-    _finite(y, "y")
-    return np.ascontiguousarray(y)
+    if T.ndim == 1:
+        T = T[:, None]
+    if T.ndim != 2:
+        raise ValueError(f"regression targets must have shape (n,) or (n, t), got {T.shape}")
+    if T.shape[0] != n:
+        raise ValueError(f"X has {n} samples but y has {T.shape[0]} rows")
+    _finite(T, "y")
+    return np.ascontiguousarray(T)
 
 
-def check_probs(P, *, name: str = "P", atol: float = 1e-3) -> np.ndarray:
+def check_probs(probs: ArrayLike, *, name: str = "P", atol: float = 1e-3) -> np.ndarray:
     """Source-model class probabilities (n, Z): non-negative rows that sum to 1 (within atol)."""
-    P = check_features(P, name=name)
+    P = check_features(probs, name=name)
     if P.shape[1] < 2:
         raise ValueError(f"{name} must have at least 2 source classes (columns), got {P.shape[1]}")
     if P.min() < 0:
@@ -114,10 +117,10 @@ def check_probs(P, *, name: str = "P", atol: float = 1e-3) -> np.ndarray:
     return P
 
 
-def check_two_domains(X, Y, *, min_samples: int = 2):
+def check_two_domains(X: ArrayLike, Y: ArrayLike, *, min_samples: int = 2) -> tuple[np.ndarray, np.ndarray]:
     """Two domains' representations: float64 arrays with the same feature dimension."""
-    X = check_features(X, name="X (first domain)", min_samples=min_samples)
-    Y = check_features(Y, name="Y (second domain)", min_samples=min_samples)
-    if X.shape[1] != Y.shape[1]:
-        raise ValueError(f"the two domains have different feature dimensions: {X.shape[1]} vs {Y.shape[1]}")
-    return X, Y
+    A = check_features(X, name="X (first domain)", min_samples=min_samples)
+    B = check_features(Y, name="Y (second domain)", min_samples=min_samples)
+    if A.shape[1] != B.shape[1]:
+        raise ValueError(f"the two domains have different feature dimensions: {A.shape[1]} vs {B.shape[1]}")
+    return A, B

@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from ._validation import check_two_domains
 
@@ -37,7 +38,7 @@ def _subsample(A: np.ndarray, k: int | None, rng: np.random.Generator) -> np.nda
     return A[np.sort(rng.choice(A.shape[0], size=k, replace=False))]
 
 
-def _check_max_samples(max_samples) -> int | None:
+def _check_max_samples(max_samples: float | None) -> int | None:
     if max_samples is None:
         return None
     if int(max_samples) != max_samples or max_samples < 2:
@@ -51,11 +52,12 @@ def _sq_dists(A: np.ndarray, B: np.ndarray, a2: np.ndarray, b2: np.ndarray) -> n
     D += a2[:, None]
     D += b2[None, :]
     np.maximum(D, 0.0, out=D)
-    return D
+    out: np.ndarray = D
+    return out
 
 
 # ---------------------------------------------------------------------------- MMD
-def mmd(X, Y, *, kernel: str = "rbf", bandwidth="median", unbiased: bool = True,
+def mmd(X: ArrayLike, Y: ArrayLike, *, kernel: str = "rbf", bandwidth: float | str = "median", unbiased: bool = True,
         max_samples: int | None = None, seed: int = 0) -> float:
     """Squared maximum mean discrepancy, MMD^2 (Gretton et al., JMLR 2012). Lower = closer.
 
@@ -145,7 +147,7 @@ def _moments(A: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return mu, S
 
 
-def _check_ridge(ridge) -> float:
+def _check_ridge(ridge: float) -> float:
     if not (ridge >= 0 and math.isfinite(ridge)):
         raise ValueError(f"ridge must be a finite number >= 0, got {ridge}")
     return float(ridge)
@@ -154,7 +156,8 @@ def _check_ridge(ridge) -> float:
 def _psd_sqrt(S: np.ndarray) -> np.ndarray:
     e, V = np.linalg.eigh(S)
     np.maximum(e, 0.0, out=e)
-    return (V * np.sqrt(e)) @ V.T
+    root: np.ndarray = (V * np.sqrt(e)) @ V.T
+    return root
 
 
 def _sum_sqrt_eigvalsh(M: np.ndarray) -> float:
@@ -162,7 +165,7 @@ def _sum_sqrt_eigvalsh(M: np.ndarray) -> float:
     return float(np.sqrt(np.maximum(np.linalg.eigvalsh(M), 0.0)).sum())
 
 
-def frechet_distance(X, Y, *, ridge: float = 1e-10) -> float:
+def frechet_distance(X: ArrayLike, Y: ArrayLike, *, ridge: float = 1e-10) -> float:
     """Fréchet (2-Wasserstein) distance between Gaussians fitted to X and Y, squared, as in
     FID (Heusel et al., NeurIPS 2017; Dowson & Landau 1982). Lower = closer.
 
@@ -208,11 +211,11 @@ def frechet_distance(X, Y, *, ridge: float = 1e-10) -> float:
             A = _psd_sqrt(Sx)
             tr_sqrt = _sum_sqrt_eigvalsh(A @ Sy @ A)
         trace_sum = float(np.trace(Sx) + np.trace(Sy))
-    value = float(diff @ diff) + trace_sum - 2.0 * tr_sqrt
-    return max(value, 0.0)
+    value = float(diff @ diff) + trace_sum - 2.0 * float(tr_sqrt)
+    return float(max(value, 0.0))
 
 
-def _gauss_kl(mu0, S0, mu1, S1) -> float:
+def _gauss_kl(mu0: np.ndarray, S0: np.ndarray, mu1: np.ndarray, S1: np.ndarray) -> float:
     """KL(N(mu0,S0) || N(mu1,S1)) for positive-definite S0, S1 (Cholesky)."""
     d = mu0.shape[0]
     try:
@@ -229,10 +232,11 @@ def _gauss_kl(mu0, S0, mu1, S1) -> float:
     z = solve_triangular(L1, mu1 - mu0, lower=True)
     logdet1 = 2.0 * np.log(np.diag(L1)).sum()
     logdet0 = 2.0 * np.log(np.diag(L0)).sum()
-    return 0.5 * (float(np.einsum("ij,ij->", B, B)) + float(z @ z) - d + logdet1 - logdet0)
+    return 0.5 * (float(np.einsum("ij,ij->", B, B)) + float(z @ z) - int(d) + float(logdet1 - logdet0))
 
 
-def _ridged_moments(X, Y, ridge):
+def _ridged_moments(X: np.ndarray, Y: np.ndarray,
+                    ridge: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     mx, Sx = _moments(X)
     my, Sy = _moments(Y)
     d = X.shape[1]
@@ -244,7 +248,7 @@ def _ridged_moments(X, Y, ridge):
     return mx, Sx, my, Sy
 
 
-def gaussian_kl(X, Y, *, ridge: float = 1e-6) -> float:
+def gaussian_kl(X: ArrayLike, Y: ArrayLike, *, ridge: float = 1e-6) -> float:
     """KL(N_X || N_Y) between Gaussians fitted to the two domains. Lower = closer; asymmetric.
 
     ``0.5 [tr(S_Y^-1 S_X) + (mu_Y-mu_X)^T S_Y^-1 (mu_Y-mu_X) - d + ln det S_Y - ln det S_X]``
@@ -255,10 +259,10 @@ def gaussian_kl(X, Y, *, ridge: float = 1e-6) -> float:
     """
     X, Y = check_two_domains(X, Y)
     mx, Sx, my, Sy = _ridged_moments(X, Y, _check_ridge(ridge))
-    return max(_gauss_kl(mx, Sx, my, Sy), 0.0)
+    return max(float(_gauss_kl(mx, Sx, my, Sy)), 0.0)
 
 
-def gaussian_js(X, Y, *, ridge: float = 1e-6) -> float:
+def gaussian_js(X: ArrayLike, Y: ArrayLike, *, ridge: float = 1e-6) -> float:
     """Jensen–Shannon divergence between Gaussians fitted to X and Y, through the
     moment-matched mixture Gaussian. Lower = closer; symmetric; 0 iff the fits are equal.
 
@@ -293,10 +297,11 @@ def _wasserstein_1d_pp(U: np.ndarray, V: np.ndarray, p: float) -> np.ndarray:
     iu = np.minimum((mid * n).astype(np.int64), n - 1)
     iv = np.minimum((mid * m).astype(np.int64), m - 1)
     D = np.abs(Us[:, iu] - Vs[:, iv])
-    return (D**p) @ w
+    wpp: np.ndarray = (D**p) @ w
+    return wpp
 
 
-def sliced_wasserstein(X, Y, *, n_projections: int = 128, p: float = 2, seed: int = 0) -> float:
+def sliced_wasserstein(X: ArrayLike, Y: ArrayLike, *, n_projections: int = 128, p: float = 2, seed: int = 0) -> float:
     """Sliced p-Wasserstein distance (Rabin et al. 2011; Bonneel et al. 2015). Lower = closer.
 
     ``SW_p = ( mean_l W_p^p(theta_l . X, theta_l . Y) )^{1/p}`` over ``n_projections``
@@ -327,7 +332,8 @@ def _stratified_folds(t: np.ndarray, cv: int, rng: np.random.Generator) -> np.nd
     return fold
 
 
-def _ridge_domain_predictions(Z, t, fold, cv, alpha):
+def _ridge_domain_predictions(Z: np.ndarray, t: np.ndarray, fold: np.ndarray, cv: int,
+                              alpha: float) -> tuple[np.ndarray, np.ndarray]:
     """Held-out predictions of a class-balanced ridge (least-squares) classifier, k-fold.
 
     Features standardised once (label-free), targets +-1, sample weights N / (2 n_class),
@@ -367,7 +373,7 @@ def _ridge_domain_predictions(Z, t, fold, cv, alpha):
     return pred, t
 
 
-def proxy_a_distance(X, Y, *, seed: int = 0, cv: int = 5, classifier: str = "ridge",
+def proxy_a_distance(X: ArrayLike, Y: ArrayLike, *, seed: int = 0, cv: int = 5, classifier: str = "ridge",
                      alpha: float = 1.0, C: float = 1.0, max_samples: int | None = None) -> float:
     """Proxy A-distance (Ben-David et al., NeurIPS 2007): ``2 (1 - 2 err)``. Lower = closer.
 
@@ -415,7 +421,7 @@ def proxy_a_distance(X, Y, *, seed: int = 0, cv: int = 5, classifier: str = "rid
 
 
 # ---------------------------------------------------------------------------- SEmb
-def mean_embedding_similarity(X, Y) -> float:
+def mean_embedding_similarity(X: ArrayLike, Y: ArrayLike) -> float:
     """SEmb (Poth et al., EMNLP 2021): cosine similarity of the two domains' mean embeddings,
     ``cos(mean X, mean Y)``. HIGHER = closer (the only similarity here), range [-1, 1].
     Needs: two feature matrices (same encoder). Cost O((n+m) d).

@@ -23,13 +23,16 @@ user metadata) is kept as strings.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from ._validation import check_features
 
@@ -42,7 +45,7 @@ _METHODS = ("adam", "lstsq")
 _SCHEDULES = ("linear", "constant")
 
 
-def _check_pair(X_base, X_ft) -> tuple[np.ndarray, np.ndarray]:
+def _check_pair(X_base: ArrayLike, X_ft: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
     X = check_features(X_base, name="X_base (base-encoder embeddings)")
     Y = check_features(X_ft, name="X_ft (fine-tuned-encoder embeddings)")
     if X.shape[0] != Y.shape[0]:
@@ -59,7 +62,8 @@ class EmbeddingSpaceMap:
     both float64. Construct empty and ``fit``, or from known arrays.
     """
 
-    def __init__(self, weight=None, bias=None, *, metadata: Mapping[str, Any] | None = None):
+    def __init__(self, weight: ArrayLike | None = None, bias: ArrayLike | None = None, *,
+                 metadata: Mapping[str, Any] | None = None) -> None:
         self.weight: np.ndarray | None = None
         self.bias: np.ndarray | None = None
         self.method: str | None = None
@@ -86,19 +90,19 @@ class EmbeddingSpaceMap:
     def is_fitted(self) -> bool:
         return self.weight is not None
 
-    def _require_fitted(self) -> None:
-        if self.weight is None:
+    def _require_fitted(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(weight, bias)``, or ``ValueError`` when the map is not fitted."""
+        if self.weight is None or self.bias is None:
             raise ValueError("this EmbeddingSpaceMap is not fitted yet; call fit(X_base, X_ft) or load one")
+        return self.weight, self.bias
 
     @property
     def dim_in(self) -> int:
-        self._require_fitted()
-        return int(self.weight.shape[1])
+        return int(self._require_fitted()[0].shape[1])
 
     @property
     def dim_out(self) -> int:
-        self._require_fitted()
-        return int(self.weight.shape[0])
+        return int(self._require_fitted()[0].shape[0])
 
     def __repr__(self) -> str:
         if self.weight is None:
@@ -108,19 +112,19 @@ class EmbeddingSpaceMap:
     # ------------------------------------------------------------------ fitting
     def fit(
         self,
-        X_base,
-        X_ft,
+        X_base: ArrayLike,
+        X_ft: ArrayLike,
         *,
         method: str = "adam",
         lr: float = 1e-3,
         epochs: int = 10,
         batch_size: int = 32,
         weight_decay: float = 0.0,
-        seed: int = 0,
+        seed: int | None = 0,
         schedule: str = "linear",
         clip_norm: float | None = 1.0,
         ridge: float = 1e-10,
-    ) -> "EmbeddingSpaceMap":
+    ) -> EmbeddingSpaceMap:
         """Fit ``W, b`` so that ``X_base @ W.T + b ~= X_ft`` (both (n, d), rows = same texts).
 
         ``method="adam"`` (paper default): mini-batch AdamW on the MSE, seeded (shuffling and
@@ -153,7 +157,7 @@ class EmbeddingSpaceMap:
                 except np.linalg.LinAlgError:
                     W = b = np.array([np.nan])
             self.history = {}
-            params = {"ridge": ridge, "weight_decay": weight_decay}
+            params: dict[str, Any] = {"ridge": ridge, "weight_decay": weight_decay}
         else:
             if not (lr > 0 and math.isfinite(lr)):
                 raise ValueError(f"lr must be a positive number, got {lr}")
@@ -185,20 +189,21 @@ class EmbeddingSpaceMap:
         return self
 
     # ------------------------------------------------------------------ use
-    def transform(self, X) -> np.ndarray:
+    def transform(self, X: ArrayLike) -> np.ndarray:
         """``X @ W.T + b`` as float64 (n, d_out)."""
-        self._require_fitted()
-        X = check_features(X, name="X", min_samples=1)
-        if X.shape[1] != self.dim_in:
+        W, b = self._require_fitted()
+        A = check_features(X, name="X", min_samples=1)
+        if A.shape[1] != self.dim_in:
             raise ValueError(
-                f"X has {X.shape[1]} features but this ESM maps {self.dim_in}-dim embeddings; "
+                f"X has {A.shape[1]} features but this ESM maps {self.dim_in}-dim embeddings; "
                 "embed the target with the same base encoder the ESM was trained for"
             )
-        return X @ self.weight.T + self.bias
+        mapped: np.ndarray = A @ W.T + b
+        return mapped
 
     __call__ = transform
 
-    def score_fit(self, X_base, X_ft) -> dict:
+    def score_fit(self, X_base: ArrayLike, X_ft: ArrayLike) -> dict[str, float]:
         """How well the map reproduces ``X_ft``: ``mse`` (mean over all entries), ``r2``
         (1 - SS_res / SS_tot pooled over all output dimensions, i.e. variance-weighted) and
         ``cosine`` (mean row-wise cosine similarity of prediction and target)."""
@@ -217,16 +222,16 @@ class EmbeddingSpaceMap:
         return {"mse": ss_res / R.size, "r2": r2, "cosine": float(cos.mean())}
 
     # ------------------------------------------------------------------ storage
-    def to_arrays(self) -> dict:
+    def to_arrays(self) -> dict[str, Any]:
         """``{"weight", "bias", "metadata"}`` (copies; metadata is a dict of strings)."""
-        self._require_fitted()
+        W, b = self._require_fitted()
         meta = dict(self.metadata)
         meta.update({"format": FORMAT, "format_version": FORMAT_VERSION, "dim_in": str(self.dim_in),
                      "dim_out": str(self.dim_out), "method": str(self.method)})
-        return {"weight": self.weight.copy(), "bias": self.bias.copy(), "metadata": meta}
+        return {"weight": W.copy(), "bias": b.copy(), "metadata": meta}
 
     @classmethod
-    def from_arrays(cls, d: Mapping[str, Any]) -> "EmbeddingSpaceMap":
+    def from_arrays(cls, d: Mapping[str, Any]) -> EmbeddingSpaceMap:
         """Inverse of ``to_arrays``; also accepts ``{"weight", "bias"}`` alone."""
         if "weight" not in d:
             raise ValueError("ESM arrays need a 'weight' entry (d_out, d_in) and a 'bias' entry (d_out,)")
@@ -237,7 +242,7 @@ class EmbeddingSpaceMap:
                 raise ValueError(f"ESM metadata says {key}={meta[key]} but the weight has {val}")
         return esm
 
-    def save(self, path, *, dtype: str = "float64") -> Path:
+    def save(self, path: str | os.PathLike[str], *, dtype: str = "float64") -> Path:
         """Write to ``path``: safetensors unless the name ends with ``.npz``. No pickle either way.
 
         ``dtype="float32"`` halves the file; loading always returns float64."""
@@ -247,20 +252,21 @@ class EmbeddingSpaceMap:
         meta = arrays.pop("metadata")
         meta["stored_dtype"] = dtype
         tensors = {k: np.ascontiguousarray(v.astype(dtype)) for k, v in arrays.items()}
-        path = Path(path)
-        if path.suffix == ".npz":
-            with open(path, "wb") as fh:  # np.savez(str) would append .npz to other names
-                np.savez(fh, **tensors, metadata_json=np.array(json.dumps(meta, sort_keys=True)))
+        out = Path(path)
+        if out.suffix == ".npz":
+            with open(out, "wb") as fh:  # np.savez(str) would append .npz to other names
+                arrays_out = {"metadata_json": np.array(json.dumps(meta, sort_keys=True)), **tensors}
+                np.savez(fh, **arrays_out)  # type: ignore[arg-type]  # numpy stubs: **kwds hits allow_pickle
         else:
             from safetensors.numpy import save_file
 
-            save_file(tensors, str(path), metadata=meta)
-        return path
+            save_file(tensors, str(out), metadata=meta)
+        return out
 
     @classmethod
-    def load(cls, path) -> "EmbeddingSpaceMap":
+    def load(cls, file: str | os.PathLike[str]) -> EmbeddingSpaceMap:
         """Read a file written by ``save`` (safetensors or ``.npz``); never unpickles."""
-        path = Path(path)
+        path = Path(file)
         if not path.is_file():
             raise ValueError(f"no ESM file at {path}")
         with open(path, "rb") as fh:
@@ -288,20 +294,19 @@ class EmbeddingSpaceMap:
 
 
 # ---------------------------------------------------------------------- fitting back-ends
-def _single_threaded_blas():
+def _single_threaded_blas() -> contextlib.AbstractContextManager[Any]:
     """Per-batch products (batch x d x d) are too small to gain from BLAS threads and lose a
-    lot to thread contention on a busy machine (measured 6x slower with 2 threads), so Adam
-    runs with BLAS limited to one thread. The limit is process-wide while the fit runs."""
+    lot to thread contention on a busy machine, so Adam runs with BLAS limited to one thread.
+    The limit is process-wide while the fit runs."""
     try:
         from threadpoolctl import threadpool_limits  # installed with scikit-learn
     except ImportError:  # pragma: no cover
-        import contextlib
-
         return contextlib.nullcontext()
-    return threadpool_limits(limits=1, user_api="blas")
+    limits: contextlib.AbstractContextManager[Any] = threadpool_limits(limits=1, user_api="blas")
+    return limits
 
 
-def _fit_lstsq(X: np.ndarray, Y: np.ndarray, *, ridge: float, weight_decay: float):
+def _fit_lstsq(X: np.ndarray, Y: np.ndarray, *, ridge: float, weight_decay: float) -> tuple[np.ndarray, np.ndarray]:
     n, d = X.shape
     mx, my = X.mean(axis=0), Y.mean(axis=0)
     Xc, Yc = X - mx, Y - my
@@ -322,15 +327,16 @@ def _fit_lstsq(X: np.ndarray, Y: np.ndarray, *, ridge: float, weight_decay: floa
     return W, b
 
 
-def _fit_adam(X, Y, *, lr, epochs, batch_size, weight_decay, seed, schedule, clip_norm,
-              beta1=0.9, beta2=0.999, eps=1e-8):
+def _fit_adam(X: np.ndarray, Y: np.ndarray, *, lr: float, epochs: int, batch_size: int, weight_decay: float,
+              seed: int | None, schedule: str, clip_norm: float | None, beta1: float = 0.9, beta2: float = 0.999,
+              eps: float = 1e-8) -> tuple[np.ndarray, np.ndarray, list[float]]:
     """AdamW on (1/(B*d_out)) * ||X_B W^T + b - Y_B||^2, PyTorch semantics, float64."""
     n, d_in = X.shape
     d_out = Y.shape[1]
     rng = np.random.default_rng(seed)
     bound = 1.0 / math.sqrt(d_in)  # nn.Linear: kaiming_uniform(a=sqrt(5)) == U(-1/sqrt(fan_in), ...)
     W = rng.uniform(-bound, bound, size=(d_out, d_in))
-    b = rng.uniform(-bound, bound, size=d_out)
+    b = rng.uniform(-bound, bound, size=(d_out,))
     mW, vW = np.zeros_like(W), np.zeros_like(W)
     mb, vb = np.zeros_like(b), np.zeros_like(b)
     steps_per_epoch = -(-n // batch_size)
@@ -388,7 +394,7 @@ def _fit_adam(X, Y, *, lr, epochs, batch_size, weight_decay, seed, schedule, cli
 
 
 # ---------------------------------------------------------------------- ESM-LogME
-def _as_esm(esm) -> EmbeddingSpaceMap:
+def _as_esm(esm: object) -> EmbeddingSpaceMap:
     if isinstance(esm, EmbeddingSpaceMap):
         esm._require_fitted()
         return esm
@@ -397,24 +403,25 @@ def _as_esm(esm) -> EmbeddingSpaceMap:
     if isinstance(esm, Mapping):
         return EmbeddingSpaceMap.from_arrays(esm)
     raise ValueError(
-        f"esm must be an EmbeddingSpaceMap, a path to a saved ESM, or a dict with 'weight'/'bias'; got {type(esm).__name__}"
+        "esm must be an EmbeddingSpaceMap, a path to a saved ESM, or a dict with 'weight'/'bias'; "
+        f"got {type(esm).__name__}"
     )
 
 
-def map_target(X, esm, *, name: str = "this estimator") -> np.ndarray:
+def map_target(X: ArrayLike, esm: object, *, name: str = "this estimator") -> np.ndarray:
     """The target's base-encoder embeddings ``X`` mapped through a source's ESM (validated)."""
     if esm is None:
         raise ValueError(f"{name} needs esm=: the source's EmbeddingSpaceMap (object, file path or arrays)")
     m = _as_esm(esm)
-    X = check_features(X, name="X (target base-encoder embeddings)")
-    if X.shape[1] != m.dim_in:
+    A = check_features(X, name="X (target base-encoder embeddings)")
+    if A.shape[1] != m.dim_in:
         raise ValueError(
-            f"X has {X.shape[1]} features but the ESM expects {m.dim_in}; use the ESM's base encoder for the target"
+            f"X has {A.shape[1]} features but the ESM expects {m.dim_in}; use the ESM's base encoder for the target"
         )
-    return m.transform(X)
+    return m.transform(A)
 
 
-def esm_logme(X, y, *, esm=None, **logme_params) -> float:
+def esm_logme(X: ArrayLike, y: ArrayLike, *, esm: object = None, **logme_params: Any) -> float:
     """ESM-LogME (Schulte et al., EMNLP 2024): LogME of the target's base-encoder embeddings
     mapped through a source's ESM, ``LogME(X @ W.T + b, y)``.
 
@@ -429,7 +436,7 @@ def esm_logme(X, y, *, esm=None, **logme_params) -> float:
     return float(logme(map_target(X, esm, name="esm_logme"), y, **logme_params))
 
 
-def esm_etran_lda(X, y, *, esm=None, **params) -> float:
+def esm_etran_lda(X: ArrayLike, y: ArrayLike, *, esm: object = None, **params: Any) -> float:
     """ETran's LDA score (Gholami et al., ICCV 2023) of the target's base-encoder embeddings
     mapped through a source's ESM (Schulte et al., EMNLP 2024): ``etran_lda(X @ W.T + b, y)``.
 
@@ -441,7 +448,7 @@ def esm_etran_lda(X, y, *, esm=None, **params) -> float:
     return float(etran_lda(map_target(X, esm, name="esm_etran_lda"), y, **params))
 
 
-def esm_hscore_shrinkage(X, y, *, esm=None, **params) -> float:
+def esm_hscore_shrinkage(X: ArrayLike, y: ArrayLike, *, esm: object = None, **params: Any) -> float:
     """Shrinkage H-score (Ibrahim et al., ICLR 2023) of the target's base-encoder embeddings
     mapped through a source's ESM (Schulte et al., EMNLP 2024): ``hscore_shrinkage(X @ W.T + b, y)``.
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+from numpy.typing import ArrayLike
 from scipy.special import softmax
 
 from ._classwise import class_sums
@@ -10,7 +11,7 @@ from ._validation import check_features_labels
 __all__ = ["etran_energy", "etran_lda"]
 
 
-def etran_energy(X, y, *, percent: float = 0.5, tail: str = "bottom") -> float:
+def etran_energy(X: ArrayLike, y: ArrayLike, *, percent: float = 0.5, tail: str = "bottom") -> float:
     """ETran energy score (Gholami et al., ICCV 2023). Higher is better.
 
     Formula: ``E(x_i) = log sum_j exp(x_ij)`` (free energy of the features read as logits);
@@ -44,7 +45,7 @@ def etran_energy(X, y, *, percent: float = 0.5, tail: str = "bottom") -> float:
     return float(part.mean())
 
 
-def etran_lda(X, y) -> float:
+def etran_lda(X: ArrayLike, y: ArrayLike) -> float:
     """ETran LDA score (Gholami et al., ICCV 2023): mean posterior of the true class. Higher is better.
 
     Formula: ``(1/n) sum_i softmax_c(x_i^T mu_c - ||mu_c||^2 / 2 + log pi_c)[y_i]`` with class

@@ -27,8 +27,11 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 from scipy import stats
 
 __all__ = [
@@ -48,7 +51,7 @@ class UndefinedMetric(ValueError):
     """The metric is not defined for these values (see the module docstring)."""
 
 
-def _pair(scores, gold, nan_policy: str, min_len: int = 1) -> tuple[np.ndarray, np.ndarray]:
+def _pair(scores: ArrayLike, gold: ArrayLike, nan_policy: str, min_len: int = 1) -> tuple[np.ndarray, np.ndarray]:
     if nan_policy not in ("raise", "omit"):
         raise ValueError(f"nan_policy must be 'raise' or 'omit', got {nan_policy!r}")
     try:
@@ -73,7 +76,7 @@ def _pair(scores, gold, nan_policy: str, min_len: int = 1) -> tuple[np.ndarray, 
     return s, g
 
 
-def _check_k(k, n: int) -> int:
+def _check_k(k: object, n: int) -> int:
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
         raise ValueError(f"k must be a positive integer, got {k!r}")
     if k > n:
@@ -86,7 +89,7 @@ def _predicted_order(s: np.ndarray, g: np.ndarray) -> np.ndarray:
     return np.lexsort((g, -s))
 
 
-def _corr(fn, s, g) -> float:
+def _corr(fn: Callable[..., Any], s: np.ndarray, g: np.ndarray) -> float:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if np.ptp(s) == 0 or np.ptp(g) == 0:
@@ -94,7 +97,7 @@ def _corr(fn, s, g) -> float:
         return float(fn(s, g))
 
 
-def kendall_tau(scores, gold, *, nan_policy: str = "raise") -> float:
+def kendall_tau(scores: ArrayLike, gold: ArrayLike, *, nan_policy: str = "raise") -> float:
     """Kendall's tau-b between scores and gold, in [-1, 1].
 
     ``tau_b = (P - Q) / sqrt((P + Q + T_s) (P + Q + T_g))`` with P / Q the concordant /
@@ -105,7 +108,7 @@ def kendall_tau(scores, gold, *, nan_policy: str = "raise") -> float:
     return _corr(lambda a, b: stats.kendalltau(a, b, variant="b").statistic, s, g)
 
 
-def weighted_tau(scores, gold, *, nan_policy: str = "raise") -> float:
+def weighted_tau(scores: ArrayLike, gold: ArrayLike, *, nan_policy: str = "raise") -> float:
     """Weighted Kendall tau (Vigna 2015) as ``scipy.stats.weightedtau(scores, gold)``, in [-1, 1].
 
     Exchanges are weighted by the hyperbolic weigher ``1 / (r + 1)`` of the candidates' ranks
@@ -117,19 +120,19 @@ def weighted_tau(scores, gold, *, nan_policy: str = "raise") -> float:
     return _corr(lambda a, b: stats.weightedtau(a, b).statistic, s, g)
 
 
-def spearman(scores, gold, *, nan_policy: str = "raise") -> float:
+def spearman(scores: ArrayLike, gold: ArrayLike, *, nan_policy: str = "raise") -> float:
     """Spearman's rho: Pearson correlation of the ranks (ties get their average rank). NaN if constant."""
     s, g = _pair(scores, gold, nan_policy, 2)
     return _corr(lambda a, b: stats.spearmanr(a, b).statistic, s, g)
 
 
-def pearson(scores, gold, *, nan_policy: str = "raise") -> float:
+def pearson(scores: ArrayLike, gold: ArrayLike, *, nan_policy: str = "raise") -> float:
     """Pearson's r = cov(scores, gold) / (std(scores) std(gold)). NaN when either is constant."""
     s, g = _pair(scores, gold, nan_policy, 2)
     return _corr(lambda a, b: stats.pearsonr(a, b).statistic, s, g)
 
 
-def top_k_precision(scores, gold, k: int, *, nan_policy: str = "raise") -> float:
+def top_k_precision(scores: ArrayLike, gold: ArrayLike, k: int, *, nan_policy: str = "raise") -> float:
     """Top-k precision: ``|P_k intersect G_k| / k``, in [0, 1].
 
     ``P_k``: the k candidates ranked highest by scores (pessimistic tie-breaking); ``G_k``: the
@@ -142,7 +145,8 @@ def top_k_precision(scores, gold, k: int, *, nan_policy: str = "raise") -> float
     return float(np.count_nonzero(g[picked] >= threshold) / k)
 
 
-def regret_at_k(scores, gold, k: int, *, form: str = "esm", relative: bool = True, nan_policy: str = "raise") -> float:
+def regret_at_k(scores: ArrayLike, gold: ArrayLike, k: int, *, form: str = "esm", relative: bool = True,
+                nan_policy: str = "raise") -> float:
     """Regret@k: how much transfer is lost by trusting the predicted top-k. Lower is better; 0 = no loss.
 
     ``form="esm"`` (Schulte et al., EMNLP 2024, "Less is More"): the best candidate among the
@@ -171,8 +175,8 @@ def regret_at_k(scores, gold, k: int, *, form: str = "esm", relative: bool = Tru
     return (ideal - got) / ideal
 
 
-def ndcg_at_k(scores, gold, k: int | None = None, *, gains: str = "linear", relevance: str = "value",
-              nan_policy: str = "raise") -> float:
+def ndcg_at_k(scores: ArrayLike, gold: ArrayLike, k: int | None = None, *, gains: str = "linear",
+              relevance: str = "value", nan_policy: str = "raise") -> float:
     """Normalised discounted cumulative gain of the predicted ranking, in [0, 1]; 1 = gold order.
 
     ``DCG@k = sum_{i=1..k} gain(rel_{pi(i)}) / log2(i + 1)`` with pi the predicted order
@@ -212,7 +216,8 @@ def ndcg_at_k(scores, gold, k: int | None = None, *, gains: str = "linear", rele
     return float(gain[_predicted_order(s, g)[:k]] @ discount / ideal)
 
 
-def summarize(scores, gold, ks=(1, 3, 5), *, nan_policy: str = "raise") -> dict:
+def summarize(scores: ArrayLike, gold: ArrayLike, ks: Sequence[int] = (1, 3, 5), *,
+              nan_policy: str = "raise") -> dict[str, float]:
     """All metrics at once, for benchmarks. Returns a flat ``{name: float}`` dict.
 
     Keys: ``n``, ``kendall_tau``, ``weighted_tau``, ``spearman``, ``pearson``, ``ndcg`` (linear
@@ -223,7 +228,7 @@ def summarize(scores, gold, ks=(1, 3, 5), *, nan_policy: str = "raise") -> dict:
     """
     s, g = _pair(scores, gold, nan_policy)
 
-    def value(fn, *args, **kwargs) -> float:
+    def value(fn: Callable[..., float], *args: Any, **kwargs: Any) -> float:
         try:
             return float(fn(s, g, *args, **kwargs))
         except UndefinedMetric:

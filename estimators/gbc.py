@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from ._classwise import class_means_variances
 from ._validation import check_features_labels
@@ -12,7 +13,7 @@ _VAR_FLOOR = 1e-4  # floor on per-dimension variances (constant features), as in
 _BLOCK = 2**21  # entries of the (rows, C, d) pairwise block computed at once (16 MB)
 
 
-def gbc(X, y, *, gaussian: str = "diagonal") -> float:
+def gbc(X: ArrayLike, y: ArrayLike, *, gaussian: str = "diagonal") -> float:
     """GBC (Pandy et al., CVPR 2022, "Transferability estimation using Bhattacharyya class separability").
 
     Each class c is a Gaussian N(mu_c, Sigma_c) (variances ddof = 0, floored at 1e-4);

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from ._classwise import class_sums
 from ._validation import check_features_labels
@@ -10,12 +11,16 @@ from .hscore import trace_pinv_product
 __all__ = ["hscore_shrinkage", "ledoit_wolf"]
 
 
-def hscore_shrinkage(X, y) -> float:
+def hscore_shrinkage(X: ArrayLike, y: ArrayLike) -> float:
     """Shrinkage H-score (Ibrahim, Ponomareva & Mazumder, ICLR 2023, "Newer is not always better").
 
     ``H_a = tr(Sigma_LW^-1 (1 - a) cov(E[X | y]))`` with ``Sigma_LW = (1 - a) S + a mu I`` the
     Ledoit-Wolf covariance (S = empirical covariance, ddof = 0; mu = tr(S)/d; a = LW shrinkage),
     as in thuml/Transfer-Learning-Library ``regularized_h_score``.
+
+    The inverse goes through ``estimators.hscore.trace_pinv_product`` (eigh in float64, relative
+    eigenvalue cut-off 1e-7); the Ledoit-Wolf matrix's eigenvalues are at least ``a mu``, so the
+    cut-off only acts when the shrinkage is nearly 0 and S nearly singular.
 
     Higher is better. Needs target features ``X`` (n, d) and labels ``y`` (n,); stabler than the
     plain H-score when n is small relative to d. Cost: O(n d^2 + d^3 + C d^2).

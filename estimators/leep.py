@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from ._classwise import one_hot
 from ._validation import check_labels, check_probs
@@ -9,7 +10,7 @@ from ._validation import check_labels, check_probs
 __all__ = ["leep"]
 
 
-def leep(X, y) -> float:
+def leep(X: ArrayLike, y: ArrayLike) -> float:
     """LEEP (Nguyen et al., ICML 2020, "LEEP: a new measure to evaluate transferability").
 
     With the empirical joint ``P(y, z) = 1/n sum_i theta(x_i)_z [y_i = y]`` and

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from ._classwise import class_sums
 from ._validation import check_features, check_features_labels, check_targets
@@ -13,7 +14,7 @@ _RTOL = 1e-3  # stop when |t' - t| / t <= 1e-3, t = alpha / beta
 _EPS = 1e-5  # denominators' epsilon of the reference fixed point
 
 
-def logme(X, y, *, regression: bool = False) -> float:
+def logme(X: ArrayLike, y: ArrayLike, *, regression: bool = False) -> float:
     """LogME (You et al., ICML 2021 / JMLR 2022, "Ranking and Tuning Pre-trained Models").
 
     For each target column ``y_c`` (one-vs-all indicator of class c, or a regression target):
@@ -67,6 +68,7 @@ def logme(X, y, *, regression: bool = False) -> float:
             x = (V[:, keep].T @ (X.T @ Y)) / np.sqrt(sigma)[:, None]
         else:
             x = U[:, keep].T @ Y
+        assert Y is not None  # regression: the targets were checked above
         y_sq = np.einsum("ij,ij->j", Y, Y)
 
     evidence = _fixed_point_evidence(sigma[:, None], x * x, y_sq, n)
@@ -111,4 +113,5 @@ def _fixed_point_evidence(sigma: np.ndarray, x2: np.ndarray, y_sq: np.ndarray, n
         - alpha / 2.0 * m2
         - n / 2.0 * np.log(2 * np.pi)
     )
-    return evidence / n
+    out: np.ndarray = evidence / n
+    return out

@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from ._validation import check_labels, check_probs
 
 __all__ = ["nce"]
 
 
-def nce(X, y) -> float:
+def nce(X: ArrayLike, y: ArrayLike) -> float:
     """NCE (Tran, Nguyen & Hassner, ICCV 2019, "Transferability and hardness of supervised classification tasks").
 
     With z_i = argmax_z theta(x_i)_z (the source model's hard label) and the empirical joint

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from ._validation import check_features_labels
 from .leep import leep_from_probs
@@ -10,8 +11,8 @@ __all__ = ["nleep"]
 
 
 def nleep(
-    X,
-    y,
+    X: ArrayLike,
+    y: ArrayLike,
     *,
     n_components: int | None = None,
     variance: float = 0.8,

@@ -2,7 +2,11 @@
 Potential Energy", ICCV 2023)."""
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import numpy as np
+from numpy.typing import ArrayLike
 from scipy.spatial.distance import cdist
 
 from ._classwise import class_means_variances
@@ -23,11 +27,13 @@ def _repulsion(zmeans: np.ndarray, radius: np.ndarray, time_step: float, nsigma:
     np.fill_diagonal(overlap, 0.0)
     step = np.minimum(0.5 * time_step**2 * constant * overlap, overlap)
     W = np.divide(step, dist, out=np.zeros_like(step), where=dist > 0)
-    return W.sum(axis=1)[:, None] * zmeans - W @ zmeans
+    shift: np.ndarray = W.sum(axis=1)[:, None] * zmeans - W @ zmeans
+    return shift
 
 
-def ped_dynamics(X, y, *, exit_ratio: float = 0.5, time_step: float = 0.1, nsigma: float = 0.6,
-                 constant: float = 1.0, max_steps: int = 6, eps: float = 1e-3, reference=None):
+def ped_dynamics(X: ArrayLike, y: ArrayLike, *, exit_ratio: float = 0.5, time_step: float = 0.1,
+                 nsigma: float = 0.6, constant: float = 1.0, max_steps: int = 6, eps: float = 1e-3,
+                 reference: ArrayLike | None = None) -> tuple[np.ndarray, int]:
     """Run PED's simulated class dynamics and return ``(moved features, number of steps taken)``.
 
     Features are standardised with the mean / std (floored at ``eps``) of ``reference`` (the
@@ -68,8 +74,9 @@ def ped_dynamics(X, y, *, exit_ratio: float = 0.5, time_step: float = 0.1, nsigm
     return X + (total * scale)[y], steps
 
 
-def ped(X, y, *, base: str = "sfda", exit_ratio: float = 0.5, time_step: float = 0.1, nsigma: float = 0.6,
-        constant: float = 1.0, max_steps: int = 6, eps: float = 1e-3, reference=None, **base_params) -> float:
+def ped(X: ArrayLike, y: ArrayLike, *, base: str = "sfda", exit_ratio: float = 0.5, time_step: float = 0.1,
+        nsigma: float = 0.6, constant: float = 1.0, max_steps: int = 6, eps: float = 1e-3,
+        reference: ArrayLike | None = None, **base_params: Any) -> float:
     """PED score (Li et al., "Exploring Model Transferability through the Lens of Potential
     Energy", ICCV 2023). Higher is better.
 
@@ -87,8 +94,8 @@ def ped(X, y, *, base: str = "sfda", exit_ratio: float = 0.5, time_step: float =
         raise ValueError(f"base must be 'sfda' or 'logme', got {base!r}")
     X_moved, _ = ped_dynamics(X, y, exit_ratio=exit_ratio, time_step=time_step, nsigma=nsigma,
                               constant=constant, max_steps=max_steps, eps=eps, reference=reference)
-    if base == "sfda":
-        from .sfda import sfda as base_fn
-    else:
-        from .logme import logme as base_fn
+    from .logme import logme
+    from .sfda import sfda
+
+    base_fn: Callable[..., float] = sfda if base == "sfda" else logme
     return float(base_fn(X_moved, y, **base_params))

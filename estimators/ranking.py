@@ -6,10 +6,14 @@ complementary estimators, puts each estimator's scores on a common scale across 
 
     combined(c) = sum_e w_e * z_e(c) / sum_e w_e,   z_e(c) = (s_e(c) - mean_c s_e) / std_c s_e
 
-An estimator that raises (singular covariances, too few examples per class, missing
-probabilities, ...) is skipped for *all* candidates, and the reason is returned with every
-candidate under ``"skipped"``; the ranking never depends on one estimator working. Ties are broken
-by candidate name, so the output is deterministic.
+One core serves the library, the CLI and the service alike: the scores go into a ``ScoreTable``
+(candidates x estimators, raw values, per-cell errors / fallback notes) and ONE function,
+``combine``, turns the table into the order; its docstring states the failure and fallback
+policy (an estimator that fails for any candidate is skipped for all; fallback settings are
+applied to all candidates; a column within floating-point noise contributes nothing; nothing
+to rank by is ``RankingFailed``). ``rank_candidates`` = ``build_table`` + ``combine``; the
+service fills the same table from its score cache and calls the same ``combine``. Ties are
+broken by candidate name, so the output is deterministic.
 
 Default sets (designed from the ``bench/`` results, see ``bench/results/headline.md``), equal
 weights, chosen by what the candidates' features are (``kind``):
@@ -44,7 +48,7 @@ Both kinds:
 Each estimator's scores are z-scored across the candidates (clipped to [-3, 3] so a single
 outlying candidate cannot dominate) before averaging. An estimator that fails is skipped, so
 the default degrades to the remaining ones (NLEEP first retries with one mixture component per
-class, then with diagonal covariances: ``FALLBACK_PARAMS``).
+class, then with diagonal covariances: ``FALLBACK_PARAMS``, see ``ScoreTable.score_column``).
 
 ``observed_prior`` turns observed results on *other* targets into a per-source prior, weighted by
 target-target similarity (TaskShop / AutoTransfer style); ``profile_similarity`` computes such
@@ -53,7 +57,9 @@ similarities from observed-result profiles over shared sources.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -63,6 +69,16 @@ from . import score as _score
 
 __all__ = [
     "rank_candidates",
+    "ScoreTable",
+    "combine",
+    "Combined",
+    "build_table",
+    "Unavailable",
+    "RankingFailed",
+    "fallbacks_for",
+    "default_weights",
+    "zscores",
+    "NOISE_RTOL",
     "DEFAULT_ESTIMATORS",
     "KINDS",
     "observed_prior",
@@ -123,14 +139,301 @@ def static_score(meta: Mapping | None) -> float | None:
     return total
 
 
-def _validate(candidates, y):
+# ---------------------------------------------------------------------- the score table
+class Unavailable(Exception):
+    """Raised by a cell scorer when a candidate lacks the input an estimator needs (no source
+    probabilities, no ESM yet, no features): the cell is *unavailable*, not an estimator failure."""
+
+
+class RankingFailed(ValueError):
+    """No estimator produced a value for any candidate: there is nothing to rank by."""
+
+
+#: A column whose spread (standard deviation across the candidates) is at most this fraction of
+#: its largest magnitude is floating-point noise, not a difference between candidates: it
+#: contributes z = 0 to every candidate. The estimators are stable to about 1e-12 relative
+#: (float64 sums over n examples, eigen-decompositions with a relative cut-off; see
+#: ``estimators.hscore``), so 1e-9 leaves three orders of margin over the noise and is still far
+#: below any difference that could mean something for transfer.
+NOISE_RTOL = 1e-9
+#: Z-scores are clipped to [-Z_CLIP, Z_CLIP], so a single outlying candidate cannot dominate.
+Z_CLIP = 3.0
+
+
+def zscores(values: np.ndarray) -> np.ndarray:
+    """Direction-corrected values -> z-scores across candidates, clipped to [-3, 3].
+
+    All zeros when the spread is within floating-point noise: std <= ``NOISE_RTOL`` * max |v|
+    (this also covers a constant column and a column of zeros)."""
+    values = np.asarray(values, dtype=np.float64)
+    sd = float(values.std())
+    if not np.isfinite(sd) or sd <= NOISE_RTOL * float(np.abs(values).max(initial=0.0)) or sd == 0.0:
+        return np.zeros_like(values)
+    return np.clip((values - values.mean()) / sd, -Z_CLIP, Z_CLIP)
+
+
+CellFn = Callable[[str, dict[str, Any]], float]
+
+
+class ScoreTable:
+    """Candidates x estimators: raw values (NaN where missing) with per-cell notes.
+
+    Rows are the candidate names, sorted (so the arithmetic of ``combine`` never depends on the
+    order the caller listed them in); columns are estimators (or ``static`` / ``prior``) in the
+    order they were added. Per cell, ``errors`` holds why an estimator raised, ``unavailable`` why
+    a candidate has no input for it, ``notes`` which fallback settings produced its value.
+    Fill it with ``set`` / ``fail`` / ``mark_unavailable`` or, for an estimator, ``score_column``
+    (which applies the fallback policy); rank it with ``combine``.
+    """
+
+    def __init__(self, candidates: Sequence[str]):
+        names_ = [str(c) for c in candidates]
+        if not names_ or len(set(names_)) != len(names_):
+            raise ValueError("a score table needs one or more distinct candidate names")
+        self.candidates: tuple[str, ...] = tuple(sorted(names_))
+        self._row = {c: i for i, c in enumerate(self.candidates)}
+        self.columns: list[str] = []
+        self._values: dict[str, np.ndarray] = {}
+        self.higher_is_better: dict[str, bool] = {}
+        self.errors: dict[str, dict[str, str]] = {}
+        self.unavailable: dict[str, dict[str, str]] = {}
+        self.notes: dict[str, dict[str, str]] = {}
+
+    # -- filling
+    def add_column(self, column: str, *, higher_is_better: bool = True) -> None:
+        if column in self._values:
+            raise ValueError(f"column {column!r} is already in the table")
+        self.columns.append(column)
+        self._values[column] = np.full(len(self.candidates), np.nan)
+        self.higher_is_better[column] = bool(higher_is_better)
+        self.errors[column], self.unavailable[column], self.notes[column] = {}, {}, {}
+
+    def set(self, column: str, candidate: str, value: float, note: str | None = None) -> None:
+        v = float(value)
+        if not math.isfinite(v):
+            raise ValueError(f"{column} on {candidate!r}: non-finite value {v}")
+        self._values[column][self._row[candidate]] = v
+        if note is not None:
+            self.notes[column][candidate] = note
+
+    def fail(self, column: str, candidate: str, reason: str) -> None:
+        self._values[column][self._row[candidate]] = np.nan
+        self.errors[column][candidate] = reason
+
+    def mark_unavailable(self, column: str, candidate: str, reason: str) -> None:
+        self._values[column][self._row[candidate]] = np.nan
+        self.unavailable[column][candidate] = reason
+
+    def score_column(self, column: str, cell: CellFn, *, higher_is_better: bool = True,
+                     params: Mapping[str, Any] | None = None, fallbacks: Sequence[Mapping[str, Any]] = (),
+                     after_cell: Callable[[], None] | None = None) -> None:
+        """Fill ``column`` with ``cell(candidate, kwargs)`` for every candidate (the fallback policy).
+
+        ``kwargs`` are ``params`` first. When ``cell`` raises (anything but ``Unavailable``) for
+        some candidate, each of ``fallbacks`` (see ``fallbacks_for``) is tried in turn for *every*
+        candidate, and the first that scores them all is used, with a note on each cell; when none
+        does, the failing cell records the reasons (and ``combine`` drops the column). ``Unavailable``
+        marks that candidate's cell and never triggers a fallback. ``after_cell`` runs after each
+        call, outside the error handling (progress reporting)."""
+        self.add_column(column, higher_is_better=higher_is_better)
+        reason, last_failed = "", self.candidates[0]
+        attempts = [dict(params or {})] + [dict(params or {}, **kw) for kw in fallbacks]
+        for attempt, kw in enumerate(attempts):
+            values: dict[str, float] = {}
+            missing: dict[str, str] = {}
+            failed: str | None = None
+            for cand in self.candidates:
+                try:
+                    v = float(cell(cand, dict(kw)))
+                    if not math.isfinite(v):
+                        raise ValueError(f"non-finite value ({v}) for candidate {cand!r}")
+                    values[cand] = v
+                except Unavailable as exc:
+                    missing[cand] = str(exc)
+                except Exception as exc:  # noqa: BLE001 -- any failure of an estimator is recorded
+                    failed = cand
+                    msg = f"{type(exc).__name__}: {exc}"
+                    reason = msg[:500] if attempt == 0 else f"{reason}; retry with {kw}: {msg}"[:800]
+                finally:
+                    if after_cell is not None:
+                        after_cell()
+                if failed is not None:
+                    break
+            if failed is None:
+                note = None if attempt == 0 else \
+                    f"default settings failed ({reason[:200]}); used {attempts[attempt]} for every candidate"
+                for cand, v in values.items():
+                    self.set(column, cand, v, note)
+                for cand, why in missing.items():
+                    self.mark_unavailable(column, cand, why)
+                return
+            last_failed = failed
+        self.fail(column, last_failed, reason)
+
+    # -- reading
+    def value(self, column: str, candidate: str) -> float | None:
+        v = float(self._values[column][self._row[candidate]])
+        return v if math.isfinite(v) else None
+
+    def column(self, column: str) -> np.ndarray:
+        """Raw values of one column (a copy; NaN where missing)."""
+        return self._values[column].copy()
+
+    @property
+    def values(self) -> np.ndarray:
+        """(n_candidates, n_columns) raw values, NaN where missing."""
+        if not self.columns:
+            return np.empty((len(self.candidates), 0))
+        return np.stack([self._values[c] for c in self.columns], axis=1)
+
+    def raw(self, candidate: str) -> dict[str, float]:
+        """``{column: value}`` of the cells of ``candidate`` that hold a value."""
+        return {c: v for c in self.columns if (v := self.value(c, candidate)) is not None}
+
+
+def fallbacks_for(estimator: str, n_classes: int, user_params: Mapping[str, Any] | None) -> list[dict[str, Any]]:
+    """The settings tried, in turn, when ``estimator``'s defaults fail on some candidate
+    (``FALLBACK_PARAMS``); none when the caller set the estimator's parameters (no silent change)."""
+    if user_params or estimator not in FALLBACK_PARAMS:
+        return []
+    return FALLBACK_PARAMS[estimator](int(n_classes))
+
+
+@dataclass
+class Combined:
+    """What ``combine`` returns: candidates best first, with what was used and what was not.
+
+    order: ``[(name, score or None, {column: z-score})]`` best first (unscored candidates last).
+    skipped: ``{column: reason}`` for the columns dropped for every candidate.
+    weights: ``{column: weight}`` of the columns combined.
+    unscored: ``{name: reason}`` for candidates that got no combined score.
+    notes: ``{column: note}`` (fallback settings used), plus ``"combine"`` when the zero-weight
+    columns were used because nothing else remained.
+    """
+
+    order: list[tuple[str, float | None, dict[str, float]]]
+    skipped: dict[str, str]
+    weights: dict[str, float]
+    unscored: dict[str, str]
+    notes: dict[str, str]
+    prior: dict[str, float]
+
+
+def combine(table: ScoreTable, weights: Mapping[str, float] | None = None,
+            prior: Mapping[str, float | None] | None = None) -> Combined:
+    """Rank the candidates of ``table``: the one place the failure and fallback policy lives.
+
+    1. A column (estimator) that *failed* on any candidate -- it raised even with the fallback
+       settings (``ScoreTable.score_column``), or a value is marked as an error -- is dropped for
+       every candidate, and the reason goes to ``skipped``: an estimator is either compared
+       across all candidates or not at all. A column with no value for any candidate is dropped
+       the same way.
+    2. ``prior`` (``{candidate: value}``, higher is better) becomes the ``prior`` column;
+       candidates without a finite value get the mean of the others (no advantage, no penalty).
+    3. Weights: ``weights[column]``, 1.0 for a column it does not name. When every remaining
+       column weighs 0 (e.g. only the ``static`` or ``semb`` baselines are left), they are used
+       with weight 1 each, and ``notes["combine"]`` says so.
+    4. A candidate *unavailable* in a column of positive weight (it lacks the input: no source
+       probabilities, no ESM yet) gets no combined score; it is placed after every scored
+       candidate, ordered by the mean z-score of the zero-weight columns it has values for
+       (z across all candidates with a value), then by name; ``unscored`` says why.
+    5. Every other candidate: each column is direction-corrected (negated when lower is better)
+       and z-scored across the scored candidates (``zscores``: clipped to [-3, 3]; a column whose
+       spread is within floating-point noise, std <= ``NOISE_RTOL`` * max |value|, gives 0);
+       ``score = sum_e w_e z_e / sum_e w_e``. Ties are broken by name.
+    6. No column left -> ``RankingFailed`` (a ``ValueError``) with every reason.
+    """
+    w_in: dict[str, float] = {}
+    for k, v in (weights or {}).items():
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+            raise ValueError(f"weight for {k!r} must be a finite number >= 0, got {v!r}")
+        w_in[str(k)] = float(v)
+    cands = table.candidates
+    skipped: dict[str, str] = {}
+    notes: dict[str, str] = {}
+    cols: dict[str, np.ndarray] = {}  # direction-corrected raw values of the kept columns
+    for c in table.columns:
+        vals = table.column(c)
+        if table.errors[c]:
+            skipped[c] = "; ".join(table.errors[c].values())[:800]
+            continue
+        if not np.isfinite(vals).any():
+            why = sorted(set(table.unavailable[c].values()))
+            skipped[c] = ("no candidate has a value" + (f" ({'; '.join(why)[:400]})" if why else ""))
+            continue
+        cols[c] = vals if table.higher_is_better[c] else -vals
+        if table.notes[c]:
+            notes[c] = next(iter(table.notes[c].values()))
+    prior_raw: dict[str, float] = {}
+    if prior is not None:
+        if not isinstance(prior, Mapping):
+            raise ValueError("prior must be a dict {candidate name: value}")
+        pv = np.array([float(prior[n]) if prior.get(n) is not None else np.nan for n in cands])
+        finite = np.isfinite(pv)
+        if finite.any():
+            pv[~finite] = pv[finite].mean()
+            cols["prior"] = pv
+            prior_raw = {n: float(pv[i]) for i, n in enumerate(cands) if finite[i]}
+        else:
+            skipped["prior"] = "no candidate has a finite prior value"
+    if not cols:
+        reasons = "; ".join(f"{k}: {v}" for k, v in skipped.items()) or "no estimator was requested"
+        raise RankingFailed(f"no estimator could score the candidates ({reasons})")
+    w = {c: w_in.get(c, 1.0) for c in cols}
+    if all(v == 0 for v in w.values()):
+        w = {c: 1.0 for c in cols}
+        notes["combine"] = (f"every remaining column weighs 0; ranked by {', '.join(cols)} "
+                            "with equal weights")
+    weighted = [c for c in cols if w[c] > 0]
+    complete = np.all(np.isfinite(np.stack([cols[c] for c in weighted], axis=1)), axis=1)
+    unscored: dict[str, str] = {}
+    for i, n in enumerate(cands):
+        if not complete[i]:
+            lack = [c for c in weighted if not np.isfinite(cols[c][i])]
+            unscored[n] = "; ".join(table.unavailable.get(c, {}).get(n, f"no {c} value") for c in lack)
+    if not complete.any():
+        raise RankingFailed("no candidate has a value for every weighted estimator ("
+                            + "; ".join(f"{n}: {why}" for n, why in unscored.items())[:800] + ")")
+    wsum = sum(w[c] for c in weighted)
+    z: dict[str, np.ndarray] = {}
+    score = np.zeros(int(complete.sum()))
+    for c in weighted:
+        z[c] = zscores(cols[c][complete])
+        score = score + w[c] * z[c]
+    score = score / wsum
+    idx = np.flatnonzero(complete)
+    scored = [(cands[i], float(score[k]), {c: float(z[c][k]) for c in weighted}) for k, i in enumerate(idx)]
+    scored.sort(key=lambda r: (-r[1], r[0]))
+    rest: list[tuple[str, float | None, dict[str, float]]] = []
+    if unscored:
+        zero = [c for c in cols if w[c] == 0]
+        zall = {}
+        for c in zero:
+            have = np.isfinite(cols[c])
+            zc = np.full(len(cands), np.nan)
+            zc[have] = zscores(cols[c][have])
+            zall[c] = zc
+        keyed = []
+        for i, n in enumerate(cands):
+            if complete[i]:
+                continue
+            mine = {c: float(zall[c][i]) for c in zero if np.isfinite(zall[c][i])}
+            keyed.append((0 if mine else 1, -float(np.mean(list(mine.values()))) if mine else 0.0, n, mine))
+        keyed.sort()
+        rest = [(n, None, mine) for _, _, n, mine in keyed]
+    return Combined(order=[*scored, *rest], skipped=skipped, weights={c: w[c] for c in cols},
+                    unscored=unscored, notes=notes, prior=prior_raw)
+
+
+# ---------------------------------------------------------------------- the library's ranker
+def _validate(candidates: Mapping[str, Mapping[str, Any]], y: Any) -> tuple[dict[str, dict[str, Any]], np.ndarray]:
     if not isinstance(candidates, Mapping) or not candidates:
         raise ValueError("candidates must be a non-empty dict {name: {'features': (n, d) array, ...}}")
     y = np.asarray(y)
     if y.ndim != 1 or y.shape[0] < 2:
         raise ValueError(f"y must be a 1-D array of at least 2 labels, got shape {y.shape}")
     n = y.shape[0]
-    out = {}
+    out: dict[str, dict[str, Any]] = {}
     for name, cand in candidates.items():
         if not isinstance(cand, Mapping):
             raise ValueError(f"candidate {name!r} must be a dict with 'features' (and optional 'probs', 'meta')")
@@ -160,7 +463,7 @@ def _validate(candidates, y):
     return out, y
 
 
-def _default_estimators(cands, kind: str) -> list[str]:
+def _default_estimators(cands: Mapping[str, Mapping[str, Any]], kind: str) -> list[str]:
     def available(e: str, needs: str) -> bool:
         return all(c.get(needs) is not None or (c.get("scores") or {}).get(e) is not None for c in cands.values())
 
@@ -172,25 +475,106 @@ def _default_estimators(cands, kind: str) -> list[str]:
     return chosen
 
 
-def zscores(values: np.ndarray) -> np.ndarray:
-    """Direction-corrected values -> z-scores across candidates (all zeros when constant)."""
-    sd = values.std()
-    if not np.isfinite(sd) or sd <= 1e-12 * max(1.0, float(np.abs(values).max())):
-        return np.zeros_like(values)
-    return np.clip((values - values.mean()) / sd, -3.0, 3.0)
+def _check_request(cands: Mapping[str, Any], estimators: Sequence[str] | None, kind: str,
+                   params: Mapping[str, Any]) -> list[str]:
+    known = set(_names()) | set(PSEUDO_ESTIMATORS)
+    for key, val in params.items():
+        if key not in known:
+            raise ValueError(f"unknown keyword {key!r}: extra keywords must be estimator names "
+                             f"with a dict of that estimator's parameters")
+        if not isinstance(val, Mapping):
+            raise ValueError(f"parameters for {key!r} must be a dict, got {type(val).__name__}")
+    if estimators is None:
+        return _default_estimators(cands, kind)
+    if isinstance(estimators, str):
+        raise ValueError("estimators must be a list of names, e.g. ['logme', 'leep']")
+    ests = list(dict.fromkeys(estimators))
+    for e in ests:
+        if e == "prior":
+            raise ValueError("pass observed results with prior=..., not as an estimator name")
+        if e != "static":
+            needs = _info(e).needs  # ValueError for an unknown name
+            if needs not in ("features", "probs"):
+                raise ValueError(f"estimator {e!r} needs {needs!r} inputs; rank_candidates scores "
+                                 "candidates' features or probabilities (features/probs estimators)")
+    return ests
+
+
+def build_table(candidates: Mapping[str, Mapping[str, Any]], y: Any, estimators: Sequence[str],
+                params: Mapping[str, Mapping[str, Any]] | None = None) -> ScoreTable:
+    """Score every (validated) candidate with every estimator into a ``ScoreTable``.
+
+    A candidate's precomputed ``scores[e]`` is used for the default settings; ``static`` comes
+    from ``meta``; a candidate without the input an estimator needs is ``Unavailable``."""
+    params = params or {}
+    y = np.asarray(y)
+    n_classes = int(np.unique(y).shape[0])
+    table = ScoreTable(list(candidates))
+    for e in estimators:
+        user = dict(params.get(e, {}))
+
+        def cell(name: str, kw: dict[str, Any], e: str = e, user: dict[str, Any] = user) -> float:
+            c = candidates[name]
+            pre = (c.get("scores") or {}).get(e)
+            if pre is not None and kw == user:
+                return float(pre)
+            if e == "static":
+                v = static_score(c.get("meta"))
+                if v is None:
+                    raise Unavailable(f"{name} has no meta['params'] / meta['source_size']")
+                return v
+            needs = _info(e).needs
+            X = c.get(needs)
+            if X is None:
+                raise Unavailable(f"{name} has no {needs}")
+            return _score(e, X, y, **kw)
+
+        hib = True if e == "static" else _info(e).higher_is_better
+        table.score_column(e, cell, higher_is_better=hib, params=user,
+                           fallbacks=fallbacks_for(e, n_classes, params.get(e)))
+    return table
+
+
+def default_weights(estimators_given: bool, weights: Mapping[str, float] | None = None) -> dict[str, float]:
+    """Column weights: ``DEFAULT_WEIGHTS`` for a default request, only the prior's for explicit
+    estimators (the others weigh 1), updated with the caller's ``weights``."""
+    w = dict(DEFAULT_WEIGHTS) if not estimators_given else {"prior": DEFAULT_WEIGHTS["prior"]}
+    for k, v in (weights or {}).items():
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+            raise ValueError(f"weight for {k!r} must be a finite number >= 0, got {v!r}")
+        w[str(k)] = float(v)
+    return w
+
+
+def ranking_rows(table: ScoreTable, result: Combined) -> list[dict[str, Any]]:
+    """``combine``'s result in ``rank_candidates``' format (one dict per candidate, best first)."""
+    out: list[dict[str, Any]] = []
+    for name, score, _z in result.order:
+        raw = table.raw(name)
+        raw = {c: v for c, v in raw.items() if c not in result.skipped}
+        if name in result.prior:
+            raw["prior"] = result.prior[name]
+        r: dict[str, Any] = {"name": name, "score": score, "scores": raw, "skipped": dict(result.skipped)}
+        notes = {c: v for c, v in result.notes.items()}
+        if notes:
+            r["notes"] = notes
+        if name in result.unscored:
+            r["unscored"] = result.unscored[name]
+        out.append(r)
+    return out
 
 
 def rank_candidates(
-    candidates: Mapping[str, Mapping],
-    y,
+    candidates: Mapping[str, Mapping[str, Any]],
+    y: Any,
     *,
     estimators: Sequence[str] | None = None,
     prior: Mapping[str, float] | None = None,
     weights: Mapping[str, float] | None = None,
     kind: str = "models",
-    **params,
-) -> list[dict]:
-    """Rank candidate sources for one target, best first.
+    **params: Any,
+) -> list[dict[str, Any]]:
+    """Rank candidate sources for one target, best first: ``build_table`` + ``combine``.
 
     candidates: ``{name: {"features": (n, d), "probs": optional (n, Z), "meta": optional
         {"params": int, "source_size": int}, "scores": optional {estimator: precomputed value}}}``,
@@ -210,121 +594,23 @@ def rank_candidates(
     params: per-estimator keyword arguments, ``{estimator_name: {kwarg: value}}``.
 
     Returns ``[{"name", "score", "scores": {estimator: raw value}, "skipped": {estimator: reason}}]``
-    sorted by the combined score (descending; ties by name); ``"notes"`` is added when an
-    estimator needed fallback settings (``FALLBACK_PARAMS``; NLEEP: one mixture component per class,
-    then diagonal covariances). Raises ``ValueError`` for invalid input, or when no estimator could
-    score the candidates and there is no prior.
+    sorted by the combined score (descending; ties by name). The failure and fallback policy is
+    ``combine``'s: an estimator that fails for any candidate is skipped for all (``"skipped"``);
+    ``"notes"`` says when an estimator needed fallback settings (``FALLBACK_PARAMS``; NLEEP: one
+    mixture component per class, then diagonal covariances) -- used for every candidate; a
+    candidate lacking the input of a requested estimator (no ``probs``) gets ``"score": None``,
+    ``"unscored"`` with the reason, and comes last. Raises ``ValueError`` for invalid input, and
+    ``RankingFailed`` (a ``ValueError``) when no estimator could score the candidates.
     """
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
     cands, y = _validate(candidates, y)
-    known = set(_names()) | set(PSEUDO_ESTIMATORS)
-    for key, val in params.items():
-        if key not in known:
-            raise ValueError(f"unknown keyword {key!r}: extra keywords must be estimator names "
-                             f"with a dict of that estimator's parameters")
-        if not isinstance(val, Mapping):
-            raise ValueError(f"parameters for {key!r} must be a dict, got {type(val).__name__}")
-    if estimators is None:
-        ests = _default_estimators(cands, kind)
-    else:
-        if isinstance(estimators, str):
-            raise ValueError("estimators must be a list of names, e.g. ['logme', 'leep']")
-        ests = list(dict.fromkeys(estimators))
-        for e in ests:
-            if e == "prior":
-                raise ValueError("pass observed results with prior=..., not as an estimator name")
-            if e != "static":
-                needs = _info(e).needs  # ValueError for an unknown name
-                if needs not in ("features", "probs"):
-                    raise ValueError(f"estimator {e!r} needs {needs!r} inputs; rank_candidates scores "
-                                     "candidates' features or probabilities (features/probs estimators)")
-    w_all = dict(DEFAULT_WEIGHTS) if estimators is None else {"prior": DEFAULT_WEIGHTS["prior"]}
-    if weights is not None:
-        for k, v in weights.items():
-            if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
-                raise ValueError(f"weight for {k!r} must be a finite number >= 0, got {v!r}")
-        w_all.update({str(k): float(v) for k, v in weights.items()})
+    ests = _check_request(cands, estimators, kind, params)
+    w_all = default_weights(estimators is not None, weights)
     if prior is not None and not isinstance(prior, Mapping):
         raise ValueError("prior must be a dict {candidate name: value}")
-
-    names_ = sorted(cands)
-    raw: dict[str, dict[str, float]] = {n: {} for n in names_}
-    skipped: dict[str, str] = {}
-    columns: dict[str, np.ndarray] = {}
-    notes: dict[str, str] = {}
-    n_classes = int(np.unique(y).shape[0])
-
-    def column(e: str, kw: dict, use_precomputed: bool) -> np.ndarray:
-        vals = np.empty(len(names_))
-        for i, n in enumerate(names_):
-            c = cands[n]
-            pre = (c.get("scores") or {}).get(e) if use_precomputed else None
-            if pre is not None:
-                v = float(pre)
-            elif e == "static":
-                v = static_score(c.get("meta"))
-                if v is None:
-                    raise ValueError(f"candidate {n!r} has no meta['params'] / meta['source_size']")
-            else:
-                needs = _info(e).needs
-                X = c.get(needs)
-                if X is None:
-                    raise ValueError(f"candidate {n!r} has no {needs}")
-                v = _score(e, X, y, **kw)
-            if not math.isfinite(v):
-                raise ValueError(f"non-finite value for candidate {n!r}")
-            vals[i] = v
-        return vals
-
-    for e in ests:
-        try:
-            vals = column(e, dict(params.get(e, {})), True)
-        except Exception as exc:  # noqa: BLE001 -- any failure of one estimator skips it, recorded
-            reason = f"{type(exc).__name__}: {exc}"[:500]
-            vals = None
-            for kw in (FALLBACK_PARAMS[e](n_classes) if e in FALLBACK_PARAMS and e not in params else []):
-                try:
-                    vals = column(e, kw, False)
-                    notes[e] = f"default settings failed ({reason[:200]}); used {kw} for every candidate"
-                    break
-                except Exception as exc2:  # noqa: BLE001
-                    reason += f"; retry with {kw}: {type(exc2).__name__}: {exc2}"[:300]
-            if vals is None:
-                skipped[e] = reason
-                continue
-        for i, n in enumerate(names_):
-            raw[n][e] = float(vals[i])
-        hib = True if e == "static" else _info(e).higher_is_better
-        columns[e] = zscores(vals if hib else -vals)
-    if prior is not None:
-        pv = np.array([float(prior[n]) if n in prior and prior[n] is not None else np.nan for n in names_])
-        finite = np.isfinite(pv)
-        if finite.any():
-            pv[~finite] = pv[finite].mean()
-            columns["prior"] = zscores(pv)
-            for i, n in enumerate(names_):
-                if finite[i]:
-                    raw[n]["prior"] = float(pv[i])
-        else:
-            skipped["prior"] = "ValueError: no candidate has a finite prior value"
-    if not columns:
-        reasons = "; ".join(f"{k}: {v}" for k, v in skipped.items()) or "no estimator applies to these inputs"
-        raise ValueError(f"no estimator could score the candidates ({reasons})")
-    if estimators is None and set(columns) == {"static"} and (weights is None or "static" not in weights):
-        w_all["static"] = 1.0  # nothing else to rank by: the size prior alone, at full weight
-    wsum = sum(w_all.get(e, 1.0) for e in columns)
-    if wsum <= 0:
-        raise ValueError(f"all weights of the available estimators ({', '.join(columns)}) are zero")
-    combined = sum(w_all.get(e, 1.0) * z for e, z in columns.items()) / wsum
-    order = sorted(range(len(names_)), key=lambda i: (-combined[i], names_[i]))
-    out = []
-    for i in order:
-        r = {"name": names_[i], "score": float(combined[i]), "scores": raw[names_[i]], "skipped": dict(skipped)}
-        if notes:
-            r["notes"] = dict(notes)
-        out.append(r)
-    return out
+    table = build_table(cands, y, ests, params)
+    return ranking_rows(table, combine(table, w_all, prior))
 
 
 def observed_prior(

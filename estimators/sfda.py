@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+from numpy.typing import ArrayLike
 from scipy import linalg
 from scipy.special import softmax
 
@@ -11,7 +12,7 @@ from ._validation import check_features_labels
 __all__ = ["sfda", "fisher_posteriors", "adaptive_shrinkage"]
 
 
-def _class_stats(X: np.ndarray, y: np.ndarray, C: int):
+def _class_stats(X: np.ndarray, y: np.ndarray, C: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Class counts (C,), priors (C,) and class means (C, d)."""
     sums, counts = class_sums(X, y, C)
     counts = counts.astype(np.float64)
@@ -50,7 +51,8 @@ def adaptive_shrinkage(Sw: np.ndarray, iterations: int = 3) -> float:
     return max(float(np.exp(-5.0 * lam)), 1e-10)
 
 
-def fisher_posteriors(X: np.ndarray, y: np.ndarray, C: int, shrinkage: float | None = None):
+def fisher_posteriors(X: np.ndarray, y: np.ndarray, C: int,
+                      shrinkage: float | None = None) -> tuple[np.ndarray, float]:
     """Class posteriors p(c | x_i) of the regularised Fisher (LDA) classifier used by SFDA.
 
     With within-class covariance ``Sw = (1/n) sum_i (x_i - mu_{y_i})(x_i - mu_{y_i})^T`` and
@@ -77,7 +79,7 @@ def fisher_posteriors(X: np.ndarray, y: np.ndarray, C: int, shrinkage: float | N
     return softmax(X @ coef.T + intercept, axis=1), shrinkage
 
 
-def sfda(X, y, *, shrinkage: float | None = None) -> float:
+def sfda(X: ArrayLike, y: ArrayLike, *, shrinkage: float | None = None) -> float:
     """SFDA score (Shao et al., "Not All Models Are Equal: Predicting Model Transferability in
     a Self-challenging Fisher Space", ECCV 2022). Higher is better.
 

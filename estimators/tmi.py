@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from numpy.typing import ArrayLike
 from scipy.spatial import cKDTree
 from scipy.special import digamma, gammaln
 
@@ -45,7 +46,7 @@ def knn_entropy(Z: np.ndarray, *, k: int = 3, norm: str = "max", min_dist: float
     return float(digamma(m) - digamma(k) + log_c + (d / m) * np.sum(np.log(2.0 * r)))
 
 
-def tmi(X, y, *, k: int = 3, norm: str = "max", min_dist: float = 1.0, workers: int = 1) -> float:
+def tmi(X: ArrayLike, y: ArrayLike, *, k: int = 3, norm: str = "max", min_dist: float = 1.0, workers: int = 1) -> float:
     """TMI (Xu & Kang, "Fast and Accurate Transferability Measurement by Evaluating Intra-class
     Feature Variance", ICCV 2023). Higher is better (more intra-class variance = more adaptable).
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from ._classwise import class_slices
 from ._validation import check_features_labels
@@ -9,7 +10,7 @@ from ._validation import check_features_labels
 __all__ = ["transrate", "coding_rate"]
 
 
-def transrate(X, y, *, eps: float = 1e-4) -> float:
+def transrate(X: ArrayLike, y: ArrayLike, *, eps: float = 1e-4) -> float:
     """TransRate (Huang et al., ICML 2022, "Frustratingly easy transferability estimation").
 
     ``TrR = R(Z, eps) - (1/C) sum_c R(Z_c, eps)`` with Z = X - mean(X), Z_c the rows of class c

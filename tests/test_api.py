@@ -182,7 +182,7 @@ def test_estimator_value_error_is_422(client):
     did = upload(client, npz_bytes(features=np.eye(3), labels=np.array([0, 1, 2])), "tiny.npz").json()["id"]
     r = client.post("/v1/rankings", json={"target": did, "candidates": "models", "estimators": ["tmi"]})
     assert r.status_code == 422
-    assert "no candidate could be scored" in r.json()["detail"] and "at least 4 examples" in r.json()["detail"]
+    assert "no estimator could score" in r.json()["detail"] and "at least 4 examples" in r.json()["detail"]
 
 
 def _register_npz_source(client, name, X, y):

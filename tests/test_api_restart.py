@@ -15,7 +15,8 @@ def test_restart_keeps_datasets_scores_and_index(make_client, tmp_path):
     rng = np.random.default_rng(0)
     rebuilds_at_start = c1.app.state.ctx.index.rebuilds
     for i in range(3):
-        did = upload(c1, npz_bytes(features=rng.normal(size=(25, 50)), labels=np.arange(25) % 2), f"s{i}.npz").json()["id"]
+        arrays = npz_bytes(features=rng.normal(size=(25, 50)), labels=np.arange(25) % 2)
+        did = upload(c1, arrays, f"s{i}.npz").json()["id"]
         assert c1.post("/v1/sources", json={"dataset": did, "name": f"src{i}"}).status_code == 201
     assert c1.app.state.ctx.index.rebuilds == rebuilds_at_start  # inserts are incremental, no rebuild
     tid = upload(c1, csv_bytes(*make_texts(30, 3)), "target.csv").json()["id"]

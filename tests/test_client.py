@@ -11,10 +11,10 @@ import httpx
 import numpy as np
 import pandas as pd
 import pytest
+from live_server import FAST_MODELS, LiveServer
 
 import transferrank
 from conftest import csv_bytes, make_texts
-from live_server import FAST_MODELS, LiveServer
 from transferrank import (
     AsyncClient,
     AuthError,

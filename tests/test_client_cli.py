@@ -8,10 +8,10 @@ import json
 
 import numpy as np
 import pytest
+from live_server import FAST_MODELS
 
 from app.cli import build_parser, main
 from conftest import FAST_BASE, csv_bytes, make_texts, npz_bytes
-from live_server import FAST_MODELS
 
 
 @pytest.fixture

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from live_server import FAST_MODELS
 
 from conftest import make_texts
-from live_server import FAST_MODELS
 from transferrank import Client, TransferSelector
 from transferrank.integrations import ranked_sources
 from transferrank.integrations.feedback import FeedbackReporter

@@ -8,9 +8,9 @@ import httpx
 import numpy as np
 import pandas as pd
 import pytest
+from live_server import FAST_MODELS
 
 from conftest import make_texts
-from live_server import FAST_MODELS
 from transferrank import Client, NotFoundError, ValidationError
 
 

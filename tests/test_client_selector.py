@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from live_server import FAST_BASE, FAST_MODELS
 from sklearn.base import clone
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from conftest import make_texts
-from live_server import FAST_BASE, FAST_MODELS
 from transferrank import TransferSelector
 
 

@@ -112,7 +112,9 @@ def test_registry_cache_is_shared_and_bounded():
     a = get_encoder("glove-6b-50d")
     assert get_encoder("glove-6b-50d") is a
 
-    lru = registry._LRU(2)
+    from app.core.lru import LRU
+
+    lru = LRU(2)
     calls = []
 
     def loader(tag):
@@ -148,8 +150,8 @@ def test_register_custom_spec(tmp_path):
 
 def test_model2vec_static_model_dir(tmp_path):
     """The model2vec kind on a saved static model: MiniLM's own input token embeddings."""
-    from safetensors import safe_open
     from model2vec import StaticModel
+    from safetensors import safe_open
     from tokenizers import Tokenizer
 
     from app.encoders.model2vec_encoder import Model2VecEncoder

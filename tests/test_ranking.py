@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import estimators
+from estimators import ranking as ranking_mod
 from estimators.ranking import (DEFAULT_ESTIMATORS, DEFAULT_WEIGHTS, observed_prior, profile_similarity, rank_candidates,
                                 static_score)
 
@@ -89,13 +90,90 @@ def test_ties_are_broken_by_name():
     assert all(r["score"] == 0.0 for r in out)
 
 
-def test_failing_estimator_is_skipped_with_reason():
+def test_candidate_without_an_input_is_unscored_and_last():
+    """combine's policy: a candidate lacking the input of a requested estimator (no probs) is not
+    scored and comes last with the reason; the others are ranked by every requested estimator."""
     cands, y = _data()
-    del cands["mid"]["probs"]  # leep cannot run for every candidate
+    del cands["mid"]["probs"]
+    out = rank_candidates(cands, y, estimators=["logme", "leep"])
+    assert [r["name"] for r in out] == ["good", "noise", "mid"]
+    assert out[-1]["score"] is None and "probs" in out[-1]["unscored"]
+    assert out[0]["skipped"] == {} and set(out[0]["scores"]) == {"logme", "leep"}
+    assert set(out[-1]["scores"]) == {"logme"}
+    # nobody has probs: the column is dropped for all, with the reason
+    for c in cands.values():
+        c.pop("probs", None)
     out = rank_candidates(cands, y, estimators=["logme", "leep"])
     assert "leep" in out[0]["skipped"] and "probs" in out[0]["skipped"]["leep"]
-    assert all(set(r["scores"]) == {"logme"} for r in out)
-    assert out[0]["name"] == "good"
+    assert all(set(r["scores"]) == {"logme"} and r["score"] is not None for r in out)
+
+
+def test_estimator_failing_on_one_candidate_is_skipped_for_all(monkeypatch):
+    cands, y = _data()
+    from estimators import ranking
+
+    real = ranking._score
+
+    def fails_on_mid(name, X, y, **kw):
+        if name == "logme" and X is cands["mid"]["features"]:
+            raise ValueError("singular")
+        return real(name, X, y, **kw)
+
+    monkeypatch.setattr(ranking, "_score", fails_on_mid)
+    out = rank_candidates(cands, y, estimators=["logme", "leep"])
+    assert out[0]["skipped"] == {"logme": "ValueError: singular"}
+    assert all(set(r["scores"]) == {"leep"} and r["score"] is not None for r in out)
+
+
+def test_noise_level_spread_contributes_nothing():
+    """H-score values that differ only by rounding (std ~1e-12) give z = 0 for every candidate."""
+    vals = np.array([1.0000000000000007, 0.99999999999749, 1.0000000000000002, 0.9999999999999998])
+    assert np.all(ranking_mod.zscores(vals) == 0.0)
+    assert np.all(ranking_mod.zscores(np.zeros(3)) == 0.0)
+    assert np.all(ranking_mod.zscores(np.array([1e-100, 2e-100, 4e-100])) != 0.0)  # relative, not absolute
+    table = ranking_mod.ScoreTable(["a", "b", "c", "d"])
+    table.add_column("hscore")
+    table.add_column("logme")
+    for cand, h, lg in zip("abcd", vals, [0.3, 0.1, 0.2, 0.0]):
+        table.set("hscore", cand, h)
+        table.set("logme", cand, lg)
+    res = ranking_mod.combine(table)
+    assert [n for n, _, _ in res.order] == ["a", "c", "b", "d"]
+    assert all(z["hscore"] == 0.0 for _, _, z in res.order)
+
+
+def test_combine_reports_a_failed_ranking_with_its_reason():
+    table = ranking_mod.ScoreTable(["a", "b"])
+    table.add_column("leep")
+    table.mark_unavailable("leep", "a", "a has no probs")
+    table.mark_unavailable("leep", "b", "b has no probs")
+    with pytest.raises(ranking_mod.RankingFailed, match="leep: no candidate has a value.*has no probs"):
+        ranking_mod.combine(table)
+    assert issubclass(ranking_mod.RankingFailed, ValueError)
+
+
+def test_zero_weight_columns_rank_when_nothing_else_remains():
+    table = ranking_mod.ScoreTable(["a", "b", "c"])
+    table.add_column("esm_logme")
+    table.add_column("semb")
+    for cand, v in zip("abc", [0.1, 0.3, 0.2]):
+        table.set("semb", cand, v)
+        table.mark_unavailable("esm_logme", cand, f"source {cand} has no ESM")
+    res = ranking_mod.combine(table, {"semb": 0.0})
+    assert [n for n, _, _ in res.order] == ["b", "c", "a"] and "combine" in res.notes
+    assert "no ESM" in res.skipped["esm_logme"]
+    # one source with an ESM: it is scored, the others come after, ordered by semb
+    table = ranking_mod.ScoreTable(["a", "b", "c"])
+    table.add_column("esm_logme")
+    table.add_column("semb")
+    table.set("esm_logme", "a", -1.0)
+    for cand, v in zip("abc", [0.1, 0.3, 0.2]):
+        table.set("semb", cand, v)
+    for cand in "bc":
+        table.mark_unavailable("esm_logme", cand, f"source {cand} has no ESM")
+    res = ranking_mod.combine(table, {"semb": 0.0})
+    assert [(n, s) for n, s, _ in res.order] == [("a", 0.0), ("b", None), ("c", None)]
+    assert "no ESM" in res.unscored["b"]
 
 
 def test_unexpected_exception_is_skipped_too(monkeypatch):

@@ -14,10 +14,11 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 ray = pytest.importorskip("ray")
 
+from test_workers import chatterbot_texts  # noqa: E402
+
 import estimators  # noqa: E402
 from app.workers.local import LocalBackend  # noqa: E402
 from app.workers.ray_backend import EncoderLoadError, RayBackend  # noqa: E402
-from test_workers import chatterbot_texts  # noqa: E402
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(300)]
 

@@ -64,9 +64,9 @@ def test_blob_writer_removes_only_new_blobs_on_error(tmp_path):
 # ---------------------------------------------------------------------- SQL storage
 @pytest.fixture
 def ctx(db_url, settings_factory):
-    from app.services.context import Context
+    from app.services.startup import open_context
 
-    c = Context.open(settings_factory(database_url=db_url))
+    c = open_context(settings_factory(database_url=db_url))
     yield c
     c.close()
 
@@ -144,9 +144,7 @@ def test_feature_sets_unique_and_deleted_with_dataset(ctx):
 
 
 def test_limits_are_enforced_before_anything_is_written(ctx):
-    from dataclasses import replace
-
-    ctx.settings = replace(ctx.settings, max_rows=10)
+    ctx.settings = ctx.settings.replace(max_rows=10)
     with pytest.raises(Invalid, match="exceed the limit of 10"):
         _parsed(ctx, n=30)
     assert list(ctx.blobs.keys()) == []

@@ -30,16 +30,16 @@ atexit.register(_close_all)
 def context(data_dir: str | os.PathLike | None = None):
     """The (cached) service context of a data dir; opened once per process."""
     from app.core.config import Settings
-    from app.core.paths import default_data_dir
-    from app.services.context import Context
+    from app.services.startup import open_context
 
-    data_dir = data_dir or default_data_dir()
-    settings = Settings.from_env(data_dir=data_dir, log_level=os.environ.get("TRANSFERRANK_LOG_LEVEL", "WARNING"))
+    settings = Settings.from_env(data_dir=data_dir)
+    if "log_level" not in settings.model_fields_set:  # a library stays quiet unless told otherwise
+        settings = settings.replace(log_level="WARNING")
     key = f"{settings.data_dir.resolve()}|{settings.db_url}"
     with _LOCK:
         ctx = _CONTEXTS.get(key)
         if ctx is None:
-            ctx = _CONTEXTS[key] = Context.open(settings)
+            ctx = _CONTEXTS[key] = open_context(settings)
         return ctx
 
 

@@ -27,6 +27,8 @@ from transferrank.models import Dataset, Feedback, Job, Ranking, Source
 
 API_KEY_ENV = "TRANSFERRANK_API_KEY"
 URL_ENV = "TRANSFERRANK_URL"
+#: The client's own environment variables (the service's are ``app.core.config.Settings``).
+CLIENT_ENV = {API_KEY_ENV: "API key sent as `Authorization: Bearer`", URL_ENV: "service URL when none is given"}
 
 
 def _version() -> str:

@@ -1,13 +1,32 @@
-"""Request bodies (pydantic). Responses are the service dicts documented in DESIGN.md."""
+"""Request bodies and response models (pydantic): the OpenAPI schema of the REST API."""
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+def _has_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return any(_has_nul(v) for v in value)
+    return False
 
 
 class _Body(BaseModel):
+    """A request body: unknown fields and NUL characters (PostgreSQL cannot store them) are refused."""
+
     model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_nul(cls, data: Any) -> Any:
+        if _has_nul(data):
+            raise ValueError("text fields must not contain NUL characters")
+        return data
 
 
 class RankingRequest(_Body):
@@ -57,3 +76,276 @@ class FeedbackCreate(_Body):
 class KeyCreate(_Body):
     owner: str = Field(..., min_length=1, max_length=255)
     scopes: list[Literal["read", "write", "admin"]] = Field(default_factory=lambda: ["read", "write"])
+
+
+# ====================================================================== responses
+# Every 2xx body is one of these ``*Public`` models. They name the fields the service promises;
+# ``extra="allow"`` keeps fields added later (and the open-ended parts of a ranking) in the body.
+
+
+class _Public(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class ErrorPublic(BaseModel):
+    """Every 4xx body: one sentence a person can act on."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{"detail": "no dataset with id 'abc'"}]})
+    detail: str = Field(..., description="what went wrong and how to fix it")
+
+
+class HealthPublic(_Public):
+    status: Literal["ok"] = "ok"
+
+
+class DatasetPublic(_Public):
+    model_config = ConfigDict(extra="allow", json_schema_extra={"examples": [{
+        "id": "3f2a9c1e0b7d4e5f8a6b1c2d3e4f5a6b", "name": "reviews", "sha256": "9b71d2…", "n_examples": 400,
+        "n_classes": 2, "kind": "text", "classes": ["negative", "positive"], "format": "csv",
+        "feature_sets": ["minilm-l6"], "created_at": "2026-01-01T00:00:00+00:00"}]})
+    id: str
+    name: str
+    sha256: str
+    n_examples: int
+    n_classes: int | None = None
+    kind: str = Field(..., description="'text' (texts + labels) or 'features' (an NPZ of features)")
+    classes: list[str] = Field(default_factory=list, description="class names (the first 50)")
+    format: str | None = None
+    feature_sets: list[str] = Field(default_factory=list, description="encoders with stored features")
+    created_at: str | None = None
+
+
+class DatasetListPublic(_Public):
+    datasets: list[DatasetPublic]
+
+
+class DatasetDeletedPublic(_Public):
+    id: str
+    deleted: bool
+    blobs_removed: int
+    scores_removed: int
+
+
+class SourcePublic(_Public):
+    """A source task of the catalogue (a labelled dataset, usually with an ESM)."""
+
+    model_config = ConfigDict(extra="allow", json_schema_extra={"examples": [{
+        "id": 1, "name": "wordnet_supersense", "kind": "task", "dataset_id": "3f2a9c1e…", "description": "",
+        "licence": "WordNet 3.0 licence", "origin": "demo", "status": "ready", "base_encoder": "minilm-l6",
+        "has_esm": True, "esm": {"fit": "adam"}, "job": None, "error": None,
+        "created_at": "2026-01-01T00:00:00+00:00", "n_examples": 600, "n_classes": 25}]})
+    id: int
+    name: str
+    kind: Literal["task"] = "task"
+    dataset_id: str | None = None
+    description: str | None = None
+    licence: str | None = None
+    origin: str | None = None
+    status: str = Field(..., description="pending | training | ready | failed")
+    base_encoder: str | None = None
+    has_esm: bool = False
+    esm: dict[str, Any] = Field(default_factory=dict, description="how the ESM was fitted")
+    job: str | None = Field(None, description="the training job, if any")
+    error: str | None = None
+    created_at: str | None = None
+    n_examples: int | None = None
+    n_classes: int | None = None
+    sha256: str | None = None
+
+
+class ModelPublic(_Public):
+    """A pretrained model candidate (an encoder of the registry)."""
+
+    model_config = ConfigDict(extra="allow", json_schema_extra={"examples": [{
+        "name": "minilm-l6", "kind": "model", "encoder_kind": "transformers", "dim": 384, "params": 22700000,
+        "licence": "Apache-2.0", "enabled": True}]})
+    name: str
+    kind: Literal["model"] = "model"
+    encoder_kind: str | None = None
+    dim: int | None = None
+    params: int | None = None
+    licence: str | None = None
+    enabled: bool = True
+
+
+class SourceCataloguePublic(_Public):
+    tasks: list[SourcePublic]
+    models: list[ModelPublic]
+    base_encoder: str
+
+
+class SourceCreatedPublic(_Public):
+    source: SourcePublic
+    job: str | None = Field(None, description="the ESM training job when status is 'queued'")
+    status: Literal["queued", "ready"]
+
+
+class SourceDeletedPublic(_Public):
+    name: str
+    deleted: bool
+    scores_removed: int
+
+
+class TargetPublic(_Public):
+    id: str
+    name: str | None = None
+    sha256: str | None = None
+    n_examples: int | None = None
+    n_classes: int | None = None
+    kind: str | None = None
+
+
+class RankedCandidatePublic(_Public):
+    """One candidate of a ranking; estimator-specific details ride along as extra fields."""
+
+    source: str = Field(..., description="source task or model name")
+    rank: int = Field(..., ge=1, description="1 = most promising")
+    score: float | None = Field(None, description="combined score (None: no weighted estimator scored it)")
+    scores: dict[str, float | None] = Field(default_factory=dict, description="raw value per estimator")
+    kind: str | None = Field(None, description="'task' or 'model'")
+    details: dict[str, Any] = Field(default_factory=dict, description="per estimator: cached, seconds, "
+                                    "fallback, skipped or error")
+
+
+class RankingPublic(_Public):
+    """A ranking request and, once ``status`` is ``done``, its result."""
+
+    model_config = ConfigDict(extra="allow", json_schema_extra={"examples": [{
+        "id": "7c0d…", "status": "done", "progress": 1.0, "candidates": "models", "job": None,
+        "target": {"id": "3f2a…", "name": "reviews", "n_examples": 400, "n_classes": 2, "kind": "text"},
+        "estimators": ["logme", "nleep"], "computed": 8, "cached": 0,
+        "ranking": [{"source": "minilm-l6", "rank": 1, "score": 0.91, "kind": "model",
+                     "scores": {"logme": 0.42, "nleep": -0.61}, "details": {}}]}]})
+    id: str
+    status: str = Field(..., description="queued | running | done | failed | cancelled")
+    progress: float = Field(0.0, ge=0.0, le=1.0)
+    job: str | None = Field(None, description="the job computing it (GET /v1/jobs/{id})")
+    target: str | TargetPublic | None = Field(None, description="dataset id, or a summary once done")
+    candidates: str | None = None
+    request: dict[str, Any] | None = None
+    created_at: str | None = None
+    ranking: list[RankedCandidatePublic] | None = Field(None, description="best first (status done)")
+    estimators: list[str] | None = None
+    computed: int | None = Field(None, description="scores computed by this request")
+    cached: int | None = Field(None, description="scores served from the cache")
+    errors: list[str] | None = None
+    error: str | None = Field(None, description="why the ranking failed")
+    message: str | None = None
+
+
+class JobPublic(_Public):
+    model_config = ConfigDict(extra="allow", json_schema_extra={"examples": [{
+        "id": "5e1f…", "kind": "ranking", "status": "running", "progress": 0.4, "message": "embedding the target",
+        "error": None, "result": {}, "created_at": "2026-01-01T00:00:00+00:00",
+        "started_at": "2026-01-01T00:00:01+00:00", "finished_at": None}]})
+    id: str
+    kind: str
+    status: str = Field(..., description="queued | running | done | failed | cancelled")
+    progress: float = Field(0.0, ge=0.0, le=1.0)
+    message: str | None = None
+    error: str | None = None
+    result: dict[str, Any] = Field(default_factory=dict)
+    created_at: str | None = None
+    started_at: str | None = None
+    finished_at: str | None = None
+
+
+class MatrixEntryPublic(_Public):
+    estimator: str | None
+    source: str
+    source_kind: str | None = None
+    target: str | None = None
+    target_name: str | None = None
+    target_sha256: str | None = None
+    encoder: str | None = None
+    value: float | None = None
+    higher_is_better: bool | None = None
+    n: int | None = None
+    version: str | None = None
+    observed_metric: str | None = None
+    observed_value: float | None = None
+
+
+class MatrixPublic(_Public):
+    """Cached source x target scores (``format=csv`` returns ``entries`` as CSV)."""
+
+    model_config = ConfigDict(extra="allow", json_schema_extra={"examples": [{
+        "estimators": ["logme"], "sources": ["minilm-l6"], "targets": ["reviews"],
+        "matrix": {"logme": {"minilm-l6": {"reviews": 0.42}}}, "entries": [], "observed": []}]})
+    estimators: list[str]
+    sources: list[str]
+    targets: list[str]
+    matrix: dict[str, dict[str, dict[str, float | None]]] = Field(
+        ..., description="estimator -> source -> target name -> value")
+    entries: list[MatrixEntryPublic]
+    observed: list[dict[str, Any]] = Field(default_factory=list, description="observed transfer results")
+
+
+class FeedbackPublic(_Public):
+    id: int
+    source: str
+    target: str
+    target_sha256: str | None = None
+    metric: str
+    value: float
+    higher_is_better: bool
+    note: str | None = None
+    created_at: str | None = None
+
+
+class FeedbackListPublic(_Public):
+    feedback: list[FeedbackPublic]
+
+
+class EstimatorPublic(_Public):
+    name: str
+    needs: str
+    higher_is_better: bool
+    paper: str | None = None
+    cost: str | None = None
+    candidates: Literal["models", "tasks"]
+
+
+class EstimatorListPublic(_Public):
+    estimators: list[EstimatorPublic]
+    version: str | None = None
+    defaults: dict[str, list[str]] = Field(default_factory=dict, description="default estimators per candidate kind")
+
+
+class KeyPublic(_Public):
+    model_config = ConfigDict(extra="allow", json_schema_extra={"examples": [{
+        "id": "k_12ab", "owner": "alice", "scopes": ["read", "write"], "active": True,
+        "created_at": "2026-01-01T00:00:00+00:00", "revoked_at": None, "last_used_at": None}]})
+    id: str
+    owner: str
+    scopes: list[str]
+    active: bool
+    created_at: str | None = None
+    revoked_at: str | None = None
+    last_used_at: str | None = None
+
+
+class KeyCreatedPublic(KeyPublic):
+    key: str = Field(..., description="the secret: shown once, store it now")
+
+
+class KeyListPublic(_Public):
+    keys: list[KeyPublic]
+
+
+class InfoPublic(_Public):
+    data_dir: str
+    database: str
+    workers: dict[str, Any]
+    index: dict[str, Any]
+    base_encoder: str
+
+
+def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """``responses=`` for a route: each 4xx code with the ``ErrorPublic`` body and what it means."""
+    meaning = {400: "bad request", 401: "an API key is required, or the key is invalid or revoked",
+               403: "the key lacks the scope this call needs", 404: "not found",
+               409: "conflicts with the current state (e.g. still training)",
+               413: "the upload is larger than TRANSFERRANK_MAX_UPLOAD_BYTES",
+               422: "the request or its content cannot be used", 429: "too many requests"}
+    return {c: {"model": ErrorPublic, "description": meaning.get(c, "error")} for c in codes}

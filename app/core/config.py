@@ -1,104 +1,128 @@
-"""Service configuration, read from environment variables (no extra dependency).
+"""Service configuration: every ``TRANSFERRANK_*`` environment variable is a field of ``Settings``.
 
-| variable | default | meaning |
-|---|---|---|
-| ``TRANSFERRANK_DATA_DIR`` | ``./.transferrank`` | blobs, FAISS index, SQLite file |
-| ``TRANSFERRANK_DATABASE_URL`` | ``sqlite:///<data dir>/transferrank.db`` | SQLAlchemy URL (PostgreSQL in production) |
-| ``TRANSFERRANK_RAY_ADDRESS`` | unset (local thread pool) | ``host:port`` / ``auto`` -> Ray workers |
-| ``TRANSFERRANK_WORKERS`` | 2 | local pool size / number of Ray actors |
-| ``TRANSFERRANK_MAX_UPLOAD_BYTES`` | 52428800 (50 MB) | larger uploads -> 413 |
-| ``TRANSFERRANK_MAX_ROWS`` | 100000 | more examples -> 422 |
-| ``TRANSFERRANK_MAX_CLASSES`` | 1000 | more classes -> 422 |
-| ``TRANSFERRANK_BASE_ENCODER`` | ``minilm-l6`` | encoder for task embeddings / ESMs |
-| ``TRANSFERRANK_SEED_DEMO`` | 1 | seed the demo catalogue on first start |
-| ``TRANSFERRANK_TRAIN_DEMO_ESMS`` | 1 | queue ESM training for demo sources shipped without one |
-| ``TRANSFERRANK_WARM_UP`` | 1 with ``serve`` | load every model candidate in the background at start |
-| ``TRANSFERRANK_JOB_STALE_SECONDS`` | 300 | a running job without heartbeat this long is failed |
-| ``TRANSFERRANK_LOG_LEVEL`` | INFO | logging level |
+``Settings.from_env()`` reads the process environment (``Settings.from_env(mapping)`` reads a
+given mapping instead, for tests); keyword overrides win over both. The README's configuration
+table is generated from the fields here (``python -m app.core.config``) and a test keeps the two
+in step.
 """
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass, field, replace
+import contextvars
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off", ""}
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings.sources.utils import parse_env_vars
 
+from app.core.paths import user_cache_dir
 
-def _env_int(env: dict, name: str, default: int, minimum: int = 1) -> int:
-    raw = env.get(name)
-    if raw is None or raw.strip() == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ValueError(f"{name} must be an integer, got {raw!r}") from None
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return value
+ENV_PREFIX = "TRANSFERRANK_"
+DEFAULT_BASE_ENCODER = "minilm-l6"  # app.encoders.registry.BASE_ENCODER; a test checks they agree
+
+_explicit_env: contextvars.ContextVar[Mapping[str, str] | None] = contextvars.ContextVar("_explicit_env",
+                                                                                          default=None)
 
 
-def _env_bool(env: dict, name: str, default: bool) -> bool:
-    raw = env.get(name)
-    if raw is None:
-        return default
-    low = raw.strip().lower()
-    if low in _TRUE:
-        return True
-    if low in _FALSE:
-        return False
-    raise ValueError(f"{name} must be a boolean (1/0, true/false), got {raw!r}")
+class _MappingEnvSource(EnvSettingsSource):
+    """Environment source that reads a given mapping instead of ``os.environ``."""
+
+    def __init__(self, settings_cls: type[BaseSettings], mapping: Mapping[str, str]) -> None:
+        self._mapping = dict(mapping)
+        super().__init__(settings_cls)
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        return parse_env_vars(self._mapping, self.case_sensitive, self.env_ignore_empty, self.env_parse_none_str)
 
 
-def _default_base_encoder() -> str:
-    try:
-        from app.encoders.registry import BASE_ENCODER
+class Settings(BaseSettings):
+    """Configuration of the service, the CLI, the workers and the benchmarks."""
 
-        return BASE_ENCODER
-    except ImportError:  # pragma: no cover - the registry is part of the package
-        return "minilm-l6"
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_ignore_empty=True, frozen=True,
+                                      extra="ignore", validate_default=True)
 
+    # -- storage
+    data_dir: Path = Field(default_factory=user_cache_dir, description="blobs (content-addressed), FAISS index, "
+                           "SQLite file, encoder caches",
+                           json_schema_extra={"shown": "per-user cache dir (`~/.cache/transferrank` on Linux)"})
+    database_url: str | None = Field(None, description="SQLAlchemy URL, e.g. "
+                                     "`postgresql+psycopg://user:pw@host/db`",
+                                     json_schema_extra={"shown": "SQLite in the data dir"})
+    # -- workers
+    ray_address: str | None = Field(None, description="`host:port`, `ray://host:port`, `auto`, `local` "
+                                    "(Ray workers)", json_schema_extra={"shown": "unset (local threads)"})
+    workers: int | None = Field(None, ge=1, description="local pool size / number of Ray actors",
+                                json_schema_extra={"shown": "2 (Ray: one per GPU, else per CPU up to 8)"})
+    encoder_cache: int = Field(3, ge=1, description="how many encoders a worker keeps loaded (LRU)")
+    device: str = Field("auto", description="`auto`, `cpu`, `cuda` or `cuda:N` for transformers encoders")
+    faiss_threads: int = Field(1, ge=1, description="FAISS OpenMP threads")
+    # -- limits
+    max_upload_bytes: int = Field(50 * 1024 * 1024, ge=1, description="larger uploads -> 413",
+                                  json_schema_extra={"shown": "52428800 (50 MB)"})
+    max_rows: int = Field(100_000, ge=1, description="more examples in a dataset -> 422")
+    max_classes: int = Field(1000, ge=2, description="more classes in a dataset -> 422")
+    # -- catalogue and start-up
+    base_encoder: str = Field(DEFAULT_BASE_ENCODER, min_length=1,
+                              description="encoder for task embeddings and ESMs")
+    seed_demo: bool = Field(True, description="seed the demo catalogue on first start")
+    train_demo_esms: bool = Field(True, description="queue ESM training for demo sources shipped without one")
+    warm_up: bool = Field(False, description="load the model candidates in the background at start",
+                          json_schema_extra={"shown": "1 with `serve`, else 0"})
+    job_stale_seconds: int = Field(300, ge=1, description="a running job without heartbeat this long is "
+                                   "marked failed")
+    log_level: str = Field("INFO", description="logging level")
+    # -- benchmarks and the demo builder (not read by the service)
+    corpora: Path = Field(Path("/work/cache/corpora"), description="root of the unpacked text corpora "
+                          "packages (demo builder, benchmarks); the system install is tried next")
+    text_cache: Path = Field(Path("/work/cache/textbench"), description="cache of the text-task benchmark")
+    fmnist_dir: Path | None = Field(None, description="Fashion-MNIST files for the model-zoo benchmark",
+                                    json_schema_extra={"shown": "system install or user cache"})
 
-@dataclass(frozen=True)
-class Settings:
-    data_dir: Path = Path(".transferrank")
-    database_url: str | None = None  # None -> SQLite file in data_dir
-    ray_address: str | None = None
-    workers: int | None = None
-    max_upload_bytes: int = 50 * 1024 * 1024
-    max_rows: int = 100_000
-    max_classes: int = 1000
-    base_encoder: str = field(default_factory=_default_base_encoder)
-    seed_demo: bool = True
-    train_demo_esms: bool = True
-    job_stale_seconds: int = 300
-    log_level: str = "INFO"
-    warm_up: bool = False
+    @field_validator("database_url", "ray_address", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, v: Any) -> Any:
+        return None if isinstance(v, str) and not v.strip() else v
+
+    @field_validator("log_level")
+    @classmethod
+    def _upper(cls, v: str) -> str:
+        return v.strip().upper() or "INFO"
 
     @classmethod
-    def from_env(cls, env: dict | None = None, **overrides) -> "Settings":
-        env = dict(os.environ if env is None else env)
-        s = cls(
-            data_dir=Path(env.get("TRANSFERRANK_DATA_DIR") or ".transferrank"),
-            database_url=env.get("TRANSFERRANK_DATABASE_URL") or None,
-            ray_address=env.get("TRANSFERRANK_RAY_ADDRESS") or None,
-            workers=_env_int(env, "TRANSFERRANK_WORKERS", 0, minimum=0) or None,
-            max_upload_bytes=_env_int(env, "TRANSFERRANK_MAX_UPLOAD_BYTES", cls.max_upload_bytes),
-            max_rows=_env_int(env, "TRANSFERRANK_MAX_ROWS", cls.max_rows),
-            max_classes=_env_int(env, "TRANSFERRANK_MAX_CLASSES", cls.max_classes, minimum=2),
-            base_encoder=env.get("TRANSFERRANK_BASE_ENCODER") or _default_base_encoder(),
-            seed_demo=_env_bool(env, "TRANSFERRANK_SEED_DEMO", True),
-            train_demo_esms=_env_bool(env, "TRANSFERRANK_TRAIN_DEMO_ESMS", True),
-            job_stale_seconds=_env_int(env, "TRANSFERRANK_JOB_STALE_SECONDS", cls.job_stale_seconds),
-            log_level=(env.get("TRANSFERRANK_LOG_LEVEL") or "INFO").upper(),
-            warm_up=_env_bool(env, "TRANSFERRANK_WARM_UP", False),
-        )
-        overrides = {k: v for k, v in overrides.items() if v is not None}
-        if "data_dir" in overrides:
-            overrides["data_dir"] = Path(overrides["data_dir"])
-        return replace(s, **overrides)
+    def settings_customise_sources(cls, settings_cls: type[BaseSettings],
+                                   init_settings: PydanticBaseSettingsSource,
+                                   env_settings: PydanticBaseSettingsSource,
+                                   dotenv_settings: PydanticBaseSettingsSource,
+                                   file_secret_settings: PydanticBaseSettingsSource,
+                                   ) -> tuple[PydanticBaseSettingsSource, ...]:
+        mapping = _explicit_env.get()
+        if mapping is not None:
+            return init_settings, _MappingEnvSource(settings_cls, mapping)
+        return init_settings, env_settings
 
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Settings from ``env`` (default: the process environment); non-None ``overrides`` win.
+
+        Raises ``ValueError`` naming the ``TRANSFERRANK_*`` variable when a value is invalid."""
+        kwargs = {k: v for k, v in overrides.items() if v is not None}
+        with _reading(env):
+            try:
+                return cls(**kwargs)
+            except ValidationError as exc:
+                raise ValueError(_readable(exc)) from None
+
+    def replace(self, **changes: Any) -> Settings:
+        """A copy with ``changes`` applied and validated (the environment is not read again)."""
+        with _reading({}):
+            try:
+                return type(self)(**{**self.model_dump(exclude_unset=False), **changes})
+            except ValidationError as exc:
+                raise ValueError(_readable(exc)) from None
+
+    # -- derived paths
     @property
     def db_url(self) -> str:
         if self.database_url:
@@ -116,3 +140,43 @@ class Settings:
     @property
     def index_path(self) -> Path:
         return self.data_dir / "index" / f"tasks-{self.base_encoder}.faiss"
+
+
+@contextmanager
+def _reading(env: Mapping[str, str] | None) -> Iterator[None]:
+    token = _explicit_env.set(env)
+    try:
+        yield
+    finally:
+        _explicit_env.reset(token)
+
+
+def _readable(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        field = str(err["loc"][0]) if err.get("loc") else "?"
+        parts.append(f"{env_name(field)}: {err['msg']} (got {err.get('input')!r})")
+    return "; ".join(parts)
+
+
+def env_name(field: str) -> str:
+    """The environment variable of a ``Settings`` field."""
+    return ENV_PREFIX + field.upper()
+
+
+def settings_table() -> str:
+    """The README's configuration table (markdown), one row per ``Settings`` field."""
+    rows = ["| variable | default | meaning |", "|---|---|---|"]
+    for name, f in Settings.model_fields.items():
+        extra = f.json_schema_extra if isinstance(f.json_schema_extra, dict) else {}
+        shown = extra.get("shown")
+        if shown is None:
+            default = f.default
+            shown = "unset" if default is None else f"`{default}`" if isinstance(default, (str, Path)) else (
+                str(int(default)) if isinstance(default, bool) else str(default))
+        rows.append(f"| `{env_name(name)}` | {shown} | {f.description} |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":  # pragma: no cover - prints the README table
+    print(settings_table())

@@ -1,7 +1,7 @@
-"""Where a data dir lives when none is given: ``$TRANSFERRANK_DATA_DIR``, else the per-user
-cache directory (``platformdirs.user_cache_dir("transferrank")``: ``~/.cache/transferrank`` on
-Linux, honouring ``$XDG_CACHE_HOME``), so commands run from any directory share one score cache
-and never create ``./.transferrank`` where they happen to run."""
+"""The default data dir: the per-user cache directory (``platformdirs.user_cache_dir``:
+``~/.cache/transferrank`` on Linux, honouring ``$XDG_CACHE_HOME``), so commands run from any
+directory share one score cache and never create a data dir where they happen to run. The
+``data_dir`` setting (``TRANSFERRANK_DATA_DIR``, ``--data-dir``) overrides it."""
 from __future__ import annotations
 
 import os
@@ -16,8 +16,3 @@ def user_cache_dir() -> Path:
     except ImportError:  # XDG by hand
         base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
         return Path(base) / "transferrank"
-
-
-def default_data_dir(env: dict | None = None) -> Path:
-    env = os.environ if env is None else env
-    return Path(env["TRANSFERRANK_DATA_DIR"]) if env.get("TRANSFERRANK_DATA_DIR") else user_cache_dir()

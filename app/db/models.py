@@ -23,9 +23,11 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
+from app.core.status import JobStatus, RankingStatus, SourceStatus
+
 
 def utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
+    return dt.datetime.now(dt.UTC)
 
 
 def iso(t: dt.datetime | None) -> str | None:
@@ -33,7 +35,7 @@ def iso(t: dt.datetime | None) -> str | None:
     if t is None:
         return None
     if t.tzinfo is None:
-        t = t.replace(tzinfo=dt.timezone.utc)
+        t = t.replace(tzinfo=dt.UTC)
     return t.isoformat()
 
 
@@ -66,7 +68,7 @@ class Dataset(Base):
     meta: Mapped[dict] = mapped_column(JSON, default=dict)  # format, columns, text_pair, ...
     created_at: Mapped[dt.datetime] = mapped_column(_TS, default=utcnow)
 
-    feature_sets: Mapped[list["FeatureSet"]] = relationship(
+    feature_sets: Mapped[list[FeatureSet]] = relationship(
         back_populates="dataset", cascade="all, delete-orphan", passive_deletes=True
     )
 
@@ -115,7 +117,7 @@ class SourceTask(Base):
     description: Mapped[str] = mapped_column(Text, default="")
     licence: Mapped[str] = mapped_column(String(200), default="")
     origin: Mapped[str] = mapped_column(String(16), default="user")  # "demo" | "user"
-    status: Mapped[str] = mapped_column(String(16), default="pending")  # pending|training|ready|failed
+    status: Mapped[str] = mapped_column(String(16), default=SourceStatus.PENDING)  # app.core.status.SourceStatus
     base_encoder: Mapped[str] = mapped_column(String(100))
     esm_blob: Mapped[str | None] = mapped_column(String(80))  # safetensors
     esm_meta: Mapped[dict] = mapped_column(JSON, default=dict)
@@ -156,7 +158,7 @@ class Job(Base):
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     kind: Mapped[str] = mapped_column(String(32))  # "ranking" | "train_esm"
-    status: Mapped[str] = mapped_column(String(16), default="queued")  # queued|running|done|failed
+    status: Mapped[str] = mapped_column(String(16), default=JobStatus.QUEUED)  # app.core.status.JobStatus
     progress: Mapped[float] = mapped_column(Float, default=0.0)
     message: Mapped[str | None] = mapped_column(Text)
     error: Mapped[str | None] = mapped_column(Text)
@@ -175,7 +177,7 @@ class Ranking(Base):
     target_id: Mapped[str] = mapped_column(ForeignKey("datasets.id", ondelete="CASCADE"), index=True)
     candidates: Mapped[str] = mapped_column(String(16))  # "models" | "tasks"
     request: Mapped[dict] = mapped_column(JSON)
-    status: Mapped[str] = mapped_column(String(16), default="queued")
+    status: Mapped[str] = mapped_column(String(16), default=RankingStatus.QUEUED)  # app.core.status.RankingStatus
     job_id: Mapped[str | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"))
     result: Mapped[dict | None] = mapped_column(JSON)
     error: Mapped[str | None] = mapped_column(Text)

@@ -2,7 +2,7 @@
 
     python -m app.demo.build_demo [--only NAME ...] [--force] [--epochs 2]
 
-For each source in ``SOURCES``: load the corpus with ``bench.corpora`` (Debian / PyPI packages,
+For each source in ``SOURCES``: load the corpus with ``app.demo.corpora`` (Debian / PyPI packages,
 offline), keep the chosen classes, subsample (seeded, <= ``per_class`` a class, <= 600 texts),
 normalise whitespace and cut texts to ``MAX_CHARS`` at a word boundary, then run the service's
 own ESM job (``app.training.esm_job.train_esm``: fine-tune all-MiniLM-L6-v2 with a linear head
@@ -41,7 +41,7 @@ SEED = 0
 @dataclass(frozen=True)
 class SourceDef:
     name: str
-    corpus: str  # bench.corpora dataset name
+    corpus: str  # app.demo.corpora dataset name
     description: str
     classes: tuple[str, ...] | None  # None: all classes; else exactly these
     per_class: int
@@ -102,7 +102,7 @@ def clean(text: str, max_chars: int = MAX_CHARS) -> str:
 
 
 def select(sd: SourceDef, texts: list[str], labels: list[str]) -> tuple[list[str], list[str]]:
-    from bench import corpora
+    from app.demo import corpora
 
     lab = np.asarray(labels, dtype=object)
     classes, counts = np.unique(lab.astype(str), return_counts=True)
@@ -143,10 +143,10 @@ def sha256_file(path: Path) -> str:
 def build_one(sd: SourceDef, *, epochs: int, force: bool) -> dict:
     from safetensors.numpy import save_file
 
+    from app.demo import corpora
     from app.encoders.registry import get_encoder
     from app.training.esm_job import train_esm
     from app.workers.base import EsmTrainRequest
-    from bench import corpora
 
     text_path = DATA_DIR / f"{sd.name}.json.gz"
     arr_path = DATA_DIR / f"{sd.name}.safetensors"
@@ -208,7 +208,7 @@ def build_one(sd: SourceDef, *, epochs: int, force: bool) -> dict:
         "description": sd.description,
         "licence": corpora.LICENCES[corpus_key],
         "provenance": (
-            f"bench.corpora.load({sd.corpus!r}); Debian package "
+            f"app.demo.corpora.load({sd.corpus!r}); Debian package "
             f"{corpora.DEBIAN_PACKAGES.get(corpus_key, 'n/a (PyPI chatterbot-corpus)')}; "
             f"<= {sd.per_class} per class, seed {SEED}, texts cut to {MAX_CHARS} characters"
         ),

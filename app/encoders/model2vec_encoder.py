@@ -6,7 +6,7 @@ teacher (e.g. the packaged all-MiniLM-L6-v2) and a static model is distilled fro
 ``model2vec.distill.distill(teacher, pca_dims=options["pca_dims"])`` on first use
 (~20-60 s on 2 CPU cores, offline, ~15 MB) and cached under
 ``<cache_dir>/models/<name>-pca<dims>``. ``cache_dir`` is ``options["cache_dir"]``, else the
-``TRANSFERRANK_DATA_DIR`` environment variable, else the per-user cache dir (the service's
+``TRANSFERRANK_DATA_DIR`` environment variable, else ``./.transferrank`` (the service's
 default data dir). The cache is written to a temporary directory and renamed into place, so a
 crash or a concurrent process never leaves a half-written model behind.
 
@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from app.core.config import Settings
 from app.encoders.base import EncoderSpec, ProgressFn, check_texts
 
 DEFAULT_PCA_DIMS = 256
@@ -32,9 +33,7 @@ _distill_lock = threading.Lock()
 
 
 def default_cache_dir() -> Path:
-    from app.core.paths import default_data_dir
-
-    return default_data_dir()
+    return Settings.from_env().data_dir
 
 
 def _is_static_model_dir(path: Path) -> bool:

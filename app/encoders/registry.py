@@ -14,14 +14,14 @@ from __future__ import annotations
 
 import os
 import threading
-from collections import OrderedDict
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable
 
+from app.core.config import DEFAULT_BASE_ENCODER, Settings
+from app.core.lru import LRU
 from app.encoders.base import Encoder, EncoderSpec
 
-BASE_ENCODER = "minilm-l6"
+BASE_ENCODER = DEFAULT_BASE_ENCODER
 KINDS = ("transformers", "model2vec", "word-vectors", "tfidf-svd")
 
 
@@ -116,7 +116,7 @@ def register(spec: EncoderSpec, *, replace: bool = False) -> None:
         if spec.name in specs and not replace and specs[spec.name] != spec:
             raise ValueError(f"encoder {spec.name!r} is already registered")
         specs[spec.name] = spec
-    _cache.drop(spec.name)
+    _cache.drop_where(lambda key: key[0] == spec.name)
 
 
 def build_encoder(spec: EncoderSpec, *, cache_dir: str | os.PathLike | None = None) -> Encoder:
@@ -157,53 +157,8 @@ def resolve(name: str | EncoderSpec) -> EncoderSpec:
     )
 
 
-class _LRU:
-    """Bounded LRU of loaded encoders; loads each key once, outside the global lock."""
-
-    def __init__(self, maxsize: int):
-        self.maxsize = max(int(maxsize), 1)
-        self._items: OrderedDict[tuple, Encoder] = OrderedDict()
-        self._lock = threading.Lock()
-        self._loading: dict[tuple, threading.Lock] = {}
-
-    def get(self, key: tuple, load: Callable[[], Encoder]) -> Encoder:
-        with self._lock:
-            if key in self._items:
-                self._items.move_to_end(key)
-                return self._items[key]
-            key_lock = self._loading.setdefault(key, threading.Lock())
-        with key_lock:
-            with self._lock:
-                if key in self._items:
-                    self._items.move_to_end(key)
-                    return self._items[key]
-            try:
-                enc = load()
-            finally:
-                with self._lock:
-                    self._loading.pop(key, None)
-            with self._lock:
-                self._items[key] = enc
-                self._items.move_to_end(key)
-                while len(self._items) > self.maxsize:
-                    self._items.popitem(last=False)
-            return enc
-
-    def drop(self, name: str) -> None:
-        with self._lock:
-            for k in [k for k in self._items if k[0] == name]:
-                del self._items[k]
-
-    def clear(self) -> None:
-        with self._lock:
-            self._items.clear()
-
-    def keys(self) -> list[tuple]:
-        with self._lock:
-            return list(self._items)
-
-
-_cache = _LRU(int(os.environ.get("TRANSFERRANK_ENCODER_CACHE", "3")))
+#: The process-wide bounded LRU of loaded encoders.
+_cache: LRU[tuple, Encoder] = LRU(Settings.from_env().encoder_cache)
 
 
 def get_encoder(name: str | EncoderSpec, *, cache_dir: str | os.PathLike | None = None) -> Encoder:

@@ -14,7 +14,7 @@ Cost: O(n * tokens) to vectorise, randomized SVD O(n * V_nnz * dim); fine up to 
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
+from app.core.config import Settings
 from app.encoders.base import EncoderSpec, ProgressFn, check_texts
 
 DEFAULT_MAX_LENGTH = 256  # all-MiniLM-L6-v2's max_seq_length
@@ -37,7 +38,7 @@ def _offline() -> bool:
 def _pick_device(requested: str | None) -> str:
     import torch
 
-    requested = requested or os.environ.get("TRANSFERRANK_DEVICE") or "auto"
+    requested = requested or Settings.from_env().device
     if requested == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     return requested

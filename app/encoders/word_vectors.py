@@ -20,8 +20,8 @@ product. Loading the 400k vocabulary takes ~1 s.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 

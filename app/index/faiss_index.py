@@ -31,10 +31,12 @@ import math
 import os
 import tempfile
 import threading
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Callable, Iterable
 
 import numpy as np
+
+from app.core.config import Settings
 
 log = logging.getLogger(__name__)
 
@@ -106,15 +108,12 @@ _threads_set = False
 
 
 def _configure_faiss_threads(faiss) -> None:
-    """FAISS's OpenMP threads, once per process: ``TRANSFERRANK_FAISS_THREADS`` (default 1).
-
-    One query against a few thousand sources takes ~4 ms on one thread; OpenMP's spin-waiting
-    on a busy 2-core machine made the same query ~20x slower with 2 threads (measured).
-    """
+    """FAISS's OpenMP threads, once per process: ``Settings.faiss_threads`` (default 1: OpenMP
+    spin-waiting on a shared machine slows single queries down; see bench/results)."""
     global _threads_set
     with _threads_lock:
         if not _threads_set:
-            faiss.omp_set_num_threads(max(1, int(os.environ.get("TRANSFERRANK_FAISS_THREADS", "1"))))
+            faiss.omp_set_num_threads(Settings.from_env().faiss_threads)
             _threads_set = True
 
 
@@ -218,7 +217,7 @@ class TaskIndex:
         *,
         save: bool = True,
         **kwargs,
-    ) -> "TaskIndex":
+    ) -> TaskIndex:
         """A fresh index of ``items`` (``(id, vector)`` pairs or an ``(ids, vectors)`` pair)."""
         if isinstance(items, tuple) and len(items) == 2 and isinstance(items[1], np.ndarray) and np.ndim(items[1]) == 2:
             ids, vecs = _as_ids(items[0]), np.asarray(items[1], dtype=np.float32)

@@ -8,6 +8,7 @@ import json
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from sqlalchemy import delete, select
@@ -16,6 +17,9 @@ from sqlalchemy.exc import IntegrityError
 from app.core.errors import Conflict, Invalid, NotFound, TooLarge
 from app.core.logging import get_logger
 from app.db.models import Dataset, FeatureSet, Feedback, Ranking, Score, SourceTask, iso
+
+if TYPE_CHECKING:
+    from app.services.context import Context
 
 log = get_logger("datasets")
 
@@ -242,7 +246,7 @@ def _default_name(filename: str | None, sha: str) -> str:
     return stem[:200] if stem else f"dataset-{sha[:8]}"
 
 
-def store_parsed(ctx, parsed: Parsed, name: str | None, filename: str | None = None,
+def store_parsed(ctx: Context, parsed: Parsed, name: str | None, filename: str | None = None,
                  meta: dict | None = None) -> tuple[Dataset, bool]:
     """Write blobs, then the SQL row in one transaction; on any failure remove the new blobs.
 
@@ -290,12 +294,12 @@ def store_parsed(ctx, parsed: Parsed, name: str | None, filename: str | None = N
     return ds, True
 
 
-def create_from_upload(ctx, data: bytes, filename: str | None, name: str | None) -> tuple[Dataset, bool]:
+def create_from_upload(ctx: Context, data: bytes, filename: str | None, name: str | None) -> tuple[Dataset, bool]:
     parsed = parse_upload(data, filename, ctx.settings)
     return store_parsed(ctx, parsed, name, filename)
 
 
-def get(ctx, dataset_id: str) -> Dataset:
+def get(ctx: Context, dataset_id: str) -> Dataset:
     with ctx.Session() as s:
         ds = s.get(Dataset, dataset_id)
         if ds is None:
@@ -304,7 +308,7 @@ def get(ctx, dataset_id: str) -> Dataset:
         return ds
 
 
-def list_all(ctx, limit: int = 100, offset: int = 0) -> list[Dataset]:
+def list_all(ctx: Context, limit: int = 100, offset: int = 0) -> list[Dataset]:
     with ctx.Session() as s:
         rows = list(s.scalars(select(Dataset).order_by(Dataset.created_at.desc(), Dataset.id)
                               .limit(limit).offset(offset)))
@@ -313,11 +317,11 @@ def list_all(ctx, limit: int = 100, offset: int = 0) -> list[Dataset]:
         return rows
 
 
-def labels(ctx, ds: Dataset) -> np.ndarray:
+def labels(ctx: Context, ds: Dataset) -> np.ndarray:
     return ctx.blobs.get_array(ds.labels_blob)
 
 
-def texts(ctx, ds: Dataset) -> list[str]:
+def texts(ctx: Context, ds: Dataset) -> list[str]:
     if ds.texts_blob is None:
         raise Invalid(f"dataset {ds.id} ({ds.name}) holds features, not texts")
     return ctx.blobs.get_json(ds.texts_blob)
@@ -336,7 +340,7 @@ def referenced_blobs(session) -> set[str]:
     return keys
 
 
-def delete_dataset(ctx, dataset_id: str) -> dict:
+def delete_dataset(ctx: Context, dataset_id: str) -> dict:
     with ctx.Session.begin() as s:
         ds = s.get(Dataset, dataset_id)
         if ds is None:

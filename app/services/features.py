@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 from sqlalchemy import select, update
@@ -17,6 +18,9 @@ from sqlalchemy.exc import IntegrityError
 from app.core.errors import Invalid
 from app.core.logging import get_logger
 from app.db.models import Dataset, FeatureSet
+
+if TYPE_CHECKING:
+    from app.services.context import Context
 
 log = get_logger("features")
 
@@ -44,17 +48,17 @@ def cached_encoders(session, dataset_sha256: str) -> set[str]:
     return set(session.scalars(select(FeatureSet.encoder).where(FeatureSet.dataset_sha256 == dataset_sha256)))
 
 
-def load(ctx, fs: FeatureSet) -> np.ndarray:
+def load(ctx: Context, fs: FeatureSet) -> np.ndarray:
     return ctx.blobs.get_array(fs.blob)
 
 
-def get_features(ctx, ds: Dataset, encoder: str) -> np.ndarray | None:
+def get_features(ctx: Context, ds: Dataset, encoder: str) -> np.ndarray | None:
     with ctx.Session() as s:
         fs = cached(s, ds.sha256, encoder)
     return None if fs is None else load(ctx, fs)
 
 
-def store(ctx, ds: Dataset, encoder: str, X: np.ndarray, seconds: float | None = None,
+def store(ctx: Context, ds: Dataset, encoder: str, X: np.ndarray, seconds: float | None = None,
           *, base_encoder: str | None = None) -> FeatureSet:
     """Blob first, then the row; a concurrent duplicate keeps the first row (same content)."""
     X = np.ascontiguousarray(X, dtype=np.float32)
@@ -83,13 +87,14 @@ def store(ctx, ds: Dataset, encoder: str, X: np.ndarray, seconds: float | None =
     return fs
 
 
-def dataset_task_embedding(ctx, ds: Dataset) -> np.ndarray | None:
+def dataset_task_embedding(ctx: Context, ds: Dataset) -> np.ndarray | None:
     with ctx.Session() as s:
         key = s.scalar(select(Dataset.task_embedding_blob).where(Dataset.id == ds.id))
     return None if key is None else ctx.blobs.get_array(key)
 
 
-def ensure(ctx, ds: Dataset, encoders: Sequence[str], progress: Progress | None = None) -> dict[str, np.ndarray]:
+def ensure(ctx: Context, ds: Dataset, encoders: Sequence[str],
+           progress: Progress | None = None) -> dict[str, np.ndarray]:
     """Features of ``ds`` under each encoder: cached ones loaded, missing ones computed on the
     worker backend (all submitted at once, progress averaged), stored, then returned."""
     from app.services import datasets as datasets_svc
@@ -149,7 +154,7 @@ _INFLIGHT: dict[tuple[str, str, str], object] = {}
 _INFLIGHT_LOCK = threading.Lock()
 
 
-def _submit_once(ctx, ds: Dataset, encoders: list[str], texts: list[str], report) -> tuple[set[str], dict]:
+def _submit_once(ctx: Context, ds: Dataset, encoders: list[str], texts: list[str], report) -> tuple[set[str], dict]:
     owned, futures = set(), {}
     with _INFLIGHT_LOCK:
         for enc in encoders:

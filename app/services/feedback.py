@@ -2,12 +2,16 @@
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 from sqlalchemy import select
 
 from app.core.errors import Invalid, NotFound
 from app.db.models import EncoderRow, Feedback, SourceTask, iso
 from app.services import datasets as datasets_svc
+
+if TYPE_CHECKING:
+    from app.services.context import Context
 
 
 def feedback_dict(f: Feedback) -> dict:
@@ -16,7 +20,7 @@ def feedback_dict(f: Feedback) -> dict:
             "created_at": iso(f.created_at)}
 
 
-def create(ctx, source: str, target: str, metric: str, value: float, higher_is_better: bool = True,
+def create(ctx: Context, source: str, target: str, metric: str, value: float, higher_is_better: bool = True,
            note: str | None = None) -> dict:
     if not math.isfinite(value):
         raise Invalid("value must be a finite number")
@@ -35,7 +39,7 @@ def create(ctx, source: str, target: str, metric: str, value: float, higher_is_b
     return feedback_dict(f)
 
 
-def list_all(ctx, target: str | None = None, source: str | None = None) -> list[dict]:
+def list_all(ctx: Context, target: str | None = None, source: str | None = None) -> list[dict]:
     with ctx.Session() as s:
         q = select(Feedback).order_by(Feedback.id)
         if target:

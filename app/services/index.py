@@ -9,18 +9,23 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from sqlalchemy import select
 
 from app.core.logging import get_logger
+from app.core.status import SourceStatus
 from app.db.models import Dataset, SourceTask
+
+if TYPE_CHECKING:
+    from app.services.context import Context
 
 log = get_logger("index")
 
 
 class IndexManager:
-    def __init__(self, ctx):
+    def __init__(self, ctx: Context):
         self.ctx = ctx
         self.path: Path = ctx.settings.index_path
         self._lock = threading.RLock()
@@ -35,7 +40,7 @@ class IndexManager:
             rows = s.execute(
                 select(SourceTask.id, Dataset.task_embedding_blob)
                 .join(Dataset, Dataset.id == SourceTask.dataset_id)
-                .where(Dataset.task_embedding_blob.is_not(None), SourceTask.status != "failed",
+                .where(Dataset.task_embedding_blob.is_not(None), SourceTask.status != SourceStatus.FAILED,
                        SourceTask.base_encoder == self.ctx.settings.base_encoder)
             ).all()
         items = []
@@ -50,7 +55,7 @@ class IndexManager:
         with self.ctx.Session() as s:
             return set(s.scalars(
                 select(SourceTask.id).join(Dataset, Dataset.id == SourceTask.dataset_id)
-                .where(Dataset.task_embedding_blob.is_not(None), SourceTask.status != "failed",
+                .where(Dataset.task_embedding_blob.is_not(None), SourceTask.status != SourceStatus.FAILED,
                        SourceTask.base_encoder == self.ctx.settings.base_encoder)))
 
     # ------------------------------------------------------------------ file

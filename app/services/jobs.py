@@ -11,14 +11,19 @@ from __future__ import annotations
 import datetime as dt
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import or_, select, update
 
 from app.core.errors import NotFound, ServiceError
 from app.core.logging import get_logger
+from app.core.status import FINISHED, UNFINISHED, JobStatus, RankingStatus, SourceStatus
 from app.db.models import Dataset, Job, Ranking, SourceTask, iso, utcnow
+
+if TYPE_CHECKING:
+    from app.services.context import Context
 
 log = get_logger("jobs")
 
@@ -31,7 +36,7 @@ HEARTBEAT_SECONDS = 10.0
 
 def _aware(t: dt.datetime | None) -> dt.datetime | None:
     if t is not None and t.tzinfo is None:  # SQLite returns naive datetimes
-        return t.replace(tzinfo=dt.timezone.utc)
+        return t.replace(tzinfo=dt.UTC)
     return t
 
 
@@ -51,7 +56,7 @@ def job_dict(job: Job) -> dict:
 
 
 class JobRunner:
-    def __init__(self, ctx, max_workers: int = 2):
+    def __init__(self, ctx: Context, max_workers: int = 2):
         self.ctx = ctx
         self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="transferrank-job")
         self._active: set[str] = set()
@@ -63,7 +68,7 @@ class JobRunner:
 
     # ------------------------------------------------------------------ create / submit
     def create(self, session, kind: str, message: str | None = None) -> Job:
-        job = Job(kind=kind, status="queued", progress=0.0, message=message, owner=self.ctx.instance_id,
+        job = Job(kind=kind, status=JobStatus.QUEUED, progress=0.0, message=message, owner=self.ctx.instance_id,
                   heartbeat_at=utcnow(), result={})
         session.add(job)
         session.flush()
@@ -101,7 +106,7 @@ class JobRunner:
 
     def _run(self, job_id: str, fn: JobFn, on_error: ErrorHook | None) -> dict:
         t0 = time.perf_counter()
-        self._set(job_id, status="running", started_at=utcnow(), heartbeat_at=utcnow(), owner=self.ctx.instance_id)
+        self._set(job_id, status=JobStatus.RUNNING, started_at=utcnow(), heartbeat_at=utcnow(), owner=self.ctx.instance_id)
         log.info("job %s started", job_id)
         try:
             result = fn(lambda p, message=None: self.progress(job_id, p, message)) or {}
@@ -111,7 +116,7 @@ class JobRunner:
             else:
                 error = f"{type(exc).__name__}: {exc}"
                 log.exception("job %s crashed", job_id)
-            self._set(job_id, status="failed", error=error, finished_at=utcnow())
+            self._set(job_id, status=JobStatus.FAILED, error=error, finished_at=utcnow())
             if on_error is not None:
                 try:
                     on_error(error)
@@ -126,7 +131,7 @@ class JobRunner:
                 self._active.discard(job_id)
             self._last_write.pop(job_id, None)
         result = dict(result, seconds=round(time.perf_counter() - t0, 3))
-        self._set(job_id, status="done", progress=1.0, result=result, finished_at=utcnow(), message="done")
+        self._set(job_id, status=JobStatus.DONE, progress=1.0, result=result, finished_at=utcnow(), message="done")
         log.info("job %s done in %.2fs", job_id, result["seconds"])
         return result
 
@@ -138,7 +143,7 @@ class JobRunner:
                 continue
             try:
                 with self.ctx.Session.begin() as s:
-                    s.execute(update(Job).where(Job.id.in_(active), Job.status == "running")
+                    s.execute(update(Job).where(Job.id.in_(active), Job.status == JobStatus.RUNNING)
                               .values(heartbeat_at=utcnow()))
             except Exception:
                 log.exception("heartbeat failed")
@@ -156,7 +161,7 @@ class JobRunner:
         deadline = time.monotonic() + timeout
         while True:
             job = self.get(job_id)
-            if job["status"] in ("done", "failed") or time.monotonic() > deadline:
+            if job["status"] in FINISHED or time.monotonic() > deadline:
                 return job
             time.sleep(poll)
 
@@ -166,27 +171,27 @@ class JobRunner:
         with self._lock:
             mine = set(self._active)
         with self.ctx.Session.begin() as s:
-            q = select(Job).where(Job.status.in_(("queued", "running")))
+            q = select(Job).where(Job.status.in_(UNFINISHED))
             if job_ids is not None:
                 q = q.where(Job.id.in_(job_ids))
             if not all_unfinished:
                 q = q.where(or_(Job.heartbeat_at.is_(None), Job.heartbeat_at < cutoff))
             stale = [j for j in s.scalars(q) if j.id not in mine]
             for job in stale:
-                job.status = "failed"
+                job.status = JobStatus.FAILED
                 job.finished_at = utcnow()
                 job.error = (
                     "the service stopped while this job was unfinished (no heartbeat since "
                     f"{_aware(job.heartbeat_at).isoformat() if job.heartbeat_at else 'creation'}); "
                     "repeat the request to run it again"
                 )
-                for r in s.scalars(select(Ranking).where(Ranking.job_id == job.id, Ranking.status != "done")):
-                    r.status, r.error = "failed", job.error
+                for r in s.scalars(select(Ranking).where(Ranking.job_id == job.id, Ranking.status != RankingStatus.DONE)):
+                    r.status, r.error = RankingStatus.FAILED, job.error
                 for t in s.scalars(select(SourceTask).where(SourceTask.job_id == job.id,
-                                                            SourceTask.status.in_(("pending", "training")))):
+                                                            SourceTask.status.in_((SourceStatus.PENDING, SourceStatus.TRAINING)))):
                     # a source whose base embeddings exist stays usable (divergences), just without ESM
                     embedded = s.scalar(select(Dataset.task_embedding_blob).where(Dataset.id == t.dataset_id))
-                    t.status = "ready" if embedded else "failed"
+                    t.status = SourceStatus.READY if embedded else SourceStatus.FAILED
                     t.error = job.error
         if stale:
             log.warning("reaped %d stale job(s): %s", len(stale), ", ".join(j.id for j in stale))

@@ -6,11 +6,15 @@ from __future__ import annotations
 import hashlib
 import secrets
 import time
+from typing import TYPE_CHECKING
 
 from sqlalchemy import select
 
 from app.core.errors import Forbidden, Invalid, NotFound, Unauthorized
 from app.db.models import ApiKey, iso, utcnow
+
+if TYPE_CHECKING:
+    from app.services.context import Context
 
 SCOPES = ("read", "write", "admin")
 
@@ -35,7 +39,7 @@ def key_dict(k: ApiKey) -> dict:
             "last_used_at": iso(k.last_used_at)}
 
 
-def create(ctx, owner: str, scopes) -> tuple[dict, str]:
+def create(ctx: Context, owner: str, scopes) -> tuple[dict, str]:
     if not owner or not owner.strip():
         raise Invalid("a key needs an owner name")
     scopes = parse_scopes(scopes)
@@ -48,12 +52,12 @@ def create(ctx, owner: str, scopes) -> tuple[dict, str]:
     return key_dict(row), key
 
 
-def list_all(ctx) -> list[dict]:
+def list_all(ctx: Context) -> list[dict]:
     with ctx.Session() as s:
         return [key_dict(k) for k in s.scalars(select(ApiKey).order_by(ApiKey.created_at))]
 
 
-def revoke(ctx, key_id: str) -> dict:
+def revoke(ctx: Context, key_id: str) -> dict:
     with ctx.Session.begin() as s:
         row = s.get(ApiKey, key_id)
         if row is None:
@@ -64,7 +68,7 @@ def revoke(ctx, key_id: str) -> dict:
     return key_dict(row)
 
 
-def any_active(ctx) -> bool:
+def any_active(ctx: Context) -> bool:
     cached = ctx.auth_cache.get("any")
     if cached is not None and time.monotonic() - cached[1] < 2.0:
         return cached[0]
@@ -74,7 +78,7 @@ def any_active(ctx) -> bool:
     return value
 
 
-def authorize(ctx, header: str | None, scope: str) -> dict | None:
+def authorize(ctx: Context, header: str | None, scope: str) -> dict | None:
     """Check an ``Authorization`` header for ``scope``; None when auth is off (no keys yet)."""
     if not any_active(ctx):
         return None

@@ -5,8 +5,7 @@ The default estimators are the library's (``estimators.ranking.DEFAULT_ESTIMATOR
 ``models``: the target is embedded by each candidate encoder (feature cache) and scored with
 LogME and N-LEEP (+ LEEP for an NPZ target whose every model carries source probabilities); an
 NPZ target ranks the feature arrays it carries (``features``, ``features_<model>``,
-``probs_<model>``). N-LEEP falls back to one mixture component per class, then to diagonal
-covariances, where its default fails (noted in the score's details).
+``probs_<model>``).
 
 ``tasks``: the target is embedded once with the base encoder; each source task with an ESM is
 scored by LogME, ETran-LDA and the shrinkage H-score of the target mapped through that ESM
@@ -14,34 +13,61 @@ scored by LogME, ETran-LDA and the shrinkage H-score of the target mapped throug
 domains' mean base embeddings) is reported with weight 0 and orders the sources that have no ESM
 yet, after the others. ``prefilter_k`` scores only the sources nearest in the FAISS task index.
 
-Every score goes through the SQL cache, so a repeated request computes nothing (``computed``
-and ``cached`` counts in the response, ``cached`` per score). The combined ``score`` is the
-default ranker's formula (``estimators.ranking``) applied to the cached values: a weighted mean
-of per-estimator z-scores across the candidates (lower-is-better estimators negated), plus, for
-default requests, the ``static`` size baseline (models; weight 0, reported) and the prior from
-observed fine-tuning results (``POST /v1/feedback``; ``estimators.ranking.observed_prior`` over
-targets weighted by task-embedding similarity; weight 1). A candidate missing a score is
-combined over the estimators it has.
+A ranking is three steps: ``build_candidates`` (what is ranked, with its inputs),
+``score_table`` (every score through the SQL cache, so a repeated request computes nothing;
+``computed`` and ``cached`` counts in the response, ``cached`` per score) into the library's
+``estimators.ranking.ScoreTable``, and ``shape_response`` around the library's
+``estimators.ranking.combine`` -- the one combiner, whose docstring states the failure and
+fallback policy (an estimator failing for any candidate is skipped for all; N-LEEP's fallback
+settings apply to every candidate; a source without an ESM yet comes last, unscored). The
+combination also takes, for default requests, the ``static`` size baseline (models; weight 0,
+reported) and the prior from observed fine-tuning results (``POST /v1/feedback``;
+``estimators.ranking.observed_prior`` over targets weighted by task-embedding similarity;
+weight 1). A ranking where no estimator produced a value is a failed ranking with the reason.
 """
 from __future__ import annotations
 
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from sqlalchemy import select
 
 import estimators
-from estimators.ranking import DEFAULT_ESTIMATORS as LIBRARY_DEFAULTS
-from estimators.ranking import DEFAULT_WEIGHTS, FALLBACK_PARAMS, observed_prior, static_score, zscores
 from app.core.errors import Invalid, NotFound
 from app.core.logging import get_logger
-from app.db.models import Dataset, EncoderRow, Feedback, Ranking, SourceTask, iso, utcnow
+from app.core.progress import ProgressFn, no_progress
+from app.core.status import JobStatus, RankingStatus, SourceStatus
+from app.db.models import (
+    Dataset,
+    EncoderRow,
+    Feedback,
+    Ranking,
+    Score,
+    SourceTask,
+    iso,
+    utcnow,
+)
 from app.services import datasets as datasets_svc
 from app.services import features as features_svc
 from app.services import scores as scores_svc
+from estimators.ranking import DEFAULT_ESTIMATORS as LIBRARY_DEFAULTS
+from estimators.ranking import (
+    Combined,
+    RankingFailed,
+    ScoreTable,
+    Unavailable,
+    combine,
+    default_weights,
+    fallbacks_for,
+    observed_prior,
+    static_score,
+)
+
+if TYPE_CHECKING:
+    from app.services.context import Context
 
 log = get_logger("rankings")
 
@@ -52,11 +78,13 @@ log = get_logger("rankings")
 DEFAULT_ESTIMATORS = {"models": list(LIBRARY_DEFAULTS["models"]),
                       "tasks": [f"esm_{e}" for e in LIBRARY_DEFAULTS["tasks"]] + ["semb"]}
 #: Column weights of a default ranking (explicitly requested estimators all weigh 1).
-DEFAULT_COLUMN_WEIGHTS = {**DEFAULT_WEIGHTS, **{f"esm_{e}": DEFAULT_WEIGHTS[e] for e in LIBRARY_DEFAULTS["tasks"]},
+DEFAULT_COLUMN_WEIGHTS = {**default_weights(False),
+                          **{f"esm_{e}": default_weights(False)[e] for e in LIBRARY_DEFAULTS["tasks"]},
                           "semb": 0.0}
 NEEDS_FOR = {"models": ("features", "probs"), "tasks": ("esm", "domains")}
 SYNC_SCORE_LIMIT = 64  # more uncached scores than this -> run as a job
 DOMAIN_MAX_ROWS = 2000  # divergences on at most this many rows per domain (seeded subsample)
+SERVICE_PARAMS = ("source_sha256", "esm", "max_rows")  # cache-key parameters the service adds
 
 
 @dataclass
@@ -76,8 +104,18 @@ class RankingSpec:
                 "params": self.params, "use_feedback": self.use_feedback}
 
 
+@dataclass
+class Plan:
+    """A validated request: the target dataset and the estimators to score with."""
+
+    spec: RankingSpec
+    ds: Dataset
+    names: list[str]
+
+
 # ---------------------------------------------------------------------- validation
-def _validate(ctx, spec: RankingSpec) -> tuple[Dataset, list[str]]:
+def _validate(ctx: Context, spec: RankingSpec) -> Plan:
+    """Check a request once (400/404/422 on bad input) and return what it ranks with."""
     if spec.candidates not in NEEDS_FOR:
         raise Invalid(f"candidates must be 'models' or 'tasks', got {spec.candidates!r}")
     ds = datasets_svc.get(ctx, spec.target)
@@ -117,10 +155,10 @@ def _validate(ctx, spec: RankingSpec) -> tuple[Dataset, list[str]]:
             raise Invalid(f"a tasks ranking of an NPZ dataset needs features from the base encoder "
                           f"{ctx.settings.base_encoder} (dim {base_dim}); this one has dim {(ds.meta or {}).get('dim')}. "
                           "Upload the texts instead, or rank candidates='models'")
-    return ds, list(names)
+    return Plan(spec, ds, list(names))
 
 
-def _base_dim(ctx) -> int | None:
+def _base_dim(ctx: Context) -> int | None:
     with ctx.Session() as s:
         row = s.get(EncoderRow, ctx.settings.base_encoder)
     return row.dim if row is not None else None
@@ -141,7 +179,7 @@ class Candidate:
     meta: dict = field(default_factory=dict)
 
 
-def _model_names(ctx, ds: Dataset, spec: RankingSpec) -> list[str]:
+def _model_names(ctx: Context, ds: Dataset, spec: RankingSpec) -> list[str]:
     if ds.kind == "features":
         names = ["features"] + sorted({k.split("_", 1)[1] for k in (ds.extra_blobs or {})})
     else:
@@ -157,10 +195,10 @@ def _model_names(ctx, ds: Dataset, spec: RankingSpec) -> list[str]:
     return names
 
 
-def _task_rows(ctx, ds: Dataset, spec: RankingSpec) -> list[tuple[SourceTask, Dataset]]:
+def _task_rows(ctx: Context, ds: Dataset, spec: RankingSpec) -> list[tuple[SourceTask, Dataset]]:
     with ctx.Session() as s:
         rows = s.execute(select(SourceTask, Dataset).join(Dataset, Dataset.id == SourceTask.dataset_id)
-                         .where(SourceTask.status != "failed", SourceTask.base_encoder == ctx.settings.base_encoder)
+                         .where(SourceTask.status != SourceStatus.FAILED, SourceTask.base_encoder == ctx.settings.base_encoder)
                          .order_by(SourceTask.name)).all()
     rows = [(t, d) for t, d in rows if d.sha256 != ds.sha256]
     if spec.sources:
@@ -172,9 +210,9 @@ def _task_rows(ctx, ds: Dataset, spec: RankingSpec) -> list[tuple[SourceTask, Da
     return rows
 
 
-def needs_job(ctx, spec: RankingSpec) -> bool:
+def needs_job(ctx: Context, plan: Plan) -> bool:
     """True when the ranking needs feature extraction (or many uncached scores)."""
-    ds, names = _validate(ctx, spec)
+    spec, ds, names = plan.spec, plan.ds, plan.names
     if ds.kind == "features":
         return False
     with ctx.Session() as s:
@@ -195,25 +233,190 @@ def needs_job(ctx, spec: RankingSpec) -> bool:
     return n_pairs - cached > SYNC_SCORE_LIMIT
 
 
-# ---------------------------------------------------------------------- scoring
-def _subsample(X: np.ndarray, m: int, seed: int = 0) -> np.ndarray:
-    if X.shape[0] <= m:
-        return X
-    idx = np.sort(np.random.default_rng(seed).choice(X.shape[0], size=m, replace=False))
-    return X[idx]
+# ---------------------------------------------------------------------- candidate building
+@dataclass
+class CandidateSet:
+    """What a ranking scores: the candidates, the target's labels and (tasks) base features."""
+
+    cands: list[Candidate]
+    y: np.ndarray
+    X_target: np.ndarray | None = None
+    prefilter: dict | None = None
 
 
-def _load_esm(ctx, cand: Candidate):
-    """The candidate's ESM, read from its blob on first use and kept on the candidate."""
-    from estimators.esm import EmbeddingSpaceMap
+def _npz_model_candidates(ctx: Context, ds: Dataset, models: list[str]) -> list[Candidate]:
+    extras = ds.extra_blobs or {}
+    out = []
+    for m in models:
+        if m == "features":
+            out.append(Candidate("features", "model", "npz:features", features=ctx.blobs.get_array(ds.features_blob)))
+            continue
+        f, p = extras.get(f"features_{m}"), extras.get(f"probs_{m}")
+        out.append(Candidate(m, "model", f"npz:{m}", features=ctx.blobs.get_array(f) if f else None,
+                             probs=ctx.blobs.get_array(p) if p else None))
+    return out
 
-    if cand.esm is None:
-        cand.esm = EmbeddingSpaceMap.load(ctx.blobs.path(cand.esm_key))
-    return cand.esm
+
+def _encoder_candidates(ctx: Context, ds: Dataset, models: list[str], progress: ProgressFn) -> list[Candidate]:
+    progress(0.0, f"extracting features with {', '.join(models)}")
+    feats = features_svc.ensure(ctx, ds, models, progress=lambda p: progress(0.85 * p))
+    with ctx.Session() as s:
+        meta = {r.name: {"params": r.params, "dim": r.dim, "kind": r.kind}
+                for r in s.scalars(select(EncoderRow).where(EncoderRow.name.in_(models)))}
+    return [Candidate(m, "model", m, features=feats[m], meta=meta.get(m, {})) for m in models]
 
 
-def _score_params(spec: RankingSpec, est: str, cand: Candidate, info) -> dict:
-    p = dict((spec.params or {}).get(est, {}))
+def _task_candidates(ctx: Context, plan: Plan, progress: ProgressFn) -> CandidateSet:
+    spec, ds = plan.spec, plan.ds
+    base = ctx.settings.base_encoder
+    if ds.kind == "features":
+        X_target = ctx.blobs.get_array(ds.features_blob)
+    else:
+        progress(0.0, f"embedding the target with the base encoder {base}")
+        X_target = features_svc.ensure(ctx, ds, [base], progress=lambda p: progress(0.6 * p))[base]
+    rows = _task_rows(ctx, ds, spec)
+    prefilter = None
+    if spec.prefilter_k is not None and len(rows) > spec.prefilter_k:
+        hits = ctx.index.search(features_svc.task_embedding(X_target), spec.prefilter_k)
+        keep = {sid for sid, _ in hits}
+        prefilter = {"k": spec.prefilter_k, "searched": len(rows),
+                     "similarity": {t.name: round(sim, 6) for t, _ in rows for sid, sim in hits if t.id == sid}}
+        rows = [(t, d) for t, d in rows if t.id in keep]
+    with ctx.Session() as s:
+        fsets = {fs.dataset_sha256: fs for fs in s.scalars(
+            select(features_svc.FeatureSet).where(
+                features_svc.FeatureSet.encoder == base,
+                features_svc.FeatureSet.dataset_sha256.in_([d.sha256 for _, d in rows])))}
+    cands = []
+    for t, d in rows:
+        fs = fsets.get(d.sha256)
+        if fs is None and t.esm_blob is None:
+            continue  # still being embedded (status pending): nothing to score it with yet
+        cands.append(Candidate(
+            t.name, "task", base, features_key=fs.blob if fs is not None else None,
+            esm_key=t.esm_blob, source_sha256=d.sha256,
+            meta={"status": t.status, "origin": t.origin, "n_examples": d.n_examples,
+                  "n_classes": d.n_classes, "licence": t.licence}))
+    if not cands:
+        raise Invalid("no source task is ready yet (their base embeddings are still being computed); "
+                      "retry when GET /v1/sources shows status 'ready'")
+    return CandidateSet(cands, datasets_svc.labels(ctx, ds), X_target, prefilter)
+
+
+def build_candidates(ctx: Context, plan: Plan, progress: ProgressFn = no_progress) -> CandidateSet:
+    """The candidates of a ranking with their inputs: an NPZ target's feature sets, each enabled
+    encoder's embeddings of the target (models), or the catalogue's source tasks (tasks)."""
+    if plan.spec.candidates == "tasks":
+        return _task_candidates(ctx, plan, progress)
+    models = _model_names(ctx, plan.ds, plan.spec)
+    cands = (_npz_model_candidates(ctx, plan.ds, models) if plan.ds.kind == "features"
+             else _encoder_candidates(ctx, plan.ds, models, progress))
+    return CandidateSet(cands, datasets_svc.labels(ctx, plan.ds))
+
+
+# ---------------------------------------------------------------------- cached scoring
+@dataclass
+class ScoredTable:
+    """The library's score table of a ranking, with the service's per-cell details."""
+
+    table: ScoreTable
+    details: dict[str, dict[str, dict]]  # source -> estimator -> detail
+    computed: int = 0
+    cached: int = 0
+
+
+class _CachedScorer:
+    """Scores (candidate, estimator, parameters) cells through the SQL cache.
+
+    Every computed value is stored under the hash of the parameters that produced it
+    (fallback settings included), so a later lookup finds exactly that value again."""
+
+    def __init__(self, ctx: Context, plan: Plan, cs: CandidateSet):
+        self.ctx, self.plan, self.cs = ctx, plan, cs
+        self.ver = scores_svc.version()
+        with ctx.Session() as s:
+            self.cache: dict[tuple, Score] = scores_svc.lookup_target(s, plan.ds.sha256, plan.names, self.ver)
+        self.new_rows: list[dict] = []
+        self.details: dict[str, dict[str, dict]] = {c.source: {} for c in cs.cands}
+        self.computed = self.cached = 0
+
+    def value(self, cand: Candidate, est: str, kw: dict[str, Any]) -> float:
+        """The value of one cell; ``Unavailable`` when the candidate lacks the input."""
+        info = estimators.info(est)
+        reason = _skip_reason(info, cand)
+        ds = self.plan.ds
+        detail: dict[str, Any] = {"encoder": cand.encoder, "n": ds.n_examples, "version": self.ver,
+                                  "higher_is_better": info.higher_is_better}
+        params = _score_params(kw, info, cand)
+        ph = scores_svc.params_hash(params)
+        hit = self.cache.get(scores_svc.key(cand.source, ds.sha256, cand.encoder, est, ph, self.ver))
+        if hit is not None:
+            self.details[cand.source][est] = dict(detail, cached=True)
+            self.cached += 1
+            return float(hit.value)
+        if reason is not None:
+            self.details[cand.source][est] = dict(detail, cached=False, skipped=reason)
+            raise Unavailable(reason)
+        t1 = time.perf_counter()
+        value = _compute_one(self.ctx, est, info, cand, self.cs.X_target, self.cs.y, params)
+        seconds = time.perf_counter() - t1
+        self.new_rows.append(dict(source=cand.source, source_kind=cand.kind, target_sha256=ds.sha256,
+                                  encoder=cand.encoder, estimator=est, params_hash=ph, params=params,
+                                  version=self.ver, value=value, n=ds.n_examples, seconds=seconds))
+        self.details[cand.source][est] = dict(detail, cached=False, seconds=round(seconds, 4))
+        self.computed += 1
+        return value
+
+
+def score_table(ctx: Context, plan: Plan, cs: CandidateSet, progress: ProgressFn = no_progress) -> ScoredTable:
+    """Every (candidate, estimator) score through the cache into the library's ``ScoreTable``.
+
+    The defaults are scored candidate by candidate (each task's ESM is read once and freed), then
+    each column goes through ``ScoreTable.score_column`` -- the library's fallback policy --
+    reading those results, and scoring (through the cache) only what a fallback needs."""
+    spec, names = plan.spec, plan.names
+    scorer = _CachedScorer(ctx, plan, cs)
+    start = 0.85 if spec.candidates == "models" else 0.6
+    by_name = {c.source: c for c in cs.cands}
+    first: dict[tuple[str, str], float | BaseException] = {}
+    for i, c in enumerate(cs.cands):
+        for est in names:
+            kw = dict((spec.params or {}).get(est, {}))
+            try:
+                first[c.source, est] = scorer.value(c, est, kw)
+            except Exception as exc:  # noqa: BLE001 -- recorded; score_column applies the policy
+                first[c.source, est] = exc
+        if c.kind == "task":
+            c.features = c.esm = None  # free the source's embeddings and ESM before the next source
+        progress(start + 0.14 * (i + 1) / len(cs.cands))
+    table = ScoreTable(list(by_name))
+    n_classes = int(np.unique(cs.y).shape[0])
+    for est in names:
+        user = dict((spec.params or {}).get(est, {}))
+
+        def cell(source: str, kw: dict[str, Any], est: str = est, user: dict[str, Any] = user) -> float:
+            if kw == user:
+                got = first[source, est]
+                if isinstance(got, BaseException):
+                    raise got
+                return got
+            return scorer.value(by_name[source], est, kw)
+
+        table.score_column(est, cell, higher_is_better=estimators.info(est).higher_is_better,
+                           params=user, fallbacks=fallbacks_for(est, n_classes, (spec.params or {}).get(est)))
+        for source, note in table.notes[est].items():
+            scorer.details[source][est]["fallback"] = note
+        for source, why in table.errors[est].items():
+            scorer.details[source][est] = dict(scorer.details[source].get(est, {}), cached=False, error=why)
+    if spec.candidates == "models" and spec.estimators is None:
+        _add_static(table, cs.cands)
+    scores_svc.store_many(ctx, scorer.new_rows)
+    return ScoredTable(table, scorer.details, scorer.computed, scorer.cached)
+
+
+def _score_params(kw: dict[str, Any], info: estimators.EstimatorInfo, cand: Candidate) -> dict[str, Any]:
+    """The parameters a cached score is keyed by: the estimator's own plus the source's identity."""
+    p = dict(kw)
     if info.needs in ("esm", "domains"):
         p["source_sha256"] = cand.source_sha256
     if info.needs == "esm":
@@ -223,9 +426,35 @@ def _score_params(spec: RankingSpec, est: str, cand: Candidate, info) -> dict:
     return p
 
 
-def _compute_one(ctx, est: str, info, cand: Candidate, X_target: np.ndarray | None, y: np.ndarray,
+def _add_static(table: ScoreTable, cands: list[Candidate]) -> None:
+    """The target-agnostic size baseline (log10 parameter count), when every model has a count."""
+    if any(c.meta.get("params") is None for c in cands):
+        return
+    table.add_column("static")
+    for c in cands:  # tf-idf has no pretrained weights: count 1
+        table.set("static", c.source, float(static_score({"params": max(int(c.meta["params"]), 1)}) or 0.0))
+
+
+# ---------------------------------------------------------------------- scoring
+def _subsample(X: np.ndarray, m: int, seed: int = 0) -> np.ndarray:
+    if X.shape[0] <= m:
+        return X
+    idx = np.sort(np.random.default_rng(seed).choice(X.shape[0], size=m, replace=False))
+    return X[idx]
+
+
+def _load_esm(ctx: Context, cand: Candidate) -> Any:
+    """The candidate's ESM, read from its blob on first use and kept on the candidate."""
+    from estimators.esm import EmbeddingSpaceMap
+
+    if cand.esm is None:
+        cand.esm = EmbeddingSpaceMap.load(ctx.blobs.path(cand.esm_key))
+    return cand.esm
+
+
+def _compute_one(ctx: Context, est: str, info: estimators.EstimatorInfo, cand: Candidate, X_target: np.ndarray | None, y: np.ndarray,
                  params: dict) -> float:
-    user = {k: v for k, v in params.items() if k not in ("source_sha256", "esm", "max_rows")}
+    user = {k: v for k, v in params.items() if k not in SERVICE_PARAMS}
     if info.needs == "features":
         return estimators.score(est, cand.features, y, **user)
     if info.needs == "probs":
@@ -239,28 +468,7 @@ def _compute_one(ctx, est: str, info, cand: Candidate, X_target: np.ndarray | No
                             **user)
 
 
-def _compute_with_fallback(ctx, est: str, info, cand: Candidate, X_target, y, params: dict,
-                           spec: RankingSpec) -> tuple[float, str | None]:
-    """``_compute_one``; when the defaults fail and the estimator has fallback settings
-    (``estimators.ranking.FALLBACK_PARAMS``: N-LEEP with one mixture component per class, then
-    with diagonal covariances) and the user set none, retry with those in turn.
-    Returns ``(value, note about the fallback or None)``."""
-    try:
-        return _compute_one(ctx, est, info, cand, X_target, y, params), None
-    except ValueError as exc:
-        if est not in FALLBACK_PARAMS or (spec.params or {}).get(est):
-            raise
-        first = exc
-    for kw in FALLBACK_PARAMS[est](int(np.unique(y).shape[0])):
-        try:
-            value = _compute_one(ctx, est, info, cand, X_target, y, {**params, **kw})
-        except ValueError:
-            continue
-        return value, f"default settings failed ({str(first)[:160]}); used {kw}"
-    raise first
-
-
-def _skip_reason(info, cand: Candidate) -> str | None:
+def _skip_reason(info: estimators.EstimatorInfo, cand: Candidate) -> str | None:
     if info.needs == "probs" and cand.probs is None:
         return f"{cand.source} has no source-class probabilities (NPZ probs_{cand.source})"
     if info.needs == "esm" and cand.esm_key is None:
@@ -270,27 +478,8 @@ def _skip_reason(info, cand: Candidate) -> str | None:
     return None
 
 
-def _zscores(values: dict[str, float], higher_is_better: bool) -> dict[str, float]:
-    """Per-candidate z-scores of one estimator, direction-corrected (the default ranker's column)."""
-    if not values:
-        return {}
-    v = np.array(list(values.values()), dtype=np.float64)
-    return dict(zip(values, zscores(v if higher_is_better else -v).tolist()))
-
-
-def _static_scores(cands: list[Candidate]) -> dict[str, float]:
-    """The target-agnostic size baseline (log10 parameter count) when every model has a count."""
-    out = {}
-    for c in cands:
-        params = c.meta.get("params")
-        if params is None:
-            return {}
-        out[c.source] = static_score({"params": max(int(params), 1)})  # tf-idf: no pretrained weights
-    return out
-
-
 # ---------------------------------------------------------------------- observed prior
-def _observed(ctx, target: Dataset, kind: str, sources: list[str]) -> tuple[dict, dict, dict]:
+def _observed(ctx: Context, target: Dataset, kind: str, sources: list[str]) -> tuple[dict, dict, dict]:
     """Feedback -> (observed {target_sha: {source: value}}, similarity {target_sha: sim},
     this target's own observations {source: {metric: value}})."""
     with ctx.Session() as s:
@@ -333,195 +522,93 @@ def _prior(observed: dict, similarity: dict) -> dict[str, float]:
             if v is not None and math.isfinite(float(v))}
 
 
-# ---------------------------------------------------------------------- the computation
-def compute(ctx, spec: RankingSpec, progress: Callable[[float], None] | None = None) -> dict:
-    t0 = time.perf_counter()
-    progress = progress or (lambda p, message=None: None)
-    ds, names = _validate(ctx, spec)
-    y = datasets_svc.labels(ctx, ds)
-    infos = {n: estimators.info(n) for n in names}
-    ver = scores_svc.version()
-    cands: list[Candidate] = []
-    X_target = None
-    prefilter = None
+# ---------------------------------------------------------------------- combination and response
+def _weights(spec: RankingSpec) -> dict[str, float]:
+    return dict(DEFAULT_COLUMN_WEIGHTS) if spec.estimators is None else default_weights(True)
 
-    if spec.candidates == "models":
-        models = _model_names(ctx, ds, spec)
-        if ds.kind == "features":
-            feats = {"features": ctx.blobs.get_array(ds.features_blob)}
-            extras = ds.extra_blobs or {}
-            for m in models:
-                if m == "features":
-                    cands.append(Candidate("features", "model", "npz:features", features=feats["features"]))
-                    continue
-                f = extras.get(f"features_{m}")
-                p = extras.get(f"probs_{m}")
-                cands.append(Candidate(m, "model", f"npz:{m}",
-                                       features=ctx.blobs.get_array(f) if f else None,
-                                       probs=ctx.blobs.get_array(p) if p else None))
-        else:
-            progress(0.0, f"extracting features with {', '.join(models)}")
-            feats = features_svc.ensure(ctx, ds, models, progress=lambda p: progress(0.85 * p))
-            with ctx.Session() as s:
-                meta = {r.name: {"params": r.params, "dim": r.dim, "kind": r.kind}
-                        for r in s.scalars(select(EncoderRow).where(EncoderRow.name.in_(models)))}
-            cands = [Candidate(m, "model", m, features=feats[m], meta=meta.get(m, {})) for m in models]
-    else:
-        base = ctx.settings.base_encoder
-        if ds.kind == "features":
-            X_target = ctx.blobs.get_array(ds.features_blob)
-        else:
-            progress(0.0, f"embedding the target with the base encoder {base}")
-            X_target = features_svc.ensure(ctx, ds, [base], progress=lambda p: progress(0.6 * p))[base]
-        rows = _task_rows(ctx, ds, spec)
-        if spec.prefilter_k is not None and len(rows) > spec.prefilter_k:
-            te = features_svc.task_embedding(X_target)
-            hits = ctx.index.search(te, spec.prefilter_k)
-            keep = {sid for sid, _ in hits}
-            prefilter = {"k": spec.prefilter_k, "searched": len(rows),
-                         "similarity": {t.name: round(sim, 6) for t, _ in rows for sid, sim in hits if t.id == sid}}
-            rows = [(t, d) for t, d in rows if t.id in keep]
-        with ctx.Session() as s:
-            fsets = {fs.dataset_sha256: fs for fs in s.scalars(
-                select(features_svc.FeatureSet).where(
-                    features_svc.FeatureSet.encoder == base,
-                    features_svc.FeatureSet.dataset_sha256.in_([d.sha256 for _, d in rows])))}
-        for t, d in rows:
-            fs = fsets.get(d.sha256)
-            if fs is None and t.esm_blob is None:
-                continue  # still being embedded (status pending): nothing to score it with yet
-            cands.append(Candidate(
-                t.name, "task", base, features_key=fs.blob if fs is not None else None,
-                esm_key=t.esm_blob, source_sha256=d.sha256,
-                meta={"status": t.status, "origin": t.origin, "n_examples": d.n_examples,
-                      "n_classes": d.n_classes, "licence": t.licence}))
-        if not cands:
-            raise Invalid("no source task is ready yet (their base embeddings are still being computed); "
-                          "retry when GET /v1/sources shows status 'ready'")
 
-    # -- scores, through the cache
-    with ctx.Session() as s:
-        cache = scores_svc.lookup_target(s, ds.sha256, names, ver)
-    entries = {c.source: {"scores": {}, "details": {}} for c in cands}
-    new_rows, errors = [], []
-    n_computed = n_cached = 0
-    todo = [(c, n) for c in cands for n in names]
-    for i, (c, est) in enumerate(todo):
-        info = infos[est]
-        params = _score_params(spec, est, c, info)
-        ph = scores_svc.params_hash(params)
-        k = scores_svc.key(c.source, ds.sha256, c.encoder, est, ph, ver)
-        detail = {"encoder": c.encoder, "n": ds.n_examples, "version": ver,
-                  "higher_is_better": info.higher_is_better}
-        hit = cache.get(k)
-        if hit is not None:
-            value, detail["cached"] = hit.value, True
-            n_cached += 1
-        else:
-            reason = _skip_reason(info, c)
-            if reason is not None:
-                entries[c.source]["scores"][est] = None
-                entries[c.source]["details"][est] = dict(detail, cached=False, skipped=reason)
-                continue
-            t1 = time.perf_counter()
-            try:
-                value, fallback = _compute_with_fallback(ctx, est, info, c, X_target, y, params, spec)
-            except (ValueError, TypeError) as exc:  # TypeError: unknown keyword in params
-                msg = str(exc) if isinstance(exc, ValueError) else f"bad parameters for {est}: {exc}"
-                errors.append(f"{est} on {c.source}: {msg}")
-                entries[c.source]["scores"][est] = None
-                entries[c.source]["details"][est] = dict(detail, cached=False, error=msg)
-                continue
-            if fallback is not None:
-                detail["fallback"] = fallback
-            seconds = time.perf_counter() - t1
-            new_rows.append(dict(source=c.source, source_kind=c.kind, target_sha256=ds.sha256, encoder=c.encoder,
-                                 estimator=est, params_hash=ph, params=params, version=ver, value=value,
-                                 n=ds.n_examples, seconds=seconds))
-            detail.update(cached=False, seconds=round(seconds, 4))
-            n_computed += 1
-        entries[c.source]["scores"][est] = value
-        entries[c.source]["details"][est] = detail
-        if c.kind == "task" and est == names[-1]:
-            c.features = c.esm = None  # free the source's embeddings and ESM before the next source
-        progress((0.85 if spec.candidates == "models" else 0.6) + 0.14 * (i + 1) / len(todo))
-    scores_svc.store_many(ctx, new_rows)
-    if n_computed + n_cached == 0 and errors:
-        raise Invalid("no candidate could be scored: " + "; ".join(errors[:3]))
+def _prior_for(ctx: Context, plan: Plan, sources: list[str]) -> tuple[dict[str, float] | None, dict]:
+    """The observed-results prior (default requests, or ``use_feedback``) and this target's own
+    observations ``{source: {metric: value}}``."""
+    spec = plan.spec
+    use = spec.use_feedback if spec.use_feedback is not None else spec.estimators is None
+    if not use:
+        return None, {}
+    observed, similarity, own = _observed(ctx, plan.ds, spec.candidates, sources)
+    prior = {s_: v for s_, v in _prior(observed, similarity).items() if s_ in sources} if observed else {}
+    return (prior or None), own
 
-    # -- combine: the default ranker's formula (estimators.ranking) on the cached scores
-    weights = dict(DEFAULT_COLUMN_WEIGHTS) if spec.estimators is None else {"prior": DEFAULT_WEIGHTS["prior"]}
-    columns = {est: _zscores({c: e["scores"][est] for c, e in entries.items() if e["scores"].get(est) is not None},
-                             infos[est].higher_is_better) for est in names}
-    pseudo: dict[str, dict[str, float]] = {}
-    if spec.candidates == "models" and spec.estimators is None:
-        static = _static_scores(cands)
-        if static:
-            columns["static"] = _zscores(static, True)
-            pseudo["static"] = static
-    use_prior = spec.use_feedback if spec.use_feedback is not None else spec.estimators is None
-    own: dict = {}
-    if use_prior:
-        observed, similarity, own = _observed(ctx, ds, spec.candidates, list(entries))
-        if observed:
-            raw = {s_: v for s_, v in _prior(observed, similarity).items() if s_ in entries}
-            if raw:
-                mean = float(np.mean(list(raw.values())))
-                columns["prior"] = _zscores({s_: raw.get(s_, mean) for s_ in entries}, True)
-                pseudo["prior"] = raw
-    ranking, order_by = [], {}
-    for src, e in entries.items():
-        total = weight = 0.0
-        unweighted = []  # zero-weight columns (semb for tasks): they order the candidates left unscored
-        for col, z in columns.items():
-            if src in z:
-                total += weights.get(col, 1.0) * z[src]
-                weight += weights.get(col, 1.0)
-                if weights.get(col, 1.0) == 0:
-                    unweighted.append(z[src])
-        combined = total / weight if weight > 0 else None
-        order_by[src] = combined if combined is not None else (float(np.mean(unweighted)) if unweighted else None)
-        cand = next(c for c in cands if c.source == src)
-        item = {"source": src, "kind": cand.kind, "score": None if combined is None else round(combined, 6),
-                "scores": e["scores"], "details": e["details"]}
+
+def shape_response(plan: Plan, cs: CandidateSet, st: ScoredTable, res: Combined, own: dict,
+                   seconds: float) -> dict:
+    """The ranking's JSON: one item per candidate (best first) with its raw scores, their
+    details (cached, fallback, error, skipped) and the combined score."""
+    spec, ds, names, table = plan.spec, plan.ds, plan.names, st.table
+    by_name = {c.source: c for c in cs.cands}
+    ranking = []
+    for rank, (src, score, _z) in enumerate(res.order, 1):
+        cand = by_name[src]
+        item: dict[str, Any] = {"source": src, "kind": cand.kind, "rank": rank, "score": score,
+                                "scores": {est: table.value(est, src) for est in names},
+                                "details": st.details.get(src, {})}
         if cand.kind == "task":
             item["has_esm"] = cand.esm_key is not None
             item["source_info"] = cand.meta
         elif cand.meta:
             item["model_info"] = cand.meta
-        for col, vals in pseudo.items():
-            if src in vals:
-                item[col] = round(vals[src], 6)
+        if "static" in table.columns and (v := table.value("static", src)) is not None:
+            item["static"] = v
+        if src in res.prior:
+            item["prior"] = res.prior[src]
         if src in own:
             item["observed"] = own[src]
-        if combined is None and order_by[src] is not None:
-            item["note"] = ("no score from the weighted estimators: placed after the scored candidates, "
-                            "ordered by " + ", ".join(c for c in columns if weights.get(c, 1.0) == 0 and src in columns[c]))
+        if src in res.unscored:
+            zero = [c for c, w in res.weights.items() if w == 0 and table.columns.count(c)
+                    and table.value(c, src) is not None]
+            item["note"] = (f"not scored ({res.unscored[src]}): placed after the scored candidates"
+                            + (f", ordered by {', '.join(zero)}" if zero else ""))
         ranking.append(item)
-    ranking.sort(key=lambda r: (r["score"] is None, order_by[r["source"]] is None,
-                                -(order_by[r["source"]] or 0.0), r["source"]))
-    for i, r in enumerate(ranking, 1):
-        r["rank"] = i
-    progress(1.0)
+    errors = [f"{est} on {src}: {why}" for est in names for src, why in table.errors.get(est, {}).items()]
     result = {
         "target": {"id": ds.id, "name": ds.name, "sha256": ds.sha256, "n_examples": ds.n_examples,
                    "n_classes": ds.n_classes, "kind": ds.kind},
         "candidates": spec.candidates,
         "estimators": names,
         "combine": {"method": "weighted mean of per-estimator z-scores across candidates "
-                              "(lower-is-better estimators negated); see estimators.ranking",
-                    "weights": {col: weights.get(col, 1.0) for col in columns}},
+                              "(lower-is-better estimators negated); see estimators.ranking.combine",
+                    "weights": res.weights},
+        "skipped": res.skipped,
+        "notes": res.notes,
         "n_candidates": len(ranking),
         "ranking": ranking[: spec.top_k],
-        "computed": n_computed,
-        "cached": n_cached,
+        "computed": st.computed,
+        "cached": st.cached,
         "errors": errors[:20],
-        "seconds": round(time.perf_counter() - t0, 4),
+        "seconds": round(seconds, 4),
     }
-    if prefilter is not None:
-        result["prefilter"] = prefilter
-    log.info("ranking of %s (%s, %s): %d computed, %d cached in %.2fs", ds.id, spec.candidates,
-             ",".join(names), n_computed, n_cached, result["seconds"])
+    if cs.prefilter is not None:
+        result["prefilter"] = cs.prefilter
+    return result
+
+
+def compute(ctx: Context, spec: RankingSpec, progress: ProgressFn | None = None, *,
+            plan: Plan | None = None) -> dict:
+    """Build the candidates, score them through the cache, combine (``estimators.ranking.combine``)
+    and shape the response. ``Invalid`` (422) when no estimator produced a value."""
+    t0 = time.perf_counter()
+    report = progress or no_progress
+    plan = plan or _validate(ctx, spec)
+    cs = build_candidates(ctx, plan, report)
+    st = score_table(ctx, plan, cs, report)
+    prior, own = _prior_for(ctx, plan, [c.source for c in cs.cands])
+    try:
+        res = combine(st.table, _weights(plan.spec), prior)
+    except RankingFailed as exc:
+        raise Invalid(str(exc)) from None
+    report(1.0)
+    result = shape_response(plan, cs, st, res, own, time.perf_counter() - t0)
+    log.info("ranking of %s (%s, %s): %d computed, %d cached in %.2fs", plan.ds.id, spec.candidates,
+             ",".join(plan.names), st.computed, st.cached, result["seconds"])
     return result
 
 
@@ -529,54 +616,56 @@ def compute(ctx, spec: RankingSpec, progress: Callable[[float], None] | None = N
 def ranking_dict(r: Ranking, job: dict | None = None) -> dict:
     out = {"id": r.id, "status": r.status, "target": r.target_id, "candidates": r.candidates,
            "request": r.request, "job": r.job_id,
-           "progress": 1.0 if r.status == "done" else (job or {}).get("progress", 0.0),
+           "progress": 1.0 if r.status == RankingStatus.DONE else (job or {}).get("progress", 0.0),
            "created_at": iso(r.created_at)}
-    if r.status == "done" and r.result:
+    if r.status == RankingStatus.DONE and r.result:
         out.update({k: v for k, v in r.result.items() if k not in ("candidates",)})
-    if r.status == "failed":
+    if r.status == RankingStatus.FAILED:
         out["error"] = r.error
-    if job is not None and r.status != "done":
+    if job is not None and r.status != RankingStatus.DONE:
         out["message"] = job.get("message")
     return out
 
 
-def _finish(ctx, ranking_id: str, result: dict) -> None:
+def _finish(ctx: Context, ranking_id: str, result: dict) -> None:
     with ctx.Session.begin() as s:
         r = s.get(Ranking, ranking_id)
-        r.status, r.result, r.finished_at = "done", result, utcnow()
+        r.status, r.result, r.finished_at = RankingStatus.DONE, result, utcnow()
 
 
-def _fail(ctx, ranking_id: str, error: str) -> None:
+def _fail(ctx: Context, ranking_id: str, error: str) -> None:
     with ctx.Session.begin() as s:
         r = s.get(Ranking, ranking_id)
         if r is not None:
-            r.status, r.error, r.finished_at = "failed", error, utcnow()
+            r.status, r.error, r.finished_at = RankingStatus.FAILED, error, utcnow()
 
 
-def create(ctx, spec: RankingSpec, *, inline: bool = False) -> tuple[dict, bool]:
+def create(ctx: Context, spec: RankingSpec, *, inline: bool = False) -> tuple[dict, bool]:
     """Create a ranking. Returns ``(body, done)``: done -> 200 with the ranking, else 202 + job.
 
+    The request is validated once. A synchronous ranking that cannot be computed (no estimator
+    produced a value) raises ``Invalid`` (422); a queued one ends ``failed`` with the reason.
     ``inline=True`` (the CLI) computes in the caller's thread even when a job is needed."""
-    job_needed = needs_job(ctx, spec)
-    if not job_needed:
-        result = compute(ctx, spec)
+    plan = _validate(ctx, spec)
+    if not needs_job(ctx, plan):
+        result = compute(ctx, spec, plan=plan)
         with ctx.Session.begin() as s:
             r = Ranking(target_id=spec.target, candidates=spec.candidates, request=spec.as_dict(),
-                        status="done", result=result, finished_at=utcnow())
+                        status=RankingStatus.DONE, result=result, finished_at=utcnow())
             s.add(r)
         return ranking_dict(r), True
     with ctx.Session.begin() as s:
         job = ctx.jobs.create(s, "ranking", message=f"queued: {spec.candidates} ranking of {spec.target}")
         r = Ranking(target_id=spec.target, candidates=spec.candidates, request=spec.as_dict(),
-                    status="queued", job_id=job.id)
+                    status=RankingStatus.QUEUED, job_id=job.id)
         s.add(r)
         s.flush()
         ranking_id, job_id = r.id, job.id
 
-    def run(progress):
+    def run(progress: ProgressFn) -> dict:
         with ctx.Session.begin() as s:
-            s.get(Ranking, ranking_id).status = "running"
-        result = compute(ctx, spec, progress)
+            s.get(Ranking, ranking_id).status = RankingStatus.RUNNING
+        result = compute(ctx, spec, progress, plan=plan)
         _finish(ctx, ranking_id, result)
         return {"ranking": ranking_id, "computed": result["computed"], "cached": result["cached"]}
 
@@ -585,16 +674,16 @@ def create(ctx, spec: RankingSpec, *, inline: bool = False) -> tuple[dict, bool]
         ctx.jobs.run_inline(job_id, run, on_error)
         return get(ctx, ranking_id), True
     ctx.jobs.submit(job_id, run, on_error)
-    return {"id": ranking_id, "status": "queued", "job": job_id, "progress": 0.0}, False
+    return {"id": ranking_id, "status": RankingStatus.QUEUED, "job": job_id, "progress": 0.0}, False
 
 
-def get(ctx, ranking_id: str) -> dict:
+def get(ctx: Context, ranking_id: str) -> dict:
     with ctx.Session() as s:
         r = s.get(Ranking, ranking_id)
         if r is None:
             raise NotFound(f"no ranking with id {ranking_id!r}")
-    job = ctx.jobs.get(r.job_id) if r.job_id and r.status != "done" else None
-    if job is not None and job["status"] == "failed" and r.status != "failed":
+    job = ctx.jobs.get(r.job_id) if r.job_id and r.status != RankingStatus.DONE else None
+    if job is not None and job["status"] == JobStatus.FAILED and r.status != RankingStatus.FAILED:
         with ctx.Session() as s:
             r = s.get(Ranking, ranking_id)
     return ranking_dict(r, job)

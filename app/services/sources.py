@@ -6,6 +6,7 @@ from __future__ import annotations
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from sqlalchemy import delete, select
@@ -13,9 +14,13 @@ from sqlalchemy.exc import IntegrityError
 
 from app.core.errors import Conflict, Invalid, NotFound
 from app.core.logging import get_logger
+from app.core.status import SourceStatus
 from app.db.models import Dataset, EncoderRow, Score, SourceTask, iso
 from app.services import datasets as datasets_svc
 from app.services import features as features_svc
+
+if TYPE_CHECKING:
+    from app.services.context import Context
 
 log = get_logger("sources")
 
@@ -37,7 +42,7 @@ def model_dict(e: EncoderRow) -> dict:
             "licence": e.licence, "enabled": e.enabled}
 
 
-def list_sources(ctx) -> dict:
+def list_sources(ctx: Context) -> dict:
     with ctx.Session() as s:
         tasks = [source_dict(t, d) for t, d in s.execute(
             select(SourceTask, Dataset).join(Dataset, Dataset.id == SourceTask.dataset_id).order_by(SourceTask.name))]
@@ -45,7 +50,7 @@ def list_sources(ctx) -> dict:
     return {"tasks": tasks, "models": models, "base_encoder": ctx.settings.base_encoder}
 
 
-def get_source(ctx, name: str) -> dict:
+def get_source(ctx: Context, name: str) -> dict:
     with ctx.Session() as s:
         row = s.execute(select(SourceTask, Dataset).join(Dataset, Dataset.id == SourceTask.dataset_id)
                         .where(SourceTask.name == name)).first()
@@ -54,7 +59,7 @@ def get_source(ctx, name: str) -> dict:
         return source_dict(*row)
 
 
-def sync_encoders(ctx) -> None:
+def sync_encoders(ctx: Context) -> None:
     """Mirror the encoder registry's catalogue into the ``encoders`` table (idempotent)."""
     from app.encoders.registry import catalogue
 
@@ -69,7 +74,7 @@ def sync_encoders(ctx) -> None:
                     spec.kind, spec.path or "", spec.dim, spec.params, spec.licence or "")
 
 
-def _store_esm(ctx, writer, weight, bias, metadata: dict) -> str:
+def _store_esm(ctx: Context, writer, weight, bias, metadata: dict) -> str:
     from estimators.esm import EmbeddingSpaceMap
 
     esm = EmbeddingSpaceMap(np.asarray(weight), np.asarray(bias),
@@ -79,7 +84,7 @@ def _store_esm(ctx, writer, weight, bias, metadata: dict) -> str:
         return writer.put_file(path, "safetensors")
 
 
-def _activate(ctx, source_id: int) -> None:
+def _activate(ctx: Context, source_id: int) -> None:
     """Index a source whose base embeddings exist (the task embedding is on its dataset row)."""
     with ctx.Session() as s:
         t = s.get(SourceTask, source_id)
@@ -88,7 +93,7 @@ def _activate(ctx, source_id: int) -> None:
         ctx.index.add(source_id, ctx.blobs.get_array(key))
 
 
-def register(ctx, dataset_id: str, name: str | None = None, description: str = "", licence: str = "",
+def register(ctx: Context, dataset_id: str, name: str | None = None, description: str = "", licence: str = "",
              train_esm: bool = True, train: dict | None = None, origin: str = "user") -> tuple[dict, bool]:
     """Register a source task. Returns ``(source, queued)``: queued -> a job trains/embeds it."""
     ds = datasets_svc.get(ctx, dataset_id)
@@ -120,7 +125,7 @@ def register(ctx, dataset_id: str, name: str | None = None, description: str = "
             features_svc.store(ctx, ds, base, X)
         with ctx.Session.begin() as s:
             t = SourceTask(name=name, dataset_id=ds.id, description=description, licence=licence, origin=origin,
-                           status="ready", base_encoder=base, esm_meta={"note": "NPZ source: no texts, no ESM"})
+                           status=SourceStatus.READY, base_encoder=base, esm_meta={"note": "NPZ source: no texts, no ESM"})
             s.add(t)
             s.flush()
             sid = t.id
@@ -132,7 +137,7 @@ def register(ctx, dataset_id: str, name: str | None = None, description: str = "
             job = ctx.jobs.create(s, "train_esm" if train_esm else "embed_source",
                                   message=f"queued: {'ESM training' if train_esm else 'embedding'} for source {name}")
             t = SourceTask(name=name, dataset_id=ds.id, description=description, licence=licence, origin=origin,
-                           status="pending", base_encoder=base, job_id=job.id, esm_meta={"train": train})
+                           status=SourceStatus.PENDING, base_encoder=base, job_id=job.id, esm_meta={"train": train})
             s.add(t)
             s.flush()
             sid, job_id = t.id, job.id
@@ -146,22 +151,22 @@ def register(ctx, dataset_id: str, name: str | None = None, description: str = "
         with ctx.Session.begin() as s:
             row = s.get(SourceTask, sid)
             if row is not None:
-                row.status, row.error = "failed", err
+                row.status, row.error = SourceStatus.FAILED, err
 
     ctx.jobs.submit(job_id, run, on_error)
     return get_source(ctx, name), True
 
 
-def _train_job(ctx, sid: int, ds: Dataset, train_esm: bool, train: dict, progress) -> dict:
+def _train_job(ctx: Context, sid: int, ds: Dataset, train_esm: bool, train: dict, progress) -> dict:
     from app.workers.base import EsmTrainRequest
 
     base = ctx.settings.base_encoder
     with ctx.Session.begin() as s:
-        s.get(SourceTask, sid).status = "training" if train_esm else "pending"
+        s.get(SourceTask, sid).status = SourceStatus.TRAINING if train_esm else SourceStatus.PENDING
     if not train_esm:
         features_svc.ensure(ctx, ds, [base], progress=progress)
         with ctx.Session.begin() as s:
-            s.get(SourceTask, sid).status = "ready"
+            s.get(SourceTask, sid).status = SourceStatus.READY
         _activate(ctx, sid)
         return {"source": sid, "esm": False}
     texts = datasets_svc.texts(ctx, ds)
@@ -181,7 +186,7 @@ def _train_job(ctx, sid: int, ds: Dataset, train_esm: bool, train: dict, progres
                                                              "method": request.map_fit})
         with ctx.Session.begin() as s:
             t = s.get(SourceTask, sid)
-            t.esm_blob, t.status, t.error = key, "ready", None
+            t.esm_blob, t.status, t.error = key, SourceStatus.READY, None
             t.esm_meta = {"train": train, "metrics": metrics, "seconds": round(seconds, 2),
                           "bytes": ctx.blobs.path(key).stat().st_size}
     _activate(ctx, sid)
@@ -189,7 +194,7 @@ def _train_job(ctx, sid: int, ds: Dataset, train_esm: bool, train: dict, progres
     return {"source": sid, "esm": key, "metrics": metrics}
 
 
-def add_ready_source(ctx, *, name: str, dataset: Dataset, base_embeddings: np.ndarray | None, esm=None,
+def add_ready_source(ctx: Context, *, name: str, dataset: Dataset, base_embeddings: np.ndarray | None, esm=None,
                      description: str = "", licence: str = "", origin: str = "demo",
                      encoder: str | None = None) -> int:
     """Insert a source whose base embeddings (and ESM) already exist, e.g. the demo catalogue."""
@@ -209,7 +214,7 @@ def add_ready_source(ctx, *, name: str, dataset: Dataset, base_embeddings: np.nd
         try:
             with ctx.Session.begin() as s:
                 t = SourceTask(name=name, dataset_id=dataset.id, description=description, licence=licence,
-                               origin=origin, status="ready", base_encoder=base, esm_blob=key, esm_meta=meta)
+                               origin=origin, status=SourceStatus.READY, base_encoder=base, esm_blob=key, esm_meta=meta)
                 s.add(t)
                 s.flush()
                 sid = t.id
@@ -220,12 +225,12 @@ def add_ready_source(ctx, *, name: str, dataset: Dataset, base_embeddings: np.nd
     return sid
 
 
-def delete_source(ctx, name: str) -> dict:
+def delete_source(ctx: Context, name: str) -> dict:
     with ctx.Session.begin() as s:
         t = s.scalar(select(SourceTask).where(SourceTask.name == name))
         if t is None:
             raise NotFound(f"no source task named {name!r}")
-        if t.status in ("pending", "training"):
+        if t.status in (SourceStatus.PENDING, SourceStatus.TRAINING):
             raise Conflict(f"source {name!r} is still {t.status} (job {t.job_id}); wait for the job to end")
         sid, esm_key = t.id, t.esm_blob
         n_scores = s.execute(delete(Score).where(Score.source == name, Score.source_kind == "task")).rowcount

@@ -14,8 +14,9 @@ import json
 import os
 import re
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 
@@ -115,7 +116,7 @@ class BlobStore(_Serializers):
                 h.update(chunk)
         return h.hexdigest() == key.split(".", 1)[0]
 
-    def writer(self) -> "BlobWriter":
+    def writer(self) -> BlobWriter:
         """A transaction helper: blobs it creates are deleted again if the block raises."""
         return BlobWriter(self)
 
@@ -158,7 +159,7 @@ class BlobWriter(_Serializers):
     def keep_all(self) -> None:
         self.created.clear()
 
-    def __enter__(self) -> "BlobWriter":
+    def __enter__(self) -> BlobWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> bool:

@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import gc
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -135,7 +135,8 @@ def train_esm(request: EsmTrainRequest, progress: ProgressFn | None = None) -> E
     except ValueError:
         raise
     except Exception as exc:
-        raise ValueError(f"cannot load base encoder {request.base_encoder!r} from {path}: {type(exc).__name__}: {exc}") from None
+        raise ValueError(f"cannot load base encoder {request.base_encoder!r} from {path}: "
+                         f"{type(exc).__name__}: {exc}") from None
     import torch
 
     # fine-tuning and both embeddings run on the worker's GPU when it has one

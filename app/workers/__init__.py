@@ -8,14 +8,12 @@ Chosen by configuration:
 - ``TRANSFERRANK_WORKERS``: local pool size (default 2), or number of Ray actors (default: one
   per GPU of the cluster, else one per CPU up to 8; an explicit number is capped at the GPUs).
 
-``get_backend(settings)`` reads ``settings.ray_address`` / ``settings.workers`` when the settings
-object has them (``app.core.config.Settings`` does; ``None`` there means the default), else the
-environment.
+``get_backend(settings)`` reads ``settings.ray_address`` / ``settings.workers`` of an
+``app.core.config.Settings`` (``None`` there means the default); without one, the environment.
 """
 from __future__ import annotations
 
-import os
-
+from app.core.config import Settings
 from app.workers.base import EsmTrainRequest, EsmTrainResult, ProgressFn, WorkerBackend
 
 __all__ = [
@@ -30,32 +28,14 @@ __all__ = [
 DEFAULT_WORKERS = 2
 
 
-def _setting(settings, attr: str, env: str):
-    """``settings.attr`` when the settings object has it (it is authoritative), else ``$env``."""
-    if settings is not None and hasattr(settings, attr):
-        value = getattr(settings, attr)
-    else:
-        value = os.environ.get(env)
-    return None if value is None or value == "" else value
-
-
-def backend_config(settings=None) -> dict:
+def backend_config(settings: Settings | None = None) -> dict:
     """Resolve ``{"kind": "local"|"ray", "address": str|None, "workers": int|None}`` from settings/env.
 
     ``workers`` is None for Ray when not set: the backend sizes the pool from the cluster."""
-    address = _setting(settings, "ray_address", "TRANSFERRANK_RAY_ADDRESS")
-    raw_workers = _setting(settings, "workers", "TRANSFERRANK_WORKERS")
-    explicit = raw_workers is not None
-    if raw_workers is None:
-        workers = DEFAULT_WORKERS
-    else:
-        try:
-            workers = int(raw_workers)
-        except (TypeError, ValueError):
-            raise ValueError(f"TRANSFERRANK_WORKERS must be a positive integer, got {raw_workers!r}") from None
-        if workers < 1:
-            raise ValueError(f"TRANSFERRANK_WORKERS must be a positive integer, got {workers}")
-    address = str(address).strip() if address is not None else None
+    s = settings if settings is not None else Settings.from_env()  # ValueError names the variable
+    address = s.ray_address.strip() if s.ray_address else None
+    explicit = s.workers is not None
+    workers: int | None = s.workers if s.workers is not None else DEFAULT_WORKERS
     if not address:
         return {"kind": "local", "address": None, "workers": workers}
     if not explicit:  # Ray: size the actor pool from the cluster (one per GPU, or per CPU)
@@ -69,13 +49,14 @@ def backend_config(settings=None) -> dict:
     return {"kind": "ray", "address": address, "workers": workers}
 
 
-def get_backend(settings=None) -> WorkerBackend:
+def get_backend(settings: Settings | None = None) -> WorkerBackend:
     """Build the configured backend (see module docstring)."""
     cfg = backend_config(settings)
     if cfg["kind"] == "local":
         from app.workers.local import LocalBackend
 
-        return LocalBackend(max_workers=cfg["workers"])
+        cache_dir = settings.data_dir if settings is not None else None
+        return LocalBackend(max_workers=cfg["workers"], cache_dir=cache_dir)
     try:
         from app.workers.ray_backend import RayBackend
     except ModuleNotFoundError as exc:  # ray is an optional extra

@@ -8,9 +8,9 @@ needs database credentials.
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
 
 import numpy as np
 
@@ -59,5 +59,5 @@ class WorkerBackend(abc.ABC):
         """Backend facts for /healthz-style reporting (name, workers, devices)."""
         return {"backend": self.name}
 
-    def shutdown(self) -> None:  # pragma: no cover - default no-op
-        pass
+    def shutdown(self) -> None:  # noqa: B027 - an optional hook
+        """Release the backend's resources (default: nothing to release)."""

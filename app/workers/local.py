@@ -1,70 +1,48 @@
 """The embedded worker backend: a bounded thread pool inside the API process.
 
 Encoders come from ``app.encoders.registry.get_encoder`` (a process-wide bounded LRU shared with
-the rest of the API process), so repeated jobs on the same encoder do not reload weights. torch releases the GIL in its kernels, so threads are
-enough to overlap a forward pass with request handling; ``max_workers`` bounds concurrency
-(and memory: each in-flight job holds one batch of activations).
+the rest of the API process), so repeated jobs on the same encoder do not reload weights. torch
+releases the GIL in its kernels, so threads are enough to overlap a forward pass with request
+handling; ``max_workers`` bounds concurrency (and memory: each in-flight job holds one batch of
+activations).
 """
 from __future__ import annotations
 
 import os
-import threading
-from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Callable, Sequence
 
 import numpy as np
 
+from app.core.lru import LRU
 from app.workers.base import EsmTrainRequest, ProgressFn, WorkerBackend
 
 
 class EncoderCache:
-    """A thread-safe LRU of loaded encoders: at most ``capacity`` kept at once.
+    """A thread-safe LRU of loaded encoders by name: at most ``capacity`` kept at once
+    (``app.core.lru.LRU``: two threads asking for the same missing encoder load it once).
 
     ``loader(name)`` builds an encoder (default: ``registry.build_encoder(registry.resolve(name))``,
-    uncached, so this LRU alone bounds the memory). Two threads asking for the same missing
-    encoder load it once. Used by each Ray actor.
+    uncached, so this LRU alone bounds the memory). Used by each Ray actor.
     """
 
     def __init__(self, capacity: int = 2, loader: Callable[[str], object] | None = None) -> None:
-        if capacity < 1:
-            raise ValueError(f"encoder cache capacity must be >= 1, got {capacity}")
+        self._lru: LRU[str, object] = LRU(capacity)
         self.capacity = capacity
         self._loader = loader
-        self._items: OrderedDict[str, object] = OrderedDict()
-        self._lock = threading.Lock()
-        self._loading: dict[str, threading.Lock] = {}
 
-    def _load(self, name: str):
+    def _load(self, name: str) -> object:
         if self._loader is not None:
             return self._loader(name)
         from app.encoders.registry import build_encoder, resolve
 
         return build_encoder(resolve(name))  # not the registry's cache: this LRU is the bound
 
-    def get(self, name: str):
-        with self._lock:
-            if name in self._items:
-                self._items.move_to_end(name)
-                return self._items[name]
-            name_lock = self._loading.setdefault(name, threading.Lock())
-        with name_lock:
-            with self._lock:
-                if name in self._items:
-                    self._items.move_to_end(name)
-                    return self._items[name]
-            encoder = self._load(name)  # errors propagate to the job, the cache stays clean
-            with self._lock:
-                self._items[name] = encoder
-                self._items.move_to_end(name)
-                while len(self._items) > self.capacity:
-                    self._items.popitem(last=False)
-                self._loading.pop(name, None)
-            return encoder
+    def get(self, name: str) -> object:
+        return self._lru.get(name, lambda: self._load(name))
 
     def names(self) -> list[str]:
-        with self._lock:
-            return list(self._items)
+        return self._lru.keys()
 
 
 def _safe_progress(progress: ProgressFn | None) -> ProgressFn | None:
@@ -104,10 +82,11 @@ class LocalBackend(WorkerBackend):
 
     name = "local"
 
-    def __init__(self, max_workers: int = 2) -> None:
+    def __init__(self, max_workers: int = 2, cache_dir: str | os.PathLike | None = None) -> None:
         if max_workers < 1:
             raise ValueError(f"max_workers must be >= 1, got {max_workers}")
         self.max_workers = int(max_workers)
+        self.cache_dir = cache_dir  # encoder caches (distilled model2vec); None: Settings.data_dir
         self._pool = ThreadPoolExecutor(max_workers=self.max_workers, thread_name_prefix="transferrank-worker")
 
     def submit_embed(self, encoder: str, texts: Sequence[str], *, progress: ProgressFn | None = None) -> Future:
@@ -117,7 +96,7 @@ class LocalBackend(WorkerBackend):
         def run() -> np.ndarray:
             from app.encoders.registry import get_encoder  # the process-wide bounded LRU
 
-            enc = get_encoder(encoder)
+            enc = get_encoder(encoder, cache_dir=self.cache_dir)
             out = embed_texts(enc, texts, progress=report)
             if report is not None:
                 report(1.0)

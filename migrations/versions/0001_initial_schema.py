@@ -2,19 +2,18 @@
 feedback, api keys
 
 Revision ID: 0001
-Revises: 
+Revises:
 Create Date: 2026-11-22 00:20:26.743313
 """
-from typing import Sequence, Union
+from collections.abc import Sequence
 
-from alembic import op
 import sqlalchemy as sa
-
+from alembic import op
 
 revision: str = '0001'
-down_revision: Union[str, None] = None
-branch_labels: Union[str, Sequence[str], None] = None
-depends_on: Union[str, Sequence[str], None] = None
+down_revision: str | None = None
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
@@ -89,7 +88,8 @@ def upgrade() -> None:
     sa.Column('seconds', sa.Float(), nullable=True),
     sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
     sa.PrimaryKeyConstraint('id'),
-    sa.UniqueConstraint('source', 'target_sha256', 'encoder', 'estimator', 'params_hash', 'version', name='uq_scores_key')
+    sa.UniqueConstraint('source', 'target_sha256', 'encoder', 'estimator', 'params_hash', 'version',
+                        name='uq_scores_key')
     )
     with op.batch_alter_table('scores', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_scores_source'), ['source'], unique=False)

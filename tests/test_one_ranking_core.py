@@ -1,0 +1,139 @@
+"""One ranking core: the library, the CLI and the REST API rank the same target the same way.
+
+``estimators.ranking.rank_candidates``, ``transferrank rank --json`` and ``POST /v1/rankings``
+all fill the library's ``ScoreTable`` and call its ``combine``; the same NPZ target (features of
+four models with their source-class probabilities) must come out in the same order with the
+same scores, bit for bit. Also: a ranking with nothing to rank by fails with the reason (422
+synchronously, ``failed`` as a job), and a fallback value is cached under the parameters that
+produced it.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from sqlalchemy import select
+
+import estimators
+from conftest import FAST_BASE, csv_bytes, make_texts, rank, upload, wait_job
+from estimators.ranking import rank_candidates
+
+MODELS = ("alpha", "beta", "gamma", "delta")
+
+
+def _target(seed: int = 3) -> dict[str, np.ndarray]:
+    """90 examples of 3 classes; each model's features separate the classes by a different margin,
+    its source head predicts them with a different sharpness (float32, as embeddings are)."""
+    rng = np.random.default_rng(seed)
+    y = np.repeat(np.arange(3), 30)
+    arrays: dict[str, np.ndarray] = {"labels": y, "features": rng.normal(size=(90, 6)).astype(np.float32)}
+    for sep, sharp, m in zip((2.5, 1.2, 0.6, 0.0), (3.0, 1.5, 2.0, 0.0), MODELS):
+        means = rng.normal(size=(3, 12))
+        arrays[f"features_{m}"] = (sep * means[y] + rng.normal(size=(90, 12))).astype(np.float32)
+        logits = rng.normal(size=(90, 5))
+        logits[np.arange(90), y] += sharp
+        p = np.exp(logits - logits.max(1, keepdims=True))
+        arrays[f"probs_{m}"] = (p / p.sum(1, keepdims=True)).astype(np.float32)
+    return arrays
+
+
+def _npz(arrays: dict[str, np.ndarray]) -> bytes:
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return buf.getvalue()
+
+
+def test_library_cli_and_api_rank_the_same_npz_target_identically(tmp_path, make_client):
+    arrays = _target()
+    path = tmp_path / "target.npz"
+    path.write_bytes(_npz(arrays))
+
+    lib = rank_candidates({m: {"features": arrays[f"features_{m}"], "probs": arrays[f"probs_{m}"]} for m in MODELS},
+                          arrays["labels"])
+    lib_rows = [(r["name"], r["score"], r["scores"]) for r in lib]
+    assert set(lib[0]["scores"]) == {"logme", "nleep", "leep"} and lib[0]["skipped"] == {}
+
+    env = dict(os.environ, TRANSFERRANK_BASE_ENCODER=FAST_BASE, TRANSFERRANK_SEED_DEMO="0",
+               TRANSFERRANK_DATA_DIR=str(tmp_path / "cli"), PYTHONPATH=os.getcwd())
+    env.pop("TRANSFERRANK_DATABASE_URL", None)
+    proc = subprocess.run([sys.executable, "-m", "app.cli", "rank", str(path), "--candidates", "models",
+                           "--sources", ",".join(MODELS), "--json"], capture_output=True, text=True,
+                          env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    cli = json.loads(proc.stdout)
+    cli_rows = [(r["source"], r["score"], {k: v for k, v in r["scores"].items() if v is not None})
+                for r in cli["ranking"]]
+
+    client = make_client(tmp_path / "api")
+    did = upload(client, _npz(arrays), "target.npz").json()["id"]
+    api = rank(client, {"target": did, "candidates": "models", "sources": list(MODELS)})
+    api_rows = [(r["source"], r["score"], {k: v for k, v in r["scores"].items() if v is not None})
+                for r in api["ranking"]]
+
+    assert cli["estimators"] == api["estimators"] == ["logme", "nleep", "leep"]
+    assert lib_rows == cli_rows == api_rows  # same order, same floats (no tolerance)
+    assert [r["rank"] for r in api["ranking"]] == [1, 2, 3, 4]
+    assert lib_rows[0][0] == "alpha"
+
+
+def test_nothing_to_rank_by_is_a_failed_ranking(client):
+    # synchronous (NPZ): no candidate has source probabilities -> 422 with the reason
+    rng = np.random.default_rng(0)
+    did = upload(client, _npz({"features": rng.normal(size=(30, 4)).astype(np.float32),
+                               "labels": np.arange(30) % 3}), "f.npz").json()["id"]
+    r = client.post("/v1/rankings", json={"target": did, "candidates": "models", "estimators": ["leep"]})
+    assert r.status_code == 422 and "no estimator could score" in r.json()["detail"]
+    assert "probabilities" in r.json()["detail"]
+    # as a job (texts need feature extraction): the job and the ranking end failed with the reason
+    tid = upload(client, csv_bytes(*make_texts(30, 3)), "t.csv").json()["id"]
+    r = client.post("/v1/rankings", json={"target": tid, "candidates": "models", "estimators": ["leep"],
+                                          "sources": [FAST_BASE]})
+    assert r.status_code == 202, r.text
+    job = wait_job(client, r.json()["job"])
+    assert job["status"] == "failed" and "no estimator could score" in job["error"]
+    got = client.get(f"/v1/rankings/{r.json()['id']}").json()
+    assert got["status"] == "failed" and "no estimator could score" in got["error"] and "ranking" not in got
+
+
+def test_fallback_value_is_cached_under_the_parameters_used(client):
+    """N-LEEP's defaults cannot be fitted on 60 noisy samples in 120 dims; the fallback values are
+    cached under the hash of the fallback parameters, and a repeat request serves them from the
+    cache with the fallback note."""
+    from app.db.models import Score
+    from app.services import scores as scores_svc
+
+    rng = np.random.default_rng(2)
+    y = np.arange(60) % 3
+    X = rng.normal(size=(60, 120))
+    X[:, :3] += np.eye(3)[y]
+    good = np.eye(3)[y] * 3 + rng.normal(size=(60, 3))
+    did = upload(client, _npz({"features": X.astype(np.float32), "labels": y,
+                               "features_good": good.astype(np.float32)}), "fb.npz").json()["id"]
+    first = rank(client, {"target": did, "candidates": "models"})
+    note = first["ranking"][0]["details"]["nleep"]["fallback"]
+    assert "n_components" in note and first["notes"]["nleep"] == note
+    ctx = client.app.state.ctx
+    with ctx.Session() as s:
+        rows = list(s.scalars(select(Score).where(Score.estimator == "nleep")))
+    fallback_hash = scores_svc.params_hash({"n_components": 3})
+    assert fallback_hash != scores_svc.params_hash({})
+    by_hash = {(r.source, r.params_hash): r.params for r in rows}
+    # both candidates under the fallback's hash, with its parameters; the default's hash holds
+    # only the value the defaults did produce ("good"), never a fallback value
+    assert by_hash[("features", fallback_hash)] == by_hash[("good", fallback_hash)] == {"n_components": 3}
+    assert by_hash.get(("good", scores_svc.params_hash({}))) == {}
+    assert ("features", scores_svc.params_hash({})) not in by_hash
+    again = rank(client, {"target": did, "candidates": "models"})
+    assert again["computed"] == 0
+    assert all(r["details"]["nleep"]["cached"] and r["details"]["nleep"]["fallback"] == note
+               for r in again["ranking"])
+    assert [(r["source"], r["score"]) for r in again["ranking"]] == [(r["source"], r["score"]) for r in first["ranking"]]
+    assert again["ranking"][0]["scores"]["nleep"] == pytest.approx(
+        estimators.score("nleep", X.astype(np.float32), y, n_components=3)
+        if again["ranking"][0]["source"] == "features" else
+        estimators.score("nleep", good.astype(np.float32), y, n_components=3))

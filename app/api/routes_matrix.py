@@ -12,20 +12,22 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.responses import PlainTextResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.api.deps import get_ctx, require
+from app.api.schemas import BatchRankingPublic, ErrorPublic, MatrixPublic, errors
 from app.core.errors import Invalid
 from app.services import batch as batch_svc
 from app.services import matrix as matrix_svc
 from app.services import rankings as rankings_svc
 from app.services.context import Context
 
-router = APIRouter(prefix="/v1", dependencies=[Depends(require())])
+router = APIRouter(prefix="/v1", dependencies=[Depends(require())], responses=errors(400, 401, 403, 422))
 
-ERR = {"description": "`{\"detail\": \"...\"}`: what to change", "content": {"application/json": {"schema": {
-    "type": "object", "properties": {"detail": {"type": "string"}}}}}}
+ERR = {"model": ErrorPublic, "description": "`{\"detail\": \"...\"}`: what to change"}
+
+
 MATRIX_PARAMS = ("estimator", "target", "source", "layout", "value", "limit", "offset", "format")
 PNG_PARAMS = ("estimator", "target", "source", "value", "limit", "offset", "title")
 
@@ -64,7 +66,7 @@ MATRIX_200 = {"description": "JSON; CSV (text/csv) or Parquet (application/vnd.a
 
 
 @router.get("/transfer-matrix", tags=["scores"], dependencies=[only_params(*MATRIX_PARAMS)],
-            responses={200: MATRIX_200, 404: ERR, 422: ERR})
+            response_model=MatrixPublic, responses={200: MATRIX_200, 404: ERR})
 def transfer_matrix(ctx: Ctx, estimator: Estimators = None, target: Targets = None, source: Sources = None,
                     layout: Annotated[Literal["long", "wide"], Query(
                         description="long: one entry per source x target x estimator; wide: sources x targets")]
@@ -80,13 +82,12 @@ def transfer_matrix(ctx: Ctx, estimator: Estimators = None, target: Targets = No
     if format == "parquet":
         return Response(matrix_svc.to_parquet(data), media_type="application/vnd.apache.parquet",
                         headers={"Content-Disposition": 'attachment; filename="transfer-matrix.parquet"'})
-    return data
+    return MatrixPublic.model_validate(data)
 
 
 @router.get("/transfer-matrix.png", tags=["scores"], dependencies=[only_params(*PNG_PARAMS)],
             response_class=Response,
-            responses={200: {"content": {"image/png": {}}, "description": "the heatmap"}, 404: ERR, 422: ERR,
-                       501: ERR})
+            responses={200: {"content": {"image/png": {}}, "description": "the heatmap"}, 404: ERR, 501: ERR})
 async def transfer_matrix_png(ctx: Ctx, estimator: Estimators = None, target: Targets = None,
                               source: Sources = None, value: Value = "score",
                               limit: Annotated[int, Query(ge=1, le=200, description="at most this many sources")]
@@ -112,11 +113,11 @@ class BatchRankingRequest(BaseModel):
     use_feedback: bool | None = None
 
 
-@router.post("/rankings/batch", tags=["rankings"], status_code=202,
+@router.post("/rankings/batch", tags=["rankings"], status_code=202, response_model=BatchRankingPublic,
              responses={202: {"description": "one job ranks every target; poll GET /v1/jobs/{job}, then "
-                                             "GET /v1/rankings/{id} per target"}, 404: ERR, 422: ERR})
-def create_batch(ctx: Ctx, body: BatchRankingRequest):
+                                             "GET /v1/rankings/{id} per target"}, 404: ERR})
+def create_batch(ctx: Ctx, body: BatchRankingRequest) -> BatchRankingPublic:
     fields = body.model_dump()
     targets = fields.pop("targets")
     spec = rankings_svc.RankingSpec(target=targets[0], **fields)
-    return JSONResponse(batch_svc.create(ctx, spec, targets), status_code=202)
+    return BatchRankingPublic.model_validate(batch_svc.create(ctx, spec, targets))

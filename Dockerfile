@@ -34,8 +34,8 @@ RUN mkdir -p app estimators && touch app/__init__.py estimators/__init__.py \
     && pip uninstall -y transferrank
 
 COPY . .
-# editable: alembic.ini and migrations/ are found next to the package (app/db/session.py)
-RUN pip install --no-deps -e . \
+# a plain install: the migrations and the demo catalogue ship inside the package
+RUN pip install --no-deps . \
     && useradd --create-home --uid 1000 transferrank \
     && mkdir -p /data && chown -R transferrank /data /app
 

@@ -33,6 +33,15 @@ def _settings(args: argparse.Namespace, **extra: Any) -> Settings:
     return Settings.from_env(data_dir=getattr(args, "data_dir", None), **extra)
 
 
+def serve_settings(args: argparse.Namespace) -> Settings:
+    """``serve`` warms the encoders up unless ``TRANSFERRANK_WARM_UP`` says otherwise; ``host`` is the
+    address it binds (open mode is allowed only on loopback)."""
+    settings = _settings(args, host=getattr(args, "host", None))
+    if "warm_up" not in settings.model_fields_set:
+        settings = settings.replace(warm_up=True)
+    return settings
+
+
 def _print_err(msg: str) -> None:
     print(msg, file=sys.stderr)
 
@@ -41,10 +50,14 @@ def cmd_serve(args) -> int:
     import uvicorn
 
     from app.main import create_app
+    from app.services import keys as keys_svc
 
-    settings = _settings(args)
-    if "warm_up" not in settings.model_fields_set:  # `serve` warms the encoders up unless told not to
-        settings = settings.replace(warm_up=True)
+    settings = serve_settings(args)
+    try:
+        keys_svc.check_settings(settings)
+    except ValueError as exc:
+        _print_err(f"error: {exc}")
+        return 2
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     app = create_app(settings)
     _print_err(f"TransferRank on http://{args.host}:{args.port} (data dir {settings.data_dir.resolve()}; "
@@ -147,7 +160,12 @@ def cmd_keys(args) -> int:
     try:
         if args.keys_cmd == "create":
             info, key = keys_svc.create(ctx, args.owner, args.scopes)
-            print(json.dumps(dict(info, key=key)) if args.json else key)
+            if args.json:
+                print(json.dumps(dict(info, key=key)))
+            else:
+                print(key)
+                _print_err(f"key {info['id']} for owner {info['owner']} ({','.join(info['scopes'])}); it is shown "
+                           "once, only its hash is stored")
         elif args.keys_cmd == "list":
             _emit_keys(keys_svc.list_all(ctx), args.json)
         else:

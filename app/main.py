@@ -9,7 +9,7 @@ errors included; ``/docs`` and ``/redoc`` are served from packaged assets (no CD
 """
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -46,7 +46,7 @@ def _validation_message(exc: RequestValidationError) -> str:
     return "; ".join(parts) or "invalid request"
 
 
-def _error(status: int, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
+def _error(status: int, detail: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"detail": detail}, status_code=status, headers=headers)
 
 
@@ -96,10 +96,15 @@ def create_app(settings: Settings | None = None, *, ctx: Context | None = None,
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        from app.services import keys as keys_svc
         from app.services import startup
 
+        keys_svc.check_settings(resolved)  # open mode off loopback, weak bootstrap secret: refuse to start
         own = ctx is None
         app.state.ctx = ctx if ctx is not None else startup.open_context(resolved, backend=backend)
+        keys_svc.bootstrap(app.state.ctx)
+        mode_line = keys_svc.describe_mode(app.state.ctx)
+        (log.warning if keys_svc.effective_mode(app.state.ctx) != "keys" else log.info)(mode_line)
         if own and resolved.warm_up:
             startup.warm_up(app.state.ctx)
         try:
@@ -112,8 +117,9 @@ def create_app(settings: Settings | None = None, *, ctx: Context | None = None,
         title="TransferRank",
         version=VERSION,
         description="Rank source tasks and pretrained models for transfer learning before fine-tuning.\n\n"
-                    "Errors are `{\"detail\": \"text\"}`. Once an API key exists, every `/v1` call needs "
-                    "`Authorization: Bearer <key>`.",
+                    "Errors are `{\"detail\": \"text\"}`. Once an API key exists (or when the service is not "
+                    "bound to loopback), every `/v1` call needs `Authorization: Bearer <key>`; another owner's "
+                    "rows answer 404.",
         lifespan=lifespan,
         docs_url=None,
         redoc_url=None,
@@ -153,6 +159,18 @@ def create_app(settings: Settings | None = None, *, ctx: Context | None = None,
             if length and length.isdigit() and int(length) > limit + UPLOAD_OVERHEAD:
                 return _error(413, f"the upload has {int(length)} bytes, over the limit of {limit} "
                                    "(TRANSFERRANK_MAX_UPLOAD_BYTES)")
+        if request.method in ("POST", "PUT", "PATCH") and request.url.path.startswith("/v1/"):
+            # writes are authenticated before their body is read, so an anonymous upload costs nothing;
+            # the route's own auth dependency then finds the result in the cache
+            from fastapi.concurrency import run_in_threadpool
+
+            from app.services import keys as keys_svc
+
+            try:
+                await run_in_threadpool(keys_svc.authenticate, request.app.state.ctx,
+                                        request.headers.get("authorization"), "write")
+            except ServiceError as exc:
+                return _error(exc.status_code, exc.detail)
         return await call_next(request)
 
     @app.get("/healthz", tags=["health"], response_model=HealthPublic)

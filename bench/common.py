@@ -470,6 +470,8 @@ def run_feature_benchmark(name, candidates, labels, gold_runs, *, info, out_dir,
     gold = {t: {s: float(np.mean(v)) for s, v in d.items()} for t, d in gold_runs.items()}
     spread = {t: {s: float(np.std(v)) for s, v in d.items()} for t, d in gold_runs.items()}
     preds, ablation = {}, {}
+    write_score_table(name, library_score_table(candidates, labels, scores), gold_runs, kind="models",
+                      meta={t: {s: c.get("meta") for s, c in cands.items()} for t, cands in candidates.items()})
     for t, cands in candidates.items():
         P = {}
         for e, d in scores[t].items():
@@ -511,6 +513,64 @@ def run_feature_benchmark(name, candidates, labels, gold_runs, *, info, out_dir,
         ablation=ablation, ablation_note=ABLATION_NOTE, held_out=held_out, held_out_note=held_out_note,
     )
     return res
+
+
+SCORES_DIR = ROOT / "bench" / "data" / "scores"
+
+
+def library_score_table(candidates, labels, scores=None, **params) -> dict:
+    """Every features/probs estimator's raw value per (target, source) as the library's ranker
+    sees it: ``rank_candidates(..., estimators=<all>)`` with ``scores`` ({target: {est: {src:
+    value}}}, e.g. from ``score_all``) passed as precomputed values, so only failures are
+    recomputed -- with the ranker's fallback settings (``FALLBACK_PARAMS``) -- and an estimator the
+    ranker skips on a target is NaN for every source there. -> {target: {est: {src: value}}}."""
+    import estimators
+    from estimators.ranking import rank_candidates
+
+    names = [e for e in estimators.names() if estimators.info(e).needs in ("features", "probs")]
+    out = {}
+    for t, cands in candidates.items():
+        pre = {s: {e: v for e in names if math.isfinite(v := float((scores or {}).get(t, {}).get(e, {}).get(s, math.nan)))}
+               for s in cands}
+        usable = [e for e in names if estimators.info(e).needs == "features"
+                  or all(c.get("probs") is not None for c in cands.values())]
+        ranked = rank_candidates({s: {k: c[k] for k in ("features", "probs") if c.get(k) is not None}
+                                  | {"scores": pre[s]} for s, c in cands.items()},
+                                 labels[t], estimators=usable, **params)
+        out[t] = {e: {r["name"]: float(r["scores"].get(e, math.nan)) for r in ranked} for e in usable}
+    return out
+
+
+def write_score_table(name: str, table, gold_runs, *, kind: str, task: str | Mapping[str, str] = "classification",
+                      out_dir: Path | None = None, extra: Mapping | None = None, meta=None) -> Path:
+    """The per-benchmark input of the leave-one-benchmark-out study (``bench.lobo``):
+    ``bench/data/scores/<name>.json`` = {"benchmark", "kind" ("models" | "tasks"), "targets":
+    {target: {"task": "classification" | "regression", "gold": {source: [value per seed]},
+    "scores": {estimator: {source: raw value | null}}, "meta": optional {source: {"params",
+    "source_size"}}}}}. ``gold`` is higher-is-better; ``meta`` ({target: {source: dict}}) feeds
+    the ``static`` baseline."""
+    out_dir = SCORES_DIR if out_dir is None else out_dir
+    out_dir.mkdir(parents=True, exist_ok=True)
+    targets = {}
+    for t in table:
+        tk = task if isinstance(task, str) else task[t]
+        targets[t] = {"task": tk, "gold": {s: [float(v) for v in np.atleast_1d(gold_runs[t][s])] for s in sorted(gold_runs[t])},
+                      "scores": {e: {s: table[t][e].get(s) for s in sorted(gold_runs[t])} for e in table[t]}}
+        if meta is not None and meta.get(t):
+            targets[t]["meta"] = {s: dict(meta[t][s]) for s in sorted(gold_runs[t]) if meta[t].get(s)}
+    doc = {"benchmark": name, "kind": kind, "targets": targets, **(dict(extra) if extra else {})}
+    path = out_dir / f"{name}.json"
+    def precise(o):  # 10 significant digits: close scores stay distinct (ranks, z-scores)
+        if isinstance(o, dict):
+            return {str(k): precise(v) for k, v in o.items()}
+        if isinstance(o, (list, tuple)):
+            return [precise(v) for v in o]
+        if isinstance(o, (float, np.floating)):
+            return None if not math.isfinite(float(o)) else float(f"{float(o):.10g}")
+        return _jsonable(o)
+
+    path.write_text(json.dumps(precise(doc), separators=(",", ":")))
+    return path
 
 
 def zmean(P: Mapping[str, Mapping[str, float]], members, *, borda: bool = False) -> dict[str, float]:
@@ -575,6 +635,10 @@ def headline(out_dir: Path = RESULTS_DIR) -> str:
                     cmap="RdYlGn_r" if metric in LOWER_IS_BETTER else "RdYlGn",
                     center=None if metric in LOWER_IS_BETTER else 0.0)
             lines += [f"![{png.name}]({png.name})", ""]
+    if (out_dir / "lobo.json").exists():  # the leave-one-benchmark-out summary (bench.lobo)
+        from bench.lobo import headline_section
+
+        lines += headline_section(json.loads((out_dir / "lobo.json").read_text()))
     text = "\n".join(lines)
     (out_dir / "headline.md").write_text(text)
     print(text)

@@ -74,7 +74,7 @@ def mmd(X: ArrayLike, Y: ArrayLike, *, kernel: str = "rbf", bandwidth: float | s
     most 2000 pooled points drawn with ``seed``). ``kernel="linear"``: k(a,b) = a.b (then the
     V-statistic is |mean X - mean Y|^2).
     Needs: two feature matrices, no labels. Cost O((n+m)^2 d) time (only half the kernel
-    matrix is evaluated, by symmetry; ~1 min at n=m=10k, d=768), O(4M entries) extra memory
+    matrix is evaluated, by symmetry), O(4M entries) extra memory
     (summed block-wise, never stored). ``max_samples`` caps each domain by seeded subsampling
     without replacement (e.g. 2000 for interactive use).
     """
@@ -381,7 +381,7 @@ def proxy_a_distance(X: ArrayLike, Y: ArrayLike, *, seed: int = 0, cv: int = 5, 
     unequal n, m do not bias it) of a linear domain classifier (domain X = 0, Y = 1) under
     ``cv``-fold stratified cross-validation, seeded. ``classifier="ridge"`` (default): a
     class-balanced least-squares classifier on standardised features with L2 penalty
-    ``alpha`` (closed form, O((n+m) d^2 + cv d^3), ~1 s at n=m=10k, d=768);
+    ``alpha`` (closed form, O((n+m) d^2 + cv d^3));
     ``classifier="logistic"``: scikit-learn L2 logistic regression (``C``, balanced class
     weights, standardised features), O(cv * iters * (n+m) d), much slower at large n.
     Range [-2, 2]: ~0 for indistinguishable domains, 2 for linearly separable ones; values

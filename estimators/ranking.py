@@ -114,7 +114,7 @@ FALLBACK_PARAMS = {"nleep": lambda n_classes: [{"n_components": n_classes},
                                                {"n_components": n_classes, "covariance_type": "diag"}]}
 
 
-def static_score(meta: Mapping | None) -> float | None:
+def static_score(meta: Mapping[str, Any] | None) -> float | None:
     """Target-agnostic size prior: log10(params) + log10(1 + source_size), each term only when
     given; None when ``meta`` has neither ``params`` nor ``source_size``."""
     if not meta or (meta.get("params") is None and meta.get("source_size") is None):
@@ -169,7 +169,8 @@ def zscores(values: np.ndarray) -> np.ndarray:
     sd = float(values.std())
     if not np.isfinite(sd) or sd <= NOISE_RTOL * float(np.abs(values).max(initial=0.0)) or sd == 0.0:
         return np.zeros_like(values)
-    return np.clip((values - values.mean()) / sd, -Z_CLIP, Z_CLIP)
+    z: np.ndarray = np.clip((values - values.mean()) / sd, -Z_CLIP, Z_CLIP)
+    return z
 
 
 CellFn = Callable[[str, dict[str, Any]], float]
@@ -368,7 +369,7 @@ def combine(table: ScoreTable, weights: Mapping[str, float] | None = None,
     if prior is not None:
         if not isinstance(prior, Mapping):
             raise ValueError("prior must be a dict {candidate name: value}")
-        pv = np.array([float(prior[n]) if prior.get(n) is not None else np.nan for n in cands])
+        pv = np.array([float(pval) if (pval := prior.get(n)) is not None else np.nan for n in cands])
         finite = np.isfinite(pv)
         if finite.any():
             pv[~finite] = pv[finite].mean()

@@ -8,10 +8,12 @@
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -162,3 +164,36 @@ def live(tmp_path_factory):
     server = LiveServer(tmp_path_factory.mktemp("live") / "data").start()
     yield server
     server.stop()
+
+
+@contextlib.contextmanager
+def serving(exe: str | Path, data_dir: Path, *, env: dict[str, str], cwd: Path | None = None,
+            timeout: float = 90.0) -> Iterator[str]:
+    """Run ``<exe> serve`` on a free local port until /healthz answers; yields the base URL and
+    stops the server afterwards (its stderr tail is shown if it dies while starting)."""
+    import json
+    import socket
+    import subprocess
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([str(exe), "serve", "--port", str(port), "--data-dir", str(data_dir)], cwd=cwd,
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                with urllib.request.urlopen(f"{base}/healthz", timeout=2) as r:
+                    assert json.loads(r.read()) == {"status": "ok"}
+                    break
+            except OSError:
+                assert proc.poll() is None, proc.stderr.read().decode()[-3000:] if proc.stderr else ""
+                assert time.monotonic() < deadline, "serve did not come up"
+                time.sleep(0.3)
+        yield base
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

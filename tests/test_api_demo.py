@@ -71,6 +71,6 @@ def test_demo_seeding_is_idempotent_and_ranked_by_esm_logme(make_client, demo_mo
 
     c2 = make_client(data, seed_demo=True)  # restart: nothing is added twice
     assert len(c2.get("/v1/sources").json()["tasks"]) == 2
-    assert len(c2.get("/v1/datasets").json()["datasets"]) == 3
+    assert len(c2.get("/v1/datasets").json()["datasets"]) == 1  # the caller's own; the demo ones are public
     assert len(list(c2.app.state.ctx.blobs.keys())) == n_blobs
     assert rank(c2, {"target": tid, "candidates": "tasks"})["computed"] == 0

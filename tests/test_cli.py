@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from app.cli import main
-from conftest import FAST_BASE, csv_bytes, make_texts, npz_bytes
+from conftest import FAST_BASE, csv_bytes, make_texts, npz_bytes, serving
 
 
 @pytest.fixture
@@ -91,32 +91,12 @@ def test_console_script_is_installed():
 
 def test_serve_starts_migrates_and_answers(tmp_path):
     import os
-    import socket
-    import time
     import urllib.request
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     env = dict(os.environ, TRANSFERRANK_SEED_DEMO="0", TRANSFERRANK_WARM_UP="0", TRANSFERRANK_BASE_ENCODER=FAST_BASE)
     env.pop("TRANSFERRANK_DATABASE_URL", None)
     exe = Path(sys.executable).with_name("transferrank")
-    proc = subprocess.Popen([str(exe), "serve", "--port", str(port), "--data-dir", str(tmp_path / "srv")], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as r:
-                    assert json.loads(r.read()) == {"status": "ok"}
-                    break
-            except OSError:
-                assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
-                assert time.monotonic() < deadline, "serve did not come up"
-                time.sleep(0.3)
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/sources", timeout=5) as r:
+    with serving(exe, tmp_path / "srv", env=env) as base:
+        with urllib.request.urlopen(f"{base}/v1/sources", timeout=5) as r:
             assert "tfidf-svd" in {m["name"] for m in json.loads(r.read())["models"]}
         assert (tmp_path / "srv" / "transferrank.db").exists()
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)

@@ -110,9 +110,14 @@ def test_server_option_runs_commands_against_a_service(env, live, capsys):
     png = env / "remote.png"
     assert main(["matrix", "plot", "--server", live.url, "--out", str(png)]) == 0
     assert png.read_bytes()[:4] == b"\x89PNG"
-    assert main(["keys", "list", "--server", live.url, "--json"]) == 0
-    assert json.loads(capsys.readouterr().out) == {"keys": []}
     assert main(["rank", str(path), "--candidates", "models", "--estimators", "nope", "--server", live.url]) == 2
     assert "unknown estimator" in capsys.readouterr().err
+    assert main(["keys", "list", "--server", live.url, "--json"]) == 2  # key management needs an admin key
+    assert "admin API key" in capsys.readouterr().err
+    from app.services import keys as keys_svc
+
+    _info, admin = keys_svc.create(live.ctx, "ops", ["admin"])  # from here on the service requires keys
+    assert main(["keys", "list", "--server", live.url, "--api-key", admin, "--json"]) == 0
+    assert [k["owner"] for k in json.loads(capsys.readouterr().out)["keys"]] == ["ops"]
     assert main(["keys", "list", "--server", "http://127.0.0.1:9"]) == 1
     assert "cannot reach" in capsys.readouterr().err

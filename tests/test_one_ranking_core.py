@@ -97,7 +97,7 @@ def test_nothing_to_rank_by_is_a_failed_ranking(client):
     job = wait_job(client, r.json()["job"])
     assert job["status"] == "failed" and "no estimator could score" in job["error"]
     got = client.get(f"/v1/rankings/{r.json()['id']}").json()
-    assert got["status"] == "failed" and "no estimator could score" in got["error"] and "ranking" not in got
+    assert got["status"] == "failed" and "no estimator could score" in got["error"] and not got.get("ranking")
 
 
 def test_fallback_value_is_cached_under_the_parameters_used(client):
@@ -132,7 +132,8 @@ def test_fallback_value_is_cached_under_the_parameters_used(client):
     assert again["computed"] == 0
     assert all(r["details"]["nleep"]["cached"] and r["details"]["nleep"]["fallback"] == note
                for r in again["ranking"])
-    assert [(r["source"], r["score"]) for r in again["ranking"]] == [(r["source"], r["score"]) for r in first["ranking"]]
+    scored = [(r["source"], r["score"]) for r in again["ranking"]]
+    assert scored == [(r["source"], r["score"]) for r in first["ranking"]]
     assert again["ranking"][0]["scores"]["nleep"] == pytest.approx(
         estimators.score("nleep", X.astype(np.float32), y, n_components=3)
         if again["ranking"][0]["source"] == "features" else

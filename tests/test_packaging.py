@@ -7,15 +7,15 @@ from __future__ import annotations
 import json
 import os
 import site
-import socket
 import subprocess
 import sys
-import time
 import urllib.request
 import zipfile
 from pathlib import Path
 
 import pytest
+
+from conftest import serving
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -65,31 +65,11 @@ def test_migrate_from_another_directory(installed):
 
 def test_serve_from_another_directory(installed):
     venv, tmp, env = installed
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     env = dict(env, TRANSFERRANK_WARM_UP="0", TRANSFERRANK_TRAIN_DEMO_ESMS="0")
-    proc = subprocess.Popen([str(venv / "bin" / "transferrank"), "serve", "--port", str(port), "--data-dir",
-                             str(tmp / "served")], cwd=tmp, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                with urllib.request.urlopen(f"{base}/healthz", timeout=2) as r:
-                    assert json.loads(r.read()) == {"status": "ok"}
-                    break
-            except OSError:
-                assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
-                assert time.monotonic() < deadline, "serve did not come up"
-                time.sleep(0.5)
+    with serving(venv / "bin" / "transferrank", tmp / "served", env=env, cwd=tmp, timeout=180) as base:
         with urllib.request.urlopen(f"{base}/v1/sources", timeout=10) as r:
             tasks = json.loads(r.read())["tasks"]
         assert tasks and all(t["origin"] == "demo" for t in tasks)  # the packaged demo catalogue
         with urllib.request.urlopen(f"{base}/docs-assets/swagger-ui-bundle.js", timeout=10) as r:
             assert len(r.read()) > 100_000
         assert (tmp / "served" / "transferrank.db").is_file()
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)

@@ -8,8 +8,14 @@ import pytest
 
 import estimators
 from estimators import ranking as ranking_mod
-from estimators.ranking import (DEFAULT_ESTIMATORS, DEFAULT_WEIGHTS, observed_prior, profile_similarity, rank_candidates,
-                                static_score)
+from estimators.ranking import (
+    DEFAULT_ESTIMATORS,
+    DEFAULT_WEIGHTS,
+    observed_prior,
+    profile_similarity,
+    rank_candidates,
+    static_score,
+)
 
 N, C = 90, 3
 

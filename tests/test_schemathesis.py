@@ -36,13 +36,16 @@ def served(settings_factory, db_url):
     ctx = open_context(settings_factory(database_url=db_url))
     app = create_app(ctx=ctx)
     with TestClient(app) as client:
+        from app.services import keys as keys_svc
+
+        info, key = keys_svc.create(ctx, "schemathesis", "admin")  # never from an anonymous request
+        headers = {"Authorization": f"Bearer {key}"}
         rng = np.random.default_rng(0)
         buf = io.BytesIO()
         np.savez(buf, features=rng.normal(size=(40, 8)), labels=np.arange(40) % 2)
-        ds = client.post("/v1/datasets", files={"file": ("feats.npz", buf.getvalue())}).json()
-        key = client.post("/v1/keys", json={"owner": "schemathesis", "scopes": ["admin"]}).json()
-        known = {"dataset_id": ds["id"], "key_id": key["id"], "name": "tfidf-svd"}
-        yield app, known, {"Authorization": f"Bearer {key['key']}"}
+        ds = client.post("/v1/datasets", files={"file": ("feats.npz", buf.getvalue())}, headers=headers).json()
+        known = {"dataset_id": ds["id"], "key_id": info["id"], "name": "tfidf-svd"}
+        yield app, known, headers
     ctx.close()
 
 

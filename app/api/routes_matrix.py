@@ -15,7 +15,8 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import PlainTextResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.api.deps import get_ctx, require
+from app.api.deps import AuthDep, CtxDep, authenticate
+from app.api.routes import PublicRoute
 from app.api.schemas import BatchRankingPublic, ErrorPublic, MatrixPublic, errors
 from app.core.errors import Invalid
 from app.services import batch as batch_svc
@@ -23,7 +24,8 @@ from app.services import matrix as matrix_svc
 from app.services import rankings as rankings_svc
 from app.services.context import Context
 
-router = APIRouter(prefix="/v1", dependencies=[Depends(require())], responses=errors(400, 401, 403, 422))
+router = APIRouter(prefix="/v1", dependencies=[Depends(authenticate)], responses=errors(400, 401, 403, 422),
+                   route_class=PublicRoute)
 
 ERR = {"model": ErrorPublic, "description": "`{\"detail\": \"...\"}`: what to change"}
 
@@ -43,7 +45,6 @@ def only_params(*allowed: str):
     return Depends(check)
 
 
-Ctx = Annotated[Context, Depends(get_ctx)]
 Estimators = Annotated[list[str] | None, Query(description="estimator name; repeat for several")]
 Targets = Annotated[list[str] | None, Query(description="dataset id or sha256; repeat for several")]
 Sources = Annotated[list[str] | None, Query(description="source task or model name; repeat for several")]
@@ -51,9 +52,9 @@ Value = Annotated[str, Query(max_length=64, description="wide layout / PNG: 'sco
 Offset = Annotated[int, Query(ge=0)]
 
 
-def _matrix(ctx: Context, estimator, target, source, layout: str, value: str, limit: int | None,
-            offset: int) -> dict:
-    data = matrix_svc.build(ctx, estimator, target, source=source)
+def _matrix(ctx: Context, owner: str | None, estimator, target, source, layout: str, value: str,
+            limit: int | None, offset: int) -> dict:
+    data = matrix_svc.build(ctx, estimator, target, owner, source=source)
     if layout == "wide":
         return matrix_svc.wide(data, value, limit, offset)
     if value != "score":
@@ -67,7 +68,8 @@ MATRIX_200 = {"description": "JSON; CSV (text/csv) or Parquet (application/vnd.a
 
 @router.get("/transfer-matrix", tags=["scores"], dependencies=[only_params(*MATRIX_PARAMS)],
             response_model=MatrixPublic, responses={200: MATRIX_200, 404: ERR})
-def transfer_matrix(ctx: Ctx, estimator: Estimators = None, target: Targets = None, source: Sources = None,
+def transfer_matrix(ctx: CtxDep, principal: AuthDep, estimator: Estimators = None, target: Targets = None,
+                    source: Sources = None,
                     layout: Annotated[Literal["long", "wide"], Query(
                         description="long: one entry per source x target x estimator; wide: sources x targets")]
                     = "long",
@@ -75,7 +77,7 @@ def transfer_matrix(ctx: Ctx, estimator: Estimators = None, target: Targets = No
                     limit: Annotated[int | None, Query(ge=1, le=100_000, description="long: entries; wide: rows")]
                     = None,
                     offset: Offset = 0, format: Literal["json", "csv", "parquet"] = "json"):
-    data = _matrix(ctx, estimator, target, source, layout, value, limit, offset)
+    data = _matrix(ctx, principal.owner, estimator, target, source, layout, value, limit, offset)
     if format == "csv":
         return PlainTextResponse(matrix_svc.to_csv(data), media_type="text/csv",
                                  headers={"Content-Disposition": 'attachment; filename="transfer-matrix.csv"'})
@@ -88,13 +90,13 @@ def transfer_matrix(ctx: Ctx, estimator: Estimators = None, target: Targets = No
 @router.get("/transfer-matrix.png", tags=["scores"], dependencies=[only_params(*PNG_PARAMS)],
             response_class=Response,
             responses={200: {"content": {"image/png": {}}, "description": "the heatmap"}, 404: ERR, 501: ERR})
-async def transfer_matrix_png(ctx: Ctx, estimator: Estimators = None, target: Targets = None,
+async def transfer_matrix_png(ctx: CtxDep, principal: AuthDep, estimator: Estimators = None, target: Targets = None,
                               source: Sources = None, value: Value = "score",
                               limit: Annotated[int, Query(ge=1, le=200, description="at most this many sources")]
                               = 50,
                               offset: Offset = 0, title: Annotated[str | None, Query(max_length=200)] = None):
     def draw() -> bytes:
-        data = _matrix(ctx, estimator, target, source, "wide", value, limit, offset)
+        data = _matrix(ctx, principal.owner, estimator, target, source, "wide", value, limit, offset)
         return matrix_svc.heatmap_png(data, title)
 
     return Response(await run_in_threadpool(draw), media_type="image/png")
@@ -116,8 +118,8 @@ class BatchRankingRequest(BaseModel):
 @router.post("/rankings/batch", tags=["rankings"], status_code=202, response_model=BatchRankingPublic,
              responses={202: {"description": "one job ranks every target; poll GET /v1/jobs/{job}, then "
                                              "GET /v1/rankings/{id} per target"}, 404: ERR})
-def create_batch(ctx: Ctx, body: BatchRankingRequest) -> BatchRankingPublic:
+def create_batch(ctx: CtxDep, principal: AuthDep, body: BatchRankingRequest) -> BatchRankingPublic:
     fields = body.model_dump()
     targets = fields.pop("targets")
-    spec = rankings_svc.RankingSpec(target=targets[0], **fields)
+    spec = rankings_svc.RankingSpec(target=targets[0], **fields, owner=principal.owner)
     return BatchRankingPublic.model_validate(batch_svc.create(ctx, spec, targets))

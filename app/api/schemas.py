@@ -73,9 +73,16 @@ class FeedbackCreate(_Body):
     note: str | None = None
 
 
+Scope = Literal["read", "write", "admin"]
+
+
+def _default_scopes() -> list[Scope]:
+    return ["read", "write"]
+
+
 class KeyCreate(_Body):
     owner: str = Field(..., min_length=1, max_length=255)
-    scopes: list[Literal["read", "write", "admin"]] = Field(default_factory=lambda: ["read", "write"])
+    scopes: list[Scope] = Field(default_factory=_default_scopes)
 
 
 # ====================================================================== responses

@@ -11,7 +11,7 @@ import contextvars
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
@@ -73,6 +73,15 @@ class Settings(BaseSettings):
     job_stale_seconds: int = Field(300, ge=1, description="a running job without heartbeat this long is "
                                    "marked failed")
     log_level: str = Field("INFO", description="logging level")
+    # -- authentication (app.services.keys)
+    auth: Literal["auto", "keys", "open"] = Field(
+        "auto", description="`auto`: keys required once one exists, open before only on loopback; `keys`: "
+                            "always; `open`: no key needed (loopback only)")
+    host: str | None = Field(None, description="the address the service binds (set by `serve --host`); decides "
+                             "whether open mode is allowed", json_schema_extra={"shown": "`serve --host`"})
+    bootstrap_admin_key: str | None = Field(None, repr=False, description="a secret (>= 32 characters) "
+                                            "installed at start as the admin key `bootstrap`")
+    bootstrap_admin_owner: str = Field("admin", description="the owner of the bootstrap admin key")
     # -- benchmarks and the demo builder (not read by the service)
     corpora: Path = Field(Path("/work/cache/corpora"), description="root of the unpacked text corpora "
                           "packages (demo builder, benchmarks); the system install is tried next")
@@ -80,10 +89,15 @@ class Settings(BaseSettings):
     fmnist_dir: Path | None = Field(None, description="Fashion-MNIST files for the model-zoo benchmark",
                                     json_schema_extra={"shown": "system install or user cache"})
 
-    @field_validator("database_url", "ray_address", mode="before")
+    @field_validator("database_url", "ray_address", "host", "bootstrap_admin_key", mode="before")
     @classmethod
     def _blank_is_unset(cls, v: Any) -> Any:
         return None if isinstance(v, str) and not v.strip() else v
+
+    @field_validator("auth", mode="before")
+    @classmethod
+    def _lower(cls, v: Any) -> Any:
+        return v.strip().lower() if isinstance(v, str) else v
 
     @field_validator("log_level")
     @classmethod

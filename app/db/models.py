@@ -16,6 +16,7 @@ from sqlalchemy import (
     DateTime,
     Float,
     ForeignKey,
+    Index,
     Integer,
     String,
     Text,
@@ -47,15 +48,29 @@ class Base(DeclarativeBase):
     pass
 
 
+# Tenancy: every user-owned row names its owner (an API key's ``owner``). ``PUBLIC_OWNER`` rows form
+# the catalogue every caller may read (demo sources, built-in encoders); ``DEFAULT_OWNER`` is the one
+# owner of open mode and of rows that existed before tenancy.
+PUBLIC_OWNER = "public"
+DEFAULT_OWNER = "local"
+
+
+def _owner_column() -> Mapped[str]:
+    return mapped_column(String(255), default=DEFAULT_OWNER, server_default=DEFAULT_OWNER, index=True)
+
+
 _TS = DateTime(timezone=True)
 
 
 class Dataset(Base):
     __tablename__ = "datasets"
+    # a unique index, not a table constraint, so SQLite gains it without rebuilding the table
+    __table_args__ = (Index("uq_datasets_owner_sha256", "owner", "sha256", unique=True),)
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    owner: Mapped[str] = _owner_column()
     name: Mapped[str] = mapped_column(String(255))
-    sha256: Mapped[str] = mapped_column(String(64), unique=True, index=True)
+    sha256: Mapped[str] = mapped_column(String(64), index=True)  # one row per owner and content
     kind: Mapped[str] = mapped_column(String(16))  # "text" | "features"
     n_examples: Mapped[int] = mapped_column(Integer)
     n_classes: Mapped[int] = mapped_column(Integer)
@@ -79,6 +94,7 @@ class EncoderRow(Base):
     __tablename__ = "encoders"
 
     name: Mapped[str] = mapped_column(String(100), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(255), default=PUBLIC_OWNER, server_default=PUBLIC_OWNER, index=True)
     kind: Mapped[str] = mapped_column(String(32))
     path: Mapped[str] = mapped_column(String(500), default="")
     dim: Mapped[int | None] = mapped_column(Integer)
@@ -113,6 +129,7 @@ class SourceTask(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)  # FAISS id
     name: Mapped[str] = mapped_column(String(255), unique=True)
+    owner: Mapped[str] = _owner_column()
     dataset_id: Mapped[str] = mapped_column(ForeignKey("datasets.id"), index=True)
     description: Mapped[str] = mapped_column(Text, default="")
     licence: Mapped[str] = mapped_column(String(200), default="")
@@ -164,6 +181,7 @@ class Job(Base):
     error: Mapped[str | None] = mapped_column(Text)
     result: Mapped[dict] = mapped_column(JSON, default=dict)
     owner: Mapped[str | None] = mapped_column(String(64))  # process instance running it
+    tenant: Mapped[str] = _owner_column()  # the owner (tenancy) the job works for
     created_at: Mapped[dt.datetime] = mapped_column(_TS, default=utcnow)
     started_at: Mapped[dt.datetime | None] = mapped_column(_TS)
     finished_at: Mapped[dt.datetime | None] = mapped_column(_TS)
@@ -174,6 +192,7 @@ class Ranking(Base):
     __tablename__ = "rankings"
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    owner: Mapped[str] = _owner_column()
     target_id: Mapped[str] = mapped_column(ForeignKey("datasets.id", ondelete="CASCADE"), index=True)
     candidates: Mapped[str] = mapped_column(String(16))  # "models" | "tasks"
     request: Mapped[dict] = mapped_column(JSON)
@@ -191,6 +210,7 @@ class Feedback(Base):
     __tablename__ = "feedback"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    owner: Mapped[str] = _owner_column()
     source: Mapped[str] = mapped_column(String(255), index=True)
     target_id: Mapped[str] = mapped_column(ForeignKey("datasets.id", ondelete="CASCADE"), index=True)
     target_sha256: Mapped[str] = mapped_column(String(64))
@@ -202,12 +222,16 @@ class Feedback(Base):
 
 
 class ApiKey(Base):
+    """An API key: ``trk_<id>_<secret>``; only a salted HMAC of it is stored (``app.services.keys``)."""
+
     __tablename__ = "api_keys"
 
     id: Mapped[str] = mapped_column(String(16), primary_key=True)
     owner: Mapped[str] = mapped_column(String(255))
     scopes: Mapped[str] = mapped_column(String(64))  # comma separated: read,write,admin
-    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)  # hex HMAC-SHA256(salt, ...)
+    salt: Mapped[str | None] = mapped_column(String(64))  # hex, per key
+    hash_scheme: Mapped[str] = mapped_column(String(32), default="hmac-sha256", server_default="hmac-sha256")
     created_at: Mapped[dt.datetime] = mapped_column(_TS, default=utcnow)
     revoked_at: Mapped[dt.datetime | None] = mapped_column(_TS)
     last_used_at: Mapped[dt.datetime | None] = mapped_column(_TS)

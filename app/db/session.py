@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import create_engine, event
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import CursorResult, Engine, Result
 from sqlalchemy.orm import Session, sessionmaker
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -54,3 +55,8 @@ def downgrade(url: str, engine: Engine | None = None, revision: str = "base") ->
     from alembic import command
 
     command.downgrade(alembic_config(url, engine), revision)
+
+
+def rowcount(result: Result[Any]) -> int:
+    """Rows an UPDATE / DELETE touched (``Session.execute`` is typed as returning a plain ``Result``)."""
+    return int(result.rowcount) if isinstance(result, CursorResult) else 0

@@ -16,8 +16,12 @@ import json
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from estimators.esm import EmbeddingSpaceMap
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 CATALOGUE_FILE = "catalogue.json"
@@ -33,7 +37,7 @@ class DemoSource:
     texts: list[str]
     labels: list[str]  # class names, one per text
     base_embeddings: np.ndarray  # (n, d) float32, the base encoder on ``texts`` (float16-rounded)
-    esm: object | None  # estimators.esm.EmbeddingSpaceMap, or None when not shipped
+    esm: EmbeddingSpaceMap | None  # None when not shipped
     encoder: str  # registry name of the base encoder (``minilm-l6``)
     provenance: str = ""
     classes: list[str] = field(default_factory=list)

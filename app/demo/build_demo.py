@@ -15,7 +15,7 @@ Map). Written per source (float16, no pickle):
 
 and ``catalogue.json`` (name, description, licence, provenance, encoder, sizes, sha256 of the
 files) which ``app.demo.load_demo_catalogue`` reads. Sources already built are kept unless
-``--force``. Cost on 2 shared CPU cores: a few minutes per source (fine-tuning dominates).
+``--force``. Cost: one ESM training per source (fine-tuning dominates).
 """
 from __future__ import annotations
 
@@ -163,7 +163,7 @@ def build_one(sd: SourceDef, *, epochs: int, force: bool) -> dict:
 
     last = [-1.0]
 
-    def progress(p: float) -> None:
+    def progress(p: float, message: str | None = None, /) -> None:
         if p - last[0] >= 0.1 or p >= 1.0:
             last[0] = p
             print(f"[{sd.name}]   {p:4.0%}  {time.perf_counter() - t0:6.1f}s", flush=True)

@@ -406,7 +406,7 @@ def fetch_all(root: str | Path | None = None, *, verbose: bool = True) -> dict[s
 
 
 # -------------------------------------------------------------------------------- sampling
-def _check_pair(texts: Sequence[str], labels: Sequence[str]) -> tuple[list[str], np.ndarray]:
+def _check_pair(texts: Sequence[str], labels: Sequence[str] | np.ndarray) -> tuple[list[str], np.ndarray]:
     texts = list(texts)
     labels_arr = np.asarray([str(l) for l in labels], dtype=object)
     if len(texts) != len(labels_arr):
@@ -465,7 +465,8 @@ def _stratified_counts(labels_arr: np.ndarray, n: int) -> dict[str, int]:
     return dict(zip(classes.tolist(), alloc.tolist()))
 
 
-def sample(texts: Sequence[str], labels: Sequence[str], max_n: int, seed: int = 0, stratified: bool = True) -> Corpus:
+def sample(texts: Sequence[str], labels: Sequence[str] | np.ndarray, max_n: int, seed: int = 0,
+           stratified: bool = True) -> Corpus:
     """A seeded subsample of at most ``max_n`` examples (class proportions kept if ``stratified``)."""
     if max_n < 1:
         raise ValueError(f"max_n must be >= 1, got {max_n}")

@@ -6,13 +6,13 @@ pool or Ray actors), so they must not touch the database or the data dir's SQL.
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-ProgressFn = Callable[[float], None]
+from app.core.progress import ProgressFn
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ Either ``spec.path`` is a saved model2vec model (a directory whose ``config.json
 ``"model_type": "model2vec"``) and it is loaded as is, or ``spec.path`` is a transformers
 teacher (e.g. the packaged all-MiniLM-L6-v2) and a static model is distilled from it with
 ``model2vec.distill.distill(teacher, pca_dims=options["pca_dims"])`` on first use
-(~20-60 s on 2 CPU cores, offline, ~15 MB) and cached under
+(offline, once per model and ``pca_dims``) and cached under
 ``<cache_dir>/models/<name>-pca<dims>``. ``cache_dir`` is ``options["cache_dir"]``, else the
 ``TRANSFERRANK_DATA_DIR`` environment variable, else ``./.transferrank`` (the service's
 default data dir). The cache is written to a temporary directory and renamed into place, so a

@@ -5,8 +5,8 @@ text = mean of the last hidden states over its real tokens (attention mask), the
 normalisation: the same output as sentence-transformers for ``all-MiniLM-L6-v2``.
 
 Cost: texts are tokenised once, sorted by length and cut into batches of ``batch_size``
-(dynamic padding: each batch is padded only to its longest member, ~4x faster than fixed
-padding on short texts); the forward passes run under ``torch.inference_mode`` on
+(dynamic padding: each batch is padded only to its longest member, so short texts cost
+little); the forward passes run under ``torch.inference_mode`` on
 ``cuda`` when available (override with ``options["device"]`` or ``TRANSFERRANK_DEVICE``).
 
 Offline: a local directory never touches the network; a hub id honours ``HF_HUB_OFFLINE``

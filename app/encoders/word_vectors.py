@@ -15,7 +15,7 @@ tokens) gets the zero vector. No L2 normalisation (the raw mean, as in
 the classic averaged-GloVe baseline).
 
 Cost: tokenising is Python regex per text; the averaging is one sparse (n x V) @ (V x 50)
-product. Loading the 400k vocabulary takes ~1 s.
+product; loading reads the 400k-word vocabulary once per process.
 """
 from __future__ import annotations
 

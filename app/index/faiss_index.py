@@ -7,14 +7,12 @@ index built with another method is detected as stale).
 
 ``TaskIndex(path, dim)`` opens the index stored at ``path`` (FAISS binary, plus
 ``<path>.meta.json``) or creates an empty one. Index types:
-- ``"flat"`` (default): ``IndexIDMap2(IndexFlatIP)`` -- exact search, O(N d) per query;
-  measured on a busy 2-core machine (one FAISS thread, d = 384): ~5 ms per query over 5k
-  sources, ~60 ms over 50k.
+- ``"flat"`` (default): ``IndexIDMap2(IndexFlatIP)`` -- exact search, O(N d) per query.
 - ``"ivf"``: ``IndexIDMap2(IndexIVFFlat)`` with ``nlist`` inverted lists (default
   ~4 sqrt(N)) trained on the vectors it is built from and ``nprobe`` lists probed per query
   -- approximate, for very large catalogues; needs ``rebuild`` (or a first ``add``) with at
-  least ``nlist`` vectors to train. Measured: 50k sources, 11 ms per query, recall of the
-  exact top-10 within the top-50 = 1.00 on clustered synthetic data; training ~75 s.
+  least ``nlist`` vectors to train. Query cost O(nprobe N / nlist d); measured latencies and
+  recall are in ``bench/results/component_costs.md``.
 
 Ids are int64 (the SQL primary keys of the datasets). ``add`` is an upsert; ``remove``
 deletes; ``save`` writes atomically (temporary file + ``os.replace``; the metadata with the
@@ -33,6 +31,7 @@ import tempfile
 import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 
@@ -141,6 +140,10 @@ def _as_ids(ids) -> np.ndarray:
 class TaskIndex:
     """Persistent FAISS inner-product index of task embeddings keyed by int64 ids."""
 
+    nlist: int | None
+    nprobe: int | None
+    load_problem: str | None
+
     def __init__(
         self,
         path: str | os.PathLike,
@@ -222,7 +225,7 @@ class TaskIndex:
         if isinstance(items, tuple) and len(items) == 2 and isinstance(items[1], np.ndarray) and np.ndim(items[1]) == 2:
             ids, vecs = _as_ids(items[0]), np.asarray(items[1], dtype=np.float32)
         else:
-            pairs = list(items)
+            pairs = cast(list[tuple[int, np.ndarray]], list(items))
             ids = _as_ids([int(i) for i, _ in pairs])
             vecs = (
                 np.stack([np.asarray(v, dtype=np.float32).reshape(-1) for _, v in pairs])

@@ -11,7 +11,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from app.core.errors import Invalid, ServiceError
-from app.db.models import Ranking, utcnow
+from app.db.models import DEFAULT_OWNER, Ranking, utcnow
 from app.services import rankings as rankings_svc
 
 if TYPE_CHECKING:
@@ -33,9 +33,11 @@ def create(ctx: Context, spec: rankings_svc.RankingSpec, targets: list[str]) -> 
     for s_ in specs:
         rankings_svc._validate(ctx, s_)  # raises NotFound / Invalid with the single ranking's messages
     with ctx.Session.begin() as s:
-        job = ctx.jobs.create(s, "ranking_batch", message=f"queued: {spec.candidates} rankings of {len(specs)} targets")
-        rows = [Ranking(target_id=x.target, candidates=x.candidates, request=x.as_dict(), status="queued",
-                        job_id=job.id) for x in specs]
+        owner = spec.owner or DEFAULT_OWNER
+        job = ctx.jobs.create(s, "ranking_batch", message=f"queued: {spec.candidates} rankings of {len(specs)} targets",
+                              owner=owner)
+        rows = [Ranking(owner=owner, target_id=x.target, candidates=x.candidates, request=x.as_dict(),
+                        status="queued", job_id=job.id) for x in specs]
         s.add_all(rows)
         s.flush()
         ids, job_id = [r.id for r in rows], job.id

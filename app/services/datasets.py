@@ -8,17 +8,21 @@ import json
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
-from app.core.errors import Conflict, Invalid, NotFound, TooLarge
+from app.core.errors import Conflict, Invalid, TooLarge
 from app.core.logging import get_logger
-from app.db.models import Dataset, FeatureSet, Feedback, Ranking, Score, SourceTask, iso
+from app.db.models import DEFAULT_OWNER, Dataset, FeatureSet, Feedback, Ranking, Score, SourceTask, iso
+from app.db.session import rowcount
+from app.services.tenancy import check_read, check_write
 
 if TYPE_CHECKING:
+    from app.core.config import Settings
     from app.services.context import Context
 
 log = get_logger("datasets")
@@ -83,7 +87,7 @@ def _detect_format(data: bytes, filename: str | None) -> str:
     return "csv"
 
 
-def _labels(raw, settings, what: str = "label") -> tuple[np.ndarray, list[str]]:
+def _labels(raw: Any, settings: Settings, what: str = "label") -> tuple[np.ndarray, list[str]]:
     names = [str(v).strip() for v in raw]
     if any(v == "" for v in names):
         bad = [i for i, v in enumerate(names) if v == ""][:5]
@@ -98,7 +102,7 @@ def _labels(raw, settings, what: str = "label") -> tuple[np.ndarray, list[str]]:
     return idx.astype(np.int64).reshape(-1), [str(c) for c in classes]
 
 
-def _check_rows(n: int, settings) -> None:
+def _check_rows(n: int, settings: Settings) -> None:
     if n == 0:
         raise Invalid("the file has no rows")
     if n < 2:
@@ -107,7 +111,7 @@ def _check_rows(n: int, settings) -> None:
         raise Invalid(f"{n} rows exceed the limit of {settings.max_rows} (TRANSFERRANK_MAX_ROWS)")
 
 
-def _parse_table(data: bytes, fmt: str, settings) -> Parsed:
+def _parse_table(data: bytes, fmt: str, settings: Settings) -> Parsed:
     import pandas as pd
 
     if not data.strip():
@@ -138,7 +142,7 @@ def _parse_table(data: bytes, fmt: str, settings) -> Parsed:
         if nulls.any():
             rows = np.flatnonzero(nulls)[:5].tolist()
             raise Invalid(f"column '{name}' has {int(nulls.sum())} missing value(s) (rows {rows}, 0-based)")
-        values = col.astype(str).tolist()
+        values: list[str] = col.astype(str).tolist()
         empty = [i for i, v in enumerate(values) if not v.strip()]
         if empty and name == "text":
             raise Invalid(f"column 'text' has {len(empty)} empty value(s) (rows {empty[:5]}, 0-based)")
@@ -156,7 +160,7 @@ def _parse_table(data: bytes, fmt: str, settings) -> Parsed:
     return Parsed("text", fmt, labels, names, texts=texts, text_pairs=pairs, columns=cols)
 
 
-def _parse_npz(data: bytes, settings) -> Parsed:
+def _parse_npz(data: bytes, settings: Settings) -> Parsed:
     try:
         npz = np.load(io.BytesIO(data), allow_pickle=False)
         arrays = {k: npz[k] for k in npz.files}
@@ -213,7 +217,7 @@ def _parse_npz(data: bytes, settings) -> Parsed:
     return Parsed("features", "npz", labels, names, features=features, extras=extras, columns=sorted(arrays))
 
 
-def parse_upload(data: bytes, filename: str | None, settings) -> Parsed:
+def parse_upload(data: bytes, filename: str | None, settings: Settings) -> Parsed:
     if len(data) > settings.max_upload_bytes:
         raise TooLarge(f"the upload has {len(data)} bytes, over the limit of {settings.max_upload_bytes} "
                        "(TRANSFERRANK_MAX_UPLOAD_BYTES)")
@@ -226,10 +230,11 @@ def parse_upload(data: bytes, filename: str | None, settings) -> Parsed:
 
 
 # ---------------------------------------------------------------------- storage
-def dataset_dict(ds: Dataset) -> dict:
+def dataset_dict(ds: Dataset) -> dict[str, Any]:
     return {
         "id": ds.id,
         "name": ds.name,
+        "owner": ds.owner,
         "sha256": ds.sha256,
         "n_examples": ds.n_examples,
         "n_classes": ds.n_classes,
@@ -247,27 +252,32 @@ def _default_name(filename: str | None, sha: str) -> str:
 
 
 def store_parsed(ctx: Context, parsed: Parsed, name: str | None, filename: str | None = None,
-                 meta: dict | None = None) -> tuple[Dataset, bool]:
+                 meta: dict[str, Any] | None = None, *, owner: str = DEFAULT_OWNER) -> tuple[Dataset, bool]:
     """Write blobs, then the SQL row in one transaction; on any failure remove the new blobs.
 
-    Returns ``(dataset, created)``; ``created`` is False when the same content already exists.
+    Returns ``(dataset, created)``; ``created`` is False when ``owner`` already stores the same
+    content. Another owner's copy is never returned (its name and id stay private); only its
+    content-derived task embedding is reused.
     """
     sha = parsed.sha256()
     with ctx.Session() as s:
-        existing = s.scalar(select(Dataset).where(Dataset.sha256 == sha))
+        existing = s.scalar(select(Dataset).where(Dataset.owner == owner, Dataset.sha256 == sha))
         if existing is not None:
             _ = existing.feature_sets
             return existing, False
+        task_embedding = s.scalar(select(Dataset.task_embedding_blob).where(
+            Dataset.sha256 == sha, Dataset.task_embedding_blob.is_not(None)).limit(1))
     with ctx.blobs.writer() as w:
         texts_blob = None
         if parsed.kind == "text":
             texts = parsed.texts if parsed.text_pairs is None else [
-                f"{a}{SEP}{b}" for a, b in zip(parsed.texts, parsed.text_pairs)]
+                f"{a}{SEP}{b}" for a, b in zip(parsed.texts or [], parsed.text_pairs)]
             texts_blob = w.put_json(texts)
         labels_blob = w.put_array(parsed.labels)
         features_blob = w.put_array(parsed.features) if parsed.features is not None else None
         extra = {k: w.put_array(v) for k, v in parsed.extras.items()}
         ds = Dataset(
+            owner=owner, task_embedding_blob=task_embedding,
             name=(name or "").strip()[:255] or _default_name(filename, sha), sha256=sha, kind=parsed.kind,
             n_examples=parsed.n, n_classes=parsed.n_classes, label_names=parsed.label_names,
             texts_blob=texts_blob, labels_blob=labels_blob, features_blob=features_blob, extra_blobs=extra,
@@ -282,36 +292,42 @@ def store_parsed(ctx: Context, parsed: Parsed, name: str | None, filename: str |
         except IntegrityError:  # the same content was stored concurrently: keep theirs
             w.keep_all()  # blobs are shared by content with the winner
             with ctx.Session() as s:
-                existing = s.scalar(select(Dataset).where(Dataset.sha256 == sha))
+                existing = s.scalar(select(Dataset).where(Dataset.owner == owner, Dataset.sha256 == sha))
                 if existing is None:
                     raise
                 _ = existing.feature_sets
                 return existing, False
     with ctx.Session() as s:
-        ds = s.get(Dataset, ds.id)
+        stored = s.get(Dataset, ds.id)
+        assert stored is not None  # committed just above
+        ds = stored
         _ = ds.feature_sets
     log.info("dataset %s stored (%s, n=%d, C=%d, sha256=%s)", ds.id, ds.kind, ds.n_examples, ds.n_classes, sha[:12])
     return ds, True
 
 
-def create_from_upload(ctx: Context, data: bytes, filename: str | None, name: str | None) -> tuple[Dataset, bool]:
+def create_from_upload(ctx: Context, data: bytes, filename: str | None, name: str | None, *,
+                       owner: str = DEFAULT_OWNER) -> tuple[Dataset, bool]:
     parsed = parse_upload(data, filename, ctx.settings)
-    return store_parsed(ctx, parsed, name, filename)
+    return store_parsed(ctx, parsed, name, filename, owner=owner)
 
 
-def get(ctx: Context, dataset_id: str) -> Dataset:
+def get(ctx: Context, dataset_id: str, owner: str | None = None) -> Dataset:
+    """The dataset, if ``owner`` may read it (its own or public); ``owner=None``: internal, any."""
     with ctx.Session() as s:
-        ds = s.get(Dataset, dataset_id)
-        if ds is None:
-            raise NotFound(f"no dataset with id {dataset_id!r}; list them with GET /v1/datasets")
+        ds = check_read(s.get(Dataset, dataset_id), owner,
+                        f"no dataset with id {dataset_id!r}; list them with GET /v1/datasets")
         _ = ds.feature_sets
         return ds
 
 
-def list_all(ctx: Context, limit: int = 100, offset: int = 0) -> list[Dataset]:
+def list_all(ctx: Context, limit: int = 100, offset: int = 0, owner: str | None = None) -> list[Dataset]:
+    """``owner``'s datasets, newest first (public ones are reached through the sources)."""
     with ctx.Session() as s:
-        rows = list(s.scalars(select(Dataset).order_by(Dataset.created_at.desc(), Dataset.id)
-                              .limit(limit).offset(offset)))
+        q = select(Dataset)
+        if owner is not None:
+            q = q.where(Dataset.owner == owner)
+        rows = list(s.scalars(q.order_by(Dataset.created_at.desc(), Dataset.id).limit(limit).offset(offset)))
         for r in rows:
             _ = r.feature_sets
         return rows
@@ -324,10 +340,11 @@ def labels(ctx: Context, ds: Dataset) -> np.ndarray:
 def texts(ctx: Context, ds: Dataset) -> list[str]:
     if ds.texts_blob is None:
         raise Invalid(f"dataset {ds.id} ({ds.name}) holds features, not texts")
-    return ctx.blobs.get_json(ds.texts_blob)
+    stored: list[str] = ctx.blobs.get_json(ds.texts_blob)
+    return stored
 
 
-def referenced_blobs(session) -> set[str]:
+def referenced_blobs(session: Session) -> set[str]:
     keys: set[str] = set()
     for row in session.execute(select(Dataset.texts_blob, Dataset.labels_blob, Dataset.features_blob,
                                       Dataset.extra_blobs, Dataset.task_embedding_blob)):
@@ -340,19 +357,27 @@ def referenced_blobs(session) -> set[str]:
     return keys
 
 
-def delete_dataset(ctx: Context, dataset_id: str) -> dict:
+def delete_dataset(ctx: Context, dataset_id: str, owner: str | None = None, admin: bool = False) -> dict[str, Any]:
+    """Delete a dataset with its rankings and feedback. Cached scores and features of its content
+    stay while another owner stores the same content (they are keyed by content, not by row)."""
     with ctx.Session.begin() as s:
-        ds = s.get(Dataset, dataset_id)
-        if ds is None:
-            raise NotFound(f"no dataset with id {dataset_id!r}")
+        ds = check_write(s.get(Dataset, dataset_id), owner, admin, f"no dataset with id {dataset_id!r}",
+                         f"dataset {dataset_id}")
         src = s.scalar(select(SourceTask).where(SourceTask.dataset_id == dataset_id))
         if src is not None:
             raise Conflict(f"dataset {dataset_id} backs source task {src.name!r}; delete the source first "
                            f"(DELETE /v1/sources/{src.name})")
         keys = {k for k in (ds.texts_blob, ds.labels_blob, ds.features_blob, ds.task_embedding_blob) if k}
         keys.update((ds.extra_blobs or {}).values())
-        keys.update(fs.blob for fs in ds.feature_sets)
-        n_scores = s.execute(delete(Score).where(Score.target_sha256 == ds.sha256)).rowcount
+        twin = s.scalar(select(Dataset.id).where(Dataset.sha256 == ds.sha256, Dataset.id != ds.id).limit(1))
+        if twin is None:
+            keys.update(fs.blob for fs in ds.feature_sets)
+            n_scores = rowcount(s.execute(delete(Score).where(Score.target_sha256 == ds.sha256)))
+        else:  # another row stores the same content: its feature and score caches stay
+            n_scores = 0
+            s.execute(update(FeatureSet).where(FeatureSet.dataset_id == dataset_id).values(dataset_id=twin)
+                      .execution_options(synchronize_session=False))
+            s.expire(ds, ["feature_sets"])
         s.execute(delete(Feedback).where(Feedback.target_id == dataset_id))
         s.execute(delete(Ranking).where(Ranking.target_id == dataset_id))
         s.delete(ds)

@@ -9,14 +9,17 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from concurrent.futures import Future
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from app.core.errors import Invalid
 from app.core.logging import get_logger
+from app.core.progress import ProgressFn
 from app.db.models import Dataset, FeatureSet
 
 if TYPE_CHECKING:
@@ -24,7 +27,6 @@ if TYPE_CHECKING:
 
 log = get_logger("features")
 
-Progress = Callable[[float], None]
 
 
 def task_embedding(X: np.ndarray) -> np.ndarray:
@@ -36,15 +38,15 @@ def task_embedding(X: np.ndarray) -> np.ndarray:
     except ImportError:
         v = np.asarray(X, dtype=np.float64).mean(axis=0)
         norm = np.linalg.norm(v)
-        return (v / norm if norm > 0 else v).astype(np.float32)
+        return np.asarray(v / norm if norm > 0 else v, dtype=np.float32)
 
 
-def cached(session, dataset_sha256: str, encoder: str) -> FeatureSet | None:
+def cached(session: Session, dataset_sha256: str, encoder: str) -> FeatureSet | None:
     return session.scalar(select(FeatureSet).where(FeatureSet.dataset_sha256 == dataset_sha256,
                                                    FeatureSet.encoder == encoder))
 
 
-def cached_encoders(session, dataset_sha256: str) -> set[str]:
+def cached_encoders(session: Session, dataset_sha256: str) -> set[str]:
     return set(session.scalars(select(FeatureSet.encoder).where(FeatureSet.dataset_sha256 == dataset_sha256)))
 
 
@@ -73,18 +75,20 @@ def store(ctx: Context, ds: Dataset, encoder: str, X: np.ndarray, seconds: float
             te_key = w.put_array(task_embedding(X))
         try:
             with ctx.Session.begin() as s:
-                fs = FeatureSet(dataset_id=ds.id, dataset_sha256=ds.sha256, encoder=encoder, blob=key,
-                                n=int(X.shape[0]), dim=int(X.shape[1]), seconds=seconds)
-                s.add(fs)
+                row = FeatureSet(dataset_id=ds.id, dataset_sha256=ds.sha256, encoder=encoder, blob=key,
+                                 n=int(X.shape[0]), dim=int(X.shape[1]), seconds=seconds)
+                s.add(row)
                 if te_key is not None:
-                    s.execute(update(Dataset).where(Dataset.id == ds.id).values(task_embedding_blob=te_key))
+                    # every row with this content (one per owner) shares the embedding
+                    s.execute(update(Dataset).where(Dataset.sha256 == ds.sha256).values(task_embedding_blob=te_key))
         except IntegrityError:
             w.keep_all()
             with ctx.Session() as s:
-                fs = cached(s, ds.sha256, encoder)
-            if fs is None:
+                existing = cached(s, ds.sha256, encoder)
+            if existing is None:
                 raise
-    return fs
+            return existing
+    return row
 
 
 def dataset_task_embedding(ctx: Context, ds: Dataset) -> np.ndarray | None:
@@ -94,7 +98,7 @@ def dataset_task_embedding(ctx: Context, ds: Dataset) -> np.ndarray | None:
 
 
 def ensure(ctx: Context, ds: Dataset, encoders: Sequence[str],
-           progress: Progress | None = None) -> dict[str, np.ndarray]:
+           progress: ProgressFn | None = None) -> dict[str, np.ndarray]:
     """Features of ``ds`` under each encoder: cached ones loaded, missing ones computed on the
     worker backend (all submitted at once, progress averaged), stored, then returned."""
     from app.services import datasets as datasets_svc
@@ -117,8 +121,8 @@ def ensure(ctx: Context, ds: Dataset, encoders: Sequence[str],
     texts = datasets_svc.texts(ctx, ds)
     fractions = {enc: 0.0 for enc in missing}
 
-    def report(enc):
-        def cb(p: float) -> None:
+    def report(enc: str) -> ProgressFn:
+        def cb(p: float, message: str | None = None, /) -> None:
             fractions[enc] = min(max(float(p), 0.0), 1.0)
             if progress:
                 progress(sum(fractions.values()) / len(fractions))
@@ -150,12 +154,14 @@ def ensure(ctx: Context, ds: Dataset, encoders: Sequence[str],
 
 # (service instance, dataset sha256, encoder) -> Future of a running extraction, so that two requests needing
 # the same features at the same time share one forward pass instead of computing it twice.
-_INFLIGHT: dict[tuple[str, str, str], object] = {}
+_INFLIGHT: dict[tuple[str, str, str], Future[Any]] = {}
 _INFLIGHT_LOCK = threading.Lock()
 
 
-def _submit_once(ctx: Context, ds: Dataset, encoders: list[str], texts: list[str], report) -> tuple[set[str], dict]:
-    owned, futures = set(), {}
+def _submit_once(ctx: Context, ds: Dataset, encoders: list[str], texts: list[str],
+                 report: Callable[[str], ProgressFn]) -> tuple[set[str], dict[str, Future[Any]]]:
+    owned: set[str] = set()
+    futures: dict[str, Future[Any]] = {}
     with _INFLIGHT_LOCK:
         for enc in encoders:
             key = (ctx.instance_id, ds.sha256, enc)

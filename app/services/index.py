@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from sqlalchemy import select
@@ -19,17 +19,18 @@ from app.core.status import SourceStatus
 from app.db.models import Dataset, SourceTask
 
 if TYPE_CHECKING:
+    from app.index.faiss_index import TaskIndex
     from app.services.context import Context
 
 log = get_logger("index")
 
 
 class IndexManager:
-    def __init__(self, ctx: Context):
+    def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
         self.path: Path = ctx.settings.index_path
         self._lock = threading.RLock()
-        self._index = None
+        self._index: TaskIndex | None = None
         self._ids: set[int] = set()
         self._dim: int | None = None
         self.rebuilds = 0
@@ -45,6 +46,8 @@ class IndexManager:
             ).all()
         items = []
         for sid, key in rows:
+            if key is None:
+                continue
             try:
                 items.append((int(sid), np.asarray(self.ctx.blobs.get_array(key), dtype=np.float32).reshape(-1)))
             except FileNotFoundError:
@@ -101,6 +104,12 @@ class IndexManager:
                             idx.load_problem or "ids differ from SQL")
             self.rebuild()
 
+    def _opened(self) -> TaskIndex:
+        """The open index (``ensure`` or ``rebuild`` opened it)."""
+        if self._index is None:  # pragma: no cover - ensure() always opens or rebuilds it
+            raise RuntimeError("the FAISS task index is not open")
+        return self._index
+
     # ------------------------------------------------------------------ updates
     def add(self, source_id: int, vector: np.ndarray) -> None:
         with self._lock:
@@ -113,16 +122,18 @@ class IndexManager:
                     raise ValueError(f"task embedding has dim {v.shape[1]}, the index {self._dim}")
                 self.rebuild()
                 return
-            self._index.add(np.asarray([source_id], dtype=np.int64), v)
-            self._index.save()
+            index = self._opened()
+            index.add(np.asarray([source_id], dtype=np.int64), v)
+            index.save()
             self._ids.add(source_id)
 
     def remove(self, source_id: int) -> None:
         with self._lock:
             if self._index is None or source_id not in self._ids:
                 return
-            self._index.remove(np.asarray([source_id], dtype=np.int64))
-            self._index.save()
+            index = self._opened()
+            index.remove(np.asarray([source_id], dtype=np.int64))
+            index.save()
             self._ids.discard(source_id)
 
     def search(self, vector: np.ndarray, k: int) -> list[tuple[int, float]]:
@@ -130,9 +141,9 @@ class IndexManager:
             self.ensure()
             if not self._ids:
                 return []
-            hits = self._index.search(np.asarray(vector, dtype=np.float32).reshape(-1), int(k))
+            hits = self._opened().search(np.asarray(vector, dtype=np.float32).reshape(-1), int(k))
             return [(int(i), float(sim)) for i, sim in hits]
 
-    def describe(self) -> dict:
+    def describe(self) -> dict[str, Any]:
         with self._lock:
             return {"path": str(self.path), "sources": len(self._ids), "dim": self._dim, "rebuilds": self.rebuilds}

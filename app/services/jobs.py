@@ -16,19 +16,21 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import or_, select, update
+from sqlalchemy.orm import Session
 
 from app.core.errors import NotFound, ServiceError
 from app.core.logging import get_logger
+from app.core.progress import ProgressFn
 from app.core.status import FINISHED, UNFINISHED, JobStatus, RankingStatus, SourceStatus
-from app.db.models import Dataset, Job, Ranking, SourceTask, iso, utcnow
+from app.db.models import DEFAULT_OWNER, Dataset, Job, Ranking, SourceTask, iso, utcnow
+from app.services.tenancy import can_read
 
 if TYPE_CHECKING:
     from app.services.context import Context
 
 log = get_logger("jobs")
 
-ProgressCb = Callable[..., None]
-JobFn = Callable[[ProgressCb], dict]
+JobFn = Callable[[ProgressFn], dict[str, Any]]
 ErrorHook = Callable[[str], None]
 
 HEARTBEAT_SECONDS = 10.0
@@ -40,7 +42,7 @@ def _aware(t: dt.datetime | None) -> dt.datetime | None:
     return t
 
 
-def job_dict(job: Job) -> dict:
+def job_dict(job: Job) -> dict[str, Any]:
     return {
         "id": job.id,
         "kind": job.kind,
@@ -67,19 +69,20 @@ class JobRunner:
         self._hb.start()
 
     # ------------------------------------------------------------------ create / submit
-    def create(self, session, kind: str, message: str | None = None) -> Job:
+    def create(self, session: Session, kind: str, message: str | None = None, owner: str = DEFAULT_OWNER) -> Job:
+        """A queued job working for ``owner`` (who alone, with the public catalogue's jobs, may read it)."""
         job = Job(kind=kind, status=JobStatus.QUEUED, progress=0.0, message=message, owner=self.ctx.instance_id,
-                  heartbeat_at=utcnow(), result={})
+                  tenant=owner, heartbeat_at=utcnow(), result={})
         session.add(job)
         session.flush()
         return job
 
-    def submit(self, job_id: str, fn: JobFn, on_error: ErrorHook | None = None) -> Future:
+    def submit(self, job_id: str, fn: JobFn, on_error: ErrorHook | None = None) -> Future[Any]:
         with self._lock:
             self._active.add(job_id)
         return self._pool.submit(self._run, job_id, fn, on_error)
 
-    def run_inline(self, job_id: str, fn: JobFn, on_error: ErrorHook | None = None) -> dict:
+    def run_inline(self, job_id: str, fn: JobFn, on_error: ErrorHook | None = None) -> dict[str, Any]:
         with self._lock:
             self._active.add(job_id)
         return self._run(job_id, fn, on_error)
@@ -104,9 +107,10 @@ class JobRunner:
         except Exception:  # progress is best effort; never kill the job over it
             log.exception("could not record progress of job %s", job_id)
 
-    def _run(self, job_id: str, fn: JobFn, on_error: ErrorHook | None) -> dict:
+    def _run(self, job_id: str, fn: JobFn, on_error: ErrorHook | None) -> dict[str, Any]:
         t0 = time.perf_counter()
-        self._set(job_id, status=JobStatus.RUNNING, started_at=utcnow(), heartbeat_at=utcnow(), owner=self.ctx.instance_id)
+        self._set(job_id, status=JobStatus.RUNNING, started_at=utcnow(), heartbeat_at=utcnow(),
+                  owner=self.ctx.instance_id)
         log.info("job %s started", job_id)
         try:
             result = fn(lambda p, message=None: self.progress(job_id, p, message)) or {}
@@ -149,15 +153,16 @@ class JobRunner:
                 log.exception("heartbeat failed")
 
     # ------------------------------------------------------------------ reading / reaping
-    def get(self, job_id: str) -> dict:
+    def get(self, job_id: str, owner: str | None = None) -> dict[str, Any]:
+        """The job, if ``owner`` may read it (its own or a public catalogue job); None: internal, any."""
         self.reap(job_ids=[job_id])
         with self.ctx.Session() as s:
             job = s.get(Job, job_id)
-            if job is None:
+            if job is None or not can_read(job.tenant, owner):
                 raise NotFound(f"no job with id {job_id!r}")
             return job_dict(job)
 
-    def wait(self, job_id: str, timeout: float = 600.0, poll: float = 0.05) -> dict:
+    def wait(self, job_id: str, timeout: float = 600.0, poll: float = 0.05) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
         while True:
             job = self.get(job_id)
@@ -182,13 +187,15 @@ class JobRunner:
                 job.finished_at = utcnow()
                 job.error = (
                     "the service stopped while this job was unfinished (no heartbeat since "
-                    f"{_aware(job.heartbeat_at).isoformat() if job.heartbeat_at else 'creation'}); "
+                    f"{iso(_aware(job.heartbeat_at)) or 'creation'}); "
                     "repeat the request to run it again"
                 )
-                for r in s.scalars(select(Ranking).where(Ranking.job_id == job.id, Ranking.status != RankingStatus.DONE)):
+                for r in s.scalars(select(Ranking).where(Ranking.job_id == job.id,
+                                                         Ranking.status != RankingStatus.DONE)):
                     r.status, r.error = RankingStatus.FAILED, job.error
+                unfinished = (SourceStatus.PENDING, SourceStatus.TRAINING)
                 for t in s.scalars(select(SourceTask).where(SourceTask.job_id == job.id,
-                                                            SourceTask.status.in_((SourceStatus.PENDING, SourceStatus.TRAINING)))):
+                                                            SourceTask.status.in_(unfinished))):
                     # a source whose base embeddings exist stays usable (divergences), just without ESM
                     embedded = s.scalar(select(Dataset.task_embedding_blob).where(Dataset.id == t.dataset_id))
                     t.status = SourceStatus.READY if embedded else SourceStatus.FAILED

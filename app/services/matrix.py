@@ -10,6 +10,10 @@ beside them and a combined score per (source, target) pair.
   (``estimators.ranking.DEFAULT_WEIGHTS``, ``esm_<name>`` as ``<name>``, others 1). It orders
   sources within a target, as a ranking does; it is not comparable across targets.
 - ``page`` / ``wide`` / ``to_csv`` / ``to_parquet`` / ``heatmap_png`` shape the result.
+
+Scores are cached by content (target sha256), so one row may serve several owners; a caller sees
+a score only when the target is one of its own or the public datasets and the source one of its
+own or the public sources and models, and only its own feedback: no other owner's names.
 """
 from __future__ import annotations
 
@@ -24,6 +28,8 @@ from sqlalchemy import select
 import estimators
 from app.core.errors import Invalid, NotFound, ServiceError
 from app.db.models import Dataset, Feedback, Score
+from app.services.sources import hidden_names
+from app.services.tenancy import can_read, visible
 from estimators.ranking import DEFAULT_WEIGHTS, zscores
 
 if TYPE_CHECKING:
@@ -77,31 +83,41 @@ def combined_scores(entries: list[dict[str, Any]]) -> dict[tuple[str, str], floa
     return {k: (round(num[k] / den[k], 6) if den[k] > 0 else None) for k in num}
 
 
-def build(ctx: Context, estimator: Names = None, target: Names = None, *, source: Names = None) -> dict[str, Any]:
+def build(ctx: Context, estimator: Names = None, target: Names = None, owner: str | None = None, *,
+          source: Names = None) -> dict[str, Any]:
     ests, targets, sources = _names(estimator), _names(target), _names(source)
     for name in ests:
         try:
             estimators.info(name)
         except ValueError as exc:
             raise Invalid(str(exc)) from None
+    hidden = hidden_names(ctx, owner)
     with ctx.Session() as s:
-        datasets = {d.sha256: d for d in s.scalars(select(Dataset))}
+        datasets: dict[str, Dataset] = {}
+        for found in s.scalars(select(Dataset).where(visible(Dataset.owner, owner))
+                               .order_by((Dataset.owner == owner).asc() if owner else Dataset.id)):
+            datasets[found.sha256] = found  # the caller's own row wins over a public one with the same content
         q = select(Score).order_by(Score.estimator, Score.source, Score.target_sha256, Score.id)
         if ests:
             q = q.where(Score.estimator.in_(ests))
         shas: list[str] = []
-        if targets:
-            by_id = {d.id: d.sha256 for d in s.scalars(select(Dataset).where(Dataset.id.in_(targets)))}
-            unknown = [t for t in targets if t not in by_id and t not in datasets]
-            if unknown:
-                raise NotFound(f"no dataset with id or sha256 {', '.join(map(repr, unknown[:5]))}; "
-                               "list them with GET /v1/datasets")
-            shas = [by_id.get(t, t) for t in targets]
+        for t in targets:
+            wanted = s.get(Dataset, t)
+            if wanted is not None and can_read(wanted.owner, owner):
+                shas.append(wanted.sha256)
+            elif t in datasets or owner is None and wanted is None and len(t) == 64:  # a content hash
+                shas.append(t)
+            else:
+                raise NotFound(f"no dataset with id {t!r}; list them with GET /v1/datasets")
+        if shas:
             q = q.where(Score.target_sha256.in_(shas))
         if sources:
             q = q.where(Score.source.in_(sources))
-        scores = list(s.scalars(q))
+        scores = [r for r in s.scalars(q)
+                  if owner is None or (r.target_sha256 in datasets and r.source not in hidden)]
         fq = select(Feedback).order_by(Feedback.id)
+        if owner is not None:
+            fq = fq.where(Feedback.owner == owner)
         if shas:
             fq = fq.where(Feedback.target_sha256.in_(shas))
         if sources:

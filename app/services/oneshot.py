@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from app.core.errors import Invalid
+from app.db.models import DEFAULT_OWNER
 from app.services import datasets as datasets_svc
 from app.services import rankings as rankings_svc
 
@@ -27,12 +28,13 @@ class RankingFailed(Invalid):
 def rank_bytes(ctx: Context, data: bytes, filename: str, *, candidates: str, estimators: list[str] | None = None,
                top_k: int = 10, prefilter_k: int | None = None, sources: list[str] | None = None,
                name: str | None = None, progress: Callable[[float, str | None], None] | None = None,
-               poll: float = 0.1) -> tuple[Dataset, bool, dict[str, Any]]:
-    """Returns ``(dataset row, created, ranking dict as GET /v1/rankings/{id})``; raises
+               poll: float = 0.1, owner: str = DEFAULT_OWNER) -> tuple[Dataset, bool, dict[str, Any]]:
+    """Returns ``(dataset row, created, ranking dict as GET /v1/rankings/{id})``, stored for
+    ``owner`` (default: what open mode's REST caller sees); raises
     ``ServiceError`` (bad file, unknown estimator, ...) or ``RankingFailed`` when the ranking itself failed."""
-    ds, created = datasets_svc.create_from_upload(ctx, data, filename, name)
+    ds, created = datasets_svc.create_from_upload(ctx, data, filename, name, owner=owner)
     spec = rankings_svc.RankingSpec(target=ds.id, candidates=candidates, estimators=estimators, top_k=top_k,
-                                    prefilter_k=prefilter_k, sources=sources)
+                                    prefilter_k=prefilter_k, sources=sources, owner=owner)
     if progress is None:
         out, _ = rankings_svc.create(ctx, spec, inline=True)
     else:

@@ -49,14 +49,15 @@ def _cosine(a: np.ndarray | None, b: np.ndarray | None) -> float | None:
     return float(np.dot(a, b) / den) if den > 0 else None
 
 
-def feedback_prior(ctx: Context, target: Dataset, sources: list[str]
+def feedback_prior(ctx: Context, target: Dataset, sources: list[str], owner: str | None = None
                    ) -> tuple[dict[str, float] | None, dict[str, Any], dict[str, dict[str, float]]]:
     """``(prior {candidate: value} or None when not applied, evidence, this target's own
-    observations {candidate: {metric: value}})``."""
+    observations {candidate: {metric: value}})``. With ``owner``, only that owner's feedback."""
     base: dict[str, Any] = {"applied": False, "min_similarity": MIN_SIMILARITY, "min_per_target": MIN_PER_TARGET,
                             "min_observed": MIN_OBSERVED}
     with ctx.Session() as s:
-        rows = list(s.scalars(select(Feedback).where(Feedback.source.in_(sources)).order_by(Feedback.id)))
+        q = select(Feedback).where(Feedback.source.in_(sources)).order_by(Feedback.id)
+        rows = list(s.scalars(q if owner is None else q.where(Feedback.owner == owner)))
         if not rows:
             return None, dict(base, reason="no feedback recorded for these candidates", targets=[]), {}
         shas = {r.target_sha256 for r in rows} | {target.sha256}

@@ -23,7 +23,8 @@ settings apply to every candidate; a source without an ESM yet comes last, unsco
 combination also takes, for default requests, the ``static`` size baseline (models; weight 0,
 reported) and the prior from observed fine-tuning results (``POST /v1/feedback``;
 ``app.services.prior``: related targets only, applied only where it can change the order, with
-its evidence in the response's ``prior`` block; weight 1). A ranking where no estimator produced a value is a failed ranking with the reason.
+its evidence in the response's ``prior`` block; weight 1). A ranking where no estimator
+produced a value is a failed ranking with the reason.
 """
 from __future__ import annotations
 
@@ -37,9 +38,10 @@ from sqlalchemy import select
 import estimators
 from app.core.errors import Invalid, NotFound
 from app.core.logging import get_logger
-from app.core.progress import ProgressFn, no_progress
+from app.core.progress import ProgressFn, no_progress, scaled
 from app.core.status import JobStatus, RankingStatus, SourceStatus
 from app.db.models import (
+    DEFAULT_OWNER,
     Dataset,
     EncoderRow,
     Ranking,
@@ -52,6 +54,7 @@ from app.services import datasets as datasets_svc
 from app.services import features as features_svc
 from app.services import scores as scores_svc
 from app.services.prior import feedback_prior
+from app.services.tenancy import visible
 from estimators.ranking import DEFAULT_ESTIMATORS as LIBRARY_DEFAULTS
 from estimators.ranking import (
     Combined,
@@ -95,6 +98,7 @@ class RankingSpec:
     sources: list[str] | None = None
     params: dict[str, dict] = field(default_factory=dict)
     use_feedback: bool | None = None
+    owner: str | None = None  # who asks: its own and the public datasets, sources and feedback (None: all)
 
     def as_dict(self) -> dict:
         return {"target": self.target, "candidates": self.candidates, "estimators": self.estimators,
@@ -116,7 +120,7 @@ def _validate(ctx: Context, spec: RankingSpec) -> Plan:
     """Check a request once (400/404/422 on bad input) and return what it ranks with."""
     if spec.candidates not in NEEDS_FOR:
         raise Invalid(f"candidates must be 'models' or 'tasks', got {spec.candidates!r}")
-    ds = datasets_svc.get(ctx, spec.target)
+    ds = datasets_svc.get(ctx, spec.target, spec.owner)
     names = spec.estimators or list(DEFAULT_ESTIMATORS[spec.candidates])
     if spec.estimators is None and spec.candidates == "models" and ds.kind == "features":
         extras = ds.extra_blobs or {}
@@ -151,7 +155,8 @@ def _validate(ctx: Context, spec: RankingSpec) -> Plan:
         base_dim = _base_dim(ctx)
         if (ds.meta or {}).get("dim") != base_dim:
             raise Invalid(f"a tasks ranking of an NPZ dataset needs features from the base encoder "
-                          f"{ctx.settings.base_encoder} (dim {base_dim}); this one has dim {(ds.meta or {}).get('dim')}. "
+                          f"{ctx.settings.base_encoder} (dim {base_dim}); this one has dim "
+                          f"{(ds.meta or {}).get('dim')}. "
                           "Upload the texts instead, or rank candidates='models'")
     return Plan(spec, ds, list(names))
 
@@ -182,7 +187,9 @@ def _model_names(ctx: Context, ds: Dataset, spec: RankingSpec) -> list[str]:
         names = ["features"] + sorted({k.split("_", 1)[1] for k in (ds.extra_blobs or {})})
     else:
         with ctx.Session() as s:
-            names = list(s.scalars(select(EncoderRow.name).where(EncoderRow.enabled.is_(True)).order_by(EncoderRow.name)))
+            names = list(s.scalars(select(EncoderRow.name).where(EncoderRow.enabled.is_(True),
+                                                                 visible(EncoderRow.owner, spec.owner))
+                                   .order_by(EncoderRow.name)))
     if spec.sources:
         unknown = [n for n in spec.sources if n not in names]
         if unknown:
@@ -195,10 +202,12 @@ def _model_names(ctx: Context, ds: Dataset, spec: RankingSpec) -> list[str]:
 
 def _task_rows(ctx: Context, ds: Dataset, spec: RankingSpec) -> list[tuple[SourceTask, Dataset]]:
     with ctx.Session() as s:
-        rows = s.execute(select(SourceTask, Dataset).join(Dataset, Dataset.id == SourceTask.dataset_id)
-                         .where(SourceTask.status != SourceStatus.FAILED, SourceTask.base_encoder == ctx.settings.base_encoder)
-                         .order_by(SourceTask.name)).all()
-    rows = [(t, d) for t, d in rows if d.sha256 != ds.sha256]
+        found = s.execute(select(SourceTask, Dataset).join(Dataset, Dataset.id == SourceTask.dataset_id)
+                          .where(SourceTask.status != SourceStatus.FAILED,
+                                 SourceTask.base_encoder == ctx.settings.base_encoder,
+                                 visible(SourceTask.owner, spec.owner))
+                          .order_by(SourceTask.name)).all()
+    rows: list[tuple[SourceTask, Dataset]] = [(t, d) for t, d in found if d.sha256 != ds.sha256]
     if spec.sources:
         have = {t.name for t, _ in rows}
         unknown = [n for n in spec.sources if n not in have]
@@ -242,12 +251,19 @@ class CandidateSet:
     prefilter: dict | None = None
 
 
+def _blob(ds: Dataset) -> str:
+    """The features blob of an NPZ dataset (every NPZ upload has one)."""
+    if ds.features_blob is None:
+        raise Invalid(f"dataset {ds.id} has no stored features")
+    return ds.features_blob
+
+
 def _npz_model_candidates(ctx: Context, ds: Dataset, models: list[str]) -> list[Candidate]:
     extras = ds.extra_blobs or {}
     out = []
     for m in models:
         if m == "features":
-            out.append(Candidate("features", "model", "npz:features", features=ctx.blobs.get_array(ds.features_blob)))
+            out.append(Candidate("features", "model", "npz:features", features=ctx.blobs.get_array(_blob(ds))))
             continue
         f, p = extras.get(f"features_{m}"), extras.get(f"probs_{m}")
         out.append(Candidate(m, "model", f"npz:{m}", features=ctx.blobs.get_array(f) if f else None,
@@ -257,7 +273,7 @@ def _npz_model_candidates(ctx: Context, ds: Dataset, models: list[str]) -> list[
 
 def _encoder_candidates(ctx: Context, ds: Dataset, models: list[str], progress: ProgressFn) -> list[Candidate]:
     progress(0.0, f"extracting features with {', '.join(models)}")
-    feats = features_svc.ensure(ctx, ds, models, progress=lambda p: progress(0.85 * p))
+    feats = features_svc.ensure(ctx, ds, models, progress=scaled(progress, 0.0, 0.85))
     with ctx.Session() as s:
         meta = {r.name: {"params": r.params, "dim": r.dim, "kind": r.kind}
                 for r in s.scalars(select(EncoderRow).where(EncoderRow.name.in_(models)))}
@@ -268,14 +284,17 @@ def _task_candidates(ctx: Context, plan: Plan, progress: ProgressFn) -> Candidat
     spec, ds = plan.spec, plan.ds
     base = ctx.settings.base_encoder
     if ds.kind == "features":
-        X_target = ctx.blobs.get_array(ds.features_blob)
+        X_target = ctx.blobs.get_array(_blob(ds))
     else:
         progress(0.0, f"embedding the target with the base encoder {base}")
-        X_target = features_svc.ensure(ctx, ds, [base], progress=lambda p: progress(0.6 * p))[base]
+        X_target = features_svc.ensure(ctx, ds, [base], progress=scaled(progress, 0.0, 0.6))[base]
     rows = _task_rows(ctx, ds, spec)
     prefilter = None
     if spec.prefilter_k is not None and len(rows) > spec.prefilter_k:
-        hits = ctx.index.search(features_svc.task_embedding(X_target), spec.prefilter_k)
+        ids = {t.id for t, _ in rows}  # the index holds every owner's sources: search past the others
+        hidden = max(ctx.index.describe()["sources"] - len(rows), 0)
+        hits = [h for h in ctx.index.search(features_svc.task_embedding(X_target), spec.prefilter_k + hidden)
+                if h[0] in ids][:spec.prefilter_k]
         keep = {sid for sid, _ in hits}
         prefilter = {"k": spec.prefilter_k, "searched": len(rows),
                      "similarity": {t.name: round(sim, 6) for t, _ in rows for sid, sim in hits if t.id == sid}}
@@ -446,12 +465,14 @@ def _load_esm(ctx: Context, cand: Candidate) -> Any:
     from estimators.esm import EmbeddingSpaceMap
 
     if cand.esm is None:
+        if cand.esm_key is None:
+            raise Unavailable(f"source {cand.source} has no ESM")
         cand.esm = EmbeddingSpaceMap.load(ctx.blobs.path(cand.esm_key))
     return cand.esm
 
 
-def _compute_one(ctx: Context, est: str, info: estimators.EstimatorInfo, cand: Candidate, X_target: np.ndarray | None, y: np.ndarray,
-                 params: dict) -> float:
+def _compute_one(ctx: Context, est: str, info: estimators.EstimatorInfo, cand: Candidate,
+                 X_target: np.ndarray | None, y: np.ndarray, params: dict) -> float:
     user = {k: v for k, v in params.items() if k not in SERVICE_PARAMS}
     if info.needs == "features":
         return estimators.score(est, cand.features, y, **user)
@@ -462,6 +483,8 @@ def _compute_one(ctx: Context, est: str, info: estimators.EstimatorInfo, cand: C
     # domains: target vs source base embeddings (loaded only now: cached scores never load them)
     if cand.features is None and cand.features_key is not None:
         cand.features = ctx.blobs.get_array(cand.features_key)
+    if cand.features is None or X_target is None:
+        raise Unavailable(f"{cand.source} has no base-encoder features")
     return estimators.score(est, _subsample(X_target, DOMAIN_MAX_ROWS), _subsample(cand.features, DOMAIN_MAX_ROWS),
                             **user)
 
@@ -490,7 +513,7 @@ def _prior_for(ctx: Context, plan: Plan, sources: list[str]
     use = spec.use_feedback if spec.use_feedback is not None else spec.estimators is None
     if not use:
         return None, {}, None
-    prior, evidence, own = feedback_prior(ctx, plan.ds, sources)
+    prior, evidence, own = feedback_prior(ctx, plan.ds, sources, spec.owner)
     return prior, own, evidence
 
 
@@ -591,6 +614,8 @@ def ranking_dict(r: Ranking, job: dict | None = None) -> dict:
 def _finish(ctx: Context, ranking_id: str, result: dict) -> None:
     with ctx.Session.begin() as s:
         r = s.get(Ranking, ranking_id)
+        if r is None:  # deleted meanwhile: nothing to record
+            return
         r.status, r.result, r.finished_at = RankingStatus.DONE, result, utcnow()
 
 
@@ -611,21 +636,24 @@ def create(ctx: Context, spec: RankingSpec, *, inline: bool = False) -> tuple[di
     if not needs_job(ctx, plan):
         result = compute(ctx, spec, plan=plan)
         with ctx.Session.begin() as s:
-            r = Ranking(target_id=spec.target, candidates=spec.candidates, request=spec.as_dict(),
-                        status=RankingStatus.DONE, result=result, finished_at=utcnow())
+            r = Ranking(owner=spec.owner or DEFAULT_OWNER, target_id=spec.target, candidates=spec.candidates,
+                        request=spec.as_dict(), status=RankingStatus.DONE, result=result, finished_at=utcnow())
             s.add(r)
         return ranking_dict(r), True
     with ctx.Session.begin() as s:
-        job = ctx.jobs.create(s, "ranking", message=f"queued: {spec.candidates} ranking of {spec.target}")
-        r = Ranking(target_id=spec.target, candidates=spec.candidates, request=spec.as_dict(),
-                    status=RankingStatus.QUEUED, job_id=job.id)
+        job = ctx.jobs.create(s, "ranking", message=f"queued: {spec.candidates} ranking of {spec.target}",
+                              owner=spec.owner or DEFAULT_OWNER)
+        r = Ranking(owner=spec.owner or DEFAULT_OWNER, target_id=spec.target, candidates=spec.candidates,
+                    request=spec.as_dict(), status=RankingStatus.QUEUED, job_id=job.id)
         s.add(r)
         s.flush()
         ranking_id, job_id = r.id, job.id
 
     def run(progress: ProgressFn) -> dict:
         with ctx.Session.begin() as s:
-            s.get(Ranking, ranking_id).status = RankingStatus.RUNNING
+            row = s.get(Ranking, ranking_id)
+            if row is not None:
+                row.status = RankingStatus.RUNNING
         result = compute(ctx, spec, progress, plan=plan)
         _finish(ctx, ranking_id, result)
         return {"ranking": ranking_id, "computed": result["computed"], "cached": result["cached"]}
@@ -638,13 +666,14 @@ def create(ctx: Context, spec: RankingSpec, *, inline: bool = False) -> tuple[di
     return {"id": ranking_id, "status": RankingStatus.QUEUED, "job": job_id, "progress": 0.0}, False
 
 
-def get(ctx: Context, ranking_id: str) -> dict:
+def get(ctx: Context, ranking_id: str, owner: str | None = None) -> dict:
+    """The ranking, if ``owner`` made it (None: internal, any)."""
     with ctx.Session() as s:
         r = s.get(Ranking, ranking_id)
-        if r is None:
+        if r is None or (owner is not None and r.owner != owner):
             raise NotFound(f"no ranking with id {ranking_id!r}")
     job = ctx.jobs.get(r.job_id) if r.job_id and r.status != RankingStatus.DONE else None
     if job is not None and job["status"] == JobStatus.FAILED and r.status != RankingStatus.FAILED:
         with ctx.Session() as s:
-            r = s.get(Ranking, ranking_id)
+            r = s.get(Ranking, ranking_id) or r
     return ranking_dict(r, job)

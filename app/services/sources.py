@@ -6,29 +6,38 @@ from __future__ import annotations
 import tempfile
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from app.core.errors import Conflict, Invalid, NotFound
 from app.core.logging import get_logger
+from app.core.progress import ProgressFn, scaled
 from app.core.status import SourceStatus
-from app.db.models import Dataset, EncoderRow, Score, SourceTask, iso
+from app.db.models import DEFAULT_OWNER, Dataset, EncoderRow, Score, SourceTask, iso
+from app.db.session import rowcount
 from app.services import datasets as datasets_svc
 from app.services import features as features_svc
+from app.services.tenancy import check_read, check_write, visible
+from app.storage.blobs import BlobWriter
+from app.training.config import TRAIN_FIELDS
 
 if TYPE_CHECKING:
     from app.services.context import Context
+    from estimators.esm import EmbeddingSpaceMap
 
 log = get_logger("sources")
 
-TRAIN_KEYS = {"epochs", "learning_rate", "max_length", "batch_size", "train_layers", "seed", "map_fit"}
+TRAIN_KEYS = set(TRAIN_FIELDS)  # app.training.config.EsmTrainConfig
 
 
-def source_dict(t: SourceTask, d: Dataset | None = None) -> dict:
-    out = {"id": t.id, "name": t.name, "kind": "task", "dataset_id": t.dataset_id, "description": t.description,
+def source_dict(t: SourceTask, d: Dataset | None = None) -> dict[str, Any]:
+    out = {"id": t.id, "name": t.name, "kind": "task", "owner": t.owner, "dataset_id": t.dataset_id,
+           "description": t.description,
            "licence": t.licence, "origin": t.origin, "status": t.status, "base_encoder": t.base_encoder,
            "has_esm": t.esm_blob is not None, "esm": t.esm_meta or {}, "job": t.job_id, "error": t.error,
            "created_at": iso(t.created_at)}
@@ -37,26 +46,40 @@ def source_dict(t: SourceTask, d: Dataset | None = None) -> dict:
     return out
 
 
-def model_dict(e: EncoderRow) -> dict:
-    return {"name": e.name, "kind": "model", "encoder_kind": e.kind, "dim": e.dim, "params": e.params,
+def model_dict(e: EncoderRow) -> dict[str, Any]:
+    return {"name": e.name, "kind": "model", "owner": e.owner, "encoder_kind": e.kind, "dim": e.dim,
+            "params": e.params,
             "licence": e.licence, "enabled": e.enabled}
 
 
-def list_sources(ctx: Context) -> dict:
+def list_sources(ctx: Context, owner: str | None = None) -> dict[str, Any]:
+    """The catalogue ``owner`` sees: its own sources and models and the public ones."""
     with ctx.Session() as s:
         tasks = [source_dict(t, d) for t, d in s.execute(
-            select(SourceTask, Dataset).join(Dataset, Dataset.id == SourceTask.dataset_id).order_by(SourceTask.name))]
-        models = [model_dict(e) for e in s.scalars(select(EncoderRow).order_by(EncoderRow.name))]
+            select(SourceTask, Dataset).join(Dataset, Dataset.id == SourceTask.dataset_id)
+            .where(visible(SourceTask.owner, owner)).order_by(SourceTask.name))]
+        models = [model_dict(e) for e in s.scalars(select(EncoderRow).where(visible(EncoderRow.owner, owner))
+                                                     .order_by(EncoderRow.name))]
     return {"tasks": tasks, "models": models, "base_encoder": ctx.settings.base_encoder}
 
 
-def get_source(ctx: Context, name: str) -> dict:
+def get_source(ctx: Context, name: str, owner: str | None = None) -> dict[str, Any]:
     with ctx.Session() as s:
         row = s.execute(select(SourceTask, Dataset).join(Dataset, Dataset.id == SourceTask.dataset_id)
                         .where(SourceTask.name == name)).first()
-        if row is None:
-            raise NotFound(f"no source task named {name!r}; list them with GET /v1/sources")
-        return source_dict(*row)
+        task = check_read(row[0] if row else None, owner,
+                          f"no source task named {name!r}; list them with GET /v1/sources")
+        return source_dict(task, row[1] if row else None)
+
+
+def hidden_names(ctx: Context, owner: str | None) -> set[str]:
+    """Names of the source tasks and models of other owners (their scores stay hidden from ``owner``)."""
+    if owner is None:
+        return set()
+    with ctx.Session() as s:
+        names = set(s.scalars(select(SourceTask.name).where(~visible(SourceTask.owner, owner))))
+        names.update(s.scalars(select(EncoderRow.name).where(~visible(EncoderRow.owner, owner))))
+    return names
 
 
 def sync_encoders(ctx: Context) -> None:
@@ -74,7 +97,15 @@ def sync_encoders(ctx: Context) -> None:
                     spec.kind, spec.path or "", spec.dim, spec.params, spec.licence or "")
 
 
-def _store_esm(ctx: Context, writer, weight, bias, metadata: dict) -> str:
+def _row(s: Session, source_id: int) -> SourceTask:
+    """The source's row; ``NotFound`` when it was deleted meanwhile."""
+    row = s.get(SourceTask, source_id)
+    if row is None:
+        raise NotFound(f"source {source_id} was deleted")
+    return row
+
+
+def _store_esm(ctx: Context, writer: BlobWriter, weight: ArrayLike, bias: ArrayLike, metadata: dict[str, Any]) -> str:
     from estimators.esm import EmbeddingSpaceMap
 
     esm = EmbeddingSpaceMap(np.asarray(weight), np.asarray(bias),
@@ -87,16 +118,22 @@ def _store_esm(ctx: Context, writer, weight, bias, metadata: dict) -> str:
 def _activate(ctx: Context, source_id: int) -> None:
     """Index a source whose base embeddings exist (the task embedding is on its dataset row)."""
     with ctx.Session() as s:
-        t = s.get(SourceTask, source_id)
+        t = _row(s, source_id)
         key = s.scalar(select(Dataset.task_embedding_blob).where(Dataset.id == t.dataset_id))
     if key is not None:
         ctx.index.add(source_id, ctx.blobs.get_array(key))
 
 
 def register(ctx: Context, dataset_id: str, name: str | None = None, description: str = "", licence: str = "",
-             train_esm: bool = True, train: dict | None = None, origin: str = "user") -> tuple[dict, bool]:
-    """Register a source task. Returns ``(source, queued)``: queued -> a job trains/embeds it."""
+             train_esm: bool = True, train: dict[str, Any] | None = None, origin: str = "user", *,
+             owner: str = DEFAULT_OWNER, admin: bool = False) -> tuple[dict[str, Any], bool]:
+    """Register a source task owned by the dataset's owner. Returns ``(source, queued)``: queued ->
+    a job trains/embeds it. ``owner`` must be allowed to change the dataset (public: admin only)."""
+    with ctx.Session() as s:
+        check_write(s.get(Dataset, dataset_id), owner, admin,
+                    f"no dataset with id {dataset_id!r}; list them with GET /v1/datasets", f"dataset {dataset_id}")
     ds = datasets_svc.get(ctx, dataset_id)
+    owner = ds.owner
     name = (name or ds.name).strip()
     if not name:
         raise Invalid("a source needs a non-empty name")
@@ -107,7 +144,7 @@ def register(ctx: Context, dataset_id: str, name: str | None = None, description
     base = ctx.settings.base_encoder
     with ctx.Session() as s:
         if s.scalar(select(SourceTask).where(SourceTask.name == name)) is not None:
-            raise Conflict(f"a source task named {name!r} already exists")
+            raise Conflict(f"a source task named {name!r} already exists; choose another name")
         if s.scalar(select(SourceTask).where(SourceTask.dataset_id == ds.id)) is not None:
             raise Conflict(f"dataset {ds.id} is already registered as a source")
         base_row = s.get(EncoderRow, base)
@@ -118,14 +155,17 @@ def register(ctx: Context, dataset_id: str, name: str | None = None, description
                           f"{base_row.dim if base_row else '?'}); this one has dim {dim}. Upload the texts instead")
         if train_esm and train:
             raise Invalid("an NPZ source has no texts, so no ESM can be trained for it")
+        if ds.features_blob is None:
+            raise Invalid(f"dataset {ds.id} has no stored features")
         X = ctx.blobs.get_array(ds.features_blob)
         with ctx.Session() as s:
             have = features_svc.cached(s, ds.sha256, base) is not None
         if not have:
             features_svc.store(ctx, ds, base, X)
         with ctx.Session.begin() as s:
-            t = SourceTask(name=name, dataset_id=ds.id, description=description, licence=licence, origin=origin,
-                           status=SourceStatus.READY, base_encoder=base, esm_meta={"note": "NPZ source: no texts, no ESM"})
+            t = SourceTask(name=name, owner=owner, dataset_id=ds.id, description=description, licence=licence,
+                           origin=origin, status=SourceStatus.READY, base_encoder=base,
+                           esm_meta={"note": "NPZ source: no texts, no ESM"})
             s.add(t)
             s.flush()
             sid = t.id
@@ -135,16 +175,18 @@ def register(ctx: Context, dataset_id: str, name: str | None = None, description
     try:
         with ctx.Session.begin() as s:
             job = ctx.jobs.create(s, "train_esm" if train_esm else "embed_source",
-                                  message=f"queued: {'ESM training' if train_esm else 'embedding'} for source {name}")
-            t = SourceTask(name=name, dataset_id=ds.id, description=description, licence=licence, origin=origin,
-                           status=SourceStatus.PENDING, base_encoder=base, job_id=job.id, esm_meta={"train": train})
+                                  message=f"queued: {'ESM training' if train_esm else 'embedding'} for source {name}",
+                                  owner=owner)
+            t = SourceTask(name=name, owner=owner, dataset_id=ds.id, description=description, licence=licence,
+                           origin=origin, status=SourceStatus.PENDING, base_encoder=base, job_id=job.id,
+                           esm_meta={"train": train})
             s.add(t)
             s.flush()
             sid, job_id = t.id, job.id
     except IntegrityError:
-        raise Conflict(f"a source task named {name!r} already exists") from None
+        raise Conflict(f"a source task named {name!r} already exists; choose another name") from None
 
-    def run(progress):
+    def run(progress: ProgressFn) -> dict[str, Any]:
         return _train_job(ctx, sid, ds, train_esm, train, progress)
 
     def on_error(err: str) -> None:
@@ -157,23 +199,24 @@ def register(ctx: Context, dataset_id: str, name: str | None = None, description
     return get_source(ctx, name), True
 
 
-def _train_job(ctx: Context, sid: int, ds: Dataset, train_esm: bool, train: dict, progress) -> dict:
+def _train_job(ctx: Context, sid: int, ds: Dataset, train_esm: bool, train: dict[str, Any],
+               progress: ProgressFn) -> dict[str, Any]:
     from app.workers.base import EsmTrainRequest
 
     base = ctx.settings.base_encoder
     with ctx.Session.begin() as s:
-        s.get(SourceTask, sid).status = SourceStatus.TRAINING if train_esm else SourceStatus.PENDING
+        _row(s, sid).status = SourceStatus.TRAINING if train_esm else SourceStatus.PENDING
     if not train_esm:
         features_svc.ensure(ctx, ds, [base], progress=progress)
         with ctx.Session.begin() as s:
-            s.get(SourceTask, sid).status = SourceStatus.READY
+            _row(s, sid).status = SourceStatus.READY
         _activate(ctx, sid)
         return {"source": sid, "esm": False}
     texts = datasets_svc.texts(ctx, ds)
     labels = datasets_svc.labels(ctx, ds)
     request = EsmTrainRequest(base_encoder=base, texts=texts, labels=labels.tolist(), **train)
     t0 = time.perf_counter()
-    result = ctx.backend.submit_train_esm(request, progress=lambda p: progress(0.95 * p)).result()
+    result = ctx.backend.submit_train_esm(request, progress=scaled(progress, 0.0, 0.95)).result()
     seconds = time.perf_counter() - t0
     with ctx.Session() as s:
         have_base = features_svc.cached(s, ds.sha256, base) is not None
@@ -185,7 +228,7 @@ def _train_job(ctx: Context, sid: int, ds: Dataset, train_esm: bool, train: dict
         key = _store_esm(ctx, w, result.weight, result.bias, {"base_encoder": base, "source_sha256": ds.sha256,
                                                              "method": request.map_fit})
         with ctx.Session.begin() as s:
-            t = s.get(SourceTask, sid)
+            t = _row(s, sid)
             t.esm_blob, t.status, t.error = key, SourceStatus.READY, None
             t.esm_meta = {"train": train, "metrics": metrics, "seconds": round(seconds, 2),
                           "bytes": ctx.blobs.path(key).stat().st_size}
@@ -194,10 +237,12 @@ def _train_job(ctx: Context, sid: int, ds: Dataset, train_esm: bool, train: dict
     return {"source": sid, "esm": key, "metrics": metrics}
 
 
-def add_ready_source(ctx: Context, *, name: str, dataset: Dataset, base_embeddings: np.ndarray | None, esm=None,
+def add_ready_source(ctx: Context, *, name: str, dataset: Dataset, base_embeddings: np.ndarray | None,
+                     esm: EmbeddingSpaceMap | None = None,
                      description: str = "", licence: str = "", origin: str = "demo",
-                     encoder: str | None = None) -> int:
-    """Insert a source whose base embeddings (and ESM) already exist, e.g. the demo catalogue."""
+                     encoder: str | None = None, owner: str | None = None) -> int:
+    """Insert a source whose base embeddings (and ESM) already exist, e.g. the demo catalogue.
+    Owned by ``owner``, by default the dataset's owner."""
     base = encoder or ctx.settings.base_encoder
     if base_embeddings is not None:
         with ctx.Session() as s:
@@ -206,15 +251,17 @@ def add_ready_source(ctx: Context, *, name: str, dataset: Dataset, base_embeddin
             features_svc.store(ctx, dataset, base, np.asarray(base_embeddings, dtype=np.float32), base_encoder=base)
     with ctx.blobs.writer() as w:
         key = None
-        meta: dict = {}
+        meta: dict[str, Any] = {}
         if esm is not None:
-            key = _store_esm(ctx, w, esm.weight, esm.bias, {"base_encoder": base, "source_sha256": dataset.sha256,
+            weight, bias = esm._require_fitted()
+            key = _store_esm(ctx, w, weight, bias, {"base_encoder": base, "source_sha256": dataset.sha256,
                                                            "method": getattr(esm, "method", None)})
             meta = {"method": getattr(esm, "method", None), "shipped": True}
         try:
             with ctx.Session.begin() as s:
-                t = SourceTask(name=name, dataset_id=dataset.id, description=description, licence=licence,
-                               origin=origin, status=SourceStatus.READY, base_encoder=base, esm_blob=key, esm_meta=meta)
+                t = SourceTask(name=name, owner=owner or dataset.owner, dataset_id=dataset.id,
+                               description=description, licence=licence, origin=origin, status=SourceStatus.READY,
+                               base_encoder=base, esm_blob=key, esm_meta=meta)
                 s.add(t)
                 s.flush()
                 sid = t.id
@@ -225,15 +272,14 @@ def add_ready_source(ctx: Context, *, name: str, dataset: Dataset, base_embeddin
     return sid
 
 
-def delete_source(ctx: Context, name: str) -> dict:
+def delete_source(ctx: Context, name: str, owner: str | None = None, admin: bool = False) -> dict[str, Any]:
     with ctx.Session.begin() as s:
-        t = s.scalar(select(SourceTask).where(SourceTask.name == name))
-        if t is None:
-            raise NotFound(f"no source task named {name!r}")
+        t = check_write(s.scalar(select(SourceTask).where(SourceTask.name == name)), owner, admin,
+                        f"no source task named {name!r}", f"source {name!r}")
         if t.status in (SourceStatus.PENDING, SourceStatus.TRAINING):
             raise Conflict(f"source {name!r} is still {t.status} (job {t.job_id}); wait for the job to end")
         sid, esm_key = t.id, t.esm_blob
-        n_scores = s.execute(delete(Score).where(Score.source == name, Score.source_kind == "task")).rowcount
+        n_scores = rowcount(s.execute(delete(Score).where(Score.source == name, Score.source_kind == "task")))
         s.delete(t)
     ctx.index.remove(sid)
     if esm_key:

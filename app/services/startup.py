@@ -20,7 +20,7 @@ from app.core.config import Settings
 from app.core.errors import Conflict
 from app.core.logging import get_logger, setup_logging
 from app.core.status import SourceStatus
-from app.db.models import Dataset, EncoderRow, SourceTask
+from app.db.models import PUBLIC_OWNER, Dataset, EncoderRow, SourceTask
 from app.db.session import upgrade
 from app.services.context import Context
 from app.workers.base import WorkerBackend
@@ -102,7 +102,7 @@ def seed_demo(ctx: Context) -> dict[str, int]:
             continue
         parsed = datasets_svc.Parsed("text", "demo", *_labels(src.labels), texts=list(src.texts),
                                      columns=["text", "label"])
-        ds, _ = datasets_svc.store_parsed(ctx, parsed, src.name, meta={"demo": True})
+        ds, _ = datasets_svc.store_parsed(ctx, parsed, src.name, meta={"demo": True}, owner=PUBLIC_OWNER)
         try:
             sources_svc.add_ready_source(ctx, name=src.name, dataset=ds, base_embeddings=src.base_embeddings,
                                          esm=src.esm, description=src.description, licence=src.licence,
@@ -131,7 +131,8 @@ def _queue_demo_esm(ctx: Context, name: str, ds: Dataset) -> None:
     with ctx.Session.begin() as s:
         t = s.scalar(select(SourceTask).where(SourceTask.name == name))
         assert t is not None  # added just before, in this process
-        job = ctx.jobs.create(s, "train_esm", message=f"queued: ESM training for demo source {name}")
+        job = ctx.jobs.create(s, "train_esm", message=f"queued: ESM training for demo source {name}",
+                              owner=PUBLIC_OWNER)
         t.job_id, t.status = job.id, SourceStatus.TRAINING
         sid, job_id = t.id, job.id
 

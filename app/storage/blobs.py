@@ -16,7 +16,7 @@ import re
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -162,7 +162,7 @@ class BlobWriter(_Serializers):
     def __enter__(self) -> BlobWriter:
         return self
 
-    def __exit__(self, exc_type, exc, tb) -> bool:
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> Literal[False]:
         if exc_type is not None:
             for key in self.created:
                 self.store.delete(key)

@@ -13,37 +13,28 @@ Steps (progress weights in brackets; the fine-tuned encoder is dropped at the en
 4. fit ``estimators.esm.EmbeddingSpaceMap`` (AdamW as the paper, or exact least squares) [3 %].
 
 Runs in a worker (local thread or Ray actor): no database, no files written; the service
-stores the returned arrays. Measured cost with the defaults (MiniLM-L6, 1 epoch, all layers,
-max length 128, AdamW map fit): 68 s for 931 chatterbot utterances (~14 tokens each) on one
-thread of this shared 2-core CPU; ``metrics["seconds_<phase>"]`` reports each run.
+stores the returned arrays. Cost: the fine-tuning dominates (O(epochs * tokens) forward and
+backward passes); ``metrics["seconds_<phase>"]`` reports each run.
 """
 from __future__ import annotations
 
 import gc
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
+from app.core.progress import ProgressFn, scaled
+from app.training.config import ESM_FIT_DEFAULTS, OPTION_KEYS
 from app.workers.base import EsmTrainRequest, EsmTrainResult
-
-ProgressFn = Callable[[float], None]
 
 #: fraction of the job's progress bar given to each phase
 _PHASES = {"load": 0.02, "finetune": 0.70, "embed_base": 0.125, "embed_ft": 0.125, "fit": 0.03}
 
-#: ESM fit settings accepted in ``request.options`` (prefixed ``esm_``) and their defaults
-ESM_FIT_DEFAULTS = {"esm_epochs": 10, "esm_lr": 1e-3, "esm_batch_size": 32, "esm_weight_decay": 0.0}
-
-#: other accepted ``request.options`` keys
-_OTHER_OPTIONS = {"head_lr", "weight_decay", "warmup", "embed_max_length", "embed_batch_size", "base_path", "device"}
 
 
 def _phase_progress(progress: ProgressFn | None, start: float, width: float) -> ProgressFn | None:
-    if progress is None:
-        return None
-    return lambda v: progress(start + width * min(1.0, max(0.0, float(v))))
+    return None if progress is None else scaled(progress, start, width)
 
 
 def resolve_base_path(base_encoder: str, options: dict | None = None) -> Path:
@@ -99,12 +90,9 @@ def validate_request(request: EsmTrainRequest) -> tuple[list[str], np.ndarray]:
         v = getattr(request, name)
         if not isinstance(v, int) or v < 1:
             raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
-    unknown = set(request.options or {}) - set(ESM_FIT_DEFAULTS) - _OTHER_OPTIONS
+    unknown = set(request.options or {}) - OPTION_KEYS
     if unknown:
-        raise ValueError(
-            f"unknown ESM training option(s) {sorted(unknown)}; accepted: "
-            f"{sorted(set(ESM_FIT_DEFAULTS) | _OTHER_OPTIONS)}"
-        )
+        raise ValueError(f"unknown ESM training option(s) {sorted(unknown)}; accepted: {sorted(OPTION_KEYS)}")
     return texts, labels
 
 
@@ -183,7 +171,8 @@ def train_esm(request: EsmTrainRequest, progress: ProgressFn | None = None) -> E
     t0 = time.perf_counter()
     esm = EmbeddingSpaceMap(metadata={"base_encoder": request.base_encoder})
     if request.map_fit == "lstsq":
-        esm.fit(X_base, X_ft, method="lstsq", weight_decay=float(options.get("esm_weight_decay", 0.0)))
+        esm.fit(X_base, X_ft, method="lstsq",
+                weight_decay=float(options.get("esm_weight_decay", ESM_FIT_DEFAULTS["esm_weight_decay"])))
     else:
         esm.fit(
             X_base, X_ft, method="adam",

@@ -16,7 +16,8 @@
 - ``evaluate_classifier(...)`` fine-tunes on a train set and reports accuracy on a test set:
   the ground truth of the intermediate-task benchmark.
 
-Costs measured on 2 CPU cores: embedding ≈ 5,000 tokens/s, full fine-tuning ≈ 950 tokens/s.
+Cost: embedding is one forward pass per token batch; fine-tuning one forward and backward pass
+per token batch and epoch (throughputs in ``bench/results/component_costs.md``).
 """
 from __future__ import annotations
 
@@ -24,13 +25,14 @@ import copy
 import math
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-ProgressFn = Callable[[float], None]
+from app.core.progress import ProgressFn
 
 TRAIN_LAYERS_HELP = "train_layers must be 'all', 'head' or 'top-N' (N >= 1 transformer layers)"
 
@@ -269,8 +271,8 @@ def embed_from_states(model, states: list, n_frozen_layers: int, *, batch_size: 
 class FinetuneResult:
     """Fine-tuned encoder, its linear head over mean-pooled states, and the training record."""
 
-    encoder: object
-    head: object  # torch.nn.Linear(d, C)
+    encoder: Any  # the fine-tuned transformers model
+    head: Any  # torch.nn.Linear(d, C)
     classes: list  # head output j <-> classes[j]
     losses: list[float] = field(default_factory=list)  # per optimisation step
     epoch_losses: list[float] = field(default_factory=list)  # mean loss of each epoch
@@ -429,7 +431,8 @@ def finetune_with_head(
         head.to(dev)
         y = y.to(dev)
         enc_params = [p for p in enc.parameters() if p.requires_grad]
-        groups = [{"params": list(head.parameters()), "lr": head_lr if head_lr is not None else lr}]
+        groups: list[dict[str, Any]] = [
+            {"params": list(head.parameters()), "lr": head_lr if head_lr is not None else lr}]
         if enc_params:
             groups.append({"params": enc_params, "lr": lr})
         opt = torch.optim.AdamW(groups, weight_decay=weight_decay)

@@ -8,13 +8,16 @@ needs database credentials.
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 import numpy as np
 
-ProgressFn = Callable[[float], None]
+from app.core.progress import ProgressFn
+from app.training.config import EsmTrainConfig
+
+_DEFAULTS = EsmTrainConfig()
 
 
 @dataclass
@@ -24,14 +27,15 @@ class EsmTrainRequest:
     base_encoder: str  # encoder registry name (must be kind "transformers")
     texts: Sequence[str]
     labels: Sequence[int]
-    epochs: int = 1
-    learning_rate: float = 5e-5
-    max_length: int = 128
-    batch_size: int = 32
-    train_layers: str = "all"  # "all" | "top-N" | "head"
-    seed: int = 0
-    map_fit: str = "adam"  # "adam" (paper default) | "lstsq"
-    options: dict = field(default_factory=dict)
+    # the fine-tuning settings: names and defaults from app.training.config.EsmTrainConfig
+    epochs: int = _DEFAULTS.epochs
+    learning_rate: float = _DEFAULTS.learning_rate
+    max_length: int = _DEFAULTS.max_length
+    batch_size: int = _DEFAULTS.batch_size
+    train_layers: str = _DEFAULTS.train_layers
+    seed: int = _DEFAULTS.seed
+    map_fit: str = _DEFAULTS.map_fit
+    options: dict = field(default_factory=dict)  # app.training.config.OPTION_KEYS
 
 
 @dataclass
@@ -54,6 +58,11 @@ class WorkerBackend(abc.ABC):
     @abc.abstractmethod
     def submit_train_esm(self, request: EsmTrainRequest, *, progress: ProgressFn | None = None) -> Future:
         """Train an ESM; the Future yields an ``EsmTrainResult``."""
+
+    def submit_score_esms(self, request, *, progress: ProgressFn | None = None) -> Future:
+        """Score one chunk of sources' ESMs on a target's statistics
+        (``app.workers.scoring.EsmScoreRequest``); the Future yields float64 (k, E)."""
+        raise NotImplementedError(f"the {self.name} backend does not score ESMs")
 
     def describe(self) -> dict:
         """Backend facts for /healthz-style reporting (name, workers, devices)."""

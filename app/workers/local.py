@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
 
 import numpy as np
 
@@ -51,11 +52,11 @@ def _safe_progress(progress: ProgressFn | None) -> ProgressFn | None:
         return None
     last = [0.0]
 
-    def report(value: float) -> None:
+    def report(value: float, message: str | None = None, /) -> None:
         v = min(1.0, max(last[0], float(value)))
         last[0] = v
         try:
-            progress(v)
+            progress(v) if message is None else progress(v, message)
         except Exception:  # a failing progress sink must not fail the computation
             pass
 
@@ -65,7 +66,7 @@ def _safe_progress(progress: ProgressFn | None) -> ProgressFn | None:
 def embed_texts(encoder, texts: Sequence[str], *, batch_size: int | None = None,
                 progress: ProgressFn | None = None) -> np.ndarray:
     """Run ``encoder.encode`` and check the result is a float32 (n, dim) array."""
-    kwargs = {"progress": progress}
+    kwargs: dict[str, Any] = {"progress": progress}
     if batch_size is not None:
         kwargs["batch_size"] = int(batch_size)
     out = np.asarray(encoder.encode(list(texts), **kwargs), dtype=np.float32)
@@ -114,6 +115,19 @@ class LocalBackend(WorkerBackend):
             if report is not None:
                 report(1.0)
             return result
+
+        return self._pool.submit(run)
+
+    def submit_score_esms(self, request, *, progress: ProgressFn | None = None) -> Future:
+        report = _safe_progress(progress)
+
+        def run() -> np.ndarray:
+            from app.workers.scoring import score_esm_chunk
+
+            out = score_esm_chunk(request, report)
+            if report is not None:
+                report(1.0)
+            return out
 
         return self._pool.submit(run)
 

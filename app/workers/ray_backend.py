@@ -25,8 +25,9 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
 
 import numpy as np
 import ray
@@ -106,12 +107,18 @@ class EncoderWorker:
 
         return train_esm(request, _sink_progress(sink, job_id))
 
+    def score_esms(self, request, sink=None, job_id: str = "") -> np.ndarray:
+        from app.workers.scoring import score_esm_chunk
 
-def _sink_progress(sink, job_id: str) -> Callable[[float], None] | None:
+        report = _sink_progress(sink, job_id)
+        return score_esm_chunk(request, report)
+
+
+def _sink_progress(sink, job_id: str) -> ProgressFn | None:
     if sink is None:
         return None
 
-    def progress(value: float) -> None:
+    def progress(value: float, message: str | None = None, /) -> None:
         sink.report.remote(job_id, float(value))  # fire and forget
 
     return progress
@@ -197,7 +204,7 @@ class RayBackend(WorkerBackend):
         self.poll_interval = poll_interval
         self._owns_ray = False
         if not ray.is_initialized():
-            kwargs = {"namespace": namespace, "log_to_driver": False}
+            kwargs: dict[str, Any] = {"namespace": namespace, "log_to_driver": False}
             if address in (None, "", "local"):
                 ray.init(address="local", include_dashboard=False, **kwargs)
             else:
@@ -230,7 +237,7 @@ class RayBackend(WorkerBackend):
         actor_cls = ray.remote(EncoderWorker).options(max_concurrency=1, **self.options)
         self._new_actor = lambda: actor_cls.remote(encoder_cache_size, threads)
         self._slots = [_ActorSlot(self._new_actor(), encoder_cache_size) for _ in range(num_actors)]
-        self._sink = ray.remote(ProgressSink).options(num_cpus=0, max_restarts=-1, max_task_retries=0).remote()
+        self._sink: Any = ray.remote(ProgressSink).options(num_cpus=0, max_restarts=-1, max_task_retries=0).remote()
         self._lock = threading.Lock()
         # coordinator threads only wait on Ray and relay progress; they do no compute
         self._coord = ThreadPoolExecutor(max_workers=max(8, 4 * num_actors), thread_name_prefix="transferrank-ray")
@@ -329,8 +336,15 @@ class RayBackend(WorkerBackend):
 
         return self._coord.submit(run)
 
+    def submit_score_esms(self, request, *, progress: ProgressFn | None = None) -> Future:
+        def run() -> np.ndarray:
+            out = self._run(None, lambda h, job: h.score_esms.remote(request, self._sink, job), progress)
+            return np.array(out, dtype=np.float64)
+
+        return self._coord.submit(run)
+
     def describe(self) -> dict:
-        out = {
+        out: dict[str, Any] = {
             "backend": self.name,
             "address": self.address,
             "workers": self.num_actors,
@@ -338,7 +352,7 @@ class RayBackend(WorkerBackend):
             "actor_options": dict(self.options),
         }
         try:
-            infos = ray.get([s.handle.info.remote() for s in self._slots], timeout=10)
+            infos = ray.get([s.handle.info.remote() for s in self._slots], timeout=60)
             out["devices"] = sorted({i["device"] for i in infos})
             out["actors"] = infos
         except Exception as exc:  # a restarting actor should not break a health report

@@ -1,0 +1,105 @@
+"""Repeated rankings answered from memory: a ranking is addressed by its request + the state it read.
+
+A ranking's answer depends on the request, the target's content, the cached scores of that
+target, the catalogue (source tasks, their ESMs and status), the model registry, observed
+feedback (the prior) and the code version. ``fingerprint`` digests all of these with a few
+aggregate SQL queries (counts and largest ids: any new score, source, ESM, feedback or model
+changes it). ``create`` in ``app.services.rankings`` looks the fingerprint up first: when a
+finished ranking with the same fingerprint exists in this process, its stored answer is
+returned as is (no recomputation, no new row); otherwise the ranking is computed and, when it
+finished inline, remembered under the fingerprint of the state it left behind. ``etag`` turns
+a fingerprint into an HTTP entity tag (``If-None-Match`` -> 304). Per process, bounded (LRU).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import weakref
+from collections import OrderedDict
+
+from sqlalchemy import case, func, select
+
+from app.db.models import Dataset, EncoderRow, Feedback, Score, SourceTask
+from app.services import scores as scores_svc
+
+MAX_ENTRIES = 2048
+
+_memos: weakref.WeakKeyDictionary[object, _Memo] = weakref.WeakKeyDictionary()
+_memos_lock = threading.Lock()
+
+
+class _Memo:
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.items: OrderedDict[str, dict] = OrderedDict()
+        self.lock = threading.Lock()
+
+    def get(self, key: str) -> dict | None:
+        with self.lock:
+            body = self.items.get(key)
+            if body is not None:
+                self.items.move_to_end(key)
+            return body
+
+    def put(self, key: str, body: dict) -> None:
+        with self.lock:
+            self.items[key] = body
+            self.items.move_to_end(key)
+            while len(self.items) > self.size:
+                self.items.popitem(last=False)
+
+
+def _memo(ctx) -> _Memo:
+    with _memos_lock:
+        m = _memos.get(ctx)
+        if m is None:
+            m = _memos[ctx] = _Memo(MAX_ENTRIES)
+        return m
+
+
+def fingerprint(ctx, request: dict, target_id: str, scope: str | None = None) -> str | None:
+    """Digest of ``request`` (the ranking spec as a dict) and of the state a ranking of
+    ``target_id`` reads; ``scope`` separates callers that must not share answers (e.g. an API
+    key's owner). None when the target does not exist."""
+    with ctx.Session() as s:
+        sha = s.scalar(select(Dataset.sha256).where(Dataset.id == target_id))
+        if sha is None:
+            return None
+        scores = s.execute(select(func.count(Score.id), func.max(Score.id))
+                           .where(Score.target_sha256 == sha)).one()
+        tasks = s.execute(select(func.count(SourceTask.id), func.max(SourceTask.id), func.count(SourceTask.esm_blob),
+                                 func.sum(case((SourceTask.status == "ready", 1), else_=0)))).one()
+        feedback = s.execute(select(func.count(Feedback.id), func.max(Feedback.id))).one()
+        models = s.execute(select(func.count(EncoderRow.name),
+                                  func.sum(case((EncoderRow.enabled.is_(True), 1), else_=0)))).one()
+    state = [request, target_id, sha, scope, list(scores), list(tasks), list(feedback), list(models),
+             scores_svc.version(), getattr(ctx.settings, "base_encoder", None)]
+    return hashlib.sha256(json.dumps(state, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def lookup(ctx, key: str | None) -> dict | None:
+    """The remembered answer for a fingerprint (a copy), or None."""
+    if key is None:
+        return None
+    body = _memo(ctx).get(key)
+    return None if body is None else dict(body)
+
+
+def remember(ctx, key: str | None, body: dict) -> None:
+    """Keep a finished ranking's answer under ``key``."""
+    if key is not None and body.get("status") == "done":
+        _memo(ctx).put(key, dict(body))
+
+
+def etag(key: str) -> str:
+    """A strong HTTP entity tag for a fingerprint or any other stable identifier."""
+    return '"' + hashlib.sha256(key.encode()).hexdigest()[:40] + '"'
+
+
+def matches(if_none_match: str | None, tag: str) -> bool:
+    """True when an ``If-None-Match`` header names ``tag`` (or is ``*``)."""
+    if not if_none_match:
+        return False
+    wanted = {t.strip() for t in if_none_match.split(",")}
+    return "*" in wanted or tag in wanted or f"W/{tag}" in wanted

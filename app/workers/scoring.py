@@ -1,0 +1,75 @@
+"""Worker-side ESM scoring: one chunk of a tasks ranking's sources from the target statistics.
+
+The service computes the target's sufficient statistics once (``estimators.esm_stats``) and
+stores them as a blob; each chunk names that blob and the sources' ESM blobs (paths in the
+shared blob store, so nothing large crosses the wire to a Ray actor). The worker reads them,
+scores the chunk with ``estimators.esm_stats.score_many`` (torch float64 on the worker's GPU
+when it has one, else numpy) and returns the (k, E) scores.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["EsmScoreRequest", "score_esm_chunk", "pick_device", "load_target_stats"]
+
+
+@dataclass
+class EsmScoreRequest:
+    """Score ``esm_paths`` (saved ESMs) on the target statistics saved at ``stats_path``."""
+
+    stats_path: str
+    esm_paths: Sequence[str]
+    estimators: Sequence[str]
+    device: str = "auto"  # "auto" (GPU when present) | "cpu" (numpy) | a torch device name
+    options: dict = field(default_factory=dict)
+
+
+def pick_device(device: str = "auto") -> str | None:
+    """``score_many``'s device: None (numpy) unless a GPU is asked for or, with "auto", present."""
+    if device in (None, "cpu", "numpy"):
+        return None
+    if device == "auto":
+        try:
+            import torch
+
+            return "cuda" if torch.cuda.is_available() else None
+        except ImportError:  # pragma: no cover - torch is a service dependency
+            return None
+    return str(device)
+
+
+_STATS: dict[str, object] = {}  # per worker process: statistics by blob path (a few, small)
+
+
+def load_target_stats(path: str):
+    """``TargetStats`` from an ``.npz`` blob (no pickle); the last few kept per process."""
+    from estimators.esm_stats import TargetStats
+
+    st = _STATS.get(path)
+    if st is None:
+        with np.load(Path(path), allow_pickle=False) as z:
+            st = TargetStats.from_arrays({k: z[k] for k in z.files})
+        if len(_STATS) >= 4:
+            _STATS.pop(next(iter(_STATS)))
+        _STATS[path] = st
+    return st
+
+
+def score_esm_chunk(request: EsmScoreRequest, progress=None) -> np.ndarray:
+    """Scores (k, E) of the request's ESMs, rows in ``esm_paths`` order, columns in
+    ``estimators`` order; NaN where an estimator is undefined for a source."""
+    from estimators.esm import EmbeddingSpaceMap
+    from estimators.esm_stats import score_many
+
+    stats = load_target_stats(request.stats_path)
+    fitted = [EmbeddingSpaceMap.load(p)._require_fitted() for p in request.esm_paths]
+    W = np.stack([w for w, _ in fitted])
+    b = np.stack([bias for _, bias in fitted])
+    del fitted
+    report = None if progress is None else (lambda done, total: progress(done / total))
+    return score_many(stats, W, list(request.estimators), bias=b, device=pick_device(request.device),
+                      progress=report)

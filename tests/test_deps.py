@@ -1,0 +1,51 @@
+"""Typed dependencies: ``CtxDep`` gives the service context, ``AuthDep`` the caller's key, checked
+once per request even when a router and a route both ask for it; the CLI passes its settings
+down without writing them into the environment."""
+from __future__ import annotations
+
+import os
+
+from fastapi import APIRouter, Depends
+from fastapi.testclient import TestClient
+
+from app.api.deps import AuthDep, CtxDep, authenticate
+from app.main import create_app
+from app.services import keys as keys_svc
+
+
+def test_auth_dep_resolves_the_key_once_per_request(settings_factory, monkeypatch):
+    app = create_app(settings_factory())
+    probe = APIRouter(prefix="/v1", dependencies=[Depends(authenticate)])
+
+    @probe.get("/whoami")
+    def whoami(ctx: CtxDep, key: AuthDep) -> dict[str, object]:
+        return {"owner": key["owner"] if key else None, "base_encoder": ctx.settings.base_encoder}
+
+    app.include_router(probe)
+    calls = []
+    real = keys_svc.authorize
+    monkeypatch.setattr(keys_svc, "authorize", lambda *a: calls.append(a[2]) or real(*a))
+    with TestClient(app) as client:
+        assert client.get("/v1/whoami").json()["owner"] is None  # no key yet: auth is off
+        _info, key = keys_svc.create(app.state.ctx, "alice", ["read"])
+        calls.clear()
+        r = client.get("/v1/whoami", headers={"Authorization": f"Bearer {key}"})
+        assert r.status_code == 200 and r.json()["owner"] == "alice"
+        assert calls == ["read"]
+        assert client.get("/v1/whoami").status_code == 401
+
+
+def test_cli_settings_do_not_touch_the_environment(tmp_path, monkeypatch):
+    from app.cli import build_parser, main, serve_settings
+
+    monkeypatch.delenv("TRANSFERRANK_DATA_DIR", raising=False)
+    monkeypatch.delenv("TRANSFERRANK_WARM_UP", raising=False)
+    before = dict(os.environ)
+    assert main(["migrate", "--data-dir", str(tmp_path / "d")]) == 0
+    assert (tmp_path / "d" / "transferrank.db").is_file()
+    assert dict(os.environ) == before
+    args = build_parser().parse_args(["serve", "--data-dir", str(tmp_path / "s")])
+    assert serve_settings(args).warm_up is True and serve_settings(args).data_dir == tmp_path / "s"
+    monkeypatch.setenv("TRANSFERRANK_WARM_UP", "0")
+    assert serve_settings(args).warm_up is False
+    assert dict(os.environ) == {**before, "TRANSFERRANK_WARM_UP": "0"}

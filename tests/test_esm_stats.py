@@ -1,0 +1,200 @@
+"""ESM scores from the target's sufficient statistics equal the one-source estimators."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+import estimators
+import estimators.esm_stats as esm_stats
+from estimators.esm import EmbeddingSpaceMap
+from estimators.esm_stats import SUPPORTED, TargetStats, score_many, stack_esms
+
+RTOL = 1e-6
+
+
+def _target(n, d, C, seed=0, offset=0.5):
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % C
+    rng.shuffle(y)
+    centres = rng.normal(scale=0.6, size=(C, d))
+    X = centres[y] + rng.normal(size=(n, d)) + offset
+    return X, y
+
+
+def _maps(S, d_in, d_out, seed=1):
+    rng = np.random.default_rng(seed)
+    base = rng.normal(size=(d_out, d_in)) / math.sqrt(d_in)
+    W = base + 0.3 * rng.normal(size=(S, d_out, d_in)) / math.sqrt(d_in)
+    b = rng.normal(size=(S, d_out))
+    return W, b
+
+
+def _reference(X, y, W, b, names=SUPPORTED, **kw):
+    return np.array([[estimators.score(e, X, y, esm={"weight": W[s], "bias": b[s]}, **kw) for e in names]
+                     for s in range(W.shape[0])])
+
+
+@pytest.mark.parametrize("n,d_in,d_out,C", [(400, 24, 24, 3), (300, 16, 10, 5), (250, 10, 14, 2)])
+def test_numpy_path_equals_one_source_estimators(n, d_in, d_out, C):
+    X, y = _target(n, d_in, C)
+    W, b = _maps(6, d_in, d_out)
+    out = score_many(TargetStats.from_data(X, y), W, bias=b)
+    assert out.shape == (6, 3)
+    np.testing.assert_allclose(out, _reference(X, y, W, b), rtol=RTOL)
+
+
+def test_fewer_rows_than_dims_uses_the_gram_of_the_rows():
+    X, y = _target(18, 30, 3)
+    W, b = _maps(4, 30, 30)
+    np.testing.assert_allclose(score_many(TargetStats.from_data(X, y), W, bias=b), _reference(X, y, W, b), rtol=RTOL)
+
+
+def test_rank_deficient_map_falls_back_to_the_eigendecomposition():
+    X, y = _target(300, 20, 4)
+    W, b = _maps(3, 20, 20)
+    W[1, :, 5:] = 0.0  # rank 5: LogME drops the null directions as the reference does
+    np.testing.assert_allclose(score_many(TargetStats.from_data(X, y), W, bias=b), _reference(X, y, W, b), rtol=RTOL)
+
+
+def test_tridiagonal_path_equals_the_eigendecomposition():
+    rng = np.random.default_rng(3)
+    S, d_out, k, n = 6, 30, 25, 400
+    Pt = rng.normal(size=(S, d_out, k)) * np.logspace(0, -3, k)  # condition numbers ~1e6
+    z = rng.normal(size=(k, 4)) * 3.0
+    y_sq = (z * z).sum(0) + rng.uniform(1, 5, size=4)
+    got = esm_stats._logme_tridiagonal(Pt, z, y_sq, n, max(n, d_out))
+    sigma, Q = np.linalg.eigh(np.swapaxes(Pt, 1, 2) @ Pt)
+    ref, bad = esm_stats._logme_batch(esm_stats._Numpy(), sigma, None, np.swapaxes(Q, 1, 2) @ z, y_sq, n,
+                                      max(n, d_out))
+    assert not bad.any()
+    np.testing.assert_allclose(got, ref, rtol=1e-9)
+
+
+def test_torch_path_on_cpu_equals_numpy():
+    pytest.importorskip("torch")
+    for n, d in ((300, 16), (12, 16)):
+        X, y = _target(n, d, 3, seed=n)
+        W, b = _maps(5, d, d)
+        st = TargetStats.from_data(X, y)
+        ref = _reference(X, y, W, b)
+        np.testing.assert_allclose(score_many(st, W, bias=b, device="cpu", chunk_size=2), ref, rtol=RTOL)
+
+
+def test_regression_targets_logme():
+    X, _ = _target(300, 12, 2)
+    rng = np.random.default_rng(5)
+    Y = X[:, :2] @ rng.normal(size=(2, 2)) + rng.normal(size=(300, 2))
+    W, b = _maps(4, 12, 12)
+    st = TargetStats.from_data(X, Y, regression=True)
+    ref = _reference(X, Y, W, b, names=["esm_logme"], regression=True)
+    np.testing.assert_allclose(score_many(st, W, ["esm_logme"], bias=b), ref, rtol=RTOL)
+    pytest.importorskip("torch")
+    np.testing.assert_allclose(score_many(st, W, ["esm_logme"], bias=b, device="cpu"), ref, rtol=RTOL)
+    with pytest.raises(ValueError, match="class labels"):
+        score_many(st, W, ["esm_etran_lda"], bias=b)
+
+
+def test_esm_objects_chunks_progress_and_column_order(tmp_path):
+    X, y = _target(200, 8, 3)
+    W, b = _maps(5, 8, 8)
+    esms = [EmbeddingSpaceMap(W[i], b[i]) for i in range(5)]
+    esms[2].save(tmp_path / "m.safetensors")
+    esms[2] = str(tmp_path / "m.safetensors")
+    seen = []
+    out = score_many(TargetStats.from_data(X, y), esms, ["esm_hscore_shrinkage", "esm_logme"], chunk_size=2,
+                     progress=lambda done, total: seen.append((done, total)))
+    assert seen == [(2, 5), (4, 5), (5, 5)]
+    np.testing.assert_allclose(out, _reference(X, y, W, b, names=["esm_hscore_shrinkage", "esm_logme"]), rtol=RTOL)
+    Ws, bs = stack_esms(esms)
+    np.testing.assert_allclose(Ws, W)
+
+
+def test_stats_round_trip_through_arrays():
+    X, y = _target(120, 6, 3)
+    st = TargetStats.from_data(X, y)
+    back = TargetStats.from_arrays(st.to_arrays())
+    W, b = _maps(2, 6, 6)
+    np.testing.assert_array_equal(score_many(back, W, bias=b), score_many(st, W, bias=b))
+
+
+def test_labels_are_remapped_like_the_estimators():
+    X, y = _target(150, 6, 3)
+    names = np.array(["cat", "dog", "eel"])[y]
+    W, b = _maps(2, 6, 6)
+    np.testing.assert_allclose(score_many(TargetStats.from_data(X, names), W, bias=b),
+                               score_many(TargetStats.from_data(X, y), W, bias=b), rtol=1e-12)
+
+
+def test_invalid_inputs_raise_value_errors():
+    X, y = _target(100, 6, 3)
+    st = TargetStats.from_data(X, y)
+    W, b = _maps(2, 6, 6)
+    with pytest.raises(ValueError, match="no statistics path"):
+        score_many(st, W, ["logme"], bias=b)
+    with pytest.raises(ValueError, match="7-dim inputs"):
+        score_many(st, np.zeros((2, 6, 7)))
+    with pytest.raises(ValueError, match="bias"):
+        score_many(st, W, bias=np.zeros((2, 5)))
+    with pytest.raises(ValueError, match="NaN"):
+        score_many(st, W * np.nan, bias=b)
+    with pytest.raises(ValueError, match="chunk_size"):
+        score_many(st, W, bias=b, chunk_size=0)
+    with pytest.raises(ValueError, match="device"):
+        score_many(st, W, bias=b, device="no-such-device")
+    with pytest.raises(ValueError):
+        TargetStats.from_data(X, np.zeros(100))  # one class
+    with pytest.raises(ValueError, match="different shapes"):
+        stack_esms([EmbeddingSpaceMap(W[0], b[0]), EmbeddingSpaceMap(np.eye(6)[:5], np.zeros(5))])
+
+
+def test_constant_map_gives_nan_where_logme_would_raise():
+    X, y = _target(100, 6, 3)
+    out = score_many(TargetStats.from_data(X, y), np.zeros((1, 6, 6)), ["esm_logme"], bias=np.zeros((1, 6)))
+    assert np.isnan(out[0, 0])
+    with pytest.raises(ValueError):
+        estimators.score("esm_logme", X, y, esm={"weight": np.zeros((6, 6)), "bias": np.zeros(6)})
+
+
+def test_lowrank_logme_at_full_rank_is_esm_logme():
+    X, y = _target(300, 12, 3)
+    W, b = _maps(4, 12, 12)
+    st = TargetStats.from_data(X, y)
+    np.testing.assert_allclose(esm_stats.logme_lowrank(st, W, rank=12, bias=b),
+                               score_many(st, W, ["esm_logme"], bias=b)[:, 0], rtol=1e-8)
+    low = esm_stats.logme_lowrank(st, W, rank=3, bias=b)
+    assert low.shape == (4,) and np.isfinite(low).all()
+
+
+def test_two_stage_with_everything_shortlisted_is_the_exhaustive_default():
+    from estimators.ranking import rank_candidates
+
+    X, y = _target(200, 10, 3)
+    W, b = _maps(30, 10, 10, seed=4)
+    st = TargetStats.from_data(X, y)
+    names = [f"s{i:02d}" for i in range(30)]
+    exact = score_many(st, W, bias=b)
+    full = rank_candidates({names[i]: {"scores": dict(zip(("logme", "etran_lda", "hscore_shrinkage"), exact[i]))}
+                            for i in range(30)}, np.zeros(2, dtype=int), kind="tasks")
+    two = esm_stats.rank_two_stage(st, W, names, shortlist=30, bias=b)
+    assert [r["name"] for r in two["ranking"]] == [r["name"] for r in full]
+    np.testing.assert_allclose([r["score"] for r in two["ranking"]], [r["score"] for r in full], atol=1e-12)
+    # a loader function (catalogue read a chunk at a time) gives the same ranking
+    seen = []
+    loaded = esm_stats.rank_two_stage(st, lambda idx: (seen.append(len(idx)) or (W[idx], b[idx])), names,
+                                      shortlist=30, chunk_size=7, progress=lambda f: None)
+    assert [r["name"] for r in loaded["ranking"]] == [r["name"] for r in full] and max(seen) <= 7
+
+
+def test_two_stage_shortlist_keeps_the_best():
+    X, y = _target(200, 10, 3)
+    W, b = _maps(60, 10, 10, seed=5)
+    st = TargetStats.from_data(X, y)
+    two = esm_stats.rank_two_stage(st, W, shortlist=20, calibration=10, bias=b)
+    assert len(two["ranking"]) == 20 and len(two["calibration"]) == 10
+    assert not set(two["calibration"]) & set(two["shortlist"])
+    with pytest.raises(ValueError, match="shortlist"):
+        esm_stats.rank_two_stage(st, W, shortlist=0, bias=b)
+    with pytest.raises(ValueError, match="names"):
+        esm_stats.rank_two_stage(st, lambda idx: (W[idx], b[idx]))

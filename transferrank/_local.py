@@ -8,13 +8,14 @@ from __future__ import annotations
 import atexit
 import os
 import threading
+from typing import Any
 
 from transferrank._protocol import dict_candidates, encode_dataset
 from transferrank.errors import error_for
 from transferrank.models import Ranking
 
 _LOCK = threading.Lock()
-_CONTEXTS: dict[str, object] = {}
+_CONTEXTS: dict[str, Any] = {}  # data dir -> app.services.context.Context
 
 
 def _close_all() -> None:

@@ -336,16 +336,14 @@ def rank_batch(targets, opts: Options, candidates: str, estimators, top_k: int, 
     body["targets"] = ids
     resp = yield from request(Call("POST", "/v1/rankings/batch", json=body), opts)
     out = resp.json()
-    if wait and resp.status_code == 202:
+    if not wait:
+        return [Ranking.from_json(r) for r in out["rankings"]]
+    if resp.status_code == 202:
         reporter = Reporter(progress, f"ranking {len(ids)} targets")
         try:
             yield from wait_job(out["job"], opts, reporter, timeout)
         finally:
             reporter.close()
-    elif all(r.get("status") == "done" for r in out.get("rankings", [])):
-        return [Ranking.from_json(r) for r in out["rankings"]]
-    if not wait:
-        return [Ranking.from_json(r) for r in out["rankings"]]
     result = []
     for r in out["rankings"]:
         result.append((yield from get_json(f"/v1/rankings/{seg(r['id'])}", opts, Ranking.from_json)))

@@ -250,3 +250,32 @@ def test_readme_notebook_snippet_ranks_a_dataframe_in_five_lines(tmp_path, monke
         assert {"source", "rank", "score"} <= set(frame.columns)
     finally:
         server.stop()
+
+
+def test_job_and_ranking_lists_and_cancel(live, tr):
+    """GET /v1/jobs, DELETE /v1/jobs/{id}, GET /v1/rankings through the client (skipped on a
+    service without them)."""
+    import time
+
+    if "/v1/jobs" not in httpx.get(f"{live.url}/openapi.json").json()["paths"]:
+        pytest.skip("this service has no GET /v1/jobs yet")
+    texts, labels = make_texts(30, 3, seed=13)
+    ranking = tr.rank((texts, labels), sources=FAST_MODELS, estimators=["logme"], progress=False)
+    listed = tr.rankings(target=ranking.target["id"])
+    assert ranking.id in {r.id for r in listed}
+    with live.ctx.Session.begin() as s:
+        job_id = live.ctx.jobs.create(s, "test", message="queued").id
+
+    def slow(progress):
+        for i in range(400):
+            progress(i / 400, f"step {i}")
+            time.sleep(0.05)
+        return {}
+
+    live.ctx.jobs.submit(job_id, slow)
+    assert job_id in {j.id for j in tr.jobs(limit=1000)}
+    cancelled = tr.cancel_job(job_id)
+    assert cancelled.status == "cancelled"
+    with pytest.raises(JobFailedError, match="cancelled"):
+        tr.wait_job(job_id, progress=False, timeout=30)
+    assert job_id in {j.id for j in tr.jobs(status="cancelled", limit=1000)}

@@ -7,6 +7,7 @@
     transferrank keys list | keys revoke KEY_ID
     transferrank migrate [--revision head] [--data-dir DIR]
     transferrank matrix show|plot [--estimator E]... [--target ID]... [--source S]... [--out FILE]
+    transferrank doctor [--repair] [--min-age SECONDS] [--data-dir DIR]
 
 ``--data-dir`` defaults to ``$TRANSFERRANK_DATA_DIR``, else the per-user cache dir
 (``~/.cache/transferrank`` on Linux). ``--server URL`` runs rank / keys / matrix against a
@@ -69,8 +70,10 @@ def cmd_serve(args) -> int:
 def _format_table(result: dict) -> str:
     ranking = result.get("ranking", [])
     ests = result.get("estimators", [])
-    head = ["rank", "source", "score"] + ests
-    rows = [[str(r["rank"]), r["source"], "-" if r.get("score") is None else f"{r['score']:.3f}"]
+    head = ["rank", "source", "score", "95% interval", "~top"] + ests
+    rows = [[str(r["rank"]), r["source"], "-" if r.get("score") is None else f"{r['score']:.3f}",
+             "-" if not r.get("interval") else f"[{r['interval'][0]:.2f}, {r['interval'][1]:.2f}]",
+             "yes" if r.get("tied_with_top") else ""]
             + ["-" if r["scores"].get(e) is None else f"{r['scores'][e]:.4f}" for e in ests] for r in ranking]
     widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h) for i, h in enumerate(head)]
     lines = ["  ".join(h.ljust(w) for h, w in zip(head, widths)),
@@ -79,6 +82,7 @@ def _format_table(result: dict) -> str:
     t = result.get("target", {})
     lines.append(f"\ntarget {t.get('name')} (n={t.get('n_examples')}, C={t.get('n_classes')}); "
                  f"{result.get('computed', 0)} score(s) computed, {result.get('cached', 0)} from cache")
+    lines += [f"warning: {w}" for w in (result.get("uncertainty") or {}).get("warnings", [])]
     return "\n".join(lines)
 
 
@@ -105,7 +109,8 @@ def cmd_rank(args) -> int:
         with progress_bar(f"ranking {args.candidates}", enabled=not args.json) as update:
             ds, created, out = rank_bytes(ctx, path.read_bytes(), path.name, candidates=args.candidates,
                                           estimators=ests, top_k=args.top_k, prefilter_k=args.prefilter_k,
-                                          sources=sources, progress=None if args.json else update)
+                                          sources=sources, progress=None if args.json else update,
+                                          bootstrap=args.bootstrap)
         if not args.json:
             _print_err(f"dataset {ds.id} ({'new' if created else 'already stored'}): n={ds.n_examples}, "
                        f"C={ds.n_classes}")
@@ -127,9 +132,11 @@ def cmd_rank(args) -> int:
 def _emit_ranking(args, out: dict) -> None:
     if args.json:
         ranking = [{"source": r["source"], "rank": r["rank"], "score": r.get("score"), "scores": r["scores"],
-                    "details": r.get("details", {})} for r in out["ranking"]]
+                    "details": r.get("details", {}),
+                    **{k: r[k] for k in ("interval", "p_top", "tied_with_top") if k in r}} for r in out["ranking"]]
         print(json.dumps({"ranking": ranking, "target": out.get("target"), "estimators": out.get("estimators"),
                           "skipped": out.get("skipped", {}), "notes": out.get("notes", {}),
+                          "uncertainty": out.get("uncertainty"),
                           "computed": out.get("computed"), "cached": out.get("cached")}))
     else:
         print(_format_table(out))
@@ -204,6 +211,20 @@ def _version() -> str:
         return "0.1.0"
 
 
+def cmd_doctor(args) -> int:
+    from app.services.context import Context
+    from app.services.doctor import check
+
+    ctx = Context.open(_settings(args), seed=False)
+    try:
+        report = check(ctx, repair=args.repair, min_age_seconds=args.min_age)
+    finally:
+        ctx.close()
+    print(json.dumps(report, indent=1))
+    problems = report["temp_files"] + report["orphan_blobs"] + report["n_missing_blobs"] + report["orphan_scores"]
+    return 0 if args.repair or problems == 0 else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="transferrank", description="Rank source tasks and pretrained models for "
                                 "transfer learning before fine-tuning.")
@@ -241,6 +262,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--top-k", type=int, default=10, help="print the best K candidates (default 10)")
     r.add_argument("--prefilter-k", type=int, default=None, help="tasks: score only the k nearest sources")
     r.add_argument("--sources", default=None, help="comma-separated candidate names (default: all)")
+    r.add_argument("--bootstrap", type=int, default=100,
+                   help="resamples for each candidate's interval and tied_with_top (0 = none)")
     as_json(r, '{"ranking": [...]}')
     data_dir(r)
     server(r)
@@ -264,6 +287,15 @@ def build_parser() -> argparse.ArgumentParser:
     data_dir(kr)
     server(kr)
     k.set_defaults(func=cmd_keys)
+
+    d = sub.add_parser("doctor", help="check the data dir and database; --repair removes temp files, orphan "
+                       "blobs and scores, and fails stale jobs")
+    d.add_argument("--repair", action="store_true", help="fix what it finds (otherwise only report; exit 1 "
+                   "when something needs repair)")
+    d.add_argument("--min-age", type=float, default=3600.0,
+                   help="only files older than this many seconds count as leftovers (default 3600)")
+    data_dir(d)
+    d.set_defaults(func=cmd_doctor)
 
     m = sub.add_parser("migrate", help="apply database migrations (the service also does it on start)")
     m.add_argument("--revision", default="head", help="Alembic revision (default head)")

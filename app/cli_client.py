@@ -93,7 +93,8 @@ def rank_remote(args, ests, sources, emit) -> int:
         path = Path(args.file)
         with progress_bar(f"ranking {args.candidates}", enabled=not args.json) as update:
             ranking = c.rank(path, candidates=args.candidates, estimators=ests, top_k=args.top_k, progress=update,
-                             sources=sources, prefilter_k=args.prefilter_k)
+                             sources=sources, prefilter_k=args.prefilter_k,
+                             bootstrap=getattr(args, "bootstrap", None))
         if not args.json:
             t = ranking.raw.get("target") or {}
             _err(f"dataset {t.get('id')} on {args.server}: n={t.get('n_examples')}, C={t.get('n_classes')}")

@@ -129,7 +129,7 @@ def create_app(settings: Settings | None = None, *, ctx: Context | None = None,
 
     @app.exception_handler(ServiceError)
     async def _service_error(_req: Request, exc: ServiceError) -> JSONResponse:
-        return _error(exc.status_code, exc.detail)
+        return _error(exc.status_code, exc.detail, headers=getattr(exc, "headers", None))
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_req: Request, exc: RequestValidationError) -> JSONResponse:
@@ -173,6 +173,10 @@ def create_app(settings: Settings | None = None, *, ctx: Context | None = None,
                 return _error(exc.status_code, exc.detail)
         return await call_next(request)
 
+    from app.api.limits import install as install_limits
+
+    install_limits(app, settings)  # body / string / number limits, fault -> 4xx/507 mapping
+
     @app.get("/healthz", tags=["health"], response_model=HealthPublic)
     def healthz() -> HealthPublic:
         return HealthPublic(status="ok")
@@ -184,6 +188,9 @@ def create_app(settings: Settings | None = None, *, ctx: Context | None = None,
         described: dict[str, Any] = request.app.state.ctx.describe()
         return described
 
+    from app.api.routes_jobs import router as jobs_router
+
+    app.include_router(jobs_router)
     app.include_router(matrix_router)
     app.include_router(router)
     app.include_router(admin)

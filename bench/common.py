@@ -479,10 +479,11 @@ def run_feature_benchmark(name, candidates, labels, gold_runs, *, info, out_dir,
             P[e] = {s: sign * v for s, v in d.items()}
         P["static"] = {s: static_score(c["meta"]) for s, c in cands.items()}
         pre = {s: {e: scores[t][e][s] for e in scores[t] if math.isfinite(scores[t][e][s])} for s in cands}
-        ranked = rank_candidates({s: {**c, "scores": pre[s]} for s, c in cands.items()}, labels[t])
+        ranked = rank_candidates({s: {**c, "scores": pre[s]} for s, c in cands.items()}, labels[t],
+                                 bootstrap=0)
         P["default"] = {r["name"]: r["score"] for r in ranked}
         # the same with the static size prior switched on (weight 0.25): reported for transparency
-        ranked = rank_candidates({s: {**c, "scores": pre[s]} for s, c in cands.items()}, labels[t],
+        ranked = rank_candidates({s: {**c, "scores": pre[s]} for s, c in cands.items()}, labels[t], bootstrap=0,
                                  weights={"static": 0.25})
         P["default+static"] = {r["name"]: r["score"] for r in ranked}
         for label, fn in (extra_methods or {}).items():

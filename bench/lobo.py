@@ -219,11 +219,12 @@ def library_check(bench_docs: Mapping[str, Mapping], design) -> float:
 
 
 # ------------------------------------------------------------------------------------ the study
-def study(bench_docs: Mapping[str, Mapping], pool: Sequence[str] = POOL, max_size: int = MAX_SIZE) -> dict:
+def study(bench_docs: Mapping[str, Mapping], pool: Sequence[str] = POOL, max_size: int = MAX_SIZE,
+          aggregations: Sequence[str] = AGGREGATIONS) -> dict:
     t0 = time.time()
     targets = {b: [Target(t, pool) for t in doc["targets"].values()] for b, doc in bench_docs.items()}
     benches = list(targets)
-    ds = designs(pool, max_size)
+    ds = designs(pool, max_size, tuple(aggregations))
     table = {d: benchmark_scores(targets, d) for d in ds}
     out = {"benchmarks": benches, "n_targets": {b: len(v) for b, v in targets.items()},
            "n_designs": len(ds), "rules": {}}
@@ -261,7 +262,17 @@ def study(bench_docs: Mapping[str, Mapping], pool: Sequence[str] = POOL, max_siz
     fixed = {"library default (models)": (tuple([*DEFAULT_ESTIMATORS["models"], "leep"]), "zmean"),
              "library default (tasks)": (tuple(DEFAULT_ESTIMATORS["tasks"]), "zmean")}
     out["fixed"] = {}
-    for name, d in fixed.items():
+    by_kind = {b: fixed["library default (tasks)" if bench_docs[b].get("kind") == "tasks" else "library default (models)"]
+               for b in benches}
+    for name, d in [*fixed.items(), ("library default by kind", None)]:
+        if d is None:  # the set the library actually uses: the tasks set on the tasks benchmark
+            sc = {b: benchmark_scores({b: targets[b]}, by_kind[b])[b] for b in benches}
+            out["fixed"][name] = {"design": "models set / tasks set by kind",
+                                  "per_benchmark": {b: {"weighted_tau": sc[b][0], "regret@1": sc[b][1]} for b in benches},
+                                  "mean_weighted_tau": float(np.mean([sc[b][0] for b in benches])),
+                                  "worst_weighted_tau": float(np.min([sc[b][0] for b in benches])),
+                                  "mean_regret@1": float(np.nanmean([sc[b][1] for b in benches]))}
+            continue
         sc = benchmark_scores(targets, d)
         out["fixed"][name] = {"design": label(d), "per_benchmark": {b: {"weighted_tau": sc[b][0], "regret@1": sc[b][1]}
                                                                     for b in benches},
@@ -336,8 +347,94 @@ def render(res: Mapping, command: str) -> str:
           f"`estimators.ranking.rank_candidates` (precomputed scores), differ from this module's z-mean by at most "
           f"{res['library_check_max_abs_diff']:.2e}.", ""]
     if res.get("findings"):
-        L += ["## Findings", "", *res["findings"], ""]
+        L += ["## Findings (all designs)", "", *res["findings"], ""]
+    for key, title in (("zmean_only", "z-mean designs only (what `rank_candidates` runs today), every benchmark"),
+                       ("models_zmean_only", "z-mean designs only, the `models` benchmarks only")):
+        if key not in res:
+            continue
+        sub = res[key]
+        SB = sub["benchmarks"]
+        L += [f"## {title}", "", f"{sub['n_designs']} designs.", "",
+              "| rule | " + " | ".join(f"{b} (held out)" for b in SB) + " | LOBO mean w-tau | worst | mean R@1 | worst R@1 | chosen on all |",
+              "|---|" + "---|" * (len(SB) + 5)]
+        for rule, r in sub["rules"].items():
+            cells = [f"`{r['held_out'][b]['design']}` {_f(r['held_out'][b]['weighted_tau'])}" for b in SB]
+            L.append(f"| `{rule}` | " + " | ".join(cells) + f" | {_f(r['mean_weighted_tau'])} | {_f(r['worst_weighted_tau'])} | "
+                     f"{_f(r['mean_regret@1'])} | {_f(r['worst_regret@1'])} | `{r['chosen_on_all']['design']}` |")
+        L += ["", *sub["findings"], ""]
+    if res.get("recommendation"):
+        rec = res["recommendation"]
+        mo, ta, ak, bo = rec["models"], rec["tasks"], rec["all_kinds"], rec["borda"]
+        L += ["## Recommended `DEFAULT_ESTIMATORS` (a finding; the library default is not changed here)", "",
+              f"Criterion: {rec['criterion']}.", "",
+              f"- `models`: {tuple(mo['estimators'])} (rule `{mo['rule']}`, z-mean, chosen on the models benchmarks); "
+              f"out of benchmark over them: mean w-tau {_f(mo['lobo_mean_weighted_tau'])}, worst "
+              f"{_f(mo['lobo_worst_weighted_tau'])}, mean R@1 {_f(mo['lobo_mean_regret@1'])}. In sample: "
+              + ", ".join(f"{b} {_f(v['weighted_tau'])}" for b, v in mo["in_sample"].items()) + ".",
+              f"- `tasks`: {tuple(ta['estimators'])} (rule `{ta['rule']}`, chosen without text_tasks: "
+              f"`{ta['chosen_without_text_tasks']}`, TMI dropped as invariant on ESM features); on text_tasks held out: "
+              f"w-tau {_f(ta['held_out_weighted_tau'])}, R@1 {_f(ta['held_out_regret@1'], 4)}.",
+              f"- One design for both kinds (every benchmark, z-mean, rule `{ak['rule']}`): `{ak['design']}`; "
+              f"LOBO mean w-tau {_f(ak['lobo_mean_weighted_tau'])}, worst {_f(ak['lobo_worst_weighted_tau'])}, "
+              f"mean R@1 {_f(ak['lobo_mean_regret@1'])}, worst R@1 {_f(ak['lobo_worst_regret@1'])}.",
+              f"- Rank (Borda) aggregation, not in the library: best rule `{bo['rule']}`, LOBO mean "
+              f"{_f(bo['lobo_mean_weighted_tau'])}, worst {_f(bo['lobo_worst_weighted_tau'])} "
+              f"(chosen on all: `{bo['chosen_on_all']}`), against z-mean designs' {_f(ak['lobo_mean_weighted_tau'])} / "
+              f"{_f(ak['lobo_worst_weighted_tau'])}: "
+              + ("no better out of benchmark by the criterion." if (bo["lobo_mean_weighted_tau"] + bo["lobo_worst_weighted_tau"])
+                 <= (ak["lobo_mean_weighted_tau"] + ak["lobo_worst_weighted_tau"]) else "better out of benchmark by the criterion."), ""]
     return "\n".join(L)
+
+
+def run_studies(docs: Mapping[str, Mapping]) -> dict:
+    """The full study (z-mean and Borda designs, every benchmark) plus two restricted ones: z-mean
+    designs only (what ``rank_candidates`` can run today), and z-mean designs on the ``models``
+    benchmarks only (the ``models`` kind's own out-of-benchmark choice)."""
+    res = study(docs)
+    res["findings"] = findings(res)
+    zres = study(docs, aggregations=("zmean",))
+    zres["findings"] = findings(zres)
+    models = {b: d for b, d in docs.items() if d.get("kind") == "models"}
+    mres = study(models, aggregations=("zmean",))
+    mres["findings"] = findings(mres)
+    res["zmean_only"] = {k: zres[k] for k in ("benchmarks", "n_designs", "rules", "top_in_sample", "findings")}
+    res["models_zmean_only"] = {k: mres[k] for k in ("benchmarks", "n_designs", "rules", "top_in_sample", "findings")}
+    res["recommendation"] = recommend(res)
+    return res
+
+
+def recommend(res: Mapping) -> dict:
+    """The default per kind the study supports. A rule is judged by its LOBO result, by the mean
+    and the worst case together: the rule with the highest (mean + worst) / 2 of held-out w-tau.
+
+    models: the design that rule chooses on all ``models`` benchmarks (z-mean designs, the
+    models-only study); tasks: the design that rule chooses *without* text_tasks (the only tasks
+    benchmark) in the every-benchmark z-mean study, i.e. its honest out-of-benchmark choice;
+    TMI is dropped from it when present (invariant to the ESM's linear map: one value for every
+    source, it adds nothing there)."""
+    def best_rule(study_res):
+        return max(study_res["rules"], key=lambda r: (study_res["rules"][r]["mean_weighted_tau"]
+                                                      + study_res["rules"][r]["worst_weighted_tau"]) / 2)
+    m, z = res["models_zmean_only"], res["zmean_only"]
+    rm, rz, rb = best_rule(m), best_rule(z), best_rule(res)
+    held = z["rules"][rz]["held_out"].get("text_tasks") or {}
+    return {"criterion": "rule with the highest (LOBO mean + LOBO worst) / 2 of held-out weighted tau",
+            "models": {"rule": rm, "estimators": m["rules"][rm]["chosen_on_all"]["members"],
+                       "lobo_mean_weighted_tau": m["rules"][rm]["mean_weighted_tau"],
+                       "lobo_worst_weighted_tau": m["rules"][rm]["worst_weighted_tau"],
+                       "lobo_mean_regret@1": m["rules"][rm]["mean_regret@1"],
+                       "in_sample": m["rules"][rm]["chosen_on_all"]["per_benchmark"]},
+            "tasks": {"rule": rz, "estimators": [e for e in held.get("members", []) if e != "tmi"],
+                      "chosen_without_text_tasks": held.get("design"),
+                      "held_out_weighted_tau": held.get("weighted_tau"), "held_out_regret@1": held.get("regret@1")},
+            "all_kinds": {"rule": rz, "design": z["rules"][rz]["chosen_on_all"]["design"],
+                          "lobo_mean_weighted_tau": z["rules"][rz]["mean_weighted_tau"],
+                          "lobo_worst_weighted_tau": z["rules"][rz]["worst_weighted_tau"],
+                          "lobo_mean_regret@1": z["rules"][rz]["mean_regret@1"],
+                          "lobo_worst_regret@1": z["rules"][rz]["worst_regret@1"]},
+            "borda": {"rule": rb, "lobo_mean_weighted_tau": res["rules"][rb]["mean_weighted_tau"],
+                      "lobo_worst_weighted_tau": res["rules"][rb]["worst_weighted_tau"],
+                      "chosen_on_all": res["rules"][rb]["chosen_on_all"]["design"]}}
 
 
 def findings(res: Mapping) -> list[str]:
@@ -373,8 +470,7 @@ def main(argv=None) -> int:
     if args.tables or not (args.scores / "text_tasks.json").exists():
         build_text_tasks_table(args.scores)
     docs = load_benchmarks(args.scores)
-    res = study(docs)
-    res["findings"] = findings(res)
+    res = run_studies(docs)
     command = "python -m bench.lobo"
     text = render(res, command)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -158,19 +158,23 @@ def _minilm_variants(texts, cache: dict):
             hs = model(**enc, output_hidden_states=True).hidden_states
             r = rand(**enc).last_hidden_state
 
-            def pool(h, norm=True):
-                v = (h * m).sum(1) / m.sum(1).clamp(min=1e-9)
-                return torch.nn.functional.normalize(v, dim=1) if norm else v
-
-            outs["minilm_l6"].append((idx, pool(hs[-1]).numpy()))
-            outs["minilm_l6_layer2"].append((idx, pool(hs[2]).numpy()))
-            outs["minilm_l6_random_init"].append((idx, pool(r).numpy()))
+            outs["minilm_l6"].append((idx, _mean_pool(hs[-1], m).numpy()))
+            outs["minilm_l6_layer2"].append((idx, _mean_pool(hs[2], m).numpy()))
+            outs["minilm_l6_random_init"].append((idx, _mean_pool(r, m).numpy()))
     for k, parts in outs.items():
         X = np.empty((len(texts), 384), dtype=np.float32)
         for idx, v in parts:
             X[idx] = v
         cache[k] = X
     return tok
+
+
+def _mean_pool(h, mask):
+    """Masked mean over tokens, L2-normalised (sentence-transformers' pooling)."""
+    import torch
+
+    v = (h * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+    return torch.nn.functional.normalize(v, dim=1)
 
 
 def _onnx_l3(texts, tok):

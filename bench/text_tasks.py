@@ -566,7 +566,7 @@ def _rescore(data_dir: Path, out_dir: Path, command: str | None) -> dict:
                                                       "source_size": meta["sources"][s]["n_train"]},
                      "scores": _raw_scores(P, s, DEFAULT_ESTIMATORS["tasks"])}
                  for s in srcs}
-        P = {"default": {r["name"]: r["score"] for r in rank_candidates(cands, y, kind="tasks")}, **P}
+        P = {"default": {r["name"]: r["score"] for r in rank_candidates(cands, y, kind="tasks", bootstrap=0)}, **P}
         ablation[t] = {label: zmean(P, members, borda="Borda" in label) for label, members in combinations().items()}
         preds[t] = {m: tie_noise(p) for m, p in P.items()}
 

@@ -16,6 +16,8 @@ __all__ = [
     "check_probs",
     "check_targets",
     "check_two_domains",
+    "check_int_param",
+    "check_float_param",
 ]
 
 
@@ -124,3 +126,33 @@ def check_two_domains(X: ArrayLike, Y: ArrayLike, *, min_samples: int = 2) -> tu
     if A.shape[1] != B.shape[1]:
         raise ValueError(f"the two domains have different feature dimensions: {A.shape[1]} vs {B.shape[1]}")
     return A, B
+
+
+def check_int_param(name: str, value: object, *, low: int, high: int) -> int:
+    """An integer parameter within ``[low, high]`` (integral floats such as 128.0 accepted).
+
+    Refuses booleans, non-finite and fractional values with a ``ValueError`` naming the bounds, so
+    that a parameter such as ``n_projections=1e9`` fails before it allocates anything."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise ValueError(f"{name} must be an integer in [{low}, {high}], got {value!r}")
+    if isinstance(value, (float, np.floating)) and (not np.isfinite(value) or value != int(value)):
+        raise ValueError(f"{name} must be an integer in [{low}, {high}], got {value!r}")
+    out = int(value)
+    if not low <= out <= high:
+        raise ValueError(f"{name} must be an integer in [{low}, {high}], got {out}")
+    return out
+
+
+def check_float_param(name: str, value: object, *, low: float | None = None, high: float | None = None,
+                      low_open: bool = False) -> float:
+    """A finite real parameter within the given bounds (``low_open``: ``value > low``)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise ValueError(f"{name} must be a number, got {value!r}")
+    out = float(value)
+    if not np.isfinite(out):
+        raise ValueError(f"{name} must be a finite number, got {out}")
+    if low is not None and (out <= low if low_open else out < low):
+        raise ValueError(f"{name} must be {'>' if low_open else '>='} {low}, got {out}")
+    if high is not None and out > high:
+        raise ValueError(f"{name} must be <= {high}, got {out}")
+    return out

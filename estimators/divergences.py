@@ -16,7 +16,10 @@ import math
 import numpy as np
 from numpy.typing import ArrayLike
 
-from ._validation import check_two_domains
+from ._validation import check_float_param, check_int_param, check_two_domains
+
+#: the most projections ``sliced_wasserstein`` accepts (memory: (n+m) x L floats)
+MAX_PROJECTIONS = 10_000
 
 __all__ = [
     "mmd",
@@ -41,9 +44,7 @@ def _subsample(A: np.ndarray, k: int | None, rng: np.random.Generator) -> np.nda
 def _check_max_samples(max_samples: float | None) -> int | None:
     if max_samples is None:
         return None
-    if int(max_samples) != max_samples or max_samples < 2:
-        raise ValueError(f"max_samples must be an integer >= 2 or None, got {max_samples}")
-    return int(max_samples)
+    return check_int_param("max_samples", max_samples, low=2, high=10_000_000)
 
 
 def _sq_dists(A: np.ndarray, B: np.ndarray, a2: np.ndarray, b2: np.ndarray) -> np.ndarray:
@@ -311,10 +312,9 @@ def sliced_wasserstein(X: ArrayLike, Y: ArrayLike, *, n_projections: int = 128, 
     O(L (n+m) d + L (n+m) log(n+m)), L = n_projections.
     """
     X, Y = check_two_domains(X, Y)
-    if int(n_projections) != n_projections or n_projections < 1:
-        raise ValueError(f"n_projections must be a positive integer, got {n_projections}")
-    if not (p >= 1 and math.isfinite(p)):
-        raise ValueError(f"p must be a finite number >= 1, got {p}")
+    n_projections = check_int_param("n_projections", n_projections, low=1, high=MAX_PROJECTIONS)
+    p = check_float_param("p", p, low=1.0, high=100.0)
+    seed = check_int_param("seed", seed, low=0, high=2**63 - 1)
     rng = np.random.default_rng(seed)
     theta = rng.standard_normal((X.shape[1], int(n_projections)))
     theta /= np.linalg.norm(theta, axis=0, keepdims=True)
@@ -392,9 +392,8 @@ def proxy_a_distance(X: ArrayLike, Y: ArrayLike, *, seed: int = 0, cv: int = 5, 
     """
     X, Y = check_two_domains(X, Y)
     ms = _check_max_samples(max_samples)
-    if int(cv) != cv or cv < 2:
-        raise ValueError(f"cv must be an integer >= 2, got {cv}")
-    cv = int(cv)
+    cv = check_int_param("cv", cv, low=2, high=100)
+    seed = check_int_param("seed", seed, low=0, high=2**63 - 1)
     if classifier not in ("ridge", "logistic"):
         raise ValueError(f"classifier must be 'ridge' or 'logistic', got {classifier!r}")
     if not (alpha > 0 and math.isfinite(alpha)) or not (C > 0 and math.isfinite(C)):

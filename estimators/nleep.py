@@ -4,10 +4,10 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import ArrayLike
 
-from ._validation import check_features_labels
+from ._validation import check_features_labels, check_int_param
 from .leep import leep_from_probs
 
-__all__ = ["nleep", "MAX_FIT_ROWS", "MAX_DIMS", "MAX_COMPONENTS"]
+__all__ = ["nleep", "nleep_posteriors", "MAX_FIT_ROWS", "MAX_DIMS", "MAX_COMPONENTS"]
 
 #: Default bounds (see ``nleep``): rows the PCA and the mixture are fitted on, PCA dimensions,
 #: mixture components. None of them binds on the reference's conformance inputs.
@@ -64,6 +64,47 @@ def nleep(
     Unbounded (all caps None) at n = 10^4, d = 768, C = 100 it is 500 full covariances in ~500
     dimensions (~1 GiB, ~3 TFLOP per EM iteration).
     """
+    P, y_checked, C = _posteriors(X, y, n_components=n_components, variance=variance, random_state=random_state,
+                       covariance_type=covariance_type, max_fit_rows=max_fit_rows, max_dims=max_dims,
+                       max_components=max_components)
+    return leep_from_probs(P, y_checked, C)
+
+
+def nleep_posteriors(
+    X: ArrayLike,
+    y: ArrayLike,
+    *,
+    n_components: int | None = None,
+    variance: float = 0.8,
+    random_state: int = 123,
+    covariance_type: str = "full",
+    max_fit_rows: int | None = MAX_FIT_ROWS,
+    max_dims: int | None = MAX_DIMS,
+    max_components: int | None = MAX_COMPONENTS,
+) -> np.ndarray:
+    """The mixture posteriors (n, K) that N-LEEP scores: ``nleep(X, y) = LEEP(nleep_posteriors(X, y), y)``.
+
+    Same arguments, bounds and errors as ``nleep``; the bootstrap (``estimators.uncertainty``)
+    resamples LEEP on these per-example posteriors instead of refitting the mixture.
+    """
+    return _posteriors(X, y, n_components=n_components, variance=variance, random_state=random_state,
+                       covariance_type=covariance_type, max_fit_rows=max_fit_rows, max_dims=max_dims,
+                       max_components=max_components)[0]
+
+
+def _posteriors(
+    X: ArrayLike,
+    y: ArrayLike,
+    *,
+    n_components: int | None = None,
+    variance: float = 0.8,
+    random_state: int = 123,
+    covariance_type: str = "full",
+    max_fit_rows: int | None = MAX_FIT_ROWS,
+    max_dims: int | None = MAX_DIMS,
+    max_components: int | None = MAX_COMPONENTS,
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """PCA + mixture posteriors, the validated labels and the class count (see ``nleep``)."""
     from sklearn.decomposition import PCA
     from sklearn.mixture import GaussianMixture
     from threadpoolctl import threadpool_limits
@@ -75,9 +116,7 @@ def nleep(
     max_fit_rows = _cap(max_fit_rows, "max_fit_rows")
     max_dims = _cap(max_dims, "max_dims")
     max_components = _cap(max_components, "max_components")
-    K = 5 * C if n_components is None else int(n_components)
-    if K < 1:
-        raise ValueError(f"n_components must be >= 1, got {n_components}")
+    K = 5 * C if n_components is None else check_int_param("n_components", n_components, low=1, high=100_000)
     if max_components is not None and K > max_components:
         K = max(max_components, C)
     if covariance_type not in ("full", "tied", "diag", "spherical"):
@@ -115,4 +154,4 @@ def nleep(
             f"fitted on {m} samples in {Z.shape[1]} PCA dimensions (some components have singular covariance); pass a "
             f"smaller n_components or use more samples. sklearn said: {str(exc)[:160]}"
         ) from None
-    return leep_from_probs(np.asarray(posteriors, dtype=np.float64), y, C)
+    return np.asarray(posteriors, dtype=np.float64), y, C

@@ -10,7 +10,7 @@ from numpy.typing import ArrayLike
 from scipy.spatial.distance import cdist
 
 from ._classwise import class_means_variances
-from ._validation import check_features, check_features_labels
+from ._validation import check_features, check_features_labels, check_int_param
 
 __all__ = ["ped", "ped_dynamics"]
 
@@ -46,8 +46,7 @@ def ped_dynamics(X: ArrayLike, y: ArrayLike, *, exit_ratio: float = 0.5, time_st
     run on the (C, d) class statistics and the features are shifted once at the end.
     """
     X, y, C = check_features_labels(X, y)
-    if max_steps < 0:
-        raise ValueError(f"max_steps must be >= 0, got {max_steps}")
+    max_steps = check_int_param("max_steps", max_steps, low=0, high=10_000)
     ref = X if reference is None else check_features(reference, name="reference")
     if ref.shape[1] != X.shape[1]:
         raise ValueError(f"reference has {ref.shape[1]} features but X has {X.shape[1]}")

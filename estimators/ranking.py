@@ -199,6 +199,7 @@ class ScoreTable:
         self.errors: dict[str, dict[str, str]] = {}
         self.unavailable: dict[str, dict[str, str]] = {}
         self.notes: dict[str, dict[str, str]] = {}
+        self.params: dict[str, dict[str, Any]] = {}  # column -> the estimator settings its values used
 
     # -- filling
     def add_column(self, column: str, *, higher_is_better: bool = True) -> None:
@@ -261,6 +262,7 @@ class ScoreTable:
                 if failed is not None:
                     break
             if failed is None:
+                self.params[column] = dict(kw)
                 note = None if attempt == 0 else \
                     f"default settings failed ({reason[:200]}); used {attempts[attempt]} for every candidate"
                 for cand, v in values.items():
@@ -573,6 +575,8 @@ def rank_candidates(
     prior: Mapping[str, float] | None = None,
     weights: Mapping[str, float] | None = None,
     kind: str = "models",
+    bootstrap: int = 100,
+    seed: int = 0,
     **params: Any,
 ) -> list[dict[str, Any]]:
     """Rank candidate sources for one target, best first: ``build_table`` + ``combine``.
@@ -592,6 +596,11 @@ def rank_candidates(
     kind: ``"models"`` (default: each candidate's features are its own model's embeddings of the
         target) or ``"tasks"`` (each candidate's features are the target's base-encoder embeddings
         mapped through the source's ESM); selects the default estimators.
+    bootstrap: resamples of the target's examples for the uncertainty of the ranking
+        (``estimators.uncertainty``; 0 = none); ``seed`` seeds them. Each candidate then carries
+        ``"interval"`` ([low, high] of its combined score, 95%), ``"p_top"`` (share of resamples
+        where it ranks first) and ``"tied_with_top"`` (statistically indistinguishable from the
+        top), and every row ``"warnings"`` (target too small, nothing separable).
     params: per-estimator keyword arguments, ``{estimator_name: {kwarg: value}}``.
 
     Returns ``[{"name", "score", "scores": {estimator: raw value}, "skipped": {estimator: reason}}]``
@@ -610,8 +619,22 @@ def rank_candidates(
     w_all = default_weights(estimators is not None, weights)
     if prior is not None and not isinstance(prior, Mapping):
         raise ValueError("prior must be a dict {candidate name: value}")
+    if isinstance(bootstrap, bool) or not isinstance(bootstrap, int) or bootstrap < 0:
+        raise ValueError(f"bootstrap must be an integer >= 0 (resamples), got {bootstrap!r}")
     table = build_table(cands, y, ests, params)
-    return ranking_rows(table, combine(table, w_all, prior))
+    result = combine(table, w_all, prior)
+    rows = ranking_rows(table, result)
+    if bootstrap:
+        from .uncertainty import bootstrap as _bootstrap
+        from .uncertainty import features_values
+
+        used = {c: table.params.get(c, {}) for c in table.columns}
+        boot = _bootstrap(table, result, y, features_values(cands, y, used), weights=w_all, prior=prior,
+                          B=bootstrap, seed=seed)
+        for r in rows:
+            r.update(boot.for_candidate(r["name"]))
+            r["warnings"] = list(boot.warnings)
+    return rows
 
 
 def observed_prior(

@@ -13,7 +13,7 @@ from scipy.spatial import cKDTree
 from scipy.special import digamma, gammaln
 
 from ._classwise import class_slices
-from ._validation import check_features_labels
+from ._validation import check_features_labels, check_int_param
 
 __all__ = ["tmi", "knn_entropy"]
 
@@ -68,7 +68,8 @@ def tmi(X: ArrayLike, y: ArrayLike, *, k: int = 3, norm: str = "max", min_dist: 
     Needs: features (n, d), labels with at least k + 1 examples per class.
     Cost: O(sum_c n_c^2 d) worst case (KD-tree queries per class, brute force in high d).
     """
-    k = int(k)
+    k = check_int_param("k", k, low=1, high=1000)
+    workers = check_int_param("workers", workers, low=-1, high=64)
     if k < 1:
         raise ValueError(f"k must be a positive integer, got {k}")
     if not min_dist >= 0:

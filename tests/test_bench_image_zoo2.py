@@ -48,8 +48,8 @@ def test_results_are_reproduced(rescored):
     assert set(res["summary"]) == set(committed["summary"])
     for method in ("default", "static", *sorted(STABLE & set(committed["summary"]))):
         for metric in ("weighted_tau", "kendall_tau", "regret@1"):
-            expected = committed["summary"][method][metric]
-            assert res["summary"][method][metric] == pytest.approx(expected, abs=1e-4), (method, metric)
+            want = committed["summary"][method][metric]
+            assert res["summary"][method][metric] == pytest.approx(want, abs=1e-4), (method, metric)
     for method, row in committed["summary"].items():
         assert abs(res["summary"][method]["weighted_tau"] - row["weighted_tau"]) < 0.05, method
 

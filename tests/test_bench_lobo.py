@@ -61,8 +61,8 @@ def test_held_out_choice_never_sees_the_held_out_benchmark(docs, study):
 
 def test_designs_and_choice_rules():
     ds = lobo.designs(("a", "b", "c"), 2)
-    assert [lobo.label(d) for d in ds] == ["a", "b", "c", "a+b", "a+b [borda]", "a+c", "a+c [borda]", "b+c",
-                                           "b+c [borda]"]
+    assert [lobo.label(d) for d in ds] == ["a", "b", "c", "a+b", "a+b [borda]", "a+c", "a+c [borda]",
+                                           "b+c", "b+c [borda]"]
     n = len(lobo.POOL)
     assert len(lobo.designs()) == n + 2 * (math.comb(n, 2) + math.comb(n, 3) + math.comb(n, 4))
     table = {(("a",), "zmean"): {"x": (0.9, 0.10), "y": (0.0, 0.01)},

@@ -79,6 +79,11 @@ def test_library_cli_and_api_rank_the_same_npz_target_identically(tmp_path, make
     assert lib_rows == cli_rows == api_rows  # same order, same floats (no tolerance)
     assert [r["rank"] for r in api["ranking"]] == [1, 2, 3, 4]
     assert lib_rows[0][0] == "alpha"
+    # the bootstrap (estimators.uncertainty, B = 100, seed 0) is the same computation everywhere
+    unc = [[(r.get("name") or r.get("source"), r["interval"], r["p_top"], r["tied_with_top"]) for r in rows]
+           for rows in (lib, cli["ranking"], api["ranking"])]
+    assert unc[0] == unc[1] == unc[2]
+    assert api["uncertainty"]["B"] == cli["uncertainty"]["B"] == 100
 
 
 def test_nothing_to_rank_by_is_a_failed_ranking(client):

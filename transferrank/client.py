@@ -154,7 +154,7 @@ class _Endpoints:
     # ------------------------------------------------------------------ rankings and jobs
     def rank(self, dataset_or_id, candidates: str = "models", estimators=None, top_k: int = 10, wait: bool = True,
              progress=None, *, sources: Iterable[str] | None = None, prefilter_k: int | None = None,
-             params: dict | None = None, use_feedback: bool | None = None,
+             params: dict | None = None, use_feedback: bool | None = None, bootstrap: int | None = None,
              timeout: float | None = None) -> Ranking:
         """Rank ``candidates`` ("models" or "tasks") for a dataset (a ``Dataset``, an id, or
         anything ``upload`` takes). A 200 returns at once; a 202 is followed by polling the job
@@ -164,7 +164,7 @@ class _Endpoints:
         ``client.ranking(id)``."""
         return self._run(P.rank(dataset_or_id, self.options, candidates, estimators, top_k, wait, progress, timeout,
                                 sources=_many(sources), prefilter_k=prefilter_k, params=params,
-                                use_feedback=use_feedback))
+                                use_feedback=use_feedback, bootstrap=bootstrap))
 
     def rank_batch(self, targets: Iterable, candidates: str = "models", estimators=None, top_k: int = 10,
                    wait: bool = True, progress=None, *, sources: Iterable[str] | None = None,

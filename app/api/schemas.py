@@ -30,7 +30,7 @@ class _Body(BaseModel):
 
 
 class RankingRequest(_Body):
-    target: str = Field(..., description="dataset id (POST /v1/datasets)")
+    target: str = Field(..., max_length=64, description="dataset id (POST /v1/datasets)")
     candidates: Literal["tasks", "models"] = Field(..., description="rank source tasks or pretrained models")
     estimators: list[str] | None = Field(
         None, description="estimator names; default: logme + nleep for models (+ leep when every model "
@@ -38,11 +38,14 @@ class RankingRequest(_Body):
                           "tasks (semb reported with weight 0), plus the observed-feedback prior when "
                           "feedback exists")
     top_k: int = Field(10, ge=1, le=10_000)
-    prefilter_k: int | None = Field(None, ge=1, description="tasks: score only the k nearest sources (FAISS)")
-    sources: list[str] | None = Field(None, description="restrict to these candidate names")
+    prefilter_k: int | None = Field(None, ge=1, le=1_000_000,
+                                    description="tasks: score only the k nearest sources (FAISS)")
+    sources: list[str] | None = Field(None, max_length=10_000, description="restrict to these candidate names")
     params: dict[str, dict] = Field(default_factory=dict, description="per-estimator keyword parameters")
     use_feedback: bool | None = Field(
         None, description="combine with the observed-feedback prior (default: on for default estimators)")
+    bootstrap: int = Field(100, ge=0, le=1000, description="resamples of the target's examples for each "
+                           "candidate's interval and tied_with_top (estimators.uncertainty); 0 = none")
 
 
 class TrainOptions(_Body):
@@ -50,27 +53,27 @@ class TrainOptions(_Body):
     learning_rate: float | None = Field(None, gt=0, le=1)
     max_length: int | None = Field(None, ge=8, le=512)
     batch_size: int | None = Field(None, ge=1, le=1024)
-    train_layers: str | None = Field(None, description="'all' | 'top-N' | 'head'")
-    seed: int | None = None
+    train_layers: str | None = Field(None, max_length=32, description="'all' | 'top-N' | 'head'")
+    seed: int | None = Field(None, ge=0, le=2**32 - 1)
     map_fit: Literal["adam", "lstsq"] | None = None
 
 
 class SourceCreate(_Body):
-    dataset: str = Field(..., description="dataset id of an uploaded dataset")
+    dataset: str = Field(..., max_length=64, description="dataset id of an uploaded dataset")
     name: str | None = Field(None, max_length=255, description="default: the dataset's name")
-    description: str = ""
-    licence: str = ""
+    description: str = Field("", max_length=10_000)
+    licence: str = Field("", max_length=200)
     train_esm: bool = Field(True, description="fine-tune the base encoder and fit an ESM (a job)")
     train: TrainOptions = Field(default_factory=TrainOptions)
 
 
 class FeedbackCreate(_Body):
-    source: str = Field(..., description="source task or model name")
-    target: str = Field(..., description="dataset id")
+    source: str = Field(..., max_length=255, description="source task or model name")
+    target: str = Field(..., max_length=64, description="dataset id")
     metric: str = Field(..., min_length=1, max_length=64, description="e.g. accuracy, f1")
     value: float
     higher_is_better: bool = True
-    note: str | None = None
+    note: str | None = Field(None, max_length=10_000)
 
 
 Scope = Literal["read", "write", "admin"]
@@ -112,6 +115,8 @@ class DatasetPublic(_Public):
         "feature_sets": ["minilm-l6"], "created_at": "2026-01-01T00:00:00+00:00"}]})
     id: str
     name: str
+    owner: str | None = Field(None, description="the owner (an API key's owner; 'public': the catalogue every "
+                                                "caller reads; 'local': open mode)")
     sha256: str
     n_examples: int
     n_classes: int | None = None
@@ -144,6 +149,8 @@ class SourcePublic(_Public):
     id: int
     name: str
     kind: Literal["task"] = "task"
+    owner: str | None = Field(None, description="the owner (an API key's owner; 'public': the catalogue every "
+                                                "caller reads; 'local': open mode)")
     dataset_id: str | None = None
     description: str | None = None
     licence: str | None = None
@@ -168,6 +175,8 @@ class ModelPublic(_Public):
         "licence": "Apache-2.0", "enabled": True}]})
     name: str
     kind: Literal["model"] = "model"
+    owner: str | None = Field(None, description="the owner (an API key's owner; 'public': the catalogue every "
+                                                "caller reads; 'local': open mode)")
     encoder_kind: str | None = None
     dim: int | None = None
     params: int | None = None
@@ -212,6 +221,9 @@ class RankedCandidatePublic(_Public):
     kind: str | None = Field(None, description="'task' or 'model'")
     details: dict[str, Any] = Field(default_factory=dict, description="per estimator: cached, seconds, "
                                     "fallback, skipped or error")
+    interval: list[float] | None = Field(None, description="95% bootstrap interval of the combined score")
+    p_top: float | None = Field(None, description="share of bootstrap resamples where it ranks first")
+    tied_with_top: bool | None = Field(None, description="statistically indistinguishable from the top")
 
 
 class RankingPublic(_Public):
@@ -236,6 +248,9 @@ class RankingPublic(_Public):
     computed: int | None = Field(None, description="scores computed by this request")
     cached: int | None = Field(None, description="scores served from the cache")
     errors: list[str] | None = None
+    skipped: dict[str, str] | None = Field(None, description="estimators dropped for every candidate, with why")
+    uncertainty: dict[str, Any] | None = Field(None, description="the bootstrap: B, seed, warnings (target "
+                                               "too small, candidates not separable)")
     error: str | None = Field(None, description="why the ranking failed")
     message: str | None = None
 

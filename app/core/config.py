@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextvars
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -82,6 +83,27 @@ class Settings(BaseSettings):
     bootstrap_admin_key: str | None = Field(None, repr=False, description="a secret (>= 32 characters) "
                                             "installed at start as the admin key `bootstrap`")
     bootstrap_admin_owner: str = Field("admin", description="the owner of the bootstrap admin key")
+    # -- hostile-input and job limits (app.api.limits, app.services.ingest, app.services.jobs)
+    max_decompressed_bytes: int = Field(256 * 1024 * 1024, ge=1, description="most bytes an upload may "
+                                        "expand to while read (Parquet pages, NPZ members) -> 413",
+                                        json_schema_extra={"shown": "268435456 (256 MB)"})
+    max_columns: int = Field(256, ge=2, description="most table columns / NPZ arrays in an upload -> 422")
+    max_cell_bytes: int = Field(64 * 1024, ge=16, description="most bytes in one text or label cell -> 422")
+    max_dim: int = Field(16384, ge=1, description="most feature columns of an NPZ array -> 422")
+    max_json_bytes: int = Field(1024 * 1024, ge=1024, description="most bytes of a non-upload request "
+                                "body -> 413", json_schema_extra={"shown": "1048576 (1 MB)"})
+    max_string_chars: int = Field(20_000, ge=255, description="most characters of any string in a JSON "
+                                  "body -> 422")
+    sync_cost_limit: float = Field(2e8, gt=0, description="rankings estimated above this many operations "
+                                   "run as jobs (202)")
+    max_queued_jobs: int = Field(64, ge=1, description="most unfinished jobs in the database; more -> 429 "
+                                 "with Retry-After")
+    max_queued_jobs_per_owner: int = Field(8, ge=1, description="most unfinished jobs per API key (or "
+                                           "client address) in one process -> 429")
+    reaper_seconds: int = Field(30, ge=1, description="how often jobs without a heartbeat are failed "
+                                "(also at start)")
+    shutdown_seconds: int = Field(10, ge=0, description="how long a stopping server waits for running "
+                                  "jobs (they are cancelled)")
     # -- benchmarks and the demo builder (not read by the service)
     corpora: Path = Field(Path("/work/cache/corpora"), description="root of the unpacked text corpora "
                           "packages (demo builder, benchmarks); the system install is tried next")
@@ -154,6 +176,40 @@ class Settings(BaseSettings):
     @property
     def index_path(self) -> Path:
         return self.data_dir / "index" / f"tasks-{self.base_encoder}.faiss"
+
+
+# ---------------------------------------------------------------------- hostile-input limits
+LIMIT_FIELDS = ("max_decompressed_bytes", "max_columns", "max_cell_bytes", "max_dim", "max_json_bytes",
+                "max_string_chars", "sync_cost_limit", "max_queued_jobs", "max_queued_jobs_per_owner",
+                "reaper_seconds", "shutdown_seconds")
+
+
+def _default(name: str) -> Any:
+    return Settings.model_fields[name].default
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The request-cost limits of ``Settings`` as one small object (defaults as in ``Settings``);
+    readers and tests may build one directly: ``Limits(max_cell_bytes=100)``."""
+
+    max_decompressed_bytes: int = _default("max_decompressed_bytes")
+    max_columns: int = _default("max_columns")
+    max_cell_bytes: int = _default("max_cell_bytes")
+    max_dim: int = _default("max_dim")
+    max_json_bytes: int = _default("max_json_bytes")
+    max_string_chars: int = _default("max_string_chars")
+    sync_cost_limit: float = _default("sync_cost_limit")
+    max_queued_jobs: int = _default("max_queued_jobs")
+    max_queued_jobs_per_owner: int = _default("max_queued_jobs_per_owner")
+    reaper_seconds: int = _default("reaper_seconds")
+    shutdown_seconds: int = _default("shutdown_seconds")
+
+
+def limits(settings: Settings | None = None) -> Limits:
+    """The limits in force: those of ``settings`` (default: ``Settings.from_env()``)."""
+    settings = settings if settings is not None else Settings.from_env()
+    return Limits(**{name: getattr(settings, name, Settings.model_fields[name].default) for name in LIMIT_FIELDS})
 
 
 @contextmanager

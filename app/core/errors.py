@@ -38,3 +38,20 @@ class Invalid(ServiceError):
     """Well-formed request whose content cannot be used (bad columns, one class, NaN, ...)."""
 
     status_code = 422
+
+
+class Busy(ServiceError):
+    """Too much work queued: retry after ``retry_after`` seconds (429 with ``Retry-After``)."""
+
+    status_code = 429
+
+    def __init__(self, detail: str, retry_after: int = 5):
+        super().__init__(detail)
+        self.retry_after = int(retry_after)
+        self.headers = {"Retry-After": str(self.retry_after)}
+
+
+class InsufficientStorage(ServiceError):
+    """The disk is full (507)."""
+
+    status_code = 507

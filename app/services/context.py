@@ -76,7 +76,7 @@ class Context:
                 "index": self.index.describe(), "base_encoder": self.settings.base_encoder}
 
     def close(self) -> None:
-        self.jobs.shutdown(wait=False)
+        self.jobs.shutdown(wait=True)  # bounded: TRANSFERRANK_SHUTDOWN_SECONDS
         if self._backend is not None:
             try:
                 self._backend.shutdown()

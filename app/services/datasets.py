@@ -2,11 +2,6 @@
 content hash, store arrays as blobs and the row in SQL — all or nothing."""
 from __future__ import annotations
 
-import hashlib
-import io
-import json
-import zipfile
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -15,218 +10,40 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from app.core.errors import Conflict, Invalid, TooLarge
+from app.core.errors import Conflict, Invalid, NotFound
 from app.core.logging import get_logger
 from app.db.models import DEFAULT_OWNER, Dataset, FeatureSet, Feedback, Ranking, Score, SourceTask, iso
 from app.db.session import rowcount
+from app.services import ingest
 from app.services.tenancy import check_read, check_write
 
 if TYPE_CHECKING:
-    from app.core.config import Settings
     from app.services.context import Context
 
 log = get_logger("datasets")
 
-TEXT_FORMATS = {"csv", "jsonl", "json", "ndjson", "parquet", "pq", "tsv"}
-NPZ_KEY_PREFIXES = ("features_", "probs_")
+TEXT_FORMATS = ingest.TEXT_FORMATS
+NPZ_KEY_PREFIXES = ingest.NPZ_KEY_PREFIXES
 SEP = " [SEP] "
 
 
-@dataclass
-class Parsed:
-    kind: str  # "text" | "features"
-    fmt: str
-    labels: np.ndarray  # int64 0..C-1
-    label_names: list[str]
-    texts: list[str] | None = None
-    text_pairs: list[str] | None = None
-    features: np.ndarray | None = None
-    extras: dict[str, np.ndarray] = field(default_factory=dict)
-    columns: list[str] = field(default_factory=list)
-
-    @property
-    def n(self) -> int:
-        return int(self.labels.shape[0])
-
-    @property
-    def n_classes(self) -> int:
-        return len(self.label_names)
-
-    def sha256(self) -> str:
-        h = hashlib.sha256()
-        if self.kind == "text":
-            h.update(b"transferrank-text-v1\0")
-            h.update(json.dumps({"text": self.texts, "text_pair": self.text_pairs,
-                                 "label": [self.label_names[i] for i in self.labels.tolist()]},
-                                ensure_ascii=False, separators=(",", ":")).encode())
-        else:
-            h.update(b"transferrank-features-v1\0")
-            arrays = {"features": self.features, "labels": np.asarray(
-                [self.label_names[i] for i in self.labels.tolist()])} | self.extras
-            for key in sorted(arrays):
-                a = np.ascontiguousarray(arrays[key])
-                h.update(f"{key}:{a.dtype.str}:{a.shape}\0".encode())
-                h.update(a.tobytes())
-        return h.hexdigest()
-
-
 # ---------------------------------------------------------------------- parsing
-def _detect_format(data: bytes, filename: str | None) -> str:
-    ext = Path(filename or "").suffix.lower().lstrip(".")
-    if ext in TEXT_FORMATS or ext == "npz":
-        return {"json": "jsonl", "ndjson": "jsonl", "pq": "parquet"}.get(ext, ext)
-    if ext and ext not in ("txt", "dat", "bin"):
-        raise Invalid(f"unsupported file type '.{ext}': upload CSV, TSV, JSONL, Parquet (columns text, label) "
-                      "or NPZ (arrays features, labels)")
-    if data[:4] == b"PAR1":
-        return "parquet"
-    if data[:2] == b"PK":
-        return "npz"
-    if data[:1024].lstrip()[:1] == b"{":
-        return "jsonl"
-    return "csv"
+# The bounded readers live in app.services.ingest; these names stay importable from here.
+Parsed = ingest.Parsed
+parse_upload = ingest.parse_upload
+_labels = ingest._labels
+_check_rows = ingest.check_rows
 
 
-def _labels(raw: Any, settings: Settings, what: str = "label") -> tuple[np.ndarray, list[str]]:
-    names = [str(v).strip() for v in raw]
-    if any(v == "" for v in names):
-        bad = [i for i, v in enumerate(names) if v == ""][:5]
-        raise Invalid(f"column '{what}' has empty values (rows {', '.join(map(str, bad))}, 0-based)")
-    classes, idx = np.unique(np.asarray(names, dtype=object).astype(str), return_inverse=True)
-    if len(classes) < 2:
-        raise Invalid(f"the labels have only {len(classes)} distinct class ({classes[0] if len(classes) else '-'}); "
-                      "a transferability score needs at least 2 classes")
-    if len(classes) > settings.max_classes:
-        raise Invalid(f"{len(classes)} classes exceed the limit of {settings.max_classes} "
-                      "(TRANSFERRANK_MAX_CLASSES)")
-    return idx.astype(np.int64).reshape(-1), [str(c) for c in classes]
-
-
-def _check_rows(n: int, settings: Settings) -> None:
-    if n == 0:
-        raise Invalid("the file has no rows")
-    if n < 2:
-        raise Invalid("the file has 1 row; at least 2 labelled examples are needed")
-    if n > settings.max_rows:
-        raise Invalid(f"{n} rows exceed the limit of {settings.max_rows} (TRANSFERRANK_MAX_ROWS)")
-
-
-def _parse_table(data: bytes, fmt: str, settings: Settings) -> Parsed:
-    import pandas as pd
-
-    if not data.strip():
-        raise Invalid("the file is empty")
-    try:
-        if fmt in ("csv", "tsv"):
-            df = pd.read_csv(io.BytesIO(data), sep="\t" if fmt == "tsv" else ",", dtype=str,
-                             keep_default_na=False, na_values=[], encoding="utf-8")
-        elif fmt == "jsonl":
-            df = pd.read_json(io.BytesIO(data), lines=True, dtype=False)
-        else:
-            df = pd.read_parquet(io.BytesIO(data))
-    except UnicodeDecodeError:
-        raise Invalid("the file is not UTF-8 text; save it as UTF-8 CSV/JSONL or upload Parquet") from None
-    except Exception as exc:  # pandas raises many types for malformed files
-        raise Invalid(f"could not read the file as {fmt.upper()}: {str(exc).splitlines()[0][:300]}") from None
-    df.columns = [str(c).strip() for c in df.columns]
-    cols = list(df.columns)
-    missing = [c for c in ("text", "label") if c not in cols]
-    if missing:
-        raise Invalid(f"missing column(s) {', '.join(missing)}; found columns: {', '.join(cols[:20]) or 'none'}. "
-                      "A text dataset needs columns 'text' and 'label' (optional 'text_pair')")
-    _check_rows(len(df), settings)
-
-    def text_col(name: str) -> list[str]:
-        col = df[name]
-        nulls = col.isna().to_numpy()
-        if nulls.any():
-            rows = np.flatnonzero(nulls)[:5].tolist()
-            raise Invalid(f"column '{name}' has {int(nulls.sum())} missing value(s) (rows {rows}, 0-based)")
-        values: list[str] = col.astype(str).tolist()
-        empty = [i for i, v in enumerate(values) if not v.strip()]
-        if empty and name == "text":
-            raise Invalid(f"column 'text' has {len(empty)} empty value(s) (rows {empty[:5]}, 0-based)")
-        return values
-
-    texts = text_col("text")
-    pairs = text_col("text_pair") if "text_pair" in cols else None
-    lab = df["label"]
-    if lab.isna().any():
-        rows = np.flatnonzero(lab.isna().to_numpy())[:5].tolist()
-        raise Invalid(f"column 'label' has {int(lab.isna().sum())} missing value(s) (rows {rows}, 0-based)")
-    if lab.dtype.kind == "f" and np.all(np.mod(lab.to_numpy(), 1) == 0):
-        lab = lab.astype(np.int64)
-    labels, names = _labels(lab.tolist(), settings)
-    return Parsed("text", fmt, labels, names, texts=texts, text_pairs=pairs, columns=cols)
-
-
-def _parse_npz(data: bytes, settings: Settings) -> Parsed:
-    try:
-        npz = np.load(io.BytesIO(data), allow_pickle=False)
-        arrays = {k: npz[k] for k in npz.files}
-    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
-        raise Invalid(f"could not read the NPZ file (object arrays are not accepted): {exc}") from None
-    missing = [k for k in ("features", "labels") if k not in arrays]
-    if missing:
-        raise Invalid(f"the NPZ file lacks array(s) {', '.join(missing)}; found {', '.join(arrays) or 'none'}. "
-                      "Save it with np.savez(path, features=X, labels=y)")
-    unknown = [k for k in arrays if k not in ("features", "labels") and not k.startswith(NPZ_KEY_PREFIXES)]
-    if unknown:
-        raise Invalid(f"unknown NPZ array(s) {', '.join(unknown)}: allowed are features, labels, "
-                      "features_<model> and probs_<model>")
-    y = arrays["labels"]
-    if y.ndim == 2 and y.shape[1] == 1:
-        y = y[:, 0]
-    if y.ndim != 1:
-        raise Invalid(f"labels must be 1-D, got shape {y.shape}")
-    _check_rows(int(y.shape[0]), settings)
-    if y.dtype.kind == "f":
-        if not np.all(np.isfinite(y)):
-            raise Invalid("labels contain NaN or infinite values")
-        if not np.all(y == np.round(y)):
-            raise Invalid("labels must be class labels (integers or strings), not real values")
-        y = y.astype(np.int64)
-    if y.dtype.kind not in "iuUSb":
-        raise Invalid(f"labels have unsupported dtype {y.dtype}")
-    labels, names = _labels(y.tolist(), settings, "labels")
-    n = labels.shape[0]
-
-    def check(key: str, a: np.ndarray) -> np.ndarray:
-        if a.dtype.kind not in "fiub":
-            raise Invalid(f"{key} must be numeric, got dtype {a.dtype}")
-        if a.ndim != 2:
-            raise Invalid(f"{key} must be a 2-D array (n_examples, dim), got shape {a.shape}")
-        if a.shape[0] != n:
-            raise Invalid(f"{key} has {a.shape[0]} rows but labels has {n}")
-        if a.shape[1] < 1:
-            raise Invalid(f"{key} has no columns")
-        a = a.astype(np.float32)
-        bad = ~np.isfinite(a)
-        if bad.any():
-            rows = np.flatnonzero(bad.any(axis=1))
-            raise Invalid(f"{key} contains {int(bad.sum())} NaN or infinite value(s) in {rows.size} row(s) "
-                          f"(first rows {rows[:5].tolist()}); clean or impute them first")
-        return a
-
-    features = check("features", arrays["features"])
-    extras = {k: check(k, v) for k, v in arrays.items() if k.startswith(NPZ_KEY_PREFIXES)}
-    for k, P in extras.items():
-        if k.startswith("probs_"):
-            if P.min() < 0 or np.max(np.abs(P.sum(axis=1) - 1)) > 1e-3:
-                raise Invalid(f"{k} must hold class probabilities: non-negative rows summing to 1")
-    return Parsed("features", "npz", labels, names, features=features, extras=extras, columns=sorted(arrays))
-
-
-def parse_upload(data: bytes, filename: str | None, settings: Settings) -> Parsed:
-    if len(data) > settings.max_upload_bytes:
-        raise TooLarge(f"the upload has {len(data)} bytes, over the limit of {settings.max_upload_bytes} "
-                       "(TRANSFERRANK_MAX_UPLOAD_BYTES)")
-    if len(data) == 0:
-        raise Invalid("the file is empty")
-    fmt = _detect_format(data, filename)
-    if fmt == "npz":
-        return _parse_npz(data, settings)
-    return _parse_table(data, fmt, settings)
+def check_name(name: str | None, what: str = "name") -> str | None:
+    """A user-given name: at most 255 characters, no control characters (PostgreSQL refuses NUL)."""
+    if name is None:
+        return None
+    if any(ch in ingest.CONTROL for ch in name):
+        raise Invalid(f"the {what} contains a control character (such as NUL or a newline); use printable text")
+    if len(name) > 255:
+        raise Invalid(f"the {what} has {len(name)} characters, over the limit of 255")
+    return name
 
 
 # ---------------------------------------------------------------------- storage
@@ -247,7 +64,8 @@ def dataset_dict(ds: Dataset) -> dict[str, Any]:
 
 
 def _default_name(filename: str | None, sha: str) -> str:
-    stem = Path(filename or "").stem
+    stem = Path((filename or "").replace("\\", "/")).stem  # a path-like name keeps its last part only
+    stem = "".join(ch for ch in stem if ch not in ingest.CONTROL).strip()
     return stem[:200] if stem else f"dataset-{sha[:8]}"
 
 
@@ -294,9 +112,12 @@ def store_parsed(ctx: Context, parsed: Parsed, name: str | None, filename: str |
             with ctx.Session() as s:
                 existing = s.scalar(select(Dataset).where(Dataset.owner == owner, Dataset.sha256 == sha))
                 if existing is None:
-                    raise
+                    raise Conflict("the same content was being stored and deleted concurrently; "
+                                   "repeat the upload") from None
                 _ = existing.feature_sets
-                return existing, False
+            w.restore_missing()
+            return existing, False
+        w.restore_missing()  # a concurrent deletion of the same content may have collected shared blobs
     with ctx.Session() as s:
         stored = s.get(Dataset, ds.id)
         assert stored is not None  # committed just above
@@ -308,6 +129,7 @@ def store_parsed(ctx: Context, parsed: Parsed, name: str | None, filename: str |
 
 def create_from_upload(ctx: Context, data: bytes, filename: str | None, name: str | None, *,
                        owner: str = DEFAULT_OWNER) -> tuple[Dataset, bool]:
+    check_name(name)
     parsed = parse_upload(data, filename, ctx.settings)
     return store_parsed(ctx, parsed, name, filename, owner=owner)
 
@@ -345,24 +167,87 @@ def texts(ctx: Context, ds: Dataset) -> list[str]:
 
 
 def referenced_blobs(session: Session) -> set[str]:
-    keys: set[str] = set()
-    for row in session.execute(select(Dataset.texts_blob, Dataset.labels_blob, Dataset.features_blob,
-                                      Dataset.extra_blobs, Dataset.task_embedding_blob)):
-        keys.update(k for k in row[:3] if k)
-        keys.update((row[3] or {}).values())
-        if row[4]:
-            keys.add(row[4])
-    keys.update(session.scalars(select(FeatureSet.blob)))
-    keys.update(k for k in session.scalars(select(SourceTask.esm_blob)) if k)
-    return keys
+    """Every blob key a SQL row references (all ``*blob*`` columns, see ``app.services.doctor``)."""
+    from app.services.doctor import referenced_blobs as all_referenced
+
+    return all_referenced(session)
+
+
+def _lock_dataset(session: Session, dataset_id: str) -> Dataset | None:
+    """The dataset row, locked until the transaction ends (PostgreSQL ``FOR UPDATE``; on SQLite a
+    no-op update takes the write lock before the read)."""
+    if session.get_bind().dialect.name == "sqlite":
+        session.execute(update(Dataset).where(Dataset.id == dataset_id).values(id=Dataset.id))
+    found: Dataset | None = session.scalar(select(Dataset).where(Dataset.id == dataset_id).with_for_update())
+    return found
+
+
+def store_scores(ctx: Context, dataset_id: str, rows: list[dict[str, Any]]) -> int:
+    """Insert cached scores of target ``dataset_id`` unless the dataset was deleted meanwhile.
+
+    The rows go in first, then the dataset row is locked and checked in the same transaction,
+    so a concurrent ``delete_dataset`` either sees (and removes) them or makes this one roll
+    back with ``NotFound``: no score outlives its target. A row that already exists
+    (concurrent request) is skipped. Returns the number inserted."""
+    if not rows:
+        return 0
+    gone = NotFound(f"dataset {dataset_id!r} was deleted while it was being ranked")
+
+    def insert(batch: list[dict[str, Any]]) -> None:
+        with ctx.Session.begin() as s:
+            s.add_all([Score(**r) for r in batch])
+            s.flush()
+            if _lock_dataset(s, dataset_id) is None:
+                raise gone
+
+    try:
+        insert(rows)
+        return len(rows)
+    except IntegrityError:
+        pass
+    inserted = 0
+    for r in rows:  # slow path: one by one, skipping duplicates
+        try:
+            insert([r])
+            inserted += 1
+        except IntegrityError:
+            continue
+    return inserted
+
+
+def _disk_full(exc: BaseException) -> bool:
+    from app.storage.blobs import is_disk_full
+
+    orig = getattr(exc, "orig", None)
+    text = str(orig if orig is not None else exc).lower()
+    return is_disk_full(exc) or (isinstance(orig, BaseException) and is_disk_full(orig)) \
+        or ("disk" in text and "full" in text)
 
 
 def delete_dataset(ctx: Context, dataset_id: str, owner: str | None = None, admin: bool = False) -> dict[str, Any]:
-    """Delete a dataset with its rankings and feedback. Cached scores and features of its content
-    stay while another owner stores the same content (they are keyed by content, not by row)."""
+    """Delete a dataset with its rankings and feedback, in one transaction that also cancels its
+    unfinished ranking jobs (their computations stop at the next progress report and can no longer
+    store scores for it). Cached scores and features of its content stay while another owner
+    stores the same content (they are keyed by content, not by row).
+
+    On a full disk (the database cannot journal the deletion) the blob store's reserve file is
+    freed and the deletion retried once, so space can always be freed through the API."""
+    try:
+        return _delete_dataset(ctx, dataset_id, owner, admin)
+    except Exception as exc:
+        if not _disk_full(exc) or not ctx.blobs.release_reserve():
+            raise
+        log.warning("disk full while deleting dataset %s: reserve released, retrying", dataset_id)
+        out = _delete_dataset(ctx, dataset_id, owner, admin)
+        ctx.blobs.restore_reserve()
+        return out
+
+
+def _delete_dataset(ctx: Context, dataset_id: str, owner: str | None, admin: bool) -> dict[str, Any]:
     with ctx.Session.begin() as s:
-        ds = check_write(s.get(Dataset, dataset_id), owner, admin, f"no dataset with id {dataset_id!r}",
+        ds = check_write(_lock_dataset(s, dataset_id), owner, admin, f"no dataset with id {dataset_id!r}",
                          f"dataset {dataset_id}")
+        cancelled = ctx.jobs.cancel_for_dataset(s, dataset_id)
         src = s.scalar(select(SourceTask).where(SourceTask.dataset_id == dataset_id))
         if src is not None:
             raise Conflict(f"dataset {dataset_id} backs source task {src.name!r}; delete the source first "
@@ -384,5 +269,7 @@ def delete_dataset(ctx: Context, dataset_id: str, owner: str | None = None, admi
     with ctx.Session() as s:
         still = referenced_blobs(s)
     removed = [k for k in keys if k not in still and ctx.blobs.delete(k)]
-    log.info("dataset %s deleted (%d blobs, %d cached scores)", dataset_id, len(removed), n_scores)
-    return {"id": dataset_id, "deleted": True, "blobs_removed": len(removed), "scores_removed": n_scores}
+    log.info("dataset %s deleted (%d blobs, %d cached scores, %d job(s) cancelled)", dataset_id, len(removed),
+             n_scores, len(cancelled))
+    return {"id": dataset_id, "deleted": True, "blobs_removed": len(removed), "scores_removed": n_scores,
+            "jobs_cancelled": len(cancelled)}

@@ -28,13 +28,16 @@ class RankingFailed(Invalid):
 def rank_bytes(ctx: Context, data: bytes, filename: str, *, candidates: str, estimators: list[str] | None = None,
                top_k: int = 10, prefilter_k: int | None = None, sources: list[str] | None = None,
                name: str | None = None, progress: Callable[[float, str | None], None] | None = None,
-               poll: float = 0.1, owner: str = DEFAULT_OWNER) -> tuple[Dataset, bool, dict[str, Any]]:
+               poll: float = 0.1, owner: str = DEFAULT_OWNER, bootstrap: int | None = None
+               ) -> tuple[Dataset, bool, dict[str, Any]]:
     """Returns ``(dataset row, created, ranking dict as GET /v1/rankings/{id})``, stored for
     ``owner`` (default: what open mode's REST caller sees); raises
     ``ServiceError`` (bad file, unknown estimator, ...) or ``RankingFailed`` when the ranking itself failed."""
     ds, created = datasets_svc.create_from_upload(ctx, data, filename, name, owner=owner)
     spec = rankings_svc.RankingSpec(target=ds.id, candidates=candidates, estimators=estimators, top_k=top_k,
                                     prefilter_k=prefilter_k, sources=sources, owner=owner)
+    if bootstrap is not None:
+        spec.bootstrap = bootstrap
     if progress is None:
         out, _ = rankings_svc.create(ctx, spec, inline=True)
     else:

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 
 import estimators
 from app.core.errors import Invalid, NotFound
@@ -44,6 +45,7 @@ from app.db.models import (
     DEFAULT_OWNER,
     Dataset,
     EncoderRow,
+    FeatureSet,
     Ranking,
     Score,
     SourceTask,
@@ -66,6 +68,7 @@ from estimators.ranking import (
     fallbacks_for,
     static_score,
 )
+from estimators.uncertainty import DEFAULT_B, Bootstrap, bootstrap, rescore
 
 if TYPE_CHECKING:
     from app.services.context import Context
@@ -86,6 +89,10 @@ NEEDS_FOR = {"models": ("features", "probs"), "tasks": ("esm", "domains")}
 SYNC_SCORE_LIMIT = 64  # more uncached scores than this -> run as a job
 DOMAIN_MAX_ROWS = 2000  # divergences on at most this many rows per domain (seeded subsample)
 SERVICE_PARAMS = ("source_sha256", "esm", "max_rows")  # cache-key parameters the service adds
+#: The bootstrap's cost bound: at most this many estimator evaluations per ranking (B is lowered
+#: to fit, never below MIN_BOOTSTRAP); see estimators.uncertainty.
+BOOTSTRAP_BUDGET = 3000
+MIN_BOOTSTRAP = 20
 
 
 @dataclass
@@ -96,14 +103,15 @@ class RankingSpec:
     top_k: int = 10
     prefilter_k: int | None = None
     sources: list[str] | None = None
-    params: dict[str, dict] = field(default_factory=dict)
+    params: dict[str, dict[str, Any]] = field(default_factory=dict)
     use_feedback: bool | None = None
+    bootstrap: int = DEFAULT_B
     owner: str | None = None  # who asks: its own and the public datasets, sources and feedback (None: all)
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         return {"target": self.target, "candidates": self.candidates, "estimators": self.estimators,
                 "top_k": self.top_k, "prefilter_k": self.prefilter_k, "sources": self.sources,
-                "params": self.params, "use_feedback": self.use_feedback}
+                "params": self.params, "use_feedback": self.use_feedback, "bootstrap": self.bootstrap}
 
 
 @dataclass
@@ -144,6 +152,8 @@ def _validate(ctx: Context, spec: RankingSpec) -> Plan:
         raise Invalid(f"params given for estimator(s) not requested: {', '.join(sorted(unknown_params))}")
     if spec.top_k < 1:
         raise Invalid("top_k must be >= 1")
+    if isinstance(spec.bootstrap, bool) or not isinstance(spec.bootstrap, int) or not 0 <= spec.bootstrap <= 1000:
+        raise Invalid(f"bootstrap must be an integer in 0..1000 (resamples; 0 = none), got {spec.bootstrap!r}")
     if spec.prefilter_k is not None and spec.prefilter_k < 1:
         raise Invalid("prefilter_k must be >= 1")
     if spec.prefilter_k is not None and spec.candidates != "tasks":
@@ -179,7 +189,7 @@ class Candidate:
     esm_key: str | None = None
     esm: object | None = None  # the loaded ESM, once per ranking (every esm_* estimator uses it)
     source_sha256: str | None = None
-    meta: dict = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
 
 
 def _model_names(ctx: Context, ds: Dataset, spec: RankingSpec) -> list[str]:
@@ -217,9 +227,31 @@ def _task_rows(ctx: Context, ds: Dataset, spec: RankingSpec) -> list[tuple[Sourc
     return rows
 
 
-def needs_job(ctx: Context, plan: Plan) -> bool:
-    """True when the ranking needs feature extraction (or many uncached scores)."""
+def cost(ctx: Context, plan: Plan) -> tuple[float, int]:
+    """``(operations, pairs)``: a rough count of floating-point operations of the ranking if
+    nothing were cached, and the number of (candidate, estimator) pairs: per pair
+    ``n d (min(n, d) + C)`` for models (SVD-class estimators and per-class terms), ``n d (d + C)``
+    for tasks (the ESM map and the d x d estimators)."""
     spec, ds, names = plan.spec, plan.ds, plan.names
+    n, C = float(ds.n_examples), float(ds.n_classes)
+    d = float((ds.meta or {}).get("dim") or _base_dim(ctx) or 768)
+    if spec.candidates == "models":
+        pairs = len(_model_names(ctx, ds, spec)) * len(names)
+        return pairs * n * d * (min(n, d) + C), pairs
+    pairs = min(len(_task_rows(ctx, ds, spec)), spec.prefilter_k or 10**9) * len(names)
+    return pairs * n * d * (d + C), pairs
+
+
+def needs_job(ctx: Context, plan: Plan) -> bool:
+    """True when the ranking needs feature extraction, many uncached scores, or its uncached cost
+    is above ``TRANSFERRANK_SYNC_COST_LIMIT`` (then it runs as a job, off the request thread)."""
+    spec, ds, names = plan.spec, plan.ds, plan.names
+    ops, pairs = cost(ctx, plan)
+    if ops > ctx.settings.sync_cost_limit:
+        with ctx.Session() as s:
+            cached = len(scores_svc.lookup_target(s, ds.sha256, names, scores_svc.version()))
+        if ops * max(0, pairs - cached) / max(pairs, 1) > ctx.settings.sync_cost_limit:
+            return True
     if ds.kind == "features":
         return False
     with ctx.Session() as s:
@@ -248,7 +280,7 @@ class CandidateSet:
     cands: list[Candidate]
     y: np.ndarray
     X_target: np.ndarray | None = None
-    prefilter: dict | None = None
+    prefilter: dict[str, Any] | None = None
 
 
 def _blob(ds: Dataset) -> str:
@@ -301,9 +333,9 @@ def _task_candidates(ctx: Context, plan: Plan, progress: ProgressFn) -> Candidat
         rows = [(t, d) for t, d in rows if t.id in keep]
     with ctx.Session() as s:
         fsets = {fs.dataset_sha256: fs for fs in s.scalars(
-            select(features_svc.FeatureSet).where(
-                features_svc.FeatureSet.encoder == base,
-                features_svc.FeatureSet.dataset_sha256.in_([d.sha256 for _, d in rows])))}
+            select(FeatureSet).where(
+                FeatureSet.encoder == base,
+                FeatureSet.dataset_sha256.in_([d.sha256 for _, d in rows])))}
     cands = []
     for t, d in rows:
         fs = fsets.get(d.sha256)
@@ -337,7 +369,7 @@ class ScoredTable:
     """The library's score table of a ranking, with the service's per-cell details."""
 
     table: ScoreTable
-    details: dict[str, dict[str, dict]]  # source -> estimator -> detail
+    details: dict[str, dict[str, dict[str, Any]]]  # source -> estimator -> detail
     computed: int = 0
     cached: int = 0
 
@@ -352,9 +384,9 @@ class _CachedScorer:
         self.ctx, self.plan, self.cs = ctx, plan, cs
         self.ver = scores_svc.version()
         with ctx.Session() as s:
-            self.cache: dict[tuple, Score] = scores_svc.lookup_target(s, plan.ds.sha256, plan.names, self.ver)
-        self.new_rows: list[dict] = []
-        self.details: dict[str, dict[str, dict]] = {c.source: {} for c in cs.cands}
+            self.cache: dict[tuple[str, ...], Score] = scores_svc.lookup_target(s, plan.ds.sha256, plan.names, self.ver)
+        self.new_rows: list[dict[str, Any]] = []
+        self.details: dict[str, dict[str, dict[str, Any]]] = {c.source: {} for c in cs.cands}
         self.computed = self.cached = 0
 
     def value(self, cand: Candidate, est: str, kw: dict[str, Any]) -> float:
@@ -425,9 +457,13 @@ def score_table(ctx: Context, plan: Plan, cs: CandidateSet, progress: ProgressFn
             scorer.details[source][est]["fallback"] = note
         for source, why in table.errors[est].items():
             scorer.details[source][est] = dict(scorer.details[source].get(est, {}), cached=False, error=why)
+        if table.errors[est]:  # the column is dropped for every candidate: say so on every cell
+            for source in by_name:
+                if source not in table.errors[est] and est in scorer.details[source]:
+                    scorer.details[source][est]["skipped"] = f"{est} failed on another candidate"
     if spec.candidates == "models" and spec.estimators is None:
         _add_static(table, cs.cands)
-    scores_svc.store_many(ctx, scorer.new_rows)
+    datasets_svc.store_scores(ctx, plan.ds.id, scorer.new_rows)  # NotFound if the target was deleted meanwhile
     return ScoredTable(table, scorer.details, scorer.computed, scorer.cached)
 
 
@@ -471,15 +507,23 @@ def _load_esm(ctx: Context, cand: Candidate) -> Any:
     return cand.esm
 
 
+def _present(a: np.ndarray | None, why: str) -> np.ndarray:
+    if a is None:
+        raise Unavailable(why)
+    return a
+
+
 def _compute_one(ctx: Context, est: str, info: estimators.EstimatorInfo, cand: Candidate,
-                 X_target: np.ndarray | None, y: np.ndarray, params: dict) -> float:
+                 X_target: np.ndarray | None, y: np.ndarray, params: dict[str, Any]) -> float:
     user = {k: v for k, v in params.items() if k not in SERVICE_PARAMS}
     if info.needs == "features":
-        return estimators.score(est, cand.features, y, **user)
+        return estimators.score(est, _present(cand.features, f"{cand.source} has no features"), y, **user)
     if info.needs == "probs":
-        return estimators.score(est, cand.probs, y, **user)
+        return estimators.score(est, _present(cand.probs, f"{cand.source} has no source-class probabilities"), y,
+                                **user)
     if info.needs == "esm":
-        return estimators.score(est, X_target, y, esm=_load_esm(ctx, cand), **user)
+        return estimators.score(est, _present(X_target, "the target has no base-encoder features"), y,
+                                esm=_load_esm(ctx, cand), **user)
     # domains: target vs source base embeddings (loaded only now: cached scores never load them)
     if cand.features is None and cand.features_key is not None:
         cand.features = ctx.blobs.get_array(cand.features_key)
@@ -499,13 +543,62 @@ def _skip_reason(info: estimators.EstimatorInfo, cand: Candidate) -> str | None:
     return None
 
 
+# ---------------------------------------------------------------------- uncertainty
+def _bootstrap(ctx: Context, plan: Plan, cs: CandidateSet, st: ScoredTable, res: Combined,
+               prior: dict[str, float] | None) -> Bootstrap | None:
+    """The library's bootstrap (``estimators.uncertainty``) over the target's examples, re-scoring
+    from the candidates' inputs with the settings each column used (fallbacks included): models
+    from their features / probabilities, tasks from the target mapped through each ESM (the
+    ``esm_*`` values are the base estimators on the mapped features); domain divergences and
+    ``static`` are held at their values. ``B`` is lowered to fit ``BOOTSTRAP_BUDGET``."""
+    B = plan.spec.bootstrap
+    if not B:
+        return None
+    table = st.table
+    cols = [c for c in table.columns if c not in res.skipped]
+    n_cells = sum(1 for c in cols for cand in table.candidates if table.value(c, cand) is not None)
+    B = min(B, max(MIN_BOOTSTRAP, BOOTSTRAP_BUDGET // max(n_cells, 1)))
+    by_name = {c.source: c for c in cs.cands}
+    mapped: dict[str, np.ndarray] = {}  # the current task's mapped target (one at a time)
+
+    def values(source: str, column: str, idx: np.ndarray) -> np.ndarray:
+        cand = by_name[source]
+        point = table.value(column, source)
+        const = np.full(idx.shape[0], np.nan if point is None else point)
+        if column not in estimators.names():
+            return const  # static
+        info = estimators.info(column)
+        kw = table.params.get(column, {})
+        if info.needs == "features" and cand.features is not None:
+            return rescore(column, cand.features, cs.y, idx, kw)
+        if info.needs == "probs" and cand.probs is not None:
+            return rescore(column, cand.probs, cs.y, idx, kw)
+        if info.needs == "esm" and cand.esm_key is not None and cs.X_target is not None \
+                and column[4:] in estimators.names():
+            if source not in mapped:
+                for other in list(mapped):  # free the previous source's ESM and mapped features
+                    by_name[other].esm = None
+                    del mapped[other]
+                mapped[source] = _load_esm(ctx, cand).transform(cs.X_target)
+            return rescore(column[4:], mapped[source], cs.y, idx, kw)
+        return const  # domains: held at the value
+
+    boot = bootstrap(table, res, cs.y, values, weights=_weights(plan.spec), prior=prior, B=B, seed=0)
+    for c in cs.cands:
+        c.esm = None
+    if B < plan.spec.bootstrap:
+        boot.warnings.append(f"B lowered from {plan.spec.bootstrap} to {B} to bound the cost "
+                             f"({n_cells} scores to re-compute per resample)")
+    return boot
+
+
 # ---------------------------------------------------------------------- combination and response
 def _weights(spec: RankingSpec) -> dict[str, float]:
     return dict(DEFAULT_COLUMN_WEIGHTS) if spec.estimators is None else default_weights(True)
 
 
 def _prior_for(ctx: Context, plan: Plan, sources: list[str]
-               ) -> tuple[dict[str, float] | None, dict, dict[str, Any] | None]:
+               ) -> tuple[dict[str, float] | None, dict[str, Any], dict[str, Any] | None]:
     """The observed-results prior (default requests, or ``use_feedback``; ``None`` where it
     cannot change the order, see ``app.services.prior``), this target's own observations
     ``{source: {metric: value}}`` and the prior's evidence."""
@@ -517,8 +610,8 @@ def _prior_for(ctx: Context, plan: Plan, sources: list[str]
     return prior, own, evidence
 
 
-def shape_response(plan: Plan, cs: CandidateSet, st: ScoredTable, res: Combined, own: dict,
-                   seconds: float) -> dict:
+def shape_response(plan: Plan, cs: CandidateSet, st: ScoredTable, res: Combined, own: dict[str, Any],
+                   seconds: float, boot: Bootstrap | None = None) -> dict[str, Any]:
     """The ranking's JSON: one item per candidate (best first) with its raw scores, their
     details (cached, fallback, error, skipped) and the combined score."""
     spec, ds, names, table = plan.spec, plan.ds, plan.names, st.table
@@ -540,6 +633,8 @@ def shape_response(plan: Plan, cs: CandidateSet, st: ScoredTable, res: Combined,
             item["prior"] = res.prior[src]
         if src in own:
             item["observed"] = own[src]
+        if boot is not None:
+            item.update(boot.for_candidate(src))
         if src in res.unscored:
             zero = [c for c, w in res.weights.items() if w == 0 and table.columns.count(c)
                     and table.value(c, src) is not None]
@@ -566,11 +661,13 @@ def shape_response(plan: Plan, cs: CandidateSet, st: ScoredTable, res: Combined,
     }
     if cs.prefilter is not None:
         result["prefilter"] = cs.prefilter
+    if boot is not None:
+        result["uncertainty"] = boot.summary()
     return result
 
 
 def compute(ctx: Context, spec: RankingSpec, progress: ProgressFn | None = None, *,
-            plan: Plan | None = None) -> dict:
+            plan: Plan | None = None) -> dict[str, Any]:
     """Build the candidates, score them through the cache, combine (``estimators.ranking.combine``)
     and shape the response. ``Invalid`` (422) when no estimator produced a value."""
     t0 = time.perf_counter()
@@ -583,8 +680,9 @@ def compute(ctx: Context, spec: RankingSpec, progress: ProgressFn | None = None,
         res = combine(st.table, _weights(plan.spec), prior)
     except RankingFailed as exc:
         raise Invalid(str(exc)) from None
+    boot = _bootstrap(ctx, plan, cs, st, res, prior)
     report(1.0)
-    result = shape_response(plan, cs, st, res, own, time.perf_counter() - t0)
+    result = shape_response(plan, cs, st, res, own, time.perf_counter() - t0, boot)
     if evidence is not None:  # the feedback prior: applied or not, and on what evidence
         result["prior"] = evidence
         for item in result["ranking"] if evidence["applied"] else ():
@@ -597,7 +695,7 @@ def compute(ctx: Context, spec: RankingSpec, progress: ProgressFn | None = None,
 
 
 # ---------------------------------------------------------------------- requests
-def ranking_dict(r: Ranking, job: dict | None = None) -> dict:
+def ranking_dict(r: Ranking, job: dict[str, Any] | None = None) -> dict[str, Any]:
     out = {"id": r.id, "status": r.status, "target": r.target_id, "candidates": r.candidates,
            "request": r.request, "job": r.job_id,
            "progress": 1.0 if r.status == RankingStatus.DONE else (job or {}).get("progress", 0.0),
@@ -611,7 +709,7 @@ def ranking_dict(r: Ranking, job: dict | None = None) -> dict:
     return out
 
 
-def _finish(ctx: Context, ranking_id: str, result: dict) -> None:
+def _finish(ctx: Context, ranking_id: str, result: dict[str, Any]) -> None:
     with ctx.Session.begin() as s:
         r = s.get(Ranking, ranking_id)
         if r is None:  # deleted meanwhile: nothing to record
@@ -626,7 +724,7 @@ def _fail(ctx: Context, ranking_id: str, error: str) -> None:
             r.status, r.error, r.finished_at = RankingStatus.FAILED, error, utcnow()
 
 
-def create(ctx: Context, spec: RankingSpec, *, inline: bool = False) -> tuple[dict, bool]:
+def create(ctx: Context, spec: RankingSpec, *, inline: bool = False) -> tuple[dict[str, Any], bool]:
     """Create a ranking. Returns ``(body, done)``: done -> 200 with the ranking, else 202 + job.
 
     The request is validated once. A synchronous ranking that cannot be computed (no estimator
@@ -635,21 +733,27 @@ def create(ctx: Context, spec: RankingSpec, *, inline: bool = False) -> tuple[di
     plan = _validate(ctx, spec)
     if not needs_job(ctx, plan):
         result = compute(ctx, spec, plan=plan)
-        with ctx.Session.begin() as s:
-            r = Ranking(owner=spec.owner or DEFAULT_OWNER, target_id=spec.target, candidates=spec.candidates,
-                        request=spec.as_dict(), status=RankingStatus.DONE, result=result, finished_at=utcnow())
-            s.add(r)
+        try:
+            with ctx.Session.begin() as s:
+                r = Ranking(owner=spec.owner or DEFAULT_OWNER, target_id=spec.target, candidates=spec.candidates,
+                            request=spec.as_dict(), status=RankingStatus.DONE, result=result, finished_at=utcnow())
+                s.add(r)
+        except IntegrityError:  # the target was deleted meanwhile
+            raise NotFound(f"dataset {spec.target!r} was deleted while it was being ranked") from None
         return ranking_dict(r), True
-    with ctx.Session.begin() as s:
-        job = ctx.jobs.create(s, "ranking", message=f"queued: {spec.candidates} ranking of {spec.target}",
-                              owner=spec.owner or DEFAULT_OWNER)
-        r = Ranking(owner=spec.owner or DEFAULT_OWNER, target_id=spec.target, candidates=spec.candidates,
-                    request=spec.as_dict(), status=RankingStatus.QUEUED, job_id=job.id)
-        s.add(r)
-        s.flush()
-        ranking_id, job_id = r.id, job.id
+    try:
+        with ctx.Session.begin() as s:
+            job = ctx.jobs.create(s, "ranking", message=f"queued: {spec.candidates} ranking of {spec.target}",
+                                  owner=spec.owner or DEFAULT_OWNER)
+            r = Ranking(owner=spec.owner or DEFAULT_OWNER, target_id=spec.target, candidates=spec.candidates,
+                        request=spec.as_dict(), status=RankingStatus.QUEUED, job_id=job.id)
+            s.add(r)
+            s.flush()
+            ranking_id, job_id = r.id, job.id
+    except IntegrityError:  # the target was deleted meanwhile
+        raise NotFound(f"dataset {spec.target!r} was deleted while it was being ranked") from None
 
-    def run(progress: ProgressFn) -> dict:
+    def run(progress: ProgressFn) -> dict[str, Any]:
         with ctx.Session.begin() as s:
             row = s.get(Ranking, ranking_id)
             if row is not None:
@@ -666,7 +770,7 @@ def create(ctx: Context, spec: RankingSpec, *, inline: bool = False) -> tuple[di
     return {"id": ranking_id, "status": RankingStatus.QUEUED, "job": job_id, "progress": 0.0}, False
 
 
-def get(ctx: Context, ranking_id: str, owner: str | None = None) -> dict:
+def get(ctx: Context, ranking_id: str, owner: str | None = None) -> dict[str, Any]:
     """The ranking, if ``owner`` made it (None: internal, any)."""
     with ctx.Session() as s:
         r = s.get(Ranking, ranking_id)

@@ -142,11 +142,18 @@ def register(ctx: Context, dataset_id: str, name: str | None = None, description
     if bad:
         raise Invalid(f"unknown training option(s) {', '.join(sorted(bad))}; allowed: {', '.join(sorted(TRAIN_KEYS))}")
     base = ctx.settings.base_encoder
-    with ctx.Session() as s:
-        if s.scalar(select(SourceTask).where(SourceTask.name == name)) is not None:
-            raise Conflict(f"a source task named {name!r} already exists; choose another name")
-        if s.scalar(select(SourceTask).where(SourceTask.dataset_id == ds.id)) is not None:
-            raise Conflict(f"dataset {ds.id} is already registered as a source")
+    with ctx.Session.begin() as s:
+        for t in s.scalars(select(SourceTask).where((SourceTask.name == name) | (SourceTask.dataset_id == ds.id))):
+            if t.status == SourceStatus.FAILED and t.owner == owner:
+                # a failed registration is retried by repeating the request
+                s.execute(delete(Score).where(Score.source == t.name, Score.source_kind == "task"))
+                s.delete(t)
+                s.flush()
+                ctx.index.remove(t.id)
+            elif t.name == name:
+                raise Conflict(f"a source task named {name!r} already exists; choose another name")
+            else:
+                raise Conflict(f"dataset {ds.id} is already registered as a source")
         base_row = s.get(EncoderRow, base)
     if ds.kind == "features":
         dim = (ds.meta or {}).get("dim")

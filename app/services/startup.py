@@ -53,6 +53,12 @@ def start(ctx: Context, *, migrate: bool = True, seed: bool | None = None) -> No
         log.info("database %s at head (%.2fs)", ctx.engine.url.render_as_string(hide_password=True),
                  time.perf_counter() - t0)
     ctx.jobs.reap(all_unfinished=settings.is_sqlite)
+    try:  # crash leftovers: temp files, orphan blobs and scores (only ones older than an hour)
+        from app.services.doctor import check as doctor
+
+        doctor(ctx, repair=True)
+    except Exception:  # never block the start over housekeeping
+        log.exception("start-up doctor failed")
     sync_encoders(ctx)
     if settings.seed_demo if seed is None else seed:
         seed_demo(ctx)

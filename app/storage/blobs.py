@@ -5,15 +5,24 @@ keys, the files live in ``<root>/<sha[:2]>/<key>``. Writes are atomic (temporary
 same directory, fsync, ``os.replace``), so a crash never leaves a half-written blob under a
 real name, and writing the same content twice is a no-op. Arrays are stored with
 ``np.save(allow_pickle=False)`` and loaded the same way: nothing here ever unpickles.
+
+Faults: a write that hits a full disk (``ENOSPC``) removes its temporary file and raises
+``DiskFull`` (an ``OSError``, answered 507). A small reserve file (``<root>/../.reserve``) is
+kept beside the store: ``release_reserve()`` frees it so that deletions (which SQLite must
+journal) can still commit on a full disk; ``restore_reserve()`` puts it back when space allows.
+Crash leftovers (``.tmp-*`` files, blobs no SQL row references) are listed by ``temp_files`` /
+``garbage`` and removed by ``transferrank doctor --repair``.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import json
 import os
 import re
 import tempfile
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal
@@ -21,6 +30,18 @@ from typing import Any, Literal
 import numpy as np
 
 _KEY = re.compile(r"^[0-9a-f]{64}\.[a-z0-9]{1,16}$")
+RESERVE_BYTES = 8 * 1024 * 1024
+
+
+class DiskFull(OSError):
+    """No space left for a blob (``errno.ENOSPC``)."""
+
+    def __init__(self, detail: str):
+        super().__init__(errno.ENOSPC, detail)
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
 class _Serializers:
@@ -46,9 +67,41 @@ class _Serializers:
 
 
 class BlobStore(_Serializers):
-    def __init__(self, root: Path | str):
+    def __init__(self, root: Path | str, reserve_bytes: int = RESERVE_BYTES):
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
+        self.reserve_path = self.root.parent / ".reserve"
+        self.reserve_bytes = int(reserve_bytes)
+        self.restore_reserve()
+
+    # ---------------------------------------------------------------- disk-full reserve
+    def restore_reserve(self) -> bool:
+        """(Re)create the reserve file; False when there is no room for it now."""
+        if self.reserve_bytes <= 0:
+            return False
+        try:
+            if self.reserve_path.is_file() and self.reserve_path.stat().st_size >= self.reserve_bytes:
+                return True
+            with open(self.reserve_path, "wb") as fh:
+                if hasattr(os, "posix_fallocate"):  # allocates the blocks without writing them
+                    os.posix_fallocate(fh.fileno(), 0, self.reserve_bytes)
+                else:  # pragma: no cover - non-POSIX
+                    fh.write(b"\0" * self.reserve_bytes)
+            return True
+        except OSError:
+            try:
+                self.reserve_path.unlink()
+            except OSError:
+                pass
+            return False
+
+    def release_reserve(self) -> bool:
+        """Free the reserve file (after a disk-full error); True when it existed."""
+        try:
+            self.reserve_path.unlink()
+            return True
+        except FileNotFoundError:
+            return False
 
     # ---------------------------------------------------------------- paths
     @staticmethod
@@ -81,11 +134,13 @@ class BlobStore(_Serializers):
                 fh.flush()
                 os.fsync(fh.fileno())
             os.replace(tmp, target)
-        except BaseException:
+        except BaseException as exc:
             try:
                 os.unlink(tmp)
             except FileNotFoundError:
                 pass
+            if is_disk_full(exc):
+                raise DiskFull(f"no space left to write a {len(data)}-byte blob under {self.root}") from exc
             raise
         return key
 
@@ -135,9 +190,39 @@ class BlobStore(_Serializers):
                     if _KEY.match(f.name):
                         yield f.name
 
-    def garbage(self, referenced: set[str]) -> list[str]:
-        """Keys on disk that no SQL row references (left by a crash between blob and SQL)."""
-        return [k for k in self.keys() if k not in referenced]
+    def garbage(self, referenced: set[str], min_age_seconds: float = 0.0) -> list[str]:
+        """Keys on disk that no SQL row references (left by a crash between blob and SQL).
+
+        ``min_age_seconds`` skips younger files: a blob is written before the SQL row that
+        references it commits, so a young unreferenced blob may belong to a write in flight."""
+        now = time.time()
+        out = []
+        for k in self.keys():
+            if k in referenced:
+                continue
+            try:
+                if now - self.path(k).stat().st_mtime < min_age_seconds:
+                    continue
+            except FileNotFoundError:
+                continue
+            out.append(k)
+        return out
+
+    def temp_files(self, min_age_seconds: float = 0.0) -> list[Path]:
+        """``.tmp-*`` files left by interrupted writes, older than ``min_age_seconds``."""
+        now = time.time()
+        out = []
+        for sub in sorted(self.root.iterdir()) if self.root.exists() else []:
+            if not sub.is_dir():
+                continue
+            for f in sub.iterdir():
+                if f.name.startswith(".tmp-"):
+                    try:
+                        if now - f.stat().st_mtime >= min_age_seconds:
+                            out.append(f)
+                    except FileNotFoundError:
+                        continue
+        return out
 
 
 class BlobWriter(_Serializers):
@@ -147,6 +232,7 @@ class BlobWriter(_Serializers):
     def __init__(self, store: BlobStore):
         self.store = store
         self.created: list[str] = []
+        self._written: dict[str, tuple[bytes, str]] = {}
 
     def put_bytes(self, data: bytes, ext: str) -> str:
         sha = hashlib.sha256(data).hexdigest()
@@ -154,7 +240,19 @@ class BlobWriter(_Serializers):
         key = self.store.put_bytes(data, ext)
         if not existed:
             self.created.append(key)
+        self._written[key] = (data, ext)
         return key
+
+    def restore_missing(self) -> int:
+        """Call after the SQL row referencing the blobs committed: rewrite any blob a concurrent
+        deletion removed meanwhile (it existed already, so its owner's deletion collected it
+        before this row was visible). Returns how many were rewritten."""
+        n = 0
+        for key, (data, ext) in self._written.items():
+            if not self.store.exists(key):
+                self.store.put_bytes(data, ext)
+                n += 1
+        return n
 
     def keep_all(self) -> None:
         self.created.clear()

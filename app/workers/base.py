@@ -70,3 +70,7 @@ class WorkerBackend(abc.ABC):
 
     def shutdown(self) -> None:  # noqa: B027 - an optional hook
         """Release the backend's resources (default: nothing to release)."""
+
+
+class Cancelled(Exception):
+    """Raised from a progress callback when the job was cancelled; workers let it propagate."""

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from app.core.lru import LRU
-from app.workers.base import EsmTrainRequest, ProgressFn, WorkerBackend
+from app.workers.base import Cancelled, EsmTrainRequest, ProgressFn, WorkerBackend
 
 
 class EncoderCache:
@@ -57,6 +57,8 @@ def _safe_progress(progress: ProgressFn | None) -> ProgressFn | None:
         last[0] = v
         try:
             progress(v) if message is None else progress(v, message)
+        except Cancelled:  # the job was cancelled: stop the computation here
+            raise
         except Exception:  # a failing progress sink must not fail the computation
             pass
 

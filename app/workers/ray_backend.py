@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import ray
 
-from app.workers.base import EsmTrainRequest, ProgressFn, WorkerBackend
+from app.workers.base import Cancelled, EsmTrainRequest, ProgressFn, WorkerBackend
 from app.workers.local import EncoderCache, _safe_progress, embed_texts
 
 log = logging.getLogger("transferrank.workers.ray")
@@ -305,6 +305,12 @@ class RayBackend(WorkerBackend):
                 if report is not None:
                     try:
                         report(ray.get(self._sink.get.remote(job_id), timeout=10))
+                    except Cancelled:  # the job was cancelled: stop the remote task too
+                        try:
+                            ray.cancel(ref)
+                        except Exception:  # pragma: no cover - already finished
+                            pass
+                        raise
                     except Exception:  # progress is best effort
                         pass
         except BaseException as exc:

@@ -1,0 +1,210 @@
+"""How sure is a ranking? A bootstrap over the target's examples.
+
+The target's examples are resampled ``B`` times (stratified: each class keeps its count, drawn
+with replacement, so every estimator sees every class); on each resample every candidate is
+re-scored by every estimator of the ranking (with the settings the ranking used, fallbacks
+included) and the resample's table goes through the same ``estimators.ranking.combine``. Per
+candidate that gives ``B`` combined scores: their 2.5-97.5 percentiles are the interval, and
+a candidate is *tied with the top* when, in at least ``alpha`` = 5% of the resamples, it scores
+at least as high as the candidate ranked first (a one-sided bootstrap test of "the top is better").
+
+Cost is bounded by resampling what is cheap: probability-based estimators (LEEP, NCE) and the
+closed-form features estimators (LogME, H-scores, ETran, GBC, ...) are recomputed on each
+resample (``B`` x their cost, each at most a few SVDs of the n x d features); N-LEEP's mixture is
+fitted once, on all examples, and only its LEEP part (per-example posteriors -> empirical
+conditional -> mean log-likelihood) is resampled (``estimators.nleep.nleep_posteriors``). The
+default ``B = 100`` with a fixed seed makes the result deterministic.
+
+A target too small to separate candidates gets a warning with the reason: fewer than
+``MIN_EXAMPLES`` examples, fewer than ``MIN_PER_CLASS`` examples in some class, or (after the
+bootstrap) every candidate indistinguishable from the top.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from . import info as _info
+from . import score as _score
+from .ranking import Combined, RankingFailed, ScoreTable, combine
+
+__all__ = ["resamples", "rescore", "bootstrap", "Bootstrap", "size_warnings", "DEFAULT_B", "ALPHA"]
+
+#: Resamples per ranking (deterministic: seeded).
+DEFAULT_B = 100
+#: A candidate scoring at least as high as the top in >= ALPHA of the resamples is tied with it.
+ALPHA = 0.05
+#: Targets below these sizes get a warning: the scores of a few examples are noise.
+MIN_EXAMPLES = 30
+MIN_PER_CLASS = 5
+
+
+def resamples(y: np.ndarray, B: int, seed: int = 0) -> np.ndarray:
+    """(B, n) row indices: each class's rows drawn with replacement, its count kept."""
+    y = np.asarray(y)
+    if B < 1:
+        raise ValueError(f"B must be >= 1, got {B}")
+    rng = np.random.default_rng(seed)
+    classes = np.unique(y)
+    out = np.empty((B, y.shape[0]), dtype=np.int64)
+    pos = 0
+    for c in classes:
+        rows = np.flatnonzero(y == c)
+        out[:, pos:pos + rows.size] = rows[rng.integers(0, rows.size, size=(B, rows.size))]
+        pos += rows.size
+    return out
+
+
+def rescore(estimator: str, X: np.ndarray, y: np.ndarray, idx: np.ndarray, params: Mapping[str, Any],
+            **fixed: Any) -> np.ndarray:
+    """``estimator``'s value on each resample ``idx[b]`` of (X, y): (B,) values, NaN where it fails.
+
+    ``fixed`` are passed unchanged (e.g. ``esm=`` for the ``esm_*`` estimators). N-LEEP fits its
+    mixture once on all rows and resamples only the LEEP of its posteriors."""
+    from .leep import leep_from_probs
+
+    y = np.asarray(y)
+    n_classes = int(np.unique(y).shape[0])
+    out = np.full(idx.shape[0], np.nan)
+    if estimator == "nleep":
+        from .nleep import nleep_posteriors
+
+        try:
+            P = nleep_posteriors(X, y, **dict(params))
+        except ValueError:
+            return out
+        for b, rows in enumerate(idx):
+            out[b] = leep_from_probs(P[rows], y[rows], n_classes)
+        return out
+    for b, rows in enumerate(idx):
+        try:
+            out[b] = _score(estimator, np.asarray(X)[rows], y[rows], **dict(params), **fixed)
+        except ValueError:
+            continue
+    return out
+
+
+def size_warnings(y: np.ndarray) -> list[str]:
+    """Why a target may be too small to separate candidates (empty when it is not)."""
+    y = np.asarray(y)
+    _, counts = np.unique(y, return_counts=True)
+    n, C, smallest = int(y.shape[0]), int(counts.size), int(counts.min())
+    out = []
+    if n < MIN_EXAMPLES:
+        out.append(f"the target has only n={n} examples ({C} classes): scores of so few examples are noisy")
+    if smallest < MIN_PER_CLASS:
+        out.append(f"the smallest of the {C} classes has {smallest} example(s) (n={n}): estimators see "
+                   "little of it")
+    return out
+
+
+@dataclass
+class Bootstrap:
+    """Per candidate: interval of the combined score, the share of resamples where it ranks first,
+    and whether it is statistically indistinguishable from the top."""
+
+    B: int
+    seed: int
+    interval: dict[str, tuple[float, float] | None] = field(default_factory=dict)
+    p_top: dict[str, float] = field(default_factory=dict)
+    tied_with_top: dict[str, bool] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+    def for_candidate(self, name: str) -> dict[str, Any]:
+        iv = self.interval.get(name)
+        return {"interval": None if iv is None else [iv[0], iv[1]], "p_top": self.p_top.get(name),
+                "tied_with_top": self.tied_with_top.get(name, False)}
+
+    def summary(self) -> dict[str, Any]:
+        return {"method": "bootstrap over the target's examples (stratified), percentile interval of the "
+                          "combined score; tied_with_top: scores >= the top's in at least "
+                          f"{ALPHA:.0%} of the resamples", "B": self.B, "seed": self.seed,
+                "n_tied_with_top": sum(self.tied_with_top.values()), "warnings": list(self.warnings)}
+
+
+CellValues = Callable[[str, str, np.ndarray], np.ndarray]
+
+
+def bootstrap(point: ScoreTable, result: Combined, y: np.ndarray, values: CellValues, *,
+              weights: Mapping[str, float] | None = None, prior: Mapping[str, float | None] | None = None,
+              B: int = DEFAULT_B, seed: int = 0) -> Bootstrap:
+    """Bootstrap a ranking: ``point`` is the ranking's table, ``result`` its ``combine``.
+
+    ``values(candidate, column, idx)`` returns the column's (B,) values on the resamples ``idx``
+    (e.g. via ``rescore``); it is called for the columns ``combine`` kept and the cells that have
+    a value. Each resample's table (same columns, same unavailable cells) is combined with the
+    same ``weights`` and ``prior``; a resample that cannot be combined is left out."""
+    y = np.asarray(y)
+    idx = resamples(y, B, seed)
+    cols = [c for c in point.columns if c not in result.skipped]
+    draws: dict[str, dict[str, np.ndarray]] = {}
+    for cand in point.candidates:
+        draws[cand] = {c: values(cand, c, idx) for c in cols if point.value(c, cand) is not None}
+    order = [name for name, _, _ in result.order]
+    samples = {name: np.full(B, np.nan) for name in order}
+    for b in range(B):
+        table = ScoreTable(list(point.candidates))
+        for c in cols:
+            table.add_column(c, higher_is_better=point.higher_is_better[c])
+            for cand in point.candidates:
+                v = draws[cand].get(c)
+                if v is not None and np.isfinite(v[b]):
+                    table.set(c, cand, float(v[b]))
+                elif cand in point.unavailable[c]:
+                    table.mark_unavailable(c, cand, point.unavailable[c][cand])
+        try:
+            res_b = combine(table, weights, prior)
+        except RankingFailed:
+            continue
+        for name, s, _ in res_b.order:
+            if s is not None:
+                samples[name][b] = s
+    out = Bootstrap(B=B, seed=seed, warnings=size_warnings(y))
+    scored = [n for n, s, _ in result.order if s is not None]
+    top = scored[0] if scored else None
+    ok = np.all(np.isfinite(np.stack([samples[n] for n in scored])), axis=0) if scored else np.zeros(B, bool)
+    stacked = {n: samples[n][ok] for n in order}
+    for name in order:
+        v = stacked[name]
+        if name not in scored or v.size == 0 or top is None:
+            out.interval[name] = None
+            out.tied_with_top[name] = False
+            continue
+        lo, hi = np.percentile(v, [2.5, 97.5])
+        out.interval[name] = (float(lo), float(hi))
+        out.tied_with_top[name] = name == top or bool(np.mean(v >= stacked[top]) >= ALPHA)
+    if scored and int(ok.sum()) > 0:
+        M = np.stack([stacked[n] for n in scored])  # (k, B') in ranking order
+        best = np.argmax(M, axis=0)  # ties: the higher-ranked candidate
+        for i, n in enumerate(scored):
+            out.p_top[n] = float(np.mean(best == i))
+    if len(scored) > 1 and all(out.tied_with_top.get(n) for n in scored):
+        out.warnings.append(f"the target cannot separate the candidates: all {len(scored)} are statistically "
+                            f"indistinguishable from the top (bootstrap, B={B})")
+    if int(ok.sum()) < B:
+        out.warnings.append(f"{B - int(ok.sum())} of {B} resamples could not be scored and were left out")
+    return out
+
+
+def features_values(candidates: Mapping[str, Mapping[str, Any]], y: np.ndarray,
+                    params: Mapping[str, Mapping[str, Any]]) -> CellValues:
+    """``values`` for ``bootstrap`` from the library's candidates (``features`` / ``probs``); the
+    ``static`` and ``prior`` columns do not depend on the target's examples (constant)."""
+
+    def values(cand: str, column: str, idx: np.ndarray) -> np.ndarray:
+        c = candidates[cand]
+        X = None if column == "static" else c.get(_info(column).needs)
+        if X is None:  # static (target-agnostic) or a precomputed value only: held constant
+            if column == "static":
+                from .ranking import static_score
+
+                v = static_score(c.get("meta"))
+            else:
+                v = (c.get("scores") or {}).get(column)
+            return np.full(idx.shape[0], np.nan if v is None else float(v))
+        return rescore(column, np.asarray(X), y, idx, params.get(column, {}))
+
+    return values

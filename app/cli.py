@@ -8,7 +8,12 @@
     transferrank migrate [--revision head] [--data-dir DIR]
     transferrank models add PATH --name N [--kind K] [--modality M] [--data-dir DIR] | models list | models remove N
     transferrank sources import PATH [--base-encoder NAME] [--prefix P] [--data-dir DIR]
+    transferrank matrix show|plot [--estimator E]... [--target ID]... [--source S]... [--out FILE]
     transferrank doctor [--repair] [--min-age SECONDS] [--data-dir DIR]
+
+``--data-dir`` defaults to ``$TRANSFERRANK_DATA_DIR``, else the per-user cache dir
+(``~/.cache/transferrank`` on Linux). ``--server URL`` runs rank / keys / matrix against a
+service through the Python client. ``--json`` prints only JSON on stdout.
 """
 from __future__ import annotations
 
@@ -85,10 +90,7 @@ def _format_table(result: dict) -> str:
 
 def cmd_rank(args) -> int:
     from app.core.errors import ServiceError
-    from app.core.status import RankingStatus
-    from app.db.models import DEFAULT_OWNER
-    from app.services import datasets as datasets_svc
-    from app.services import rankings as rankings_svc
+    from app.services.oneshot import RankingFailed, rank_bytes
     from app.services.startup import open_context
 
     path = Path(args.file)
@@ -96,22 +98,28 @@ def cmd_rank(args) -> int:
         _print_err(f"error: no such file: {path}")
         return 2
     ests = [e.strip() for e in args.estimators.split(",") if e.strip()] if args.estimators else None
-    ctx = open_context(_settings(args, log_level="WARNING") if args.json else _settings(args))
+    sources = [x.strip() for x in args.sources.split(",") if x.strip()] if args.sources else None
+    if args.server:
+        from app import cli_client
+
+        return cli_client.rank_remote(args, ests, sources, lambda out: _emit_ranking(args, out))
+    from app.cli_client import progress_bar, status
+
+    with status("opening the data dir", enabled=not args.json):
+        ctx = open_context(_settings(args, log_level="WARNING") if args.json else _settings(args))
     try:
-        ds, created = datasets_svc.create_from_upload(ctx, path.read_bytes(), path.name, None,
-                                                      task_type=getattr(args, "task_type", None))
+        with progress_bar(f"ranking {args.candidates}", enabled=not args.json) as update:
+            ds, created, out = rank_bytes(ctx, path.read_bytes(), path.name, candidates=args.candidates,
+                                          estimators=ests, top_k=args.top_k, prefilter_k=args.prefilter_k,
+                                          sources=sources, progress=None if args.json else update,
+                                          task_type=getattr(args, "task_type", None),
+                                          bootstrap=args.bootstrap)
         if not args.json:
             _print_err(f"dataset {ds.id} ({'new' if created else 'already stored'}): n={ds.n_examples}, "
                        f"C={ds.n_classes}")
-        sources = [x.strip() for x in args.sources.split(",") if x.strip()] if args.sources else None
-        spec = rankings_svc.RankingSpec(target=ds.id, candidates=args.candidates, estimators=ests,
-                                        top_k=args.top_k, prefilter_k=args.prefilter_k, sources=sources,
-                                        bootstrap=args.bootstrap,
-                                        owner=DEFAULT_OWNER)  # what open mode's REST caller sees
-        out, _ = rankings_svc.create(ctx, spec, inline=True)
-        if out.get("status") != RankingStatus.DONE:
-            _print_err(f"error: {out.get('error') or 'ranking failed'}")
-            return 1
+    except RankingFailed as exc:
+        _print_err(f"error: {exc.detail}")
+        return 1
     except ServiceError as exc:
         _print_err(f"error: {exc.detail}")
         return 2
@@ -120,6 +128,11 @@ def cmd_rank(args) -> int:
         return 2
     finally:
         ctx.close()
+    _emit_ranking(args, out)
+    return 0
+
+
+def _emit_ranking(args, out: dict) -> None:
     if args.json:
         ranking = [{"source": r["source"], "rank": r["rank"], "score": r.get("score"), "scores": r["scores"],
                     "details": r.get("details", {}),
@@ -130,7 +143,18 @@ def cmd_rank(args) -> int:
                           "computed": out.get("computed"), "cached": out.get("cached")}))
     else:
         print(_format_table(out))
-    return 0
+
+
+def _emit_keys(keys: list[dict], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps({"keys": keys}))
+        return
+    if not keys:
+        _print_err("no API keys yet (the service accepts every call); create one with "
+                   "`transferrank keys create --owner NAME --scopes read,write`")
+    for k in keys:
+        print(f"{k['id']}  {k['owner']}  {','.join(k['scopes'])}  "
+              f"{'active' if k['active'] else 'revoked ' + str(k['revoked_at'])}  created {k['created_at']}")
 
 
 def cmd_keys(args) -> int:
@@ -138,20 +162,25 @@ def cmd_keys(args) -> int:
     from app.services import keys as keys_svc
     from app.services.startup import open_context
 
+    if args.server:
+        from app import cli_client
+
+        return cli_client.keys_remote(args, _emit_keys)
     ctx = open_context(_settings(args), seed=False)
     try:
         if args.keys_cmd == "create":
             info, key = keys_svc.create(ctx, args.owner, args.scopes)
-            print(key)
-            _print_err(f"key {info['id']} for owner {info['owner']} ({','.join(info['scopes'])}); it is shown once, "
-                       "only its hash is stored")
+            if args.json:
+                print(json.dumps(dict(info, key=key)))
+            else:
+                print(key)
+                _print_err(f"key {info['id']} for owner {info['owner']} ({','.join(info['scopes'])}); it is shown "
+                           "once, only its hash is stored")
         elif args.keys_cmd == "list":
-            for k in keys_svc.list_all(ctx):
-                print(f"{k['id']}  {k['owner']}  {','.join(k['scopes'])}  "
-                      f"{'active' if k['active'] else 'revoked ' + k['revoked_at']}  created {k['created_at']}")
+            _emit_keys(keys_svc.list_all(ctx), args.json)
         else:
             k = keys_svc.revoke(ctx, args.key_id)
-            _print_err(f"revoked key {k['id']} ({k['owner']})")
+            print(json.dumps(k)) if args.json else _print_err(f"revoked key {k['id']} ({k['owner']})")
     except ServiceError as exc:
         _print_err(f"error: {exc.detail}")
         return 2
@@ -199,8 +228,19 @@ def cmd_migrate(args) -> int:
         upgrade(settings.db_url, engine, args.revision)
     finally:
         engine.dispose()
-    _print_err(f"database {settings.db_url.split('@')[-1]} at {args.revision}")
+    where = settings.db_url.split("@")[-1]
+    print(json.dumps({"database": where, "revision": args.revision})) if args.json \
+        else _print_err(f"database {where} at {args.revision}")
     return 0
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("transferrank")
+    except Exception:  # a source checkout that is not installed
+        return "0.1.0"
 
 
 def cmd_doctor(args) -> int:
@@ -220,45 +260,66 @@ def cmd_doctor(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="transferrank", description="Rank source tasks and pretrained models for "
                                 "transfer learning before fine-tuning.")
+    p.add_argument("--version", action="version", version=f"%(prog)s {_version()}",
+                   help="print the version and exit")
     sub = p.add_subparsers(dest="command", required=True)
 
     def data_dir(sp):
-        sp.add_argument("--data-dir", default=None, help="data directory (default $TRANSFERRANK_DATA_DIR or "
-                        "./.transferrank)")
+        sp.add_argument("--data-dir", default=None, help="data directory (default $TRANSFERRANK_DATA_DIR, else the "
+                        "per-user cache dir, e.g. ~/.cache/transferrank)")
+
+    def server(sp):
+        sp.add_argument("--server", default=None, metavar="URL",
+                        help="run against this TransferRank service (e.g. http://127.0.0.1:8000) instead of "
+                        "the local data dir")
+        sp.add_argument("--api-key", default=None, help="API key for --server (default $TRANSFERRANK_API_KEY)")
+
+    def as_json(sp, what="the result"):
+        sp.add_argument("--json", action="store_true", help=f"print only {what} as JSON on stdout")
 
     s = sub.add_parser("serve", help="run the REST service (embedded defaults: SQLite + local workers)")
-    s.add_argument("--host", default="127.0.0.1")
-    s.add_argument("--port", type=int, default=8000)
-    s.add_argument("--log-level", default="info")
+    s.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
+    s.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    s.add_argument("--log-level", default="info", help="uvicorn log level (default info)")
     data_dir(s)
     s.set_defaults(func=cmd_serve)
 
-    r = sub.add_parser("rank", help="rank candidates for a dataset file without a server")
-    r.add_argument("file", help="CSV / JSONL / Parquet (text,label) or NPZ (features,labels)")
-    r.add_argument("--candidates", choices=["models", "tasks"], required=True)
-    r.add_argument("--estimators", default=None, help="comma-separated estimator names")
-    r.add_argument("--top-k", type=int, default=10)
+    r = sub.add_parser("rank", help="rank candidates for a dataset file (in-process, or on a service with --server)")
+    r.add_argument("file", help="CSV / TSV / JSONL / Parquet with columns text,label (optional text_pair), or NPZ "
+                   "with arrays features,labels (optional features_<model>, probs_<model>)")
+    r.add_argument("--candidates", choices=["models", "tasks"], required=True,
+                   help="rank pretrained models, or the catalogue's source tasks")
+    r.add_argument("--estimators", default=None, help="comma-separated estimator names (default: the default "
+                   "combination for the candidate kind; list them at GET /v1/estimators)")
+    r.add_argument("--top-k", type=int, default=10, help="print the best K candidates (default 10)")
     r.add_argument("--prefilter-k", type=int, default=None, help="tasks: score only the k nearest sources")
     r.add_argument("--sources", default=None, help="comma-separated candidate names (default: all)")
     r.add_argument("--task-type", choices=["classification", "regression", "multilabel"], default=None,
                    help="the target type (default: inferred when unambiguous)")
     r.add_argument("--bootstrap", type=int, default=100,
                    help="resamples for each candidate's interval and tied_with_top (0 = none)")
-    r.add_argument("--json", action="store_true", help="print only the JSON result on stdout")
+    as_json(r, '{"ranking": [...]}')
     data_dir(r)
+    server(r)
     r.set_defaults(func=cmd_rank)
 
     k = sub.add_parser("keys", help="manage API keys")
     ksub = k.add_subparsers(dest="keys_cmd", required=True)
     kc = ksub.add_parser("create", help="create a key; prints the key alone on stdout")
-    kc.add_argument("--owner", required=True)
-    kc.add_argument("--scopes", default="read,write")
+    kc.add_argument("--owner", required=True, help="who the key belongs to")
+    kc.add_argument("--scopes", default="read,write", help="comma-separated: read, write, admin (default read,write)")
+    as_json(kc, "the key and its id")
     data_dir(kc)
-    kl = ksub.add_parser("list")
+    server(kc)
+    kl = ksub.add_parser("list", help="list keys (never the keys themselves)")
+    as_json(kl, "the keys")
     data_dir(kl)
-    kr = ksub.add_parser("revoke")
-    kr.add_argument("key_id")
+    server(kl)
+    kr = ksub.add_parser("revoke", help="revoke a key by its id")
+    kr.add_argument("key_id", help="the key's id (`keys list`)")
+    as_json(kr, "the revoked key")
     data_dir(kr)
+    server(kr)
     k.set_defaults(func=cmd_keys)
 
     mo = sub.add_parser("models", help="model candidates: add PATH --name N | list | remove NAME")
@@ -286,16 +347,22 @@ def build_parser() -> argparse.ArgumentParser:
     so.set_defaults(func=cmd_byo)
     d = sub.add_parser("doctor", help="check the data dir and database; --repair removes temp files, orphan "
                        "blobs and scores, and fails stale jobs")
-    d.add_argument("--repair", action="store_true")
+    d.add_argument("--repair", action="store_true", help="fix what it finds (otherwise only report; exit 1 "
+                   "when something needs repair)")
     d.add_argument("--min-age", type=float, default=3600.0,
                    help="only files older than this many seconds count as leftovers (default 3600)")
     data_dir(d)
     d.set_defaults(func=cmd_doctor)
 
     m = sub.add_parser("migrate", help="apply database migrations (the service also does it on start)")
-    m.add_argument("--revision", default="head")
+    m.add_argument("--revision", default="head", help="Alembic revision (default head)")
+    as_json(m, "the database and revision")
     data_dir(m)
     m.set_defaults(func=cmd_migrate)
+
+    from app.cli_client import add_matrix_parser
+
+    add_matrix_parser(sub, data_dir, server)
     return p
 
 

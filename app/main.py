@@ -90,6 +90,7 @@ def create_app(settings: Settings | None = None, *, ctx: Context | None = None,
                backend: WorkerBackend | None = None) -> FastAPI:
     from app.api.deps import authenticate
     from app.api.routes import admin, router
+    from app.api.routes_matrix import router as matrix_router
 
     resolved = settings or (ctx.settings if ctx is not None else Settings.from_env())
 
@@ -190,6 +191,7 @@ def create_app(settings: Settings | None = None, *, ctx: Context | None = None,
     from app.api.routes_jobs import router as jobs_router
 
     app.include_router(jobs_router)
+    app.include_router(matrix_router)
     app.include_router(router)
     app.include_router(admin)
     from app.api import routes_models, routes_sources_import

@@ -156,6 +156,16 @@ def upload(client, content: bytes, filename: str = "data.csv", name: str | None 
     return client.post("/v1/datasets", files={"file": (filename, content)}, data=data)
 
 
+@pytest.fixture(scope="module")
+def live(tmp_path_factory):
+    """A real service on a free port (uvicorn in a thread, SQLite, fast encoders): ``.url``, ``.ctx``."""
+    from live_server import LiveServer
+
+    server = LiveServer(tmp_path_factory.mktemp("live") / "data").start()
+    yield server
+    server.stop()
+
+
 @contextlib.contextmanager
 def serving(exe: str | Path, data_dir: Path, *, env: dict[str, str], cwd: Path | None = None,
             timeout: float = 90.0) -> Iterator[str]:

@@ -5,11 +5,10 @@ answer with (body ``ErrorPublic``: ``{"detail": "..."}``).
 """
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, File, Form, Header, Path, Query, Response, UploadFile
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import PlainTextResponse
 from fastapi.routing import APIRoute
 
 import estimators
@@ -27,7 +26,6 @@ from app.api.schemas import (
     KeyCreatedPublic,
     KeyListPublic,
     KeyPublic,
-    MatrixPublic,
     RankingPublic,
     RankingRequest,
     SourceCataloguePublic,
@@ -190,20 +188,7 @@ def get_job(ctx: CtxDep, principal: AuthDep, job_id: Id) -> JobPublic:
     return JobPublic.model_validate(ctx.jobs.get(job_id, principal.owner))
 
 
-# ---------------------------------------------------------------------- matrix / feedback / estimators
-@router.get("/transfer-matrix", tags=["scores"], response_model=MatrixPublic,
-            responses={200: {"content": {"text/csv": {"schema": {"type": "string"}}},
-                             "description": "JSON, or CSV rows of `entries` with format=csv"},
-                       **errors(404)})
-def transfer_matrix(ctx: CtxDep, principal: AuthDep, estimator: Filter = None, target: Filter = None,
-                    format: Literal["json", "csv"] = "json") -> MatrixPublic | Response:
-    data = matrix_svc.build(ctx, estimator or None, target or None, owner=principal.owner)
-    if format == "csv":
-        return PlainTextResponse(matrix_svc.to_csv(data), media_type="text/csv",
-                                 headers={"Content-Disposition": 'attachment; filename="transfer-matrix.csv"'})
-    return MatrixPublic.model_validate(data)
-
-
+# ---------------------------------------------------------------------- feedback / estimators (matrix: routes_matrix)
 @router.post("/feedback", tags=["feedback"], status_code=201, response_model=FeedbackPublic,
              responses=errors(404))
 def create_feedback(ctx: CtxDep, principal: AuthDep, body: FeedbackCreate) -> FeedbackPublic:

@@ -286,21 +286,60 @@ class MatrixEntryPublic(_Public):
     version: str | None = None
     observed_metric: str | None = None
     observed_value: float | None = None
+    score: float | None = Field(None, description="the (source, target) pair's combined z-score")
+    target_label: str | None = None
 
 
 class MatrixPublic(_Public):
-    """Cached source x target scores (``format=csv`` returns ``entries`` as CSV)."""
+    """The transfer matrix (``app.services.matrix``). ``layout=long``: ``entries`` (one per
+    source x target x estimator, each with the pair's combined ``score``), ``matrix`` (estimator
+    -> source -> target -> value), ``scores`` (target -> source -> combined score).
+    ``layout=wide``: ``index`` (sources), ``columns`` (targets), ``data`` (rows of cells: the
+    combined score, or the raw values of the estimator named in ``value``)."""
 
     model_config = ConfigDict(extra="allow", json_schema_extra={"examples": [{
-        "estimators": ["logme"], "sources": ["minilm-l6"], "targets": ["reviews"],
-        "matrix": {"logme": {"minilm-l6": {"reviews": 0.42}}}, "entries": [], "observed": []}]})
+        "layout": "long", "estimators": ["logme"], "sources": ["minilm-l6"], "targets": ["reviews"],
+        "matrix": {"logme": {"minilm-l6": {"reviews": 0.42}}}, "scores": {"reviews": {"minilm-l6": 0.0}},
+        "entries": [], "observed": [], "total": 1, "limit": None, "offset": 0}, {
+        "layout": "wide", "value": "score", "index": ["minilm-l6", "glove-6b-50d"], "columns": ["reviews"],
+        "data": [[1.0], [-1.0]], "total": 2, "limit": None, "offset": 0, "estimators": ["logme", "nleep"]}]})
+    layout: Literal["long", "wide"] = "long"
     estimators: list[str]
-    sources: list[str]
-    targets: list[str]
-    matrix: dict[str, dict[str, dict[str, float | None]]] = Field(
-        ..., description="estimator -> source -> target name -> value")
-    entries: list[MatrixEntryPublic]
-    observed: list[dict[str, Any]] = Field(default_factory=list, description="observed transfer results")
+    total: int | None = Field(None, description="entries (long) or sources (wide) before limit/offset")
+    limit: int | None = None
+    offset: int = 0
+    combine: dict[str, Any] = Field(default_factory=dict, description="how the combined score is made")
+    sources: list[str] | None = None
+    targets: list[str] | None = None
+    matrix: dict[str, dict[str, dict[str, float | None]]] | None = Field(
+        None, description="long: estimator -> source -> target name -> value")
+    scores: dict[str, dict[str, float | None]] | None = Field(
+        None, description="long: target name -> source -> combined score")
+    entries: list[MatrixEntryPublic] | None = None
+    observed: list[dict[str, Any]] | None = Field(None, description="observed transfer results")
+    value: str | None = Field(None, description="wide: 'score' or the estimator in the cells")
+    index: list[str] | None = Field(None, description="wide: sources (rows)")
+    columns: list[str] | None = Field(None, description="wide: targets (columns)")
+    data: list[list[float | None]] | None = Field(None, description="wide: one row of cells per source")
+
+
+class BatchRankingItemPublic(_Public):
+    id: str
+    target: str
+    status: str
+
+
+class BatchRankingPublic(_Public):
+    """``POST /v1/rankings/batch``: one job for the whole batch, one ranking per target."""
+
+    model_config = ConfigDict(extra="allow", json_schema_extra={"examples": [{
+        "id": "5e1f…", "status": "queued", "job": "5e1f…", "progress": 0.0,
+        "rankings": [{"id": "7c0d…", "target": "3f2a…", "status": "queued"}]}]})
+    id: str
+    status: str
+    job: str
+    progress: float = 0.0
+    rankings: list[BatchRankingItemPublic]
 
 
 class FeedbackPublic(_Public):

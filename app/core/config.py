@@ -18,6 +18,8 @@ from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
 from pydantic_settings.sources.utils import parse_env_vars
 
+from app.core.paths import user_cache_dir
+
 ENV_PREFIX = "TRANSFERRANK_"
 DEFAULT_BASE_ENCODER = "minilm-l6"  # app.encoders.registry.BASE_ENCODER; a test checks they agree
 
@@ -43,8 +45,9 @@ class Settings(BaseSettings):
                                       extra="ignore", validate_default=True)
 
     # -- storage
-    data_dir: Path = Field(Path(".transferrank"), description="blobs (content-addressed), FAISS index, "
-                           "SQLite file, encoder caches", json_schema_extra={"shown": "`./.transferrank`"})
+    data_dir: Path = Field(default_factory=user_cache_dir, description="blobs (content-addressed), FAISS index, "
+                           "SQLite file, encoder caches",
+                           json_schema_extra={"shown": "per-user cache dir (`~/.cache/transferrank` on Linux)"})
     database_url: str | None = Field(None, description="SQLAlchemy URL, e.g. "
                                      "`postgresql+psycopg://user:pw@host/db`",
                                      json_schema_extra={"shown": "SQLite in the data dir"})

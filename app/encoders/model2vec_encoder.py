@@ -6,7 +6,7 @@ teacher (e.g. the packaged all-MiniLM-L6-v2) and a static model is distilled fro
 ``model2vec.distill.distill(teacher, pca_dims=options["pca_dims"])`` on first use
 (offline, once per model and ``pca_dims``) and cached under
 ``<cache_dir>/models/<name>-pca<dims>``. ``cache_dir`` is ``options["cache_dir"]``, else the
-``TRANSFERRANK_DATA_DIR`` environment variable, else ``./.transferrank`` (the service's
+``TRANSFERRANK_DATA_DIR`` environment variable, else the per-user cache dir (the service's
 default data dir). The cache is written to a temporary directory and renamed into place, so a
 crash or a concurrent process never leaves a half-written model behind.
 

@@ -22,15 +22,15 @@ fallback policy (an estimator failing for any candidate is skipped for all; N-LE
 settings apply to every candidate; a source without an ESM yet comes last, unscored). The
 combination also takes, for default requests, the ``static`` size baseline (models; weight 0,
 reported) and the prior from observed fine-tuning results (``POST /v1/feedback``;
-``estimators.ranking.observed_prior`` over targets weighted by task-embedding similarity;
-weight 1). A ranking where no estimator produced a value is a failed ranking with the reason.
+``app.services.prior``: related targets only, applied only where it can change the order, with
+its evidence in the response's ``prior`` block; weight 1). A ranking where no estimator
+produced a value is a failed ranking with the reason.
 Every ranking then runs the library's bootstrap over the target's examples
 (``estimators.uncertainty``; ``bootstrap`` resamples, default 100, cost-bounded, draws cached):
 each candidate carries ``interval``, ``p_top`` and ``tied_with_top``, the response ``uncertainty``.
 """
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -49,7 +49,6 @@ from app.db.models import (
     Dataset,
     EncoderRow,
     FeatureSet,
-    Feedback,
     Ranking,
     Score,
     SourceTask,
@@ -59,6 +58,7 @@ from app.db.models import (
 from app.services import datasets as datasets_svc
 from app.services import features as features_svc
 from app.services import scores as scores_svc
+from app.services.prior import feedback_prior
 from app.services.tenancy import visible
 from estimators.ranking import DEFAULT_ESTIMATORS as LIBRARY_DEFAULTS
 from estimators.ranking import (
@@ -69,7 +69,6 @@ from estimators.ranking import (
     combine,
     default_weights,
     fallbacks_for,
-    observed_prior,
     static_score,
 )
 from estimators.uncertainty import DEFAULT_B, Bootstrap, bootstrap, rescore
@@ -627,55 +626,6 @@ def _skip_reason(info: estimators.EstimatorInfo, cand: Candidate) -> str | None:
     return None
 
 
-# ---------------------------------------------------------------------- observed prior
-Observed = dict[str, dict[str, float]]  # {target sha256 or source: {source or metric: value}}
-
-
-def _observed(ctx: Context, target: Dataset, kind: str, sources: list[str],
-              owner: str | None = None) -> tuple[Observed, dict[str, float], Observed]:
-    """Feedback -> (observed {target_sha: {source: value}}, similarity {target_sha: sim},
-    this target's own observations {source: {metric: value}})."""
-    with ctx.Session() as s:
-        q = select(Feedback).where(Feedback.source.in_(sources))  # only the asker's own observations
-        rows = list(s.scalars(q if owner is None else q.where(Feedback.owner == owner)))
-        if not rows:
-            return {}, {}, {}
-        shas = {r.target_sha256 for r in rows}
-        emb_keys = dict(s.execute(select(Dataset.sha256, Dataset.task_embedding_blob)
-                                  .where(Dataset.sha256.in_(shas | {target.sha256}))).all())
-    own: dict[str, dict[str, float]] = {}
-    by_target: dict[str, dict[str, dict[str, list[float]]]] = {}
-    for r in rows:
-        v = r.value if r.higher_is_better else -r.value
-        by_target.setdefault(r.target_sha256, {}).setdefault(r.metric, {}).setdefault(r.source, []).append(v)
-        if r.target_sha256 == target.sha256:
-            own.setdefault(r.source, {})[r.metric] = r.value
-    observed: dict[str, dict[str, float]] = {}
-    for sha, metrics in by_target.items():
-        metric = max(metrics, key=lambda m: len(metrics[m]))  # the metric most sources report
-        observed[sha] = {src: float(np.mean(vals)) for src, vals in metrics[metric].items()}
-
-    def emb(sha: str) -> np.ndarray | None:
-        key = emb_keys.get(sha)
-        return None if not key else np.asarray(ctx.blobs.get_array(key), dtype=np.float64).reshape(-1)
-
-    t = emb(target.sha256)
-    similarity = {}
-    for sha in observed:
-        if sha == target.sha256:
-            similarity[sha] = 1.0
-            continue
-        o = emb(sha)
-        similarity[sha] = float(np.dot(t, o) / (np.linalg.norm(t) * np.linalg.norm(o) + 1e-12)) \
-            if t is not None and o is not None and o.shape == t.shape else 0.0
-    return observed, similarity, own
-
-
-def _prior(observed: dict[str, Any], similarity: dict[str, Any]) -> dict[str, float]:
-    return {k: float(v) for k, v in observed_prior(observed, similarity).items()
-            if v is not None and math.isfinite(float(v))}
-
-
 # ---------------------------------------------------------------------- uncertainty
 def _bootstrap(ctx: Context, plan: Plan, cs: CandidateSet, st: ScoredTable, res: Combined,
                prior: dict[str, float] | None) -> Bootstrap | None:
@@ -756,16 +706,17 @@ def _weights(spec: RankingSpec) -> dict[str, float]:
     return dict(DEFAULT_COLUMN_WEIGHTS) if spec.estimators is None else default_weights(True)
 
 
-def _prior_for(ctx: Context, plan: Plan, sources: list[str]) -> tuple[dict[str, float] | None, dict[str, Any]]:
-    """The observed-results prior (default requests, or ``use_feedback``) and this target's own
-    observations ``{source: {metric: value}}``."""
+def _prior_for(ctx: Context, plan: Plan, sources: list[str]
+               ) -> tuple[dict[str, float] | None, dict[str, Any], dict[str, Any] | None]:
+    """The observed-results prior (default requests, or ``use_feedback``; ``None`` where it
+    cannot change the order, see ``app.services.prior``), this target's own observations
+    ``{source: {metric: value}}`` and the prior's evidence."""
     spec = plan.spec
     use = spec.use_feedback if spec.use_feedback is not None else spec.estimators is None
     if not use:
-        return None, {}
-    observed, similarity, own = _observed(ctx, plan.ds, spec.candidates, sources, spec.owner)
-    prior = {s_: v for s_, v in _prior(observed, similarity).items() if s_ in sources} if observed else {}
-    return (prior or None), own
+        return None, {}, None
+    prior, evidence, own = feedback_prior(ctx, plan.ds, sources, spec.owner)
+    return prior, own, evidence
 
 
 def shape_response(plan: Plan, cs: CandidateSet, st: ScoredTable, res: Combined, own: dict[str, Any],
@@ -837,7 +788,7 @@ def compute(ctx: Context, spec: RankingSpec, progress: ProgressFn | None = None,
     plan = plan or _validate(ctx, spec)
     cs = build_candidates(ctx, plan, report)
     st = score_table(ctx, plan, cs, report)
-    prior, own = _prior_for(ctx, plan, [c.source for c in cs.cands])
+    prior, own, evidence = _prior_for(ctx, plan, [c.source for c in cs.cands])
     try:
         res = combine(st.table, _weights(plan.spec), prior)
     except RankingFailed as exc:
@@ -845,6 +796,12 @@ def compute(ctx: Context, spec: RankingSpec, progress: ProgressFn | None = None,
     boot = _bootstrap(ctx, plan, cs, st, res, prior)
     report(1.0)
     result = shape_response(plan, cs, st, res, own, time.perf_counter() - t0, boot)
+    if evidence is not None:  # the feedback prior: applied or not, and on what evidence
+        result["prior"] = evidence
+        for item in result["ranking"] if evidence["applied"] else ():
+            if item["source"] in evidence["unobserved"]:
+                item["prior"] = None
+                item["prior_note"] = f"no observed result: {evidence['unobserved_policy']}"
     log.info("ranking of %s (%s, %s): %d computed, %d cached in %.2fs", plan.ds.id, spec.candidates,
              ",".join(plan.names), st.computed, st.cached, result["seconds"])
     return result

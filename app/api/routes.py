@@ -5,7 +5,7 @@ answer with (body ``ErrorPublic``: ``{"detail": "..."}``).
 """
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, File, Form, Header, Path, Query, Response, UploadFile
 from fastapi.concurrency import run_in_threadpool
@@ -39,7 +39,6 @@ from app.core.errors import TooLarge
 from app.services import datasets as datasets_svc
 from app.services import feedback as feedback_svc
 from app.services import keys as keys_svc
-from app.services import matrix as matrix_svc
 from app.services import ranking_memo
 from app.services import rankings as rankings_svc
 from app.services import sources as sources_svc

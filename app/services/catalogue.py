@@ -170,7 +170,8 @@ def derived_task_embedding(ctx: Context, esm: EmbeddingSpaceMap, base: str) -> t
 
 
 # ---------------------------------------------------------------------- import
-def import_dir(ctx: Context, root: Path, base_encoder: str | None = None, prefix: str = "", progress: ProgressFn | None = None) -> dict[str, Any]:
+def import_dir(ctx: Context, root: Path, base_encoder: str | None = None, prefix: str = "",
+               progress: ProgressFn | None = None) -> dict[str, Any]:
     """Import every ESM folder under ``root`` (validated first, then written)."""
     from app.services import sources as sources_svc
 
@@ -228,7 +229,8 @@ def import_dir(ctx: Context, root: Path, base_encoder: str | None = None, prefix
     return {"imported": len(done), "sources": done}
 
 
-def import_upload(ctx: Context, data: bytes, base_encoder: str | None, prefix: str | None) -> tuple[dict[str, Any], bool]:
+def import_upload(ctx: Context, data: bytes, base_encoder: str | None, prefix: str | None) -> tuple[dict[str,
+                  Any], bool]:
     """A zip of ESM folders: imported at once (201) or, when large, on a job (202)."""
     tmp = Path(tempfile.mkdtemp(prefix="transferrank-esm-"))
     try:

@@ -18,6 +18,7 @@ from app.services import ingest
 from app.services.tenancy import check_read, check_write
 
 if TYPE_CHECKING:
+    from app.core.config import Settings
     from app.services.context import Context
 
 log = get_logger("datasets")

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from app.core.errors import Conflict, Invalid, NotFound
 from app.core.logging import get_logger
-from app.core.progress import ProgressFn, scaled
+from app.core.progress import ProgressFn
 from app.core.status import SourceStatus
 from app.db.models import DEFAULT_OWNER, Dataset, EncoderRow, Score, SourceTask, iso
 from app.db.session import rowcount

@@ -30,7 +30,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from app.core.errors import Invalid
-
 from app.services.datasets import Parsed
 
 if TYPE_CHECKING:
@@ -164,7 +163,8 @@ def regression_matrix(columns: dict[str, list[Any]]) -> tuple[np.ndarray, list[s
     return (Y[:, 0] if Y.shape[1] == 1 else Y), names
 
 
-def interpret(columns: dict[str, list[Any]], task_type: str | None, settings: Settings) -> tuple[str, np.ndarray, list[str]]:
+def interpret(columns: dict[str, list[Any]], task_type: str | None, settings: Settings) -> tuple[str,
+              np.ndarray, list[str]]:
     """-> (task_type, targets, names). ``columns``: the label column(s), ``{name: values}``."""
     task_type = check_task_type(task_type)
     first = next(iter(columns.values()))
@@ -255,7 +255,8 @@ def _all_lists(data: bytes, fmt: str) -> bool:
     return bool(values) and all(_is_listlike(v) for v in values)
 
 
-def parse_table(data: bytes, fmt: str, settings: Settings, task_type: str | None, classification_reader: Callable[..., Parsed]) -> Parsed:
+def parse_table(data: bytes, fmt: str, settings: Settings, task_type: str | None,
+                classification_reader: Callable[..., Parsed]) -> Parsed:
     """A text table with a declared or inferred target type.
 
     Classification (declared, or inferred) is read by ``classification_reader(data, fmt,
@@ -316,7 +317,8 @@ def parse_table(data: bytes, fmt: str, settings: Settings, task_type: str | None
     return TP("text", fmt, Y, names, texts=texts, text_pairs=pairs, columns=list(df.columns), task_type=ttype)
 
 
-def parse_npz(data: bytes, settings: Settings, task_type: str | None, classification_reader: Callable[..., Parsed]) -> Parsed:
+def parse_npz(data: bytes, settings: Settings, task_type: str | None, classification_reader: Callable[...,
+              Parsed]) -> Parsed:
     """NPZ ``features`` + ``labels``: classification through ``classification_reader``; regression
     (float (n,) or (n, k)) and multilabel ((n, L) 0/1) targets when ``task_type`` says so."""
     task_type = check_task_type(task_type)

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from app.core.progress import ProgressFn
+from app.encoders.base import EncoderSpec
 from app.training.config import EsmTrainConfig
 
 _DEFAULTS = EsmTrainConfig()
@@ -51,9 +52,10 @@ class WorkerBackend(abc.ABC):
 
     @abc.abstractmethod
     def submit_embed(
-        self, encoder: str, texts: Sequence[str], *, progress: ProgressFn | None = None
+        self, encoder: str | EncoderSpec, texts: Sequence[str], *, progress: ProgressFn | None = None
     ) -> Future:
-        """Embed ``texts`` with registry encoder ``encoder``; the Future yields float32 (n, dim)."""
+        """Embed ``texts`` with ``encoder`` (a registry name, or a user model's spec); the Future yields
+        float32 (n, dim)."""
 
     @abc.abstractmethod
     def submit_train_esm(self, request: EsmTrainRequest, *, progress: ProgressFn | None = None) -> Future:

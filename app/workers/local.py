@@ -101,7 +101,8 @@ class LocalBackend(WorkerBackend):
         self.cache_dir = cache_dir  # encoder caches (distilled model2vec); None: Settings.data_dir
         self._pool = ThreadPoolExecutor(max_workers=self.max_workers, thread_name_prefix="transferrank-worker")
 
-    def submit_embed(self, encoder: str, texts: Sequence[str], *, progress: ProgressFn | None = None) -> Future:
+    def submit_embed(self, encoder: str | EncoderSpec, texts: Sequence[str], *,
+                     progress: ProgressFn | None = None) -> Future:
         texts = list(texts)
         report = _safe_progress(progress)
 

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 import ray
 
+from app.encoders.base import EncoderSpec
 from app.workers.base import Cancelled, EsmTrainRequest, ProgressFn, WorkerBackend
 from app.workers.local import EncoderCache, _safe_progress, embed_texts
 
@@ -327,11 +328,12 @@ class RayBackend(WorkerBackend):
                 pass
 
     # ---------------------------------------------------------------- jobs
-    def submit_embed(self, encoder: str, texts: Sequence[str], *, progress: ProgressFn | None = None) -> Future:
+    def submit_embed(self, encoder: str | EncoderSpec, texts: Sequence[str], *,
+                     progress: ProgressFn | None = None) -> Future:
         texts = list(texts)
 
         def run() -> np.ndarray:
-            key = getattr(encoder, "name", encoder)  # a user model travels as its EncoderSpec
+            key = encoder.name if isinstance(encoder, EncoderSpec) else encoder  # a user model travels as its spec
             out = self._run(key, lambda h, job: h.embed.remote(encoder, texts, self._sink, job), progress)
             return np.array(out, dtype=np.float32)  # a writable copy owned by the caller
 

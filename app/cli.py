@@ -192,6 +192,7 @@ def cmd_keys(args) -> int:
 def cmd_byo(args) -> int:
     """``models add|list|remove`` and ``sources import`` on a data dir, without a server."""
     from app.core.errors import ServiceError
+    from app.db.models import PUBLIC_OWNER
     from app.services import catalogue as catalogue_svc
     from app.services import models as models_svc
     from app.services.context import Context
@@ -199,12 +200,14 @@ def cmd_byo(args) -> int:
     ctx = Context.open(_settings(args, log_level="WARNING"), seed=False)
     try:
         if args.command == "sources":
-            out = catalogue_svc.import_dir(ctx, Path(args.path), args.base_encoder, args.prefix) \
+            # CLI imports and models are the public catalogue (the operator's own data dir)
+            out = catalogue_svc.import_dir(ctx, Path(args.path), args.base_encoder, args.prefix,
+                                           owner=PUBLIC_OWNER) \
                 if Path(args.path).is_dir() else catalogue_svc.import_upload(
-                    ctx, Path(args.path).read_bytes(), args.base_encoder, args.prefix)[0]
+                    ctx, Path(args.path).read_bytes(), args.base_encoder, args.prefix, PUBLIC_OWNER)[0]
         elif args.models_cmd == "add":
             out, _ = models_svc.add(ctx, args.name, args.path, args.kind, args.modality, args.pooling, args.layer,
-                                    args.licence, inline=True)
+                                    args.licence, inline=True, owner=PUBLIC_OWNER)
         elif args.models_cmd == "list":
             out = models_svc.list_all(ctx, limit=1000)
         else:

@@ -415,3 +415,133 @@ def test_migration_moves_existing_rows_to_owners(db_url, tmp_path):
             assert c.execute(text("SELECT count(*) FROM api_keys WHERE salt IS NOT NULL")).scalar() == 1
     finally:
         engine.dispose()
+
+
+def _ready_model(client, name: str, headers: dict, timeout: float = 120.0) -> dict:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        r = client.get(f"/v1/models/{name}", headers=headers)
+        assert r.status_code == 200, r.text
+        if r.json()["status"] != "loading" or time.monotonic() > deadline:
+            return r.json()
+        time.sleep(0.05)
+
+
+def test_user_models_are_owned(world):
+    """Alice's registered model: hers to list, read, rank with, disable and delete; bob and an admin
+    of another owner get the answers of a model that does not exist, and public models change only
+    with the admin scope."""
+    from byo_helpers import imagefolder_zip, synthetic_images
+
+    w, client, k = world, world["client"], world["keys"]
+    if not w["model"]:
+        pytest.skip("no POST /v1/models in this build")
+    A, B, O = _h(k["alice"]), _h(k["bob"]), _h(k["ops"])
+    name = w["model"]
+    mine = _ready_model(client, name, A)
+    assert mine["status"] == "ready" and mine["owner"] == "alice", mine
+    assert name in {m["name"] for m in client.get("/v1/models", headers=A).json()["models"]}
+    assert name in {m["name"] for m in client.get("/v1/sources", headers=A).json()["models"]}
+    ims, ylab = synthetic_images(24, 3)
+    pics = imagefolder_zip(ims, ylab)
+    for headers in (B, O):
+        for url in ("/v1/models", "/v1/models?modality=image", "/v1/sources"):
+            r = client.get(url, headers=headers)
+            assert r.status_code == 200 and name not in r.text, (url, r.text[:300])
+        for method, kwargs in (("GET", {}), ("PATCH", {"json": {"enabled": False}}), ("DELETE", {})):
+            real = client.request(method, f"/v1/models/{name}", headers=headers, **kwargs)
+            ghost = client.request(method, "/v1/models/no-such-model", headers=headers, **kwargs)
+            assert real.status_code == ghost.status_code == 404, (method, real.text)
+            assert real.json()["detail"].replace(name, "no-such-model") == ghost.json()["detail"]
+        # ranking an own image target with alice's model: the answer for a model that does not exist
+        r = client.post("/v1/datasets", files={"file": ("pics.zip", pics)}, headers=headers)
+        assert r.status_code in (200, 201), r.text
+        target = r.json()["id"]
+        body = {"target": target, "candidates": "models"}
+        real = client.post("/v1/rankings", json=dict(body, sources=[name]), headers=headers)
+        ghost = client.post("/v1/rankings", json=dict(body, sources=["no-such-model"]), headers=headers)
+        assert real.status_code == ghost.status_code == 422, real.text
+        assert "unknown model candidate" in real.json()["detail"]
+        assert real.json()["detail"].replace(name, "no-such-model") == ghost.json()["detail"]
+        assert name not in ghost.json()["detail"]
+    # alice ranks her own image target with her model
+    r = client.post("/v1/datasets", files={"file": ("alice-pics.zip", pics)}, headers=A)
+    assert r.status_code in (200, 201), r.text
+    out = rank_as(client, {"target": r.json()["id"], "candidates": "models", "sources": [name]}, A)
+    assert [e["source"] for e in out["ranking"]] == [name]
+    # a public (built-in) model: read by all, changed by an admin only
+    assert client.get(f"/v1/models/{FAST_BASE}", headers=B).json()["owner"] == "public"
+    r = client.patch(f"/v1/models/{FAST_BASE}", json={"enabled": True}, headers=B)
+    assert r.status_code == 403 and "admin" in r.json()["detail"], r.text
+    assert client.patch(f"/v1/models/{FAST_BASE}", json={"enabled": True}, headers=O).status_code == 200
+    # alice's own write: disable, then delete
+    assert client.patch(f"/v1/models/{name}", json={"enabled": False}, headers=A).json()["enabled"] is False
+    assert client.delete(f"/v1/models/{name}", headers=A).json()["deleted"] is True
+    assert client.get(f"/v1/models/{name}", headers=A).status_code == 404
+
+
+def test_catalogue_imports_and_bulk_registrations_are_owned(world, tmp_path):
+    """ESMs imported through the API belong to the caller (CLI/service default: the public catalogue);
+    the listing, the export and the base-encoder lookup see only the caller's and the public rows."""
+    from test_byo_catalogue import write_hfselect_esm, zip_dir
+
+    from app.db.models import EncoderRow
+    from app.services import catalogue as catalogue_svc
+
+    w, client, ctx, k = world, world["client"], world["ctx"], world["keys"]
+    A, B, O = _h(k["alice"]), _h(k["bob"]), _h(k["ops"])
+    with ctx.Session() as s:
+        dim = s.get(EncoderRow, FAST_BASE).dim
+    root = tmp_path / "alice-esms"
+    write_hfselect_esm(root / "alice-esm", dim, None, 0)
+    r = client.post("/v1/sources/import", files={"file": ("e.zip", zip_dir(root))}, data={"base_encoder": FAST_BASE},
+                    headers=A)
+    assert r.status_code == 201, r.text
+    assert client.get("/v1/sources/alice-esm", headers=A).json()["owner"] == "alice"
+    assert "alice-esm" in {t["name"] for t in client.get("/v1/sources", headers=A).json()["tasks"]}
+    assert client.get("/v1/sources/alice-esm/esm?format=json", headers=A).json()["dim"] == dim
+    assert client.get("/v1/sources/alice-esm/esm", headers=A).headers["content-type"] == "application/zip"
+    for headers in (B, O):
+        listing = client.get("/v1/sources?has_esm=true", headers=headers)
+        assert listing.status_code == 200 and "alice-esm" not in listing.text and "alice-private" not in listing.text
+        listing = client.get("/v1/sources", headers=headers).json()  # per-base counts: visible sources only
+        assert sum(listing["base_encoders"].values()) == listing["total"] == len(listing["tasks"])
+        for fmt in ("zip", "json"):
+            real = client.get(f"/v1/sources/alice-esm/esm?format={fmt}", headers=headers)
+            ghost = client.get(f"/v1/sources/no-such-esm/esm?format={fmt}", headers=headers)
+            assert real.status_code == ghost.status_code == 404, real.text
+            assert real.json()["detail"].replace("alice-esm", "no-such-esm") == ghost.json()["detail"]
+        # alice's dataset in a manifest: the answer for a dataset that does not exist
+        real = client.post("/v1/sources/bulk", json={"sources": [{"dataset": w["source_dataset"]["id"],
+                                                                  "name": "x", "train_esm": False}]}, headers=headers)
+        ghost = client.post("/v1/sources/bulk", json={"sources": [{"dataset": "0" * 32, "name": "x",
+                                                                   "train_esm": False}]}, headers=headers)
+        assert real.status_code == ghost.status_code == 404, real.text
+        assert real.json()["detail"].replace(w["source_dataset"]["id"], "0" * 32) == ghost.json()["detail"]
+    if w["model"]:  # alice's model is no base encoder for bob's import
+        other = tmp_path / "bob-esms"
+        write_hfselect_esm(other / "bob-esm", dim, None, 1)
+        real = client.post("/v1/sources/import", files={"file": ("e.zip", zip_dir(other))},
+                           data={"base_encoder": w["model"]}, headers=B)
+        ghost = client.post("/v1/sources/import", files={"file": ("e.zip", zip_dir(other))},
+                            data={"base_encoder": "no-such-model"}, headers=B)
+        assert real.status_code == ghost.status_code == 422, real.text
+        assert real.json()["detail"].replace(w["model"], "no-such-model") == ghost.json()["detail"]
+        assert w["model"] not in ghost.json()["detail"]
+    # bob's manifest registers bob's sources
+    texts, labels = make_texts(30, 2, seed=9, vocab_shift=2)
+    bob_ds = client.post("/v1/datasets", files={"file": ("bob-src.csv", csv_bytes(texts, labels))}, headers=B).json()
+    r = client.post("/v1/sources/bulk", json={"sources": [{"dataset": bob_ds["id"], "name": "bob-src",
+                                                           "train_esm": False}]}, headers=B)
+    assert r.status_code == 202, r.text
+    assert client.get("/v1/sources/bob-src", headers=B).json()["owner"] == "bob"
+    assert client.get("/v1/sources/bob-src", headers=A).status_code == 404
+    # the CLI's import (the service default) fills the public catalogue, seen by everyone
+    pub = tmp_path / "public-esms"
+    write_hfselect_esm(pub / "public-esm", dim, None, 2)
+    assert catalogue_svc.import_dir(ctx, pub, FAST_BASE)["sources"] == ["public-esm"]
+    for headers in (A, B):
+        assert client.get("/v1/sources/public-esm", headers=headers).json()["owner"] == "public"
+        assert client.get("/v1/sources/public-esm/esm?format=json", headers=headers).status_code == 200

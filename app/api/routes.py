@@ -126,7 +126,8 @@ def list_sources(ctx: CtxDep, principal: AuthDep, limit: Annotated[int, Query(ge
     from app.services import catalogue as catalogue_svc
 
     return SourceCataloguePublic.model_validate(
-        catalogue_svc.list_sources(ctx, limit, offset, origin, status, base_encoder, q, has_esm))
+        catalogue_svc.list_sources(ctx, limit, offset, origin, status, base_encoder, q, has_esm,
+                                   owner=principal.owner))
 
 
 @router.get("/sources/{name}", tags=["sources"], response_model=SourcePublic, responses=errors(404))

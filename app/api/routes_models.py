@@ -1,5 +1,6 @@
 """/v1/models: register, list, get, enable/disable and delete model candidates (thin; logic in
-``app.services.models``)."""
+``app.services.models``). Owner-scoped: a registered model belongs to the caller; another owner's
+model answers 404 like a missing one; public (built-in, demo) models change only with an admin key."""
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal
@@ -8,7 +9,7 @@ from fastapi import APIRouter, Depends, Query, Response
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.api.deps import CtxDep, authenticate
+from app.api.deps import AuthDep, CtxDep, authenticate
 from app.api.routes import Id, PublicRoute
 from app.api.schemas import _Public, errors
 from app.services import models as models_svc
@@ -76,32 +77,34 @@ class ModelDeletedPublic(_Public):
 @router.post("", status_code=201, response_model=UserModelPublic,
              responses={202: {"model": UserModelPublic, "description": "still loading: the model with its job"},
                         **errors(409)})
-async def create_model(ctx: CtxDep, body: ModelCreate, response: Response) -> UserModelPublic:
+async def create_model(ctx: CtxDep, principal: AuthDep, body: ModelCreate, response: Response) -> UserModelPublic:
     out, done = await run_in_threadpool(
         lambda: models_svc.add(ctx, body.name, body.path, body.kind, body.modality, body.pooling, body.layer,
-                               body.licence, body.options, wait=body.wait))
+                               body.licence, body.options, wait=body.wait, owner=principal.owner))
     response.status_code = 201 if done else 202
     return UserModelPublic.model_validate(out)
 
 
 @router.get("", response_model=ModelListPublic)
-def list_models(ctx: CtxDep, modality: Literal["text", "image"] | None = None,
+def list_models(ctx: CtxDep, principal: AuthDep, modality: Literal["text", "image"] | None = None,
                 origin: Annotated[str | None, Query(max_length=16)] = None,
                 limit: Annotated[int, Query(ge=1, le=1000)] = 100,
                 offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0) -> ModelListPublic:
-    return ModelListPublic.model_validate(models_svc.list_all(ctx, modality, origin, limit, offset))
+    return ModelListPublic.model_validate(models_svc.list_all(ctx, modality, origin, limit, offset,
+                                                                owner=principal.owner))
 
 
 @router.get("/{name}", response_model=UserModelPublic, responses=errors(404))
-def get_model(ctx: CtxDep, name: Id) -> UserModelPublic:
-    return UserModelPublic.model_validate(models_svc.get(ctx, name))
+def get_model(ctx: CtxDep, principal: AuthDep, name: Id) -> UserModelPublic:
+    return UserModelPublic.model_validate(models_svc.get(ctx, name, principal.owner))
 
 
 @router.patch("/{name}", response_model=UserModelPublic, responses=errors(404))
-def patch_model(ctx: CtxDep, name: Id, body: ModelPatch) -> UserModelPublic:
-    return UserModelPublic.model_validate(models_svc.set_enabled(ctx, name, body.enabled))
+def patch_model(ctx: CtxDep, principal: AuthDep, name: Id, body: ModelPatch) -> UserModelPublic:
+    return UserModelPublic.model_validate(models_svc.set_enabled(ctx, name, body.enabled, principal.owner,
+                                                                 principal.is_admin))
 
 
 @router.delete("/{name}", response_model=ModelDeletedPublic, responses=errors(404, 409))
-def delete_model(ctx: CtxDep, name: Id) -> ModelDeletedPublic:
-    return ModelDeletedPublic.model_validate(models_svc.remove(ctx, name))
+def delete_model(ctx: CtxDep, principal: AuthDep, name: Id) -> ModelDeletedPublic:
+    return ModelDeletedPublic.model_validate(models_svc.remove(ctx, name, principal.owner, principal.is_admin))

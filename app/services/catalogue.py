@@ -24,6 +24,11 @@ The ESM estimators (``esm_logme`` ...) are exact.
 **Placeholder dataset.** ``source_tasks.dataset_id`` references a dataset; an imported source gets
 a row of kind ``esm`` (no texts, no labels, ``meta.esm_only``) holding the derived task embedding.
 
+**Owners.** Imported sources (and their placeholder datasets) belong to ``owner``: the caller for
+the API, ``PUBLIC_OWNER`` for the CLI (``transferrank sources import``). The base encoder is looked
+up among the models ``owner`` may read; listing and export show only the caller's and the public
+sources (another owner's answers 404 like a missing one).
+
 **Export** writes ours in the same layout (float32 tensors, ``config.json`` with
 ``base_model_name`` = the base encoder's hub id where known, else its name).
 """
@@ -43,9 +48,10 @@ import numpy as np
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
-from app.core.errors import Conflict, Invalid, NotFound
+from app.core.errors import Conflict, Invalid
 from app.core.logging import get_logger
-from app.db.models import Dataset, EncoderRow, FeatureSet, SourceTask
+from app.db.models import PUBLIC_OWNER, Dataset, EncoderRow, FeatureSet, SourceTask
+from app.services.tenancy import check_read, check_write, visible
 
 if TYPE_CHECKING:
     from app.core.progress import ProgressFn
@@ -101,9 +107,11 @@ def _safe_extract(data: bytes, dest: Path, max_bytes: int) -> Path:
     return dest
 
 
-def _resolve_base(ctx: Context, base_model_name: str | None, explicit: str | None) -> EncoderRow:
+def _resolve_base(ctx: Context, base_model_name: str | None, explicit: str | None,
+                  owner: str | None = None) -> EncoderRow:
     with ctx.Session() as s:
-        rows: dict[str, EncoderRow] = {r.name: r for r in s.scalars(select(EncoderRow))}
+        rows: dict[str, EncoderRow] = {r.name: r for r in s.scalars(select(EncoderRow)
+                                                                     .where(visible(EncoderRow.owner, owner)))}
     wanted = explicit or base_model_name
     if not wanted:
         raise Invalid("the ESM's config.json names no base_model_name: pass base_encoder")
@@ -120,7 +128,8 @@ def _resolve_base(ctx: Context, base_model_name: str | None, explicit: str | Non
                   "base_encoder=<name> or register the model first (POST /v1/models)")
 
 
-def _read(folder: Path, ctx: Context, base_encoder: str | None, prefix: str) -> dict[str, Any]:
+def _read(folder: Path, ctx: Context, base_encoder: str | None, prefix: str,
+          owner: str | None = None) -> dict[str, Any]:
     from estimators.esm import EmbeddingSpaceMap
 
     try:
@@ -130,7 +139,7 @@ def _read(folder: Path, ctx: Context, base_encoder: str | None, prefix: str) -> 
     config = {}
     if (folder / "config.json").is_file():
         config = json.loads((folder / "config.json").read_text())
-    base = _resolve_base(ctx, config.get("base_model_name"), base_encoder)
+    base = _resolve_base(ctx, config.get("base_model_name"), base_encoder, owner)
     if base.dim is not None and esm.dim_in != base.dim:
         raise Invalid(f"{folder.name}: the map takes {esm.dim_in}-d inputs but base encoder {base.name} gives "
                       f"{base.dim}-d embeddings")
@@ -171,14 +180,15 @@ def derived_task_embedding(ctx: Context, esm: EmbeddingSpaceMap, base: str) -> t
 
 # ---------------------------------------------------------------------- import
 def import_dir(ctx: Context, root: Path, base_encoder: str | None = None, prefix: str = "",
-               progress: ProgressFn | None = None) -> dict[str, Any]:
-    """Import every ESM folder under ``root`` (validated first, then written)."""
+               progress: ProgressFn | None = None, owner: str = PUBLIC_OWNER) -> dict[str, Any]:
+    """Import every ESM folder under ``root`` (validated first, then written) as sources of ``owner``
+    (default: the public catalogue, as the CLI does)."""
     from app.services import sources as sources_svc
 
     progress = progress or (lambda p, message=None: None)
     prefix = (prefix or "").strip()
     folders = _esm_folders(Path(root))
-    items = [_read(f, ctx, base_encoder, prefix) for f in folders]
+    items = [_read(f, ctx, base_encoder, prefix, owner) for f in folders]
     names = [it["name"] for it in items]
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
@@ -204,13 +214,15 @@ def import_dir(ctx: Context, root: Path, base_encoder: str | None = None, prefix
                                              {"base_encoder": base, "imported_from": "hf-dataset-selector layout"})
             try:
                 with ctx.Session.begin() as s:
-                    ds = Dataset(name=it["name"], sha256=h.hexdigest(), kind="esm", n_examples=int(n_ex or 0)
-                                 if isinstance(n_ex, (int, float)) else 0, n_classes=0, label_names=[],
-                                 labels_blob=labels_key, extra_blobs={}, task_embedding_blob=te_key,
+                    ds = Dataset(name=it["name"], owner=owner, sha256=h.hexdigest(), kind="esm",
+                                 n_examples=int(n_ex or 0) if isinstance(n_ex, (int, float)) else 0,
+                                 n_classes=0, label_names=[], labels_blob=labels_key, extra_blobs={},
+                                 task_embedding_blob=te_key,
                                  meta={"format": "esm-only", "esm_only": True, "config": config}, modality="text")
                     s.add(ds)
                     s.flush()
-                    t = SourceTask(name=it["name"], dataset_id=ds.id, description=str(config.get("task_id", "")),
+                    t = SourceTask(name=it["name"], owner=owner, dataset_id=ds.id,
+                                   description=str(config.get("task_id", "")),
                                    licence=str(config.get("license", config.get("licence", ""))), origin="import",
                                    status="ready", base_encoder=base, esm_blob=esm_key,
                                    esm_meta={"imported": True, "config": config, "task_embedding": how,
@@ -229,9 +241,9 @@ def import_dir(ctx: Context, root: Path, base_encoder: str | None = None, prefix
     return {"imported": len(done), "sources": done}
 
 
-def import_upload(ctx: Context, data: bytes, base_encoder: str | None, prefix: str | None) -> tuple[dict[str,
-                  Any], bool]:
-    """A zip of ESM folders: imported at once (201) or, when large, on a job (202)."""
+def import_upload(ctx: Context, data: bytes, base_encoder: str | None, prefix: str | None,
+                  owner: str = PUBLIC_OWNER) -> tuple[dict[str, Any], bool]:
+    """A zip of ESM folders imported as sources of ``owner``: at once (201) or, when large, on a job (202)."""
     tmp = Path(tempfile.mkdtemp(prefix="transferrank-esm-"))
     try:
         root = _safe_extract(data, tmp, 4 * ctx.settings.max_upload_bytes)
@@ -244,16 +256,17 @@ def import_upload(ctx: Context, data: bytes, base_encoder: str | None, prefix: s
         raise
     if len(folders) <= SYNC_IMPORT_LIMIT:
         try:
-            return import_dir(ctx, root, base_encoder, prefix or ""), True
+            return import_dir(ctx, root, base_encoder, prefix or "", owner=owner), True
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     with ctx.Session.begin() as s:
-        job = ctx.jobs.create(s, "import_esms", message=f"queued: importing {len(folders)} ESM source(s)")
+        job = ctx.jobs.create(s, "import_esms", message=f"queued: importing {len(folders)} ESM source(s)",
+                              owner=owner)
         job_id = job.id
 
     def run(progress: ProgressFn) -> dict[str, Any]:
         try:
-            return import_dir(ctx, root, base_encoder, prefix or "", progress)
+            return import_dir(ctx, root, base_encoder, prefix or "", progress, owner)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 
@@ -262,10 +275,10 @@ def import_upload(ctx: Context, data: bytes, base_encoder: str | None, prefix: s
 
 
 # ---------------------------------------------------------------------- export
-def export_zip(ctx: Context, name: str) -> bytes:
+def export_zip(ctx: Context, name: str, owner: str | None = None) -> bytes:
     from safetensors.numpy import save as st_save
 
-    esm, config = _export(ctx, name)
+    esm, config = _export(ctx, name, owner)
     tensors = {"model.weight": np.ascontiguousarray(esm.weight, dtype=np.float32),
                "model.bias": np.ascontiguousarray(esm.bias, dtype=np.float32)}
     buf = io.BytesIO()
@@ -275,21 +288,22 @@ def export_zip(ctx: Context, name: str) -> bytes:
     return buf.getvalue()
 
 
-def export_json(ctx: Context, name: str) -> dict[str, Any]:
-    esm, config = _export(ctx, name)
+def export_json(ctx: Context, name: str, owner: str | None = None) -> dict[str, Any]:
+    esm, config = _export(ctx, name, owner)
     return {"name": name, "config": config, "dim": esm.dim_in, "weight": np.asarray(esm.weight).tolist(),
             "bias": np.asarray(esm.bias).tolist()}
 
 
-def _export(ctx: Context, name: str) -> tuple[EmbeddingSpaceMap, dict[str, Any]]:
+def _export(ctx: Context, name: str, owner: str | None = None) -> tuple[EmbeddingSpaceMap, dict[str, Any]]:
+    """The ESM of a source ``owner`` may read (its own or public); another owner's: 404 as for none."""
     from estimators.esm import EmbeddingSpaceMap
 
     with ctx.Session() as s:
         row = s.execute(select(SourceTask, Dataset).join(Dataset, Dataset.id == SourceTask.dataset_id)
                         .where(SourceTask.name == name)).first()
-        if row is None:
-            raise NotFound(f"no source task named {name!r}")
-        t, d = row
+        t = check_read(row[0] if row else None, owner, f"no source task named {name!r}")
+        d = row[1] if row else None
+        assert d is not None
         if t.esm_blob is None:
             raise Conflict(f"source {name!r} has no ESM ({t.status}); nothing to export")
     esm = EmbeddingSpaceMap.load(ctx.blobs.path(t.esm_blob))
@@ -302,12 +316,14 @@ def _export(ctx: Context, name: str) -> tuple[EmbeddingSpaceMap, dict[str, Any]]
 
 # ---------------------------------------------------------------------- listing / bulk
 def list_sources(ctx: Context, limit: int = 100, offset: int = 0, origin: str | None = None, status: str | None = None,
-                 base_encoder: str | None = None, q: str | None = None, has_esm: bool | None = None) -> dict[str, Any]:
-    """One page of source tasks (by name) with the total, plus the model candidates."""
+                 base_encoder: str | None = None, q: str | None = None, has_esm: bool | None = None,
+                 owner: str | None = None) -> dict[str, Any]:
+    """One page of the source tasks ``owner`` sees (its own and the public ones; None: all), by name,
+    with the total, plus the model candidates it sees."""
     from app.services import models as models_svc
     from app.services.sources import source_dict
 
-    conds = []
+    conds = [visible(SourceTask.owner, owner)]
     if origin:
         conds.append(SourceTask.origin == origin)
     if status:
@@ -323,24 +339,30 @@ def list_sources(ctx: Context, limit: int = 100, offset: int = 0, origin: str | 
         tasks = [source_dict(t, d) for t, d in s.execute(
             select(SourceTask, Dataset).join(Dataset, Dataset.id == SourceTask.dataset_id).where(*conds)
             .order_by(SourceTask.name).limit(limit).offset(offset))]
-        bases = dict(s.execute(select(SourceTask.base_encoder, func.count()).group_by(SourceTask.base_encoder)).all())
-    models = models_svc.list_all(ctx, limit=1000)["models"]
+        bases = dict(s.execute(select(SourceTask.base_encoder, func.count()).where(visible(SourceTask.owner, owner))
+                               .group_by(SourceTask.base_encoder)).all())
+    models = models_svc.list_all(ctx, limit=1000, owner=owner)["models"]
     return {"tasks": tasks, "total": int(total or 0), "limit": limit, "offset": offset,
             "models": [dict(m, encoder_kind=m["kind"], kind="model") for m in models],
             "base_encoder": ctx.settings.base_encoder, "base_encoders": bases}
 
 
-def bulk_register(ctx: Context, entries: list[dict[str, Any]]) -> dict[str, Any]:
-    """Register many sources from a manifest (each entry as ``POST /v1/sources``); all entries are
-    checked (dataset exists, names free and distinct) before the first is registered."""
+def bulk_register(ctx: Context, entries: list[dict[str, Any]], owner: str | None = None,
+                  admin: bool = False) -> dict[str, Any]:
+    """Register many sources from a manifest (each entry as ``POST /v1/sources`` by ``owner``); all
+    entries are checked (dataset exists and is ``owner``'s to change, names free and distinct) before
+    the first is registered. ``owner=None``: internal, any dataset (each source owned by its dataset's owner)."""
     from app.services import datasets as datasets_svc
     from app.services import sources as sources_svc
 
     if not entries:
         raise Invalid("the manifest lists no sources")
-    names = []
+    names, datasets = [], []
     for e in entries:
-        ds = datasets_svc.get(ctx, e["dataset"])
+        ds = datasets_svc.get(ctx, e["dataset"], owner)
+        check_write(ds, owner, admin, f"no dataset with id {e['dataset']!r}; list them with GET /v1/datasets",
+                    f"dataset {ds.id}")
+        datasets.append(ds)
         names.append((e.get("name") or ds.name).strip())
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
@@ -350,9 +372,10 @@ def bulk_register(ctx: Context, entries: list[dict[str, Any]]) -> dict[str, Any]
     if taken:
         raise Conflict(f"source(s) already exist: {', '.join(sorted(taken))}")
     out = []
-    for e, name in zip(entries, names):
+    for e, name, ds in zip(entries, names, datasets):
         src, queued = sources_svc.register(ctx, e["dataset"], name, e.get("description", ""), e.get("licence", ""),
-                                           train_esm=e.get("train_esm", True), train=e.get("train") or {})
+                                           train_esm=e.get("train_esm", True), train=e.get("train") or {},
+                                           owner=ds.owner if owner is None else owner, admin=admin or owner is None)
         out.append({"source": src["name"], "job": src["job"] if queued else None,
                     "status": "queued" if queued else "ready"})
     return {"registered": len(out), "sources": out}

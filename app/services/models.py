@@ -11,6 +11,11 @@ The rankings find a user model by its name like a built-in one; the worker gets 
 ``EncoderSpec`` (``spec_for``), so no process-wide registration is needed. Features of a model
 with a classification head carry its source-class probabilities side by side; ``split_probs``
 stores them under ``<name>#probs`` in the feature cache, where LEEP / NCE read them.
+
+Tenancy: a model registered through the API belongs to the caller's owner; built-in, demo and
+CLI-registered models are public (``PUBLIC_OWNER``). An owner sees and ranks with its own models
+and the public ones; another owner's model answers like a missing one (404), and a public one
+is changed (enable/disable, delete) only with the admin scope (403). ``owner=None``: internal, all.
 """
 from __future__ import annotations
 
@@ -21,11 +26,12 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import delete, or_, select
 
-from app.core.errors import Conflict, Invalid, NotFound
+from app.core.errors import Conflict, Invalid
 from app.core.logging import get_logger
-from app.db.models import EncoderRow, FeatureSet, Score, iso, utcnow
+from app.db.models import PUBLIC_OWNER, EncoderRow, FeatureSet, Score, iso, utcnow
 from app.db.session import rowcount
 from app.encoders.base import EncoderSpec
+from app.services.tenancy import check_read, check_write, visible
 
 if TYPE_CHECKING:
     from app.core.progress import ProgressFn
@@ -79,7 +85,7 @@ def n_probs(ctx: Context, name: str) -> int:
 
 def model_dict(row: EncoderRow) -> dict[str, Any]:
     meta = dict(row.meta or {})
-    return {"name": row.name, "kind": row.kind, "modality": row.modality or "text", "dim": row.dim,
+    return {"name": row.name, "owner": row.owner, "kind": row.kind, "modality": row.modality or "text", "dim": row.dim,
             "params": row.params, "licence": row.licence, "path": row.path, "origin": row.origin or "builtin",
             "status": row.status or "ready", "enabled": bool(row.enabled), "options": row.options or {},
             "family": meta.get("family", ""), "n_source_classes": int(meta.get("n_probs") or 0),
@@ -123,10 +129,11 @@ def _check(name: str, kind: str | None, modality: str | None, pooling: str | Non
 def add(ctx: Context, name: str, path: str, kind: str | None = None, modality: str | None = None,
         pooling: str | None = None, layer: int | None = None, licence: str | None = None,
         options: dict[str, Any] | None = None, *, origin: str = "user", wait: float | None = None,
-        inline: bool = False) -> tuple[dict[str, Any], bool]:
-    """Register a model and load it on a job. Returns ``(body, done)``: done -> the loaded model
-    (201); else the model with ``"status": "loading"`` and its ``"job"`` (202). A load failure within the wait
-    raises ``Invalid`` with the loader's reason and leaves no row behind."""
+        inline: bool = False, owner: str = PUBLIC_OWNER) -> tuple[dict[str, Any], bool]:
+    """Register a model owned by ``owner`` (default: public, as the CLI does) and load it on a job.
+    Returns ``(body, done)``: done -> the loaded model (201); else the model with ``"status": "loading"``
+    and its ``"job"`` (202). A load failure within the wait raises ``Invalid`` with the loader's
+    reason and leaves no row behind."""
     from app.encoders import custom
 
     options = dict(options or {})
@@ -148,8 +155,8 @@ def add(ctx: Context, name: str, path: str, kind: str | None = None, modality: s
         if s.get(EncoderRow, name) is not None:
             raise Conflict(f"a model named {name!r} already exists; DELETE /v1/models/{name} first or pick "
                            "another name")
-        created = ctx.jobs.create(s, "load_model", message=f"queued: loading model {name}")
-        s.add(EncoderRow(name=name, kind=kind, path=local, dim=None, params=None, licence=licence or "",
+        created = ctx.jobs.create(s, "load_model", message=f"queued: loading model {name}", owner=owner)
+        s.add(EncoderRow(name=name, owner=owner, kind=kind, path=local, dim=None, params=None, licence=licence or "",
                          enabled=True, modality=modality, origin=origin, status="loading", options=options,
                          meta={}, job_id=created.id, created_at=utcnow()))
         job_id = created.id
@@ -174,8 +181,8 @@ def add(ctx: Context, name: str, path: str, kind: str | None = None, modality: s
             s.execute(delete(EncoderRow).where(EncoderRow.name == name))
         raise Invalid(f"model {name!r} could not be loaded: {job['error']}")
     if job["status"] == "done":
-        return get(ctx, name), True
-    return get(ctx, name), False  # status "loading", with its "job"
+        return get(ctx, name, owner), True
+    return get(ctx, name, owner), False  # status "loading", with its "job"
 
 
 def _load_job(ctx: Context, name: str, licence: str | None, progress: ProgressFn) -> dict[str, Any]:
@@ -209,9 +216,10 @@ def _load_job(ctx: Context, name: str, licence: str | None, progress: ProgressFn
 
 
 def list_all(ctx: Context, modality: str | None = None, origin: str | None = None, limit: int = 100,
-             offset: int = 0) -> dict[str, Any]:
+             offset: int = 0, owner: str | None = None) -> dict[str, Any]:
+    """One page of the models ``owner`` sees: its own and the public ones (None: all)."""
     with ctx.Session() as s:
-        q = select(EncoderRow).order_by(EncoderRow.name)
+        q = select(EncoderRow).where(visible(EncoderRow.owner, owner)).order_by(EncoderRow.name)
         if modality:
             q = q.where(EncoderRow.modality == modality)
         if origin:
@@ -220,31 +228,32 @@ def list_all(ctx: Context, modality: str | None = None, origin: str | None = Non
     return {"models": [model_dict(r) for r in rows], "limit": limit, "offset": offset}
 
 
-def get(ctx: Context, name: str) -> dict[str, Any]:
+def _missing(name: str) -> str:
+    return f"no model named {name!r}; list them with GET /v1/models"
+
+
+def get(ctx: Context, name: str, owner: str | None = None) -> dict[str, Any]:
+    """The model, if ``owner`` may read it (its own or public); else 404 as for no model."""
     with ctx.Session() as s:
-        row = s.get(EncoderRow, name)
-        if row is None:
-            raise NotFound(f"no model named {name!r}; list them with GET /v1/models")
-        return model_dict(row)
+        return model_dict(check_read(s.get(EncoderRow, name), owner, _missing(name)))
 
 
-def set_enabled(ctx: Context, name: str, enabled: bool) -> dict[str, Any]:
+def set_enabled(ctx: Context, name: str, enabled: bool, owner: str | None = None,
+                admin: bool = False) -> dict[str, Any]:
+    """Enable or disable a model ``owner`` may change (its own; a public one with ``admin``)."""
     with ctx.Session.begin() as s:
-        row = s.get(EncoderRow, name)
-        if row is None:
-            raise NotFound(f"no model named {name!r}")
+        row = check_write(s.get(EncoderRow, name), owner, admin, _missing(name), f"model {name!r}")
         row.enabled = bool(enabled)
-    return get(ctx, name)
+    return get(ctx, name, owner)
 
 
-def remove(ctx: Context, name: str) -> dict[str, Any]:
-    """Delete a user model with its cached features and scores (built-in ones can be disabled)."""
+def remove(ctx: Context, name: str, owner: str | None = None, admin: bool = False) -> dict[str, Any]:
+    """Delete a user model with its cached features and scores (built-in ones can be disabled);
+    ``owner`` must be allowed to change it (its own; a public one with ``admin``)."""
     from app.services import datasets as datasets_svc
 
     with ctx.Session.begin() as s:
-        row = s.get(EncoderRow, name)
-        if row is None:
-            raise NotFound(f"no model named {name!r}")
+        row = check_write(s.get(EncoderRow, name), owner, admin, _missing(name), f"model {name!r}")
         if not is_user(row):
             raise Conflict(f"{name!r} is a built-in model: disable it instead (PATCH /v1/models/{name} "
                            '{"enabled": false})')
@@ -265,12 +274,12 @@ def remove(ctx: Context, name: str) -> dict[str, Any]:
             "blobs_removed": removed}
 
 
-def ranking_candidates(ctx: Context, modality: str) -> list[str]:
-    """Enabled, loaded model names for targets of ``modality`` (text | image)."""
+def ranking_candidates(ctx: Context, modality: str, owner: str | None = None) -> list[str]:
+    """Enabled, loaded model names ``owner`` may rank with for targets of ``modality`` (text | image)."""
     with ctx.Session() as s:
         return list(s.scalars(select(EncoderRow.name).where(
             EncoderRow.enabled.is_(True), or_(EncoderRow.status.is_(None), EncoderRow.status == "ready"),
-            EncoderRow.modality == modality).order_by(EncoderRow.name)))
+            EncoderRow.modality == modality, visible(EncoderRow.owner, owner)).order_by(EncoderRow.name)))
 
 
 DEMO_MODELS_DIR = Path(__file__).resolve().parents[1] / "demo" / "data" / "image_models"
@@ -300,7 +309,8 @@ def seed_demo_models(ctx: Context, directory: Path | None = None) -> int:
                 continue
             s.add(EncoderRow(name=e["name"], kind=e["kind"], path=str(path), dim=int(e["dim"]),
                              params=int(e["params"]), licence=e.get("licence", ""), enabled=True,
-                             modality=e.get("modality", "image"), origin="demo", status="ready", options={},
+                             modality=e.get("modality", "image"), origin="demo", owner=PUBLIC_OWNER, status="ready",
+                             options={},
                              meta={"family": e.get("family", ""), "n_probs": int(e.get("n_probs", 0)),
                                    "description": e.get("description", "")}, created_at=utcnow()))
             added += 1

@@ -242,7 +242,7 @@ def _model_names(ctx: Context, ds: Dataset, spec: RankingSpec) -> list[str]:
     else:
         from app.services import models as models_svc
 
-        allowed = set(models_svc.ranking_candidates(ctx, getattr(ds, "modality", None) or "text"))
+        allowed = set(models_svc.ranking_candidates(ctx, getattr(ds, "modality", None) or "text", spec.owner))
         with ctx.Session() as s:
             names = [n for n in s.scalars(select(EncoderRow.name).where(EncoderRow.enabled.is_(True),
                                                                         visible(EncoderRow.owner, spec.owner))

@@ -32,10 +32,9 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    # only the new columns go; every dataset, model and score row stays
-    with op.batch_alter_table("encoders", schema=None) as b:
-        for col in ("created_at", "job_id", "error", "meta", "options", "status", "origin", "modality"):
-            b.drop_column(col)
-    with op.batch_alter_table("datasets", schema=None) as b:
-        b.drop_column("modality")
-        b.drop_column("task_type")
+    # only the new columns go; every dataset, model and score row stays. SQLite: DROP COLUMN in place
+    # (3.35+), never a batch table rebuild, which fails (or cascades) on the rows referencing datasets
+    for col in ("created_at", "job_id", "error", "meta", "options", "status", "origin", "modality"):
+        op.drop_column("encoders", col)
+    op.drop_column("datasets", "modality")
+    op.drop_column("datasets", "task_type")

@@ -328,24 +328,30 @@ def build_parser() -> argparse.ArgumentParser:
     mo = sub.add_parser("models", help="model candidates: add PATH --name N | list | remove NAME")
     msub = mo.add_subparsers(dest="models_cmd", required=True)
     ma = msub.add_parser("add", help="register a local transformers / sentence-transformers dir or TorchScript file")
-    ma.add_argument("path")
-    ma.add_argument("--name", required=True)
-    ma.add_argument("--kind", choices=["transformers", "sentence-transformers", "torchscript"], default=None)
-    ma.add_argument("--modality", choices=["text", "image"], default=None)
-    ma.add_argument("--pooling", choices=["mean", "cls", "pooler"], default=None)
-    ma.add_argument("--layer", type=int, default=None)
-    ma.add_argument("--licence", default=None)
+    ma.add_argument("path", help="a local transformers / sentence-transformers directory, a TorchScript file, "
+                    "or a hub id already in the local Hugging Face cache (read on this machine)")
+    ma.add_argument("--name", required=True, help="the candidate's name in rankings (\"sources\")")
+    ma.add_argument("--kind", choices=["transformers", "sentence-transformers", "torchscript"], default=None,
+                    help="loader (default: detected from the path)")
+    ma.add_argument("--modality", choices=["text", "image"], default=None,
+                    help="what the model embeds (default: detected from its config)")
+    ma.add_argument("--pooling", choices=["mean", "cls", "pooler"], default=None,
+                    help="text transformers: how token states become one vector (default mean)")
+    ma.add_argument("--layer", type=int, default=None,
+                    help="text transformers: pool hidden state K (-1 the last, 0 the embeddings)")
+    ma.add_argument("--licence", default=None, help="licence to record (default: the model card's)")
     mr = msub.add_parser("remove")
-    mr.add_argument("name")
+    mr.add_argument("name", help="the registered model to remove")
     for sp in (ma, msub.add_parser("list"), mr):
         data_dir(sp)
     mo.set_defaults(func=cmd_byo)
     so = sub.add_parser("sources", help="source catalogue: import ESMs (hf-dataset-selector layout)")
     ssub = so.add_subparsers(dest="sources_cmd", required=True)
     si = ssub.add_parser("import", help="import a folder of <name>/{config.json,model.safetensors} folders, or a zip")
-    si.add_argument("path")
-    si.add_argument("--base-encoder", default=None)
-    si.add_argument("--prefix", default="")
+    si.add_argument("path", help="a folder of hf-dataset-selector ESM folders, or a zip of them")
+    si.add_argument("--base-encoder", default=None,
+                    help="the base encoder the ESMs map from (default: from each config.json)")
+    si.add_argument("--prefix", default="", help="prepended to each source's folder name")
     data_dir(si)
     so.set_defaults(func=cmd_byo)
     d = sub.add_parser("doctor", help="check the data dir and database; --repair removes temp files, orphan "

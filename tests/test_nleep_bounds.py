@@ -14,7 +14,7 @@ from estimators.nleep import nleep
 def _data(n=600, d=20, C=3, seed=0):
     rng = np.random.default_rng(seed)
     y = np.arange(n) % C
-    X = rng.normal(size=(C, d))[y] * 2.0 + rng.normal(size=(n, d))
+    X = rng.normal(size=(C, d))[y] * 0.4 + rng.normal(size=(n, d))  # overlapping classes: NLEEP well below 0
     return X, y
 
 
@@ -33,20 +33,21 @@ def test_row_subsample_fits_on_the_subsample_and_scores_every_row():
     Z = pca.transform(X).astype(np.float32)
     gmm = GaussianMixture(n_components=15, random_state=123).fit(Z[rows])
     expected = leep_from_probs(gmm.predict_proba(Z).astype(np.float64), y, 3)
-    assert got == pytest.approx(expected, rel=1e-12)
+    assert got == pytest.approx(expected, rel=1e-6)
 
 
 def test_dimension_and_component_caps():
+    # rel 1e-6: the features are cast to float32 after PCA, as in the reference (~1e-7 relative)
     X, y = _data(d=40)
     Zfull = PCA(n_components=0.8, svd_solver="full").fit_transform(X)
     assert Zfull.shape[1] > 5
     got = nleep(X, y, max_dims=5, max_components=4)  # 4 components, but never fewer than C = 3
     Z = Zfull[:, :5].astype(np.float32)
     post = GaussianMixture(n_components=4, random_state=123).fit(Z).predict_proba(Z)
-    assert got == pytest.approx(leep_from_probs(post.astype(np.float64), y, 3), rel=1e-12)
+    assert got == pytest.approx(leep_from_probs(post.astype(np.float64), y, 3), rel=1e-6)
     floor = nleep(X, y, max_components=1, max_dims=5)
     post = GaussianMixture(n_components=3, random_state=123).fit(Z).predict_proba(Z)
-    assert floor == pytest.approx(leep_from_probs(post.astype(np.float64), y, 3), rel=1e-12)
+    assert floor == pytest.approx(leep_from_probs(post.astype(np.float64), y, 3), rel=1e-6)
 
 
 @pytest.mark.parametrize("key", ["max_fit_rows", "max_dims", "max_components"])

@@ -147,10 +147,11 @@ def test_fallback_value_is_cached_under_the_parameters_used(client):
         estimators.score("nleep", good.astype(np.float32), y, n_components=3))
 
 
-def test_bootstrap_draws_are_cached_and_reused(client):
+def test_bootstrap_draws_are_cached_and_reused(client, monkeypatch):
     """Each cell's bootstrap draws are stored in the score cache (estimator ``bootstrap:<name>``,
     keyed by the cell's parameters, B and the seed); a repeated ranking reads them back."""
     from app.db.models import Score
+    from app.services import rankings as rankings_svc
 
     arrays = _target(seed=5)
     did = upload(client, _npz(arrays), "t.npz").json()["id"]
@@ -161,7 +162,14 @@ def test_bootstrap_draws_are_cached_and_reused(client):
         rows = list(s.scalars(select(Score).where(Score.estimator.like("bootstrap:%"))))
     assert {(r.source, r.estimator) for r in rows} == {(m, f"bootstrap:{e}") for m in MODELS for e in ("logme", "leep")}
     assert all(len(r.params["draws"]) == 100 and r.params["B"] == 100 for r in rows)
-    again = rank(client, body)
+    def no_rescore(*args, **kwargs):
+        raise AssertionError("a cached bootstrap draw was re-computed")
+
+    monkeypatch.setattr(rankings_svc, "rescore", no_rescore)
+    # an identical request is answered by the ranking memo (the same ranking, see the nleep test);
+    # another top_k is a new ranking of the same state: scores and draws come from the cache
+    again = rank(client, dict(body, top_k=5))
+    assert again["id"] != first["id"]
     with ctx.Session() as s:
         assert s.query(Score).filter(Score.estimator.like("bootstrap:%")).count() == len(rows)
     assert again["computed"] == 0

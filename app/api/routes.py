@@ -138,7 +138,7 @@ def get_source(ctx: CtxDep, principal: AuthDep, name: Id) -> SourcePublic:
 @router.post("/sources", tags=["sources"], status_code=202, response_model=SourceCreatedPublic,
              responses={201: {"model": SourceCreatedPublic,
                               "description": "registered at once (NPZ source with base features)"},
-                        **errors(404, 409)})
+                        **errors(404, 409, 413)})
 def create_source(ctx: CtxDep, principal: AuthDep, body: SourceCreate, response: Response) -> SourceCreatedPublic:
     train = body.train.model_dump(exclude_none=True)
     source, queued = sources_svc.register(ctx, body.dataset, body.name, body.description, body.licence,
@@ -158,7 +158,7 @@ def delete_source(ctx: CtxDep, principal: AuthDep, name: Id) -> SourceDeletedPub
 # ---------------------------------------------------------------------- rankings / jobs
 @router.post("/rankings", tags=["rankings"], response_model=RankingPublic,
              responses={202: {"model": RankingPublic, "description": "queued as a job (status 'queued')"},
-                        **errors(404)})
+                        **errors(404, 413)})
 def create_ranking(ctx: CtxDep, principal: AuthDep, body: RankingRequest, response: Response,
                    if_none_match: Annotated[str | None, Header()] = None) -> Any:
     spec = rankings_svc.RankingSpec(**body.model_dump(), owner=principal.owner)
@@ -190,7 +190,7 @@ def get_job(ctx: CtxDep, principal: AuthDep, job_id: Id) -> JobPublic:
 
 # ---------------------------------------------------------------------- feedback / estimators (matrix: routes_matrix)
 @router.post("/feedback", tags=["feedback"], status_code=201, response_model=FeedbackPublic,
-             responses=errors(404))
+             responses=errors(404, 413))
 def create_feedback(ctx: CtxDep, principal: AuthDep, body: FeedbackCreate) -> FeedbackPublic:
     return FeedbackPublic.model_validate(feedback_svc.create(ctx, body.source, body.target, body.metric, body.value,
                                                              body.higher_is_better, body.note,
@@ -220,7 +220,7 @@ def list_keys(ctx: CtxDep, _admin: AdminKeyDep) -> KeyListPublic:
     return KeyListPublic.model_validate({"keys": keys_svc.list_all(ctx)})
 
 
-@admin.post("", status_code=201, response_model=KeyCreatedPublic)
+@admin.post("", status_code=201, response_model=KeyCreatedPublic, responses=errors(413))
 def create_key(ctx: CtxDep, _admin: AdminKeyDep, body: KeyCreate) -> KeyCreatedPublic:
     info, key = keys_svc.create(ctx, body.owner, body.scopes)
     return KeyCreatedPublic.model_validate(dict(info, key=key))

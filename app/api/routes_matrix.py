@@ -117,7 +117,7 @@ class BatchRankingRequest(BaseModel):
 
 @router.post("/rankings/batch", tags=["rankings"], status_code=202, response_model=BatchRankingPublic,
              responses={202: {"description": "one job ranks every target; poll GET /v1/jobs/{job}, then "
-                                             "GET /v1/rankings/{id} per target"}, 404: ERR})
+                                             "GET /v1/rankings/{id} per target"}, 404: ERR, **errors(413)})
 def create_batch(ctx: CtxDep, principal: AuthDep, body: BatchRankingRequest) -> BatchRankingPublic:
     fields = body.model_dump()
     targets = fields.pop("targets")

@@ -76,7 +76,7 @@ class ModelDeletedPublic(_Public):
 
 @router.post("", status_code=201, response_model=UserModelPublic,
              responses={202: {"model": UserModelPublic, "description": "still loading: the model with its job"},
-                        **errors(409)})
+                        **errors(409, 413)})
 async def create_model(ctx: CtxDep, principal: AuthDep, body: ModelCreate, response: Response) -> UserModelPublic:
     out, done = await run_in_threadpool(
         lambda: models_svc.add(ctx, body.name, body.path, body.kind, body.modality, body.pooling, body.layer,
@@ -99,7 +99,7 @@ def get_model(ctx: CtxDep, principal: AuthDep, name: Id) -> UserModelPublic:
     return UserModelPublic.model_validate(models_svc.get(ctx, name, principal.owner))
 
 
-@router.patch("/{name}", response_model=UserModelPublic, responses=errors(404))
+@router.patch("/{name}", response_model=UserModelPublic, responses=errors(404, 413))
 def patch_model(ctx: CtxDep, principal: AuthDep, name: Id, body: ModelPatch) -> UserModelPublic:
     return UserModelPublic.model_validate(models_svc.set_enabled(ctx, name, body.enabled, principal.owner,
                                                                  principal.is_admin))

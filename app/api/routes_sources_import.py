@@ -86,7 +86,8 @@ def export_esm(ctx: CtxDep, principal: AuthDep, name: Id,
                     headers={"Content-Disposition": f'attachment; filename="{name}-esm.zip"'})
 
 
-@router.post("/bulk", status_code=202, response_model=BulkPublic, responses=errors(404, 409))
+@router.post("/bulk", status_code=202, response_model=BulkPublic,
+             responses=errors(404, 409, 413))
 def bulk_register(ctx: CtxDep, principal: AuthDep, body: Manifest) -> BulkPublic:
     entries = [dict(e.model_dump(), train=e.train.model_dump(exclude_none=True)) for e in body.sources]
     return BulkPublic.model_validate(catalogue_svc.bulk_register(ctx, entries, principal.owner, principal.is_admin))

@@ -407,6 +407,7 @@ def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
     meaning = {400: "bad request", 401: "an API key is required, or the key is invalid or revoked",
                403: "the key lacks the scope this call needs", 404: "not found",
                409: "conflicts with the current state (e.g. still training)",
-               413: "the upload is larger than TRANSFERRANK_MAX_UPLOAD_BYTES",
+               413: "the request body is larger than TRANSFERRANK_MAX_JSON_BYTES (an upload: "
+                    "TRANSFERRANK_MAX_UPLOAD_BYTES)",
                422: "the request or its content cannot be used", 429: "too many requests"}
     return {c: {"model": ErrorPublic, "description": meaning.get(c, "error")} for c in codes}

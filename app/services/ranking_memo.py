@@ -2,13 +2,14 @@
 
 A ranking's answer depends on the request, the target's content, the cached scores of that
 target, the catalogue (source tasks, their ESMs and status), the model registry, observed
-feedback (the prior) and the code version. ``fingerprint`` digests all of these with a few
-aggregate SQL queries (counts and largest ids: any new score, source, ESM, feedback or model
-changes it). ``create`` in ``app.services.rankings`` looks the fingerprint up first: when a
-finished ranking with the same fingerprint exists in this process, its stored answer is
-returned as is (no recomputation, no new row); otherwise the ranking is computed and, when it
-finished inline, remembered under the fingerprint of the state it left behind. ``etag`` turns
-a fingerprint into an HTTP entity tag (``If-None-Match`` -> 304). Per process, bounded (LRU).
+feedback, the prior's thresholds (``app.services.prior``) and the code version. ``fingerprint``
+digests all of these with a few aggregate SQL queries (counts and largest ids: any new score,
+source, ESM, feedback or model changes it). ``create`` in ``app.services.rankings`` looks the
+fingerprint up first: when a finished ranking with the same fingerprint exists in this process,
+its stored answer is returned as is (no recomputation, no new row); otherwise the ranking is
+computed and, when it finished inline, remembered under the fingerprint of the state it left
+behind. ``etag`` turns a fingerprint into an HTTP entity tag (``If-None-Match`` -> 304). Per
+process, bounded (LRU).
 """
 from __future__ import annotations
 
@@ -75,8 +76,15 @@ def fingerprint(ctx: Any, request: dict[str, Any], target_id: str, scope: str | 
         models = s.execute(select(func.count(EncoderRow.name),
                                   func.sum(case((EncoderRow.enabled.is_(True), 1), else_=0)))).one()
     state = [request, target_id, sha, scope, list(scores), list(tasks), list(feedback), list(models),
-             scores_svc.version(), getattr(ctx.settings, "base_encoder", None)]
+             scores_svc.version(), getattr(ctx.settings, "base_encoder", None), _prior_settings()]
     return hashlib.sha256(json.dumps(state, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _prior_settings() -> list[Any]:
+    """The feedback prior's thresholds (read at call time: a changed setting changes the answer)."""
+    from app.services import prior
+
+    return [prior.MIN_SIMILARITY, prior.MIN_PER_TARGET, prior.MIN_OBSERVED, prior.UNOBSERVED_POLICY]
 
 
 def lookup(ctx: Any, key: str | None) -> dict[str, Any] | None:

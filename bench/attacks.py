@@ -3,7 +3,7 @@ never 5xx, and the server's peak RSS must stay under 2 GB while it refuses them.
 
 ``corpus()`` builds the attacks (decompression and size bombs of each upload format, huge and
 odd numbers, NUL and control characters in every string field and path id, path-like names,
-pickles, oversized JSON bodies); ``tests/test_hostile.py`` runs the same corpus in-process on
+pickles, oversized JSON bodies); ``tests/api/test_hostile.py`` runs the same corpus in-process on
 SQLite and PostgreSQL. This script runs it against a real ``transferrank serve`` process per
 database, resetting and reading the server's peak RSS (``/proc/<pid>/clear_refs``, ``VmHWM``)
 around each attack, and writes ``bench/results/attacks.md``::

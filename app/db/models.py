@@ -2,7 +2,7 @@
 (``<sha256>.<ext>``, see ``app.storage.blobs``).
 
 The schema is created and changed only by Alembic migrations (``migrations/``); keep the two
-in step (``tests/test_migrations.py`` compares them).
+in step (``tests/service/test_migrations.py`` compares them).
 """
 from __future__ import annotations
 

@@ -42,7 +42,7 @@ def test_client_imports_without_server_extras():
             "bad = [m for m in ('fastapi', 'torch', 'sqlalchemy', 'pandas', 'sklearn', 'app') if m in sys.modules]; "
             "print(bad)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         cwd=Path(__file__).resolve().parents[1])
+                         cwd=Path(__file__).resolve().parents[2])
     assert out.stdout.strip() == "[]"
 
 
@@ -231,7 +231,7 @@ def test_readme_notebook_snippet_ranks_a_dataframe_in_five_lines(tmp_path, monke
 
     from app.db.models import EncoderRow
 
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     section = readme[readme.index("## Python client"):]
     code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
     lines = [ln for ln in code.splitlines() if ln.strip()]

@@ -17,7 +17,7 @@ import pytest
 
 import estimators
 
-CONFORMANCE = Path(__file__).parents[1].parent / "shared" / "conformance"
+CONFORMANCE = Path(__file__).parents[2].parent / "shared" / "conformance"
 INPUTS = CONFORMANCE / "inputs"
 GOLDEN_PATH = CONFORMANCE / "golden.json"
 

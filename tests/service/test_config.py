@@ -9,7 +9,7 @@ import pytest
 
 from app.core.config import Settings, env_name, settings_table
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 VAR = re.compile(r"\bTRANSFERRANK_[A-Z0-9_]*[A-Z0-9]\b")
 
 

@@ -15,7 +15,7 @@ from app.workers import backend_config, get_backend  # noqa: E402
 from app.workers.base import EsmTrainRequest  # noqa: E402
 from app.workers.local import EncoderCache, LocalBackend  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def chatterbot_texts(n_per_topic: int, topics=("food", "sports", "money", "science")):

@@ -17,7 +17,7 @@ from estimators.ped import ped, ped_dynamics
 from estimators.sfda import adaptive_shrinkage, fisher_posteriors, sfda
 from estimators.tmi import knn_entropy, tmi
 
-CONF = Path(__file__).parents[1].parent / "shared" / "conformance"
+CONF = Path(__file__).parents[2].parent / "shared" / "conformance"
 GOLDEN = json.loads((CONF / "golden.json").read_text())
 
 # (estimator, params, golden key); ped_logme on a rank-deficient case is handled below

@@ -42,7 +42,7 @@ def test_migrations_run_by_hand_with_alembic_cli(tmp_path, monkeypatch):
     import sys
     from pathlib import Path
 
-    repo = Path(__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[2]
     env = {"TRANSFERRANK_DATA_DIR": str(tmp_path), "PATH": "/usr/bin:/bin"}
     alembic = Path(sys.executable).with_name("alembic")
     out = subprocess.run([str(alembic), "upgrade", "head"], cwd=repo, env=env, capture_output=True, text=True,

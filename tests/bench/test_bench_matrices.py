@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parents[1]))  # bench/ is not an installed package
+sys.path.insert(0, str(Path(__file__).parents[2]))  # bench/ is not an installed package
 from bench import common, matrices  # noqa: E402
 
-SHARED = Path(__file__).parents[1].parent / "shared" / "benchmarks"
+SHARED = Path(__file__).parents[2].parent / "shared" / "benchmarks"
 pytestmark = pytest.mark.skipif(not (SHARED / "taskweb").is_dir(), reason="../shared/benchmarks not present")
 
 TW_TARGETS = ["boolq", "cb", "copa", "rte", "snli", "stsb"]

@@ -29,7 +29,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from app.core.config import limits
 from app.core.errors import Invalid
+from app.services import ingest
 from app.services.datasets import Parsed
 
 if TYPE_CHECKING:
@@ -233,23 +235,68 @@ def label_columns(cols: list[str]) -> list[str]:
     return out
 
 
-def _read_raw(data: bytes, fmt: str) -> Any:
+def _bounded_parquet(data: bytes, settings: Settings) -> Any:
+    """The Parquet table as a DataFrame, its decoded size counted before it is materialised:
+    string columns are read dictionary-encoded and their decoded bytes summed from the dictionary
+    (a few repeated 1 MB strings cannot inflate to gigabytes), under the same limits as the
+    classification readers (rows, columns, cell size, ``TRANSFERRANK_MAX_DECOMPRESSED_BYTES``)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    lim = limits(settings)
+    try:
+        pf = pq.ParquetFile(io.BytesIO(data), thrift_string_size_limit=max(1 << 20, min(len(data), 64 << 20)),
+                            thrift_container_size_limit=max(10_000, 64 * lim.max_columns))
+        md = pf.metadata
+        ingest.check_columns(md.num_columns, lim)
+        if md.num_rows > settings.max_rows:
+            raise ingest.too_many_rows(settings, md.num_rows)
+        strings = [f.name for f in pf.schema_arrow if pa.types.is_string(f.type) or pa.types.is_binary(f.type)
+                   or pa.types.is_large_string(f.type)]
+        table = pq.ParquetFile(io.BytesIO(data), read_dictionary=strings).read()
+    except Invalid:
+        raise
+    except Exception as exc:  # noqa: BLE001 -- pyarrow's errors for a damaged file
+        raise Invalid(f"could not read the file as PARQUET ({ingest._first_line(exc)})") from None
+    budget = ingest.Budget(lim)
+    for name in table.column_names:
+        col = table.column(name).combine_chunks()
+        if pa.types.is_dictionary(col.type):
+            lengths = pc.binary_length(col.dictionary).fill_null(0)
+            longest = pc.max(lengths).as_py() or 0
+            if longest > lim.max_cell_bytes:
+                raise Invalid(f"column {name!r} has a value of {longest} bytes, over the limit of "
+                              f"{lim.max_cell_bytes} per cell (TRANSFERRANK_MAX_CELL_BYTES)")
+            budget.take(int(pc.sum(pc.take(lengths, col.indices.fill_null(0))).as_py() or 0), f"column {name!r}")
+        else:
+            budget.take(col.nbytes, f"column {name!r}")
+    return table.to_pandas()
+
+
+def _read_raw(data: bytes, fmt: str, settings: Settings) -> Any:
+    """The table as a DataFrame for the regression / multi-label readers, within the upload limits
+    (Parquet: ``_bounded_parquet``; text formats are already bounded by the upload size, and
+    their column count is checked on the header)."""
     import pandas as pd
 
-    if fmt in ("csv", "tsv"):
-        df = pd.read_csv(io.BytesIO(data), sep="\t" if fmt == "tsv" else ",", dtype=str,
-                         keep_default_na=False, na_values=[], encoding="utf-8")
-    elif fmt == "jsonl":
-        df = pd.read_json(io.BytesIO(data), lines=True, dtype=False)
+    if fmt == "parquet":
+        df = _bounded_parquet(data, settings)
     else:
-        df = pd.read_parquet(io.BytesIO(data))
+        if fmt in ("csv", "tsv"):
+            header = data[: data.find(b"\n") if b"\n" in data else len(data)]
+            ingest.check_columns(header.count(b"\t" if fmt == "tsv" else b",") + 1, limits(settings))
+            df = pd.read_csv(io.BytesIO(data), sep="\t" if fmt == "tsv" else ",", dtype=str,
+                             keep_default_na=False, na_values=[], encoding="utf-8")
+        else:
+            df = pd.read_json(io.BytesIO(data), lines=True, dtype=False)
     df.columns = [str(c).strip() for c in df.columns]
     return df
 
 
-def _all_lists(data: bytes, fmt: str) -> bool:
+def _all_lists(data: bytes, fmt: str, settings: Settings) -> bool:
     try:
-        values = _read_raw(data, fmt)["label"].tolist()
+        values = _read_raw(data, fmt, settings)["label"].tolist()
     except Exception:  # noqa: BLE001 -- the reader reports what is wrong with the file
         return False
     return bool(values) and all(_is_listlike(v) for v in values)
@@ -264,7 +311,7 @@ def parse_table(data: bytes, fmt: str, settings: Settings, task_type: str | None
     for ambiguity (``infer``) when no ``task_type`` was given; a JSONL / Parquet label column
     holding real lists is read as multi-label. Regression and multi-label tables are read here."""
     task_type = check_task_type(task_type)
-    if task_type is None and fmt in ("jsonl", "parquet") and _all_lists(data, fmt):
+    if task_type is None and fmt in ("jsonl", "parquet") and _all_lists(data, fmt, settings):
         task_type = "multilabel"  # real lists per row: unambiguous
     if task_type in (None, "classification"):
         try:
@@ -272,7 +319,7 @@ def parse_table(data: bytes, fmt: str, settings: Settings, task_type: str | None
         except Invalid as exc:
             if task_type is None and "classes exceed" in exc.detail:  # many distinct floats: say why
                 try:
-                    infer(_read_raw(data, fmt)["label"].tolist())
+                    infer(_read_raw(data, fmt, settings)["label"].tolist())
                 except Invalid:
                     raise
                 except Exception:
@@ -282,7 +329,7 @@ def parse_table(data: bytes, fmt: str, settings: Settings, task_type: str | None
             return parsed
         names = list(parsed.label_names)
         if fmt in ("jsonl", "parquet") and any(n.startswith("[") for n in names):
-            values = _read_raw(data, fmt)["label"].tolist()
+            values = _read_raw(data, fmt, settings)["label"].tolist()
             if all(_is_listlike(v) for v in values):
                 task_type = "multilabel"  # real lists per row: unambiguous
             else:
@@ -291,7 +338,7 @@ def parse_table(data: bytes, fmt: str, settings: Settings, task_type: str | None
             infer(names)  # 422 for real numbers or "a,b" strings, asking for task_type
             return parsed
     try:
-        df = _read_raw(data, fmt)
+        df = _read_raw(data, fmt, settings)
     except Exception:  # the classification reader gives the detailed message
         return classification_reader(data, fmt, settings)
     lcols = label_columns(list(df.columns))

@@ -152,3 +152,26 @@ def test_many_distinct_floats_say_why(make_client):
     data = pd.DataFrame({"text": texts, "label": np.linspace(0.1, 3.3, 12).round(2)}).to_csv(index=False)
     r = upload(client, data.encode(), "f.csv")
     assert r.status_code == 422 and "real numbers" in r.json()["detail"], r.text
+
+
+@pytest.mark.parametrize("task_type", ["regression", "multilabel", None])
+def test_parquet_bomb_is_refused_for_every_target_type(client, task_type):
+    """2,000 rows of one repeated 1 MB text: a few kB dictionary-encoded, 2 GB decoded. The
+    regression / multi-label readers count decoded bytes before materialising, like the
+    classification reader (issue: bounded input for every reader)."""
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    n = 2000
+    table = pa.table({"text": pa.array(["x" * (1 << 20)] * n).dictionary_encode(),
+                      "label": pa.array([float(i % 7) / 3 for i in range(n)] if task_type != "multilabel"
+                                        else ["a,b"] * n)})
+    buf = io.BytesIO()
+    pq.write_table(table, buf, compression="zstd")
+    assert len(buf.getvalue()) < 200_000
+    data = {"task_type": task_type} if task_type else {}
+    r = client.post("/v1/datasets", files={"file": ("bomb.parquet", buf.getvalue())}, data=data)
+    assert r.status_code in (413, 422), r.text
+    assert "limit" in r.json()["detail"]

@@ -12,7 +12,7 @@
     transferrank doctor [--repair] [--min-age SECONDS] [--data-dir DIR]
 
 ``--data-dir`` defaults to ``$TRANSFERRANK_DATA_DIR``, else the per-user cache dir
-(``~/.cache/transferrank`` on Linux). ``--server URL`` runs rank / keys / matrix against a
+(``~/.cache/transferrank`` on Linux). ``--server URL`` runs rank / keys / matrix / models / sources import against a
 service through the Python client. ``--json`` prints only JSON on stdout.
 """
 from __future__ import annotations
@@ -190,7 +190,12 @@ def cmd_keys(args) -> int:
 
 
 def cmd_byo(args) -> int:
-    """``models add|list|remove`` and ``sources import`` on a data dir, without a server."""
+    """``models add|list|remove`` and ``sources import`` on a data dir, or against a service
+    with ``--server``."""
+    if getattr(args, "server", None):
+        from app import cli_client
+
+        return cli_client.byo_remote(args)
     from app.core.errors import ServiceError
     from app.db.models import PUBLIC_OWNER
     from app.services import catalogue as catalogue_svc
@@ -342,8 +347,9 @@ def build_parser() -> argparse.ArgumentParser:
     ma.add_argument("--licence", default=None, help="licence to record (default: the model card's)")
     mr = msub.add_parser("remove")
     mr.add_argument("name", help="the registered model to remove")
-    for sp in (ma, msub.add_parser("list"), mr):
+    for sp in (ma, msub.add_parser("list", help="list the model candidates"), mr):
         data_dir(sp)
+        server(sp)
     mo.set_defaults(func=cmd_byo)
     so = sub.add_parser("sources", help="source catalogue: import ESMs (hf-dataset-selector layout)")
     ssub = so.add_subparsers(dest="sources_cmd", required=True)
@@ -353,6 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="the base encoder the ESMs map from (default: from each config.json)")
     si.add_argument("--prefix", default="", help="prepended to each source's folder name")
     data_dir(si)
+    server(si)
     so.set_defaults(func=cmd_byo)
     d = sub.add_parser("doctor", help="check the data dir and database; --repair removes temp files, orphan "
                        "blobs and scores, and fails stale jobs")

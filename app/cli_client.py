@@ -116,6 +116,23 @@ def keys_remote(args, emit_keys) -> int:
     return run_remote(go, args)
 
 
+def byo_remote(args) -> int:
+    """``models add|list|remove`` and ``sources import`` against a service (``--server``); model
+    paths are read on the server's machine, an ESM folder is zipped here and uploaded."""
+    def go(c):
+        if args.command == "sources":
+            out = c.import_sources(args.path, base_encoder=args.base_encoder, prefix=args.prefix or None)
+        elif args.models_cmd == "add":
+            out = c.add_model(args.name, args.path, kind=args.kind, modality=args.modality, pooling=args.pooling,
+                              licence=args.licence, layer=args.layer)
+        elif args.models_cmd == "list":
+            out = c.models()
+        else:
+            out = c.delete_model(args.name)
+        print(json.dumps(out, indent=2, default=str))
+    return run_remote(go, args)
+
+
 # ---------------------------------------------------------------------- matrix
 def add_matrix_parser(sub, data_dir, server) -> None:
     m = sub.add_parser("matrix", help="the transfer matrix: cached source x target scores (show, export, plot)")

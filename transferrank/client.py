@@ -141,11 +141,12 @@ class _Endpoints:
     def model(self, name: str) -> dict:
         return self._get(f"/v1/models/{seg(name)}")
 
-    def add_model(self, name: str, path: str, kind: str = "transformers", modality: str = "text",
-                  pooling: str | None = None, licence: str | None = None) -> dict:
-        """``POST /v1/models``: register a local model directory as a ranking candidate."""
+    def add_model(self, name: str, path: str, kind: str | None = None, modality: str | None = None,
+                  pooling: str | None = None, licence: str | None = None, layer: int | None = None) -> dict:
+        """``POST /v1/models``: register a model directory or TorchScript file (a path on the
+        server's machine) as a ranking candidate; ``None`` lets the server detect kind / modality."""
         body = {"name": name, "path": str(path), "kind": kind, "modality": modality, "pooling": pooling,
-                "licence": licence}
+                "licence": licence, "layer": layer}
         return self._send("POST", "/v1/models", {k: v for k, v in body.items() if v is not None})
 
     def delete_model(self, name: str) -> dict:

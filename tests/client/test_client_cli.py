@@ -121,3 +121,22 @@ def test_server_option_runs_commands_against_a_service(env, live, capsys):
     assert [k["owner"] for k in json.loads(capsys.readouterr().out)["keys"]] == ["ops"]
     assert main(["keys", "list", "--server", "http://127.0.0.1:9"]) == 1
     assert "cannot reach" in capsys.readouterr().err
+
+
+def test_models_commands_run_against_a_service(env, live, capsys, tmp_path):
+    """`models add|list|remove --server URL`: the model (a path on the server's machine) is
+    registered through the API, owned by the caller, and listed / removed the same way."""
+    from byo_helpers import save_tiny_bert
+
+    bert = save_tiny_bert(tmp_path / "tiny-bert")
+    assert main(["models", "add", str(bert), "--name", "remote-bert", "--kind", "transformers",
+                 "--server", live.url]) == 0
+    added = json.loads(capsys.readouterr().out)
+    assert added["name"] == "remote-bert" and added["dim"] > 0
+    assert main(["models", "list", "--server", live.url]) == 0
+    assert "remote-bert" in {m["name"] for m in json.loads(capsys.readouterr().out)}
+    assert main(["models", "remove", "remote-bert", "--server", live.url]) == 0
+    capsys.readouterr()
+    assert main(["models", "remove", "remote-bert", "--server", live.url]) == 2
+    assert "no model named" in capsys.readouterr().err
+    assert not (env / "xdg-cache").exists()  # nothing local was opened

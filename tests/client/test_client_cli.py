@@ -128,15 +128,18 @@ def test_models_commands_run_against_a_service(env, live, capsys, tmp_path):
     registered through the API, owned by the caller, and listed / removed the same way."""
     from byo_helpers import save_tiny_bert
 
+    from app.services import keys as keys_svc
+
+    _info, key = keys_svc.create(live.ctx, "cli-user", ["read", "write"])  # keys may be required already
+    remote = ["--server", live.url, "--api-key", key]
     bert = save_tiny_bert(tmp_path / "tiny-bert")
-    assert main(["models", "add", str(bert), "--name", "remote-bert", "--kind", "transformers",
-                 "--server", live.url]) == 0
+    assert main(["models", "add", str(bert), "--name", "remote-bert", "--kind", "transformers", *remote]) == 0
     added = json.loads(capsys.readouterr().out)
     assert added["name"] == "remote-bert" and added["dim"] > 0
-    assert main(["models", "list", "--server", live.url]) == 0
+    assert main(["models", "list", *remote]) == 0
     assert "remote-bert" in {m["name"] for m in json.loads(capsys.readouterr().out)}
-    assert main(["models", "remove", "remote-bert", "--server", live.url]) == 0
+    assert main(["models", "remove", "remote-bert", *remote]) == 0
     capsys.readouterr()
-    assert main(["models", "remove", "remote-bert", "--server", live.url]) == 2
+    assert main(["models", "remove", "remote-bert", *remote]) == 2
     assert "no model named" in capsys.readouterr().err
     assert not (env / "xdg-cache").exists()  # nothing local was opened

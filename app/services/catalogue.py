@@ -178,6 +178,19 @@ def derived_task_embedding(ctx: Context, esm: EmbeddingSpaceMap, base: str) -> t
     return (v / n).astype(np.float32), how
 
 
+def _check_new_names(ctx: Context, names: list[str], duplicate: str, hint: str = "",
+                     shown: int | None = None) -> None:
+    """Refuse names repeated in one request (422) or already taken in the catalogue (409, naming
+    at most ``shown`` of them)."""
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise Invalid(f"{duplicate}: {', '.join(dup)}")
+    with ctx.Session() as s:
+        taken = set(s.scalars(select(SourceTask.name).where(SourceTask.name.in_(names))))
+    if taken:
+        raise Conflict(f"source(s) already exist: {', '.join(sorted(taken)[:shown])}{hint}")
+
+
 # ---------------------------------------------------------------------- import
 def import_dir(ctx: Context, root: Path, base_encoder: str | None = None, prefix: str = "",
                progress: ProgressFn | None = None, owner: str = PUBLIC_OWNER) -> dict[str, Any]:
@@ -190,13 +203,7 @@ def import_dir(ctx: Context, root: Path, base_encoder: str | None = None, prefix
     folders = _esm_folders(Path(root))
     items = [_read(f, ctx, base_encoder, prefix, owner) for f in folders]
     names = [it["name"] for it in items]
-    dup = sorted({n for n in names if names.count(n) > 1})
-    if dup:
-        raise Invalid(f"duplicate source names: {', '.join(dup)}")
-    with ctx.Session() as s:
-        taken = set(s.scalars(select(SourceTask.name).where(SourceTask.name.in_(names))))
-    if taken:
-        raise Conflict(f"source(s) already exist: {', '.join(sorted(taken)[:20])}; pick another prefix")
+    _check_new_names(ctx, names, "duplicate source names", "; pick another prefix", shown=20)
     done = []
     for i, it in enumerate(items):
         progress(i / len(items), f"importing {i + 1}/{len(items)}: {it['name']}")
@@ -364,13 +371,7 @@ def bulk_register(ctx: Context, entries: list[dict[str, Any]], owner: str | None
                     f"dataset {ds.id}")
         datasets.append(ds)
         names.append((e.get("name") or ds.name).strip())
-    dup = sorted({n for n in names if names.count(n) > 1})
-    if dup:
-        raise Invalid(f"duplicate source names in the manifest: {', '.join(dup)}")
-    with ctx.Session() as s:
-        taken = set(s.scalars(select(SourceTask.name).where(SourceTask.name.in_(names))))
-    if taken:
-        raise Conflict(f"source(s) already exist: {', '.join(sorted(taken))}")
+    _check_new_names(ctx, names, "duplicate source names in the manifest")
     out = []
     for e, name, ds in zip(entries, names, datasets):
         src, queued = sources_svc.register(ctx, e["dataset"], name, e.get("description", ""), e.get("licence", ""),

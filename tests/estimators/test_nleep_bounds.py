@@ -61,3 +61,14 @@ def test_too_few_fit_rows_for_the_components_is_a_value_error():
     X, y = _data(n=200)
     with pytest.raises(ValueError, match="components"):
         nleep(X, y, max_fit_rows=10)
+
+
+def test_under_the_caps_the_value_is_the_reference_pipeline():
+    """Below every cap N-LEEP is the authors' pipeline (google-research stable_transfer): sklearn
+    PCA(0.8, svd_solver="full") on all rows, float32, GaussianMixture(5 C, random_state=123) with
+    sklearn's defaults, LEEP of its posteriors (rel 1e-6: the float32 EM's sums depend on the
+    BLAS thread count, N-LEEP fits with one thread)."""
+    X, y = _data(n=700, d=24, C=4, seed=3)
+    Z = PCA(n_components=0.8, svd_solver="full").fit_transform(X).astype(np.float32)
+    post = GaussianMixture(n_components=20, random_state=123).fit(Z).predict_proba(Z)
+    assert nleep(X, y) == pytest.approx(leep_from_probs(post.astype(np.float64), y, 4), rel=1e-6)

@@ -1,0 +1,132 @@
+"""Models rankings at scale: per-phase progress on the job, timings in the result, N-LEEP's mixture
+fitted once per ranking (the bootstrap reuses its posteriors), memory given back after jobs."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import csv_bytes, make_texts, upload, wait_job
+
+import estimators
+from app.core import memory
+from app.services import rankings
+from estimators.uncertainty import rescore, resamples
+
+ENCODERS = ["glove-6b-50d", "tfidf-svd"]
+
+
+def _recording_jobs(client):
+    """Wrap the job runner's progress sink: every (fraction, message) a job reports."""
+    jobs = client.app.state.ctx.jobs
+    seen: list[tuple[float, str | None]] = []
+    original = jobs.progress
+
+    def progress(job_id, fraction, message=None):
+        seen.append((float(fraction), message))
+        return original(job_id, fraction, message)
+
+    jobs.progress = progress
+    return seen
+
+
+def test_models_ranking_reports_each_phase_on_its_job(client):
+    seen = _recording_jobs(client)
+    did = upload(client, csv_bytes(*make_texts(150, 3)), "t.csv").json()["id"]
+    r = client.post("/v1/rankings", json={"target": did, "candidates": "models", "sources": ENCODERS,
+                                          "bootstrap": 20})
+    assert r.status_code == 202, r.text
+    job = wait_job(client, r.json()["job"])
+    assert job["status"] == "done" and job["progress"] == 1.0
+    messages = [m for _, m in seen if m]
+    # extraction, per encoder
+    assert messages[0] == "extracting features with glove-6b-50d, tfidf-svd"
+    assert messages[1].startswith("extracting features: 0/2 encoders ready; waiting: ")
+    assert any(m.startswith("extracting features: 2/2 encoders ready") for m in messages)
+    # scoring, per estimator x candidate, in order
+    cells = [f"scoring {e} on {c} (score {i * 2 + j + 1}/4)" for i, c in enumerate(sorted(ENCODERS))
+             for j, e in enumerate(["logme", "nleep"])]
+    assert [m for m in messages if m.startswith("scoring ")] == cells
+    # the bootstrap, per scored cell
+    boot = [m for m in messages if m.startswith("bootstrap: ")]
+    assert len(boot) == 4 and all("B = 20" in m for m in boot)
+    assert messages[-1] == "ranking done"
+    order = [next(i for i, m in enumerate(messages) if m.startswith(p))
+             for p in ("extracting", "scoring", "bootstrap", "ranking done")]
+    assert order == sorted(order)
+    fractions = [f for f, _ in seen]
+    assert fractions == sorted(fractions)  # progress never goes back
+    first_scoring = next(f for f, m in seen if m and m.startswith("scoring "))
+    assert first_scoring == pytest.approx(rankings.MODELS_EXTRACTION)
+    # timings in the ranking
+    out = client.get(f"/v1/rankings/{r.json()['id']}").json()
+    t = out["timings"]
+    assert set(t["extraction_s"]) == set(ENCODERS) and t["extraction_wall_s"] > 0
+    assert set(t["scoring_s"]) == {"logme", "nleep"} and all(v >= 0 for v in t["scoring_s"].values())
+    assert t["bootstrap_s"] >= 0
+
+
+def test_cached_features_skip_extraction_timings(client):
+    did = upload(client, csv_bytes(*make_texts(90, 3)), "t.csv").json()["id"]
+    body = {"target": did, "candidates": "models", "sources": ENCODERS, "estimators": ["logme"], "bootstrap": 0}
+    r = client.post("/v1/rankings", json=body)
+    assert wait_job(client, r.json()["job"])["status"] == "done"
+    ctx = client.app.state.ctx
+    spec = rankings.RankingSpec(target=did, candidates="models", sources=ENCODERS, estimators=["hscore"],
+                                bootstrap=0)
+    seen = []
+    out = rankings.compute(ctx, spec, lambda f, m=None: seen.append((f, m)))
+    assert "extraction_s" not in out["timings"]  # features came from the cache
+    assert set(out["timings"]["scoring_s"]) == {"hscore"}
+    assert [m for _, m in seen if m and m.startswith("scoring")] == [
+        "scoring hscore on glove-6b-50d (score 1/2)", "scoring hscore on tfidf-svd (score 2/2)"]
+
+
+def test_nleep_point_score_and_bootstrap_use_one_mixture_fit(client, monkeypatch):
+    """The ranking's N-LEEP equals the library's, its bootstrap draws equal ``rescore("nleep")``'s,
+    and the mixture is fitted once per candidate (not again for the bootstrap)."""
+    import estimators.nleep as nleep_mod
+
+    did = upload(client, csv_bytes(*make_texts(120, 3)), "t.csv").json()["id"]
+    ctx = client.app.state.ctx
+    fits = []
+    real = nleep_mod._posteriors
+
+    def counting(*a, **k):
+        fits.append(1)
+        return real(*a, **k)
+
+    monkeypatch.setattr(nleep_mod, "_posteriors", counting)
+    spec = rankings.RankingSpec(target=did, candidates="models", sources=["glove-6b-50d"],
+                                estimators=["nleep"], bootstrap=30)
+    out = rankings.compute(ctx, spec)
+    assert len(fits) == 1
+    from app.services import datasets as datasets_svc
+    from app.services import features as features_svc
+
+    ds = datasets_svc.get(ctx, did)
+    X = features_svc.get_features(ctx, ds, "glove-6b-50d").astype(np.float64)
+    y = rankings._labels(ctx, ds)
+    item = out["ranking"][0]
+    assert item["scores"]["nleep"] == pytest.approx(estimators.score("nleep", X, y), rel=1e-9)
+    idx = resamples(y, 30, seed=0)
+    P = nleep_mod.nleep_posteriors(X, y)
+    np.testing.assert_allclose(rankings.rescore_leep(P, y, idx), rescore("nleep", X, y, idx, {}), rtol=1e-12)
+
+
+def test_release_returns_freed_heap_pages_to_the_os():
+    if memory.rss_bytes() is None:
+        pytest.skip("no /proc here")
+    if memory._malloc_trim() is None:
+        pytest.skip("not glibc: nothing to trim")
+    memory.release()
+    # ~160 MB in 40 KB blocks (below glibc's mmap threshold: they live in the heap), each followed
+    # by a small block that stays: freeing the large ones leaves holes only malloc_trim gives back
+    pairs = [(np.ones(5000), np.ones(600)) for _ in range(4000)]
+    keep = [small for _, small in pairs]
+    grown = memory.rss_bytes()
+    del pairs
+    held = memory.rss_bytes()
+    assert memory.release() is True
+    after = memory.rss_bytes()
+    assert grown is not None and held is not None and after is not None
+    assert after < held - 100 * 2**20, (grown, held, after)
+    assert len(keep) == 4000

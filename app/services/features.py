@@ -150,8 +150,14 @@ def ensure(ctx: Context, ds: Dataset, encoders: Sequence[str],
         progress(0.0, _extraction_message(fractions))
     owned, futures = _submit_once(ctx, ds, missing, texts, report)
     done_at: dict[str, float] = {}
+
+    def finished(enc: str) -> Callable[[Future[Any]], None]:
+        def cb(_: Future[Any]) -> None:
+            done_at.setdefault(enc, time.perf_counter())
+        return cb
+
     for enc, fut in futures.items():
-        fut.add_done_callback(lambda _f, enc=enc: done_at.setdefault(enc, time.perf_counter()))
+        fut.add_done_callback(finished(enc))
     errors = []
     try:
         for enc, fut in futures.items():

@@ -851,7 +851,8 @@ def _scoring_threads(spec: RankingSpec) -> contextlib.AbstractContextManager[Any
         return contextlib.nullcontext()
     from threadpoolctl import threadpool_limits
 
-    return threadpool_limits(limits=1, user_api="blas")
+    limits: contextlib.AbstractContextManager[Any] = threadpool_limits(limits=1, user_api="blas")
+    return limits
 
 
 def compute(ctx: Context, spec: RankingSpec, progress: ProgressFn | None = None, *,

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import csv_bytes, make_texts, upload, wait_job
 
 import estimators
 from app.core import memory
 from app.services import rankings
-from estimators.uncertainty import rescore, resamples
+from conftest import csv_bytes, make_texts, upload, wait_job
+from estimators.uncertainty import resamples, rescore
 
 ENCODERS = ["glove-6b-50d", "tfidf-svd"]
 

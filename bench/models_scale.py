@@ -135,7 +135,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if (p, m) != last_state:
             stall = max(stall, t - last_change)
             last_change, last_state = t, (p, m)
-    timings = ranking.get("timings") or {}
+    timings = dict(ranking.get("timings") or {})
+    timings["scoring_cells_s"] = {f"`{est}` on `{item['source']}`": d["seconds"] for item in ranking.get("ranking", [])
+                                  for est, d in (item.get("details") or {}).items() if "seconds" in d}
     extraction = timings.get("extraction_s") or {}
     scoring = timings.get("scoring_s") or {}
     ext_total = float(timings.get("extraction_wall_s") or sum(extraction.values()) or 0.0)

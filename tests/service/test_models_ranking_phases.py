@@ -109,7 +109,7 @@ def test_nleep_point_score_and_bootstrap_use_one_mixture_fit(client, monkeypatch
     assert item["scores"]["nleep"] == pytest.approx(estimators.score("nleep", X, y), rel=1e-9)
     idx = resamples(y, 30, seed=0)
     P = nleep_mod.nleep_posteriors(X, y)
-    np.testing.assert_allclose(rankings.rescore_leep(P, y, idx), rescore("nleep", X, y, idx, {}), rtol=1e-12)
+    np.testing.assert_allclose(rankings.rescore_leep(P, y, idx), rescore("nleep", X, y, idx, {}), rtol=1e-9, atol=1e-15)
 
 
 def test_release_returns_freed_heap_pages_to_the_os():
@@ -130,3 +130,14 @@ def test_release_returns_freed_heap_pages_to_the_os():
     assert grown is not None and held is not None and after is not None
     assert after < held - 100 * 2**20, (grown, held, after)
     assert len(keep) == 4000
+
+
+def test_vectorised_leep_resamples_equal_the_per_resample_loop():
+    from estimators.leep import leep_from_probs
+
+    rng = np.random.default_rng(4)
+    y = rng.permutation(np.arange(900) % 7)
+    P = rng.dirichlet(np.full(30, 0.3), size=900)
+    idx = resamples(y, 25, seed=1)
+    loop = np.array([leep_from_probs(P[rows], y[rows], 7) for rows in idx])
+    np.testing.assert_allclose(rankings.rescore_leep(P, y, idx), loop, rtol=1e-12)

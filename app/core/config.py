@@ -56,7 +56,7 @@ class Settings(BaseSettings):
                                     "(Ray workers)", json_schema_extra={"shown": "unset (local threads)"})
     workers: int | None = Field(None, ge=1, description="local pool size / number of Ray actors",
                                 json_schema_extra={"shown": "2 (Ray: one per GPU, else per CPU up to 8)"})
-    encoder_cache: int = Field(3, ge=1, description="how many encoders a worker keeps loaded (LRU)")
+    encoder_cache: int = Field(4, ge=1, description="how many encoders a worker keeps loaded (LRU)")
     device: str = Field("auto", description="`auto`, `cpu`, `cuda` or `cuda:N` for transformers encoders")
     faiss_threads: int = Field(1, ge=1, description="FAISS OpenMP threads")
     # -- limits

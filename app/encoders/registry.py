@@ -8,7 +8,9 @@
   (``HF_HUB_OFFLINE=1`` restricts hub ids to the local HF cache; failure -> ``ValueError``).
 
 Loaded encoders are kept in an LRU cache of ``TRANSFERRANK_ENCODER_CACHE`` entries (default
-3); each key is loaded at most once even when several threads ask for it at the same time.
+4: a default models ranking uses the four built-in text encoders in turn, and an LRU smaller
+than that cycle reloads every one of them on every ranking); each key is loaded at most once
+even when several threads ask for it at the same time.
 """
 from __future__ import annotations
 

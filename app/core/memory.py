@@ -5,7 +5,8 @@ resamples, forward-pass activations) leaves the process's heap grown: Python fre
 but glibc keeps the freed pages in its arenas (one per thread that allocated) and below the
 dynamic mmap threshold, so the RSS stays at the job's peak. ``release()`` collects reference
 cycles (``gc.collect``) and asks glibc to return free pages of every arena (``malloc_trim(0)``,
-through ctypes; a no-op on other C libraries). The job runner calls it after every job.
+through ctypes; a no-op on other C libraries). The job runner calls it after every job during
+which the process grew by ``app.services.jobs.RELEASE_AFTER_BYTES`` (64 MiB) or more.
 
 ``rss_bytes()`` reads the current resident set size (``/proc/self/statm``; None elsewhere).
 """

@@ -54,6 +54,8 @@ JobFn = Callable[[ProgressFn], dict[str, Any]]
 ErrorHook = Callable[[str], None]
 
 HEARTBEAT_SECONDS = 10.0
+#: After a job during which the process grew by this much, its freed memory is given back to the OS.
+RELEASE_AFTER_BYTES = 64 * 2**20
 UNFINISHED = ("queued", "running")
 STATUSES = ("queued", "running", "done", "failed", "cancelled")
 #: who asked for the work being queued (set per request by ``app.api.limits``): the per-owner bound
@@ -209,6 +211,7 @@ class JobRunner:
 
     def _run(self, job_id: str, fn: JobFn, on_error: ErrorHook | None) -> dict[str, Any]:
         t0 = time.perf_counter()
+        rss0 = memory.rss_bytes()
         try:
             with self.ctx.Session.begin() as s:
                 job = s.get(Job, job_id)
@@ -263,14 +266,18 @@ class JobRunner:
                 self._cancelled.discard(job_id)
                 self._owners.pop(job_id, None)
             self._last_write.pop(job_id, None)
-            self._release_memory(job_id)
+            self._release_memory(job_id, rss0)
 
     @staticmethod
-    def _release_memory(job_id: str) -> None:
-        """Give the job's freed memory back to the OS (``app.core.memory.release``): without it a
-        large job leaves the process at its peak RSS."""
+    def _release_memory(job_id: str, rss0: int | None) -> None:
+        """Give a large job's freed memory back to the OS (``app.core.memory.release``): without it
+        the process stays at the job's peak RSS. Only after a job during which the process grew by
+        ``RELEASE_AFTER_BYTES`` or more: the full garbage collection costs ~1 s in a large process,
+        too much after every small job."""
         try:
             before = memory.rss_bytes()
+            if before is None or rss0 is None or before - rss0 < RELEASE_AFTER_BYTES:
+                return
             memory.release()
             after = memory.rss_bytes()
             if before is not None and after is not None:

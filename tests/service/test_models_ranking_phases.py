@@ -141,3 +141,17 @@ def test_vectorised_leep_resamples_equal_the_per_resample_loop():
     idx = resamples(y, 25, seed=1)
     loop = np.array([leep_from_probs(P[rows], y[rows], 7) for rows in idx])
     np.testing.assert_allclose(rankings.rescore_leep(P, y, idx), loop, rtol=1e-12)
+
+
+def test_job_runner_releases_memory_only_after_a_job_that_grew_the_process(monkeypatch):
+    from app.services import jobs
+
+    if memory.rss_bytes() is None:
+        pytest.skip("no /proc here")
+    calls = []
+    monkeypatch.setattr(memory, "release", lambda: calls.append(1) or True)
+    now = memory.rss_bytes()
+    jobs.JobRunner._release_memory("small", now)
+    assert calls == []
+    jobs.JobRunner._release_memory("large", now - jobs.RELEASE_AFTER_BYTES - 2**20)
+    assert calls == [1]

@@ -5,33 +5,46 @@ embeddings ``X`` (n, d_in) become ``F = X W^T + b`` (n, d_out) for a source with
 Every quantity the default ``esm_*`` estimators read from ``F`` is a linear or quadratic
 function of ``X``, so it follows from statistics of the target computed once (``TargetStats``)
 and the source's ``(W, b)``. With ``m`` the mean of X, ``Xc = X - m``, ``Sc = Xc^T Xc``,
-per-class sums ``s_c`` of Xc, counts ``n_c``, and ``m_F = W m + b``:
+per-class sums ``s_c`` of Xc, counts ``n_c``, and ``m_F = W m + b``.
 
-* **LogME** (``esm_logme``, You et al., JMLR 2022) needs ``F^T F = W Sc W^T + n m_F m_F^T``,
-  ``F^T Y`` (class c: ``W s_c + n_c m_F``; float targets: ``W Xc^T Y + m_F 1^T Y``),
-  ``||Y||^2`` and n. One symmetric eigendecomposition of the d_out x d_out ``F^T F`` per source,
-  then the same fixed point as ``estimators.logme`` (per-column convergence, numerical-rank
-  cut ``sigma > sigma_max * max(n, d_out) * eps``). When n < d_out the reference works on the
-  n x n Gram matrix ``F F^T`` instead; so does this module (rows needed, n is small then).
+All three share one product per source: with ``Sc = R R^T`` (R: (d_in, r), r = rank of Sc,
+computed once per target) and ``Pc = W R``, ``P = [sqrt(n) m_F, Pc]`` (d_out x k, k = 1 + r)
+satisfies ``P P^T = F^T F`` and ``Pc Pc^T = W Sc W^T``; the targets' coordinates in the matching
+orthonormal basis ``H = [1 / sqrt(n), Xc R^+T]`` of the column space of ``[X, 1]`` are
+``z = H^T Y = [1^T Y / sqrt(n); R^+ Xc^T Y]``, target-only (``_target_basis``).
+
+* **LogME** (``esm_logme``, You et al., JMLR 2022): since ``F = H P^T``, the non-zero
+  eigenvalues of ``F^T F`` are those of the k x k ``A = P^T P`` and the projections of Y on F's
+  left singular vectors are ``Q^T z`` (Q: eigenvectors of A). The fixed point of
+  ``estimators.logme`` (per-column convergence, numerical-rank cut
+  ``sigma > sigma_max * max(n, d_out) * eps``) needs only ``tr(A (A + tI)^-1)``,
+  ``log det(A + tI)`` and ``(A + tI)^-1 z`` for a few t per column, so the numpy path reduces
+  A to tridiagonal form once (``A = U T U^T``: syrk + LAPACK sytrd, no eigenvectors) and gets
+  all three from LDL^T factorisations of ``T + tI`` in O(k) each (``_logme_tridiagonal``).
+  When n <= d the rank k <= n: this is the reference's n x n route.
 * **Shrinkage H-score** (``esm_hscore_shrinkage``, Ibrahim et al., ICLR 2023): the covariance
-  of F is ``W Sc W^T / n``; class-mean deviations are ``W s_c``. Its Ledoit-Wolf shrinkage
-  also needs ``sum_i ||Fc_i||^4``, a fourth moment of X: that one term is computed from the
-  rows, ``||Xc W^T||`` row norms, one (n, d_in) x (d_in, d_out) product per source. The trace
-  ``tr(Sigma_LW^+ B^T B)`` is a linear solve when every eigenvalue of ``Sigma_LW`` is above
-  the pseudo-inverse cut-off (guaranteed when the shrinkage is positive: the smallest
-  eigenvalue is at least ``a * tr(S) / d``), else an eigendecomposition as in the reference.
+  of F is ``Pc Pc^T / n``; the class-mean deviations are ``W s_c = Pc z_c[1:]``. With LogME's
+  tridiagonal reduction (whose trailing block ``T_c`` reduces ``Pc^T Pc``) the trace, the
+  Frobenius norm and ``tr(Sigma_LW^-1 B^T B)`` take O(k C) per source (push-through identity,
+  ``_hscore_shrinkage_chunk``); the eigendecomposition with the reference's pseudo-inverse
+  cut-off is used where the shrinkage is too small to guarantee it passes. The Ledoit-Wolf
+  shrinkage also needs ``sum_i ||Fc_i||^4``, a fourth moment of X: that one term is computed
+  from the rows, one (n, d_in) x (d_in, d_out) product per source (``_row_norms_sq``).
 * **ETran-LDA** (``esm_etran_lda``, Gholami et al., ICCV 2023): the class means of F are
   ``mu_c^F = W mu_c + b``; the logits ``F mu_c^F - ||mu_c^F||^2/2 + log pi_c`` equal
   ``Xc A_c + const_c`` with ``A_c = W^T mu_c^F``: one (n, d_in) x (d_in, C) product per source.
   The softmax is per row, so this term needs the rows; it is O(n d C), small next to d^3.
 
-Cost per source: O(d^3) (two d x d products, one eigendecomposition, one solve) + O(n d^2) for
-the H-score's fourth moment + O(n d C) for the LDA logits; nothing of the first two terms
-depends on n. ``TargetStats.from_data`` costs O(n d^2) once per target. Values equal
-``estimators.score("esm_<name>", X, y, esm=...)`` up to floating-point rounding.
+Cost per source (d = d_in ~ d_out ~ k): LogME ``d^3`` (trmm, ``W R`` with R triangular) +
+``d^3`` (syrk) + ``4/3 d^3`` (sytrd) + ``O(d^2 C)`` + ``O(d C)`` per fixed-point iteration; the
+H-score adds ``2 n d^2`` (its fourth moment, the only term that grows with n) and O(d C); the
+LDA ``O(n d C + C d^2)``. ``TargetStats.from_data`` costs O(n d^2) once per target and the basis
+O(d^3) once per target. Values equal ``estimators.score("esm_<name>", X, y, esm=...)`` up to
+floating-point rounding.
 
-``score_many`` runs in numpy (batched ``np.linalg.eigh`` over a chunk of sources) or, with
-``device=`` (``"cpu"``, ``"cuda"``, ``"cuda:1"``), in torch float64 on that device.
+``score_many`` runs in numpy (the route above, batched over a chunk of sources) or, with
+``device=`` (``"cpu"``, ``"cuda"``, ``"cuda:1"``), in torch float64 on that device (batched
+``eigh`` of A for LogME, a d_out x d_out solve for the H-score: the same values).
 """
 from __future__ import annotations
 

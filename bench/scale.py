@@ -76,15 +76,14 @@ def _limit_threads():
 
 
 def load_target(n: int, seed: int = 0):
-    """``n`` demo base embeddings (float64) and their corpus labels (6 classes)."""
+    """``n`` demo base embeddings (float64) and their corpus labels (6 classes); above the 3,280
+    demo texts (``--n 10000``) the rows are drawn with replacement (texts repeat)."""
     from app.demo import load_demo_catalogue
 
     cat = load_demo_catalogue()
     X = np.vstack([c.base_embeddings for c in cat]).astype(np.float64)
     y = np.concatenate([[c.name] * c.n for c in cat])
-    if n > X.shape[0]:
-        raise SystemExit(f"--n {n} exceeds the {X.shape[0]} demo texts")
-    idx = np.random.default_rng(seed).choice(X.shape[0], n, replace=False)
+    idx = np.random.default_rng(seed).choice(X.shape[0], n, replace=n > X.shape[0])
     return X[idx], y[idx]
 
 

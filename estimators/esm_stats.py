@@ -481,7 +481,9 @@ def _score_chunk(xp: Any, t: dict[str, Any], st: TargetStats, W: Any, b: Any, es
     logme, hscore = "esm_logme" in ests, "esm_hscore_shrinkage" in ests
     if logme or hscore:
         P = _project(xp, t, st.n, W, b)  # (S, d_out, k), column 0 = sqrt(n) m_F
-        tri = _tridiagonalise(P, t["np"]["z"]) if isinstance(xp, _Numpy) and P.shape[2] >= 2 else None
+        # The tridiagonal reduction is LogME's; the H-score reuses it (alone, a d_out x d_out
+        # Gram and a solve cost less than the reduction).
+        tri = _tridiagonalise(P, t["np"]["z"]) if logme and isinstance(xp, _Numpy) and P.shape[2] >= 2 else None
         if logme:
             if tri is not None:
                 res["esm_logme"] = _logme_tridiagonal(P, t["np"]["z"], t["np"]["y_sq"], st.n, max(st.n, P.shape[1]),
@@ -793,7 +795,10 @@ def _hscore_shrinkage_chunk(xp: Any, t: Any, st: Any, W: Any, P: Any, tri: _Trid
         i = np.nonzero(dense)[0]
         ix = xp.index(i)
         Pc = P[ix][:, :, 1:]
-        G = Pc @ xp.T(Pc)  # W Sc W^T
+        if isinstance(xp, _Numpy):  # 2-D p @ p.T is BLAS syrk (half a GEMM)
+            G = np.stack([p @ p.T for p in Pc])  # W Sc W^T
+        else:
+            G = Pc @ xp.T(Pc)
         out[i] = _hscore_dense(xp, t, st, W[ix], G, row_sq[ix], RCOND)
     return out
 

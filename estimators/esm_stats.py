@@ -29,7 +29,8 @@ orthonormal basis ``H = [1 / sqrt(n), Xc R^+T]`` of the column space of ``[X, 1]
   ``_hscore_shrinkage_chunk``); the eigendecomposition with the reference's pseudo-inverse
   cut-off is used where the shrinkage is too small to guarantee it passes. The Ledoit-Wolf
   shrinkage also needs ``sum_i ||Fc_i||^4``, a fourth moment of X: that one term is computed
-  from the rows, one (n, d_in) x (d_in, d_out) product per source (``_row_norms_sq``).
+  from the rows: ``||Fc_i||^2 = ||L^T h_i||^2`` with L the Cholesky factor of ``Pc^T Pc`` and
+  ``h_i`` the row's coordinates, one triangular (n, r) x (r, r) product per source.
 * **ETran-LDA** (``esm_etran_lda``, Gholami et al., ICCV 2023): the class means of F are
   ``mu_c^F = W mu_c + b``; the logits ``F mu_c^F - ||mu_c^F||^2/2 + log pi_c`` equal
   ``Xc A_c + const_c`` with ``A_c = W^T mu_c^F``: one (n, d_in) x (d_in, C) product per source.
@@ -37,9 +38,9 @@ orthonormal basis ``H = [1 / sqrt(n), Xc R^+T]`` of the column space of ``[X, 1]
 
 Cost per source (d = d_in ~ d_out ~ k): LogME ``d^3`` (trmm, ``W R`` with R triangular) +
 ``d^3`` (syrk) + ``4/3 d^3`` (sytrd) + ``O(d^2 C)`` + ``O(d C)`` per fixed-point iteration; the
-H-score adds ``2 n d^2`` (its fourth moment, the only term that grows with n) and O(d C); the
-LDA ``O(n d C + C d^2)``. ``TargetStats.from_data`` costs O(n d^2) once per target and the basis
-O(d^3) once per target. Values equal ``estimators.score("esm_<name>", X, y, esm=...)`` up to
+H-score adds ``d^3 / 3 + n d^2`` (its fourth moment, the only term that grows with n) and
+O(d C); the LDA ``O(n d C + C d^2)``. ``TargetStats.from_data`` costs O(n d^2) once per target
+and the basis O(d^3 + n d^2) once per target. Values equal ``estimators.score("esm_<name>", X, y, esm=...)`` up to
 floating-point rounding.
 
 ``score_many`` runs in numpy (the route above, batched over a chunk of sources) or, with
@@ -436,7 +437,8 @@ def _target_basis(st: TargetStats) -> dict[str, np.ndarray]:
     lower triangular: ``W @ root`` is then a triangular product (BLAS trmm, half a GEMM's flops).
     ``z`` (1 + r, t): the targets' coordinates ``H^T Y`` in the orthonormal basis
     ``H = [1 / sqrt(n), Xc root^+T]`` of the column space of ``[X, 1]``:
-    ``z = [1^T Y / sqrt(n); root^+ Xc^T Y]``. ``y_sq``: ``||Y||^2`` per column.
+    ``z = [1^T Y / sqrt(n); root^+ Xc^T Y]``. ``y_sq``: ``||Y||^2`` per column. With class
+    labels, ``rows`` = ``Hc = Xc root^+T`` (n, r): ``W xc_i = Pc h_i`` for the H-score's rows.
     """
     n, d = st.n, st.d
     lam, V = np.linalg.eigh(st.scatter)
@@ -454,7 +456,10 @@ def _target_basis(st: TargetStats) -> dict[str, np.ndarray]:
         root = np.zeros((d, 0))
         coords = np.zeros((0, xcy.shape[1]))
     z = np.vstack([ysum[None, :] / math.sqrt(n), coords])
-    return {"root": root, "lower": np.asfortranarray(root[:r]), "z": z, "y_sq": np.asarray(y_sq, dtype=np.float64)}
+    out = {"root": root, "lower": np.asfortranarray(root[:r]), "z": z, "y_sq": np.asarray(y_sq, dtype=np.float64)}
+    if not st.regression and r:  # the rows' coordinates Hc = Xc root^+T (n, r), for the H-score
+        out["rows"] = np.ascontiguousarray(st.centred @ pinv.T)
+    return out
 
 
 def _prepare(xp: Any, st: TargetStats) -> dict[str, Any]:
@@ -481,9 +486,9 @@ def _score_chunk(xp: Any, t: dict[str, Any], st: TargetStats, W: Any, b: Any, es
     logme, hscore = "esm_logme" in ests, "esm_hscore_shrinkage" in ests
     if logme or hscore:
         P = _project(xp, t, st.n, W, b)  # (S, d_out, k), column 0 = sqrt(n) m_F
-        # The tridiagonal reduction is LogME's; the H-score reuses it (alone, a d_out x d_out
-        # Gram and a solve cost less than the reduction).
-        tri = _tridiagonalise(P, t["np"]["z"]) if logme and isinstance(xp, _Numpy) and P.shape[2] >= 2 else None
+        tri = None
+        if isinstance(xp, _Numpy) and P.shape[2] >= 2:
+            tri = _tridiagonalise(P, t["np"]["z"], t["np"].get("rows") if hscore else None)
         if logme:
             if tri is not None:
                 res["esm_logme"] = _logme_tridiagonal(P, t["np"]["z"], t["np"]["y_sq"], st.n, max(st.n, P.shape[1]),
@@ -539,19 +544,26 @@ def _logme_dense(xp: Any, t: dict[str, Any], P: Any, n: int) -> np.ndarray:
 @dataclass
 class _Tridiagonal:
     """``P_s^T P_s = U_s T_s U_s^T`` for a chunk: T's diagonal (S, k) and off-diagonal (S, k-1),
-    ``zh = U^T z`` (S, k, t), and ``ok`` (S,) False where LAPACK failed (non-finite P)."""
+    ``zh = U^T z`` (S, k, t), ``ok`` (S,) False where LAPACK failed (non-finite P), and, when
+    asked for, the H-score's row norms ``row_sq`` (S, n) (NaN rows: not computed)."""
 
     diag: np.ndarray
     off: np.ndarray
     zh: np.ndarray
     ok: np.ndarray
+    row_sq: np.ndarray | None = None
 
 
-def _tridiagonalise(P: np.ndarray, z: np.ndarray) -> _Tridiagonal:
+def _tridiagonalise(P: np.ndarray, z: np.ndarray, rows: np.ndarray | None = None) -> _Tridiagonal:
     """Per source: ``A = P^T P`` (BLAS syrk, lower triangle), its tridiagonal reduction (LAPACK
     sytrd, no eigenvectors: 4/3 k^3 flops, a third of an eigendecomposition's) and ``U^T z``
     (ormqr). Lower sytrd leaves row and column 0 of A in place (``U = diag(1, U_2)``), so
-    ``T[1:, 1:] = U_2^T (Pc^T Pc) U_2`` is a reduction of the centred block as well."""
+    ``T[1:, 1:] = U_2^T (Pc^T Pc) U_2`` is a reduction of the centred block as well.
+
+    With ``rows`` (``Hc``, (n, r)), also the H-score's ``||Fc_i||^2 = h_i^T (Pc^T Pc) h_i =
+    ||L^T h_i||^2`` from the Cholesky factor L of that block (potrf, r^3/3) and one triangular
+    product ``Hc L`` (trmm, n r^2 flops: half the (n, d) x (d, d) product of the rows); where
+    the block is not positive definite (a rank-deficient map) the row stays NaN."""
     from scipy.linalg import blas, lapack
 
     S, _, k = P.shape
@@ -560,8 +572,14 @@ def _tridiagonalise(P: np.ndarray, z: np.ndarray) -> _Tridiagonal:
     off = np.zeros((S, k - 1))
     zh = np.zeros((S, k, tc))
     ok = np.ones(S, dtype=bool)
+    row_sq = None if rows is None else np.full((S, rows.shape[0]), np.nan)
     for s in range(S):  # W and b are finite: P is, short of overflow (caught below on T)
         a = blas.dsyrk(1.0, P[s].T, lower=1)  # P[s].T is Fortran-ordered: no copy
+        if row_sq is not None and rows is not None:
+            low, info = lapack.dpotrf(a[1:, 1:], lower=1, clean=0)
+            if info == 0:  # (Hc L)^T = L^T Hc^T: Fortran-ordered (r, n), columns = rows of Hc L
+                HL = blas.dtrmm(1.0, low, rows.T, side=0, lower=1, trans_a=1)
+                row_sq[s] = np.einsum("ji,ji->i", HL, HL)
         c, dd, e, tau, info = lapack.dsytrd(a, lower=1, lwork=_SYTRD_BLOCK * k, overwrite_a=1)
         if info != 0:
             ok[s] = False
@@ -570,7 +588,7 @@ def _tridiagonalise(P: np.ndarray, z: np.ndarray) -> _Tridiagonal:
         zh[s, 0] = z[0]
         # Minimal workspace: unblocked application, faster than blocked for t << k columns.
         zh[s, 1:] = lapack.dormqr(b"L", b"T", c[1:, :-1], tau, z[1:], lwork=max(1, tc))[0]
-    return _Tridiagonal(diag, off, zh, ok & np.isfinite(diag).all(axis=1) & np.isfinite(off).all(axis=1))
+    return _Tridiagonal(diag, off, zh, ok & np.isfinite(diag).all(axis=1) & np.isfinite(off).all(axis=1), row_sq)
 
 
 def _stacked(a: np.ndarray, off: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -763,13 +781,20 @@ def _hscore_shrinkage_chunk(xp: Any, t: Any, st: Any, W: Any, P: Any, tri: _Trid
     ``H = sum_c scale_c^2 v'_c^T T_c (a T_c + cI)^-1 v'_c``, ``v' = U_2^T v`` -- one tridiagonal
     solve per source on LogME's reduction (numpy). Otherwise (and on the torch path) G is formed
     and ``eigh`` applies the cut-off as the reference does. ``tr(S)`` and ``||S||_F^2`` come
-    from T_c (orthogonal invariants); the fourth moment from the rows (``_row_norms_sq``).
+    from T_c (orthogonal invariants); the fourth moment from the rows (``_tridiagonalise``'s
+    Cholesky route, else ``_row_norms_sq``).
     """
     from .hscore import RCOND
 
     n = st.n
     S, d, _ = P.shape  # d = d_out
-    row_sq = _row_norms_sq(xp, t["Xc"], W)
+    if tri is not None and tri.row_sq is not None:
+        row_sq = tri.row_sq
+        missing = np.nonzero(np.isnan(row_sq).any(axis=1))[0]
+        if missing.size:
+            row_sq[missing] = _row_norms_sq(xp, t["Xc"], W[missing])
+    else:
+        row_sq = _row_norms_sq(xp, t["Xc"], W)
     counts = t["counts"]
     out = np.full(S, np.nan)
     dense = np.ones(S, dtype=bool)

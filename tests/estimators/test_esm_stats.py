@@ -245,7 +245,9 @@ def test_hscore_tridiagonal_route_equals_the_dense_route():
     xp = esm_stats._Numpy()
     t = esm_stats._prepare(xp, st)
     P = esm_stats._project(xp, t, st.n, W, b)
-    tri = esm_stats._tridiagonalise(P, t["z"])
+    tri = esm_stats._tridiagonalise(P, t["z"], t["np"]["rows"])
+    # the rows' norms ||W xc_i||^2 through the Cholesky factor of Pc^T Pc
+    np.testing.assert_allclose(tri.row_sq, esm_stats._row_norms_sq(xp, st.centred, W), rtol=1e-10)
     fast = esm_stats._hscore_shrinkage_chunk(xp, t, st, W, P, tri)
     dense = esm_stats._hscore_shrinkage_chunk(xp, t, st, W, P, None)
     np.testing.assert_allclose(fast, dense, rtol=1e-10)

@@ -563,16 +563,18 @@ def _tridiagonalise(P: np.ndarray, z: np.ndarray, rows: np.ndarray | None = None
     With ``rows`` (``Hc``, (n, r)), also the H-score's ``||Fc_i||^2 = h_i^T (Pc^T Pc) h_i =
     ||L^T h_i||^2`` from the Cholesky factor L of that block (potrf, r^3/3) and one triangular
     product ``Hc L`` (trmm, n r^2 flops: half the (n, d) x (d, d) product of the rows); where
-    the block is not positive definite (a rank-deficient map) the row stays NaN."""
+    the block is not positive definite (a rank-deficient map) the row stays NaN, and with
+    d_out < r, ``row_sq`` is None."""
     from scipy.linalg import blas, lapack
 
-    S, _, k = P.shape
+    S, d_out, k = P.shape
     tc = z.shape[1]
     diag = np.zeros((S, k))
     off = np.zeros((S, k - 1))
     zh = np.zeros((S, k, tc))
     ok = np.ones(S, dtype=bool)
-    row_sq = None if rows is None else np.full((S, rows.shape[0]), np.nan)
+    # Pc^T Pc (r x r) has rank <= d_out: no Cholesky factor when d_out < r (the GEMM is cheaper then)
+    row_sq = None if rows is None or d_out < k - 1 else np.full((S, rows.shape[0]), np.nan)
     for s in range(S):  # W and b are finite: P is, short of overflow (caught below on T)
         a = blas.dsyrk(1.0, P[s].T, lower=1)  # P[s].T is Fortran-ordered: no copy
         if row_sq is not None and rows is not None:

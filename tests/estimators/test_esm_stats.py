@@ -246,8 +246,12 @@ def test_hscore_tridiagonal_route_equals_the_dense_route():
     t = esm_stats._prepare(xp, st)
     P = esm_stats._project(xp, t, st.n, W, b)
     tri = esm_stats._tridiagonalise(P, t["z"], t["np"]["rows"])
-    # the rows' norms ||W xc_i||^2 through the Cholesky factor of Pc^T Pc
-    np.testing.assert_allclose(tri.row_sq, esm_stats._row_norms_sq(xp, st.centred, W), rtol=1e-10)
+    assert tri.row_sq is None  # d_out = 11 < r = 14: Pc^T Pc is singular, the rows' GEMM is used
+    # the rows' norms ||W xc_i||^2 through the Cholesky factor of Pc^T Pc (d_out >= r)
+    W2, b2 = _maps(3, 14, 16, seed=15)
+    P2 = esm_stats._project(xp, t, st.n, W2, b2)
+    rows = esm_stats._tridiagonalise(P2, t["z"], t["np"]["rows"]).row_sq
+    np.testing.assert_allclose(rows, esm_stats._row_norms_sq(xp, st.centred, W2), rtol=1e-10)
     fast = esm_stats._hscore_shrinkage_chunk(xp, t, st, W, P, tri)
     dense = esm_stats._hscore_shrinkage_chunk(xp, t, st, W, P, None)
     np.testing.assert_allclose(fast, dense, rtol=1e-10)

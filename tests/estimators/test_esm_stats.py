@@ -80,6 +80,11 @@ def test_torch_path_on_cpu_equals_numpy():
         st = TargetStats.from_data(X, y)
         ref = _reference(X, y, W, b)
         np.testing.assert_allclose(score_many(st, W, bias=b, device="cpu", chunk_size=2), ref, rtol=RTOL)
+    # d_out = 1: the pseudo-inverse path of the H-score and LogME's rank cut, in torch
+    X, y = _target(200, 8, 3, seed=9)
+    W, b = _maps(3, 8, 1, seed=10)
+    np.testing.assert_allclose(score_many(TargetStats.from_data(X, y), W, bias=b, device="cpu"),
+                               _reference(X, y, W, b), rtol=RTOL)
 
 
 def test_regression_targets_logme():

@@ -621,9 +621,10 @@ def _positive_definite(a: np.ndarray, off: np.ndarray) -> np.ndarray:
     return ok
 
 
-def _tridiagonal_solve(a: np.ndarray, off: np.ndarray, rhs: np.ndarray, *, inverse_trace: bool = False) -> Any:
+def _tridiagonal_solve(a: np.ndarray, off: np.ndarray, rhs: np.ndarray | None, *, inverse_trace: bool = False) -> Any:
     """For m positive definite tridiagonal systems (rows of a (m, k), off (m, k-1); rhs (m, k, c)):
-    the solutions x (m, k, c), ``log det`` (m,) and, with ``inverse_trace``, ``tr(A^-1)`` (m,).
+    the solutions x (m, k, c) (None without rhs), ``log det`` (m,) and, with ``inverse_trace``,
+    ``tr(A^-1)`` (m,).
 
     LAPACK pttrf / pttrs on the block-diagonal stack (one call each, O(m k)). The diagonal of
     the inverse comes from the forward pivots p and the backward pivots q (pttrf of the
@@ -636,16 +637,16 @@ def _tridiagonal_solve(a: np.ndarray, off: np.ndarray, rhs: np.ndarray, *, inver
     p, lo, info = lapack.dpttrf(d, e)
     if info != 0:
         raise np.linalg.LinAlgError("tridiagonal matrix not positive definite")
-    x, info = lapack.dpttrs(p, lo, rhs.reshape(m * k, -1))
+    x = None if rhs is None else lapack.dpttrs(p, lo, rhs.reshape(m * k, -1))[0].reshape(rhs.shape)
     p = p.reshape(m, k)
     logdet = np.log(p).sum(axis=1)
     if not inverse_trace:
-        return x.reshape(rhs.shape), logdet, None
+        return x, logdet, None
     q, _, info = lapack.dpttrf(d[::-1], e[::-1])
     if info != 0:
         raise np.linalg.LinAlgError("tridiagonal matrix not positive definite")
     trinv = (1.0 / (p + q[::-1].reshape(m, k) - a)).sum(axis=1)
-    return x.reshape(rhs.shape), logdet, trinv
+    return x, logdet, trinv
 
 
 def _tridiagonal_times(diag: np.ndarray, off: np.ndarray, v: np.ndarray) -> np.ndarray:
@@ -729,7 +730,7 @@ def _fixed_point_tridiagonal(diag: np.ndarray, off: np.ndarray, zh: np.ndarray, 
         if not active.any():
             break
     # sum_i log(alpha + beta sigma_i) = k log(beta) + log det(T + (alpha / beta) I)
-    logdet = k * np.log(beta) + _tridiagonal_solve(D + (alpha / beta)[:, None], E, Z)[1]
+    logdet = k * np.log(beta) + _tridiagonal_solve(D + (alpha / beta)[:, None], E, None)[1]
     evidence = (k / 2.0 * np.log(alpha) + n / 2.0 * np.log(beta) - 0.5 * logdet
                 - beta / 2.0 * res2 - alpha / 2.0 * m2 - n / 2.0 * math.log(2 * math.pi)) / n
     return np.asarray(evidence.reshape(S, tc).mean(1), dtype=np.float64)

@@ -434,7 +434,8 @@ def _target_basis(st: TargetStats) -> dict[str, np.ndarray]:
 
     ``root`` (d, r): ``Sc = root root^T`` on the r numerically non-null directions of Sc
     (eigenvalues above ``lambda_max * max(n, d) * eps``), rotated (QR) so that ``root[:r]`` is
-    lower triangular: ``W @ root`` is then a triangular product (BLAS trmm, half a GEMM's flops).
+    lower triangular: ``W @ root`` is then a triangular product (BLAS trmm, half a GEMM's flops)
+    with ``lower = [root, 0]`` (d, d), lower triangular.
     ``z`` (1 + r, t): the targets' coordinates ``H^T Y`` in the orthonormal basis
     ``H = [1 / sqrt(n), Xc root^+T]`` of the column space of ``[X, 1]``:
     ``z = [1^T Y / sqrt(n); root^+ Xc^T Y]``. ``y_sq``: ``||Y||^2`` per column. With class
@@ -456,7 +457,9 @@ def _target_basis(st: TargetStats) -> dict[str, np.ndarray]:
         root = np.zeros((d, 0))
         coords = np.zeros((0, xcy.shape[1]))
     z = np.vstack([ysum[None, :] / math.sqrt(n), coords])
-    out = {"root": root, "lower": np.asfortranarray(root[:r]), "z": z, "y_sq": np.asarray(y_sq, dtype=np.float64)}
+    lower = np.zeros((d, d), order="F")  # [root, 0]: lower triangular, for BLAS trmm
+    lower[:, :r] = root
+    out = {"root": root, "lower": lower, "z": z, "y_sq": np.asarray(y_sq, dtype=np.float64)}
     if not st.regression and r:  # the rows' coordinates Hc = Xc root^+T (n, r), for the H-score
         out["rows"] = np.ascontiguousarray(st.centred @ pinv.T)
     return out
@@ -506,8 +509,7 @@ def _score_chunk(xp: Any, t: dict[str, Any], st: TargetStats, W: Any, b: Any, es
 def _project(xp: Any, t: dict[str, Any], n: int, W: Any, b: Any) -> Any:
     """``P = [sqrt(n) m_F, W root]`` (S, d_out, 1 + r) for a chunk: ``P P^T = F^T F`` and its
     last r columns ``Pc = W root`` give ``Pc Pc^T = W Sc W^T``, the centred scatter of F.
-    numpy: one triangular product (trmm) over the whole chunk, plus a GEMM with the
-    (d - r) rows of ``root`` below its triangle (none when Sc has full rank)."""
+    numpy: one triangular product (trmm) over the whole chunk, ``W [root, 0]``."""
     S, d_out, d_in = W.shape
     root = t["root"]
     r = root.shape[1]
@@ -521,12 +523,10 @@ def _project(xp: Any, t: dict[str, Any], n: int, W: Any, b: Any) -> Any:
     P = np.empty((S, d_out, 1 + r))
     P[:, :, 0] = math.sqrt(n) * mF
     if r:
-        # Pc^T = L^T Wf[:, :r]^T (+ root[r:]^T Wf[:, r:]^T): Fortran-ordered (r, S d_out)
-        # operands, i.e. C-ordered (S d_out, r) results, with no transposed copies.
-        PcT = blas.dtrmm(1.0, t["np"]["lower"], Wf[:, :r].T, side=0, lower=1, trans_a=1)
-        if r < d_in:
-            PcT = blas.dgemm(1.0, root[r:].T, Wf[:, r:].T, beta=1.0, c=PcT, overwrite_c=1)
-        P[:, :, 1:] = PcT.T.reshape(S, d_out, r)
+        # [Pc, 0]^T = [root, 0]^T Wf^T: Fortran-ordered (d_in, S d_out) operands, i.e. the
+        # C-ordered W and a C-ordered (S d_out, d_in) result, with no transposed copies.
+        PT = blas.dtrmm(1.0, t["np"]["lower"], Wf.T, side=0, lower=1, trans_a=1)
+        P[:, :, 1:] = PT[:r].T.reshape(S, d_out, r)
     return P
 
 

@@ -8,8 +8,9 @@ Run from the repository root::
 Inputs (the same for every path):
 
 * **Target.** ``n`` rows drawn (seeded) from the shipped demo catalogue's real MiniLM-L6
-  base-encoder embeddings (``app/demo/data``, 3,280 texts, d = 384), labelled with the corpus
-  each text comes from (6 classes): a real 6-way text-classification target.
+  base-encoder embeddings (``app/demo/data``, 3,280 texts, d = 384; with replacement for a larger
+  ``--n``), labelled with the corpus each text comes from (6 classes): a real 6-way
+  text-classification target.
 * **Catalogue.** Source ESMs around the six real demo ESMs (fine-tuned MiniLM maps fitted by
   the demo build): source i mixes two of them, ``W = l W_a + (1 - l) W_c`` plus a rank-16
   perturbation of 10 % of their scale (bias alike), seeded by i, so a 10,000-source catalogue

@@ -47,7 +47,12 @@ def test_models_ranking_reports_each_phase_on_its_job(client):
     assert [m for m in messages if m.startswith("scoring ")] == cells
     # the bootstrap, per scored cell
     boot = [m for m in messages if m.startswith("bootstrap: ")]
-    assert len(boot) == 4 and all("B = 20" in m for m in boot)
+    assert [m for m in boot if "B = 20" in m] == [f"bootstrap: {e} on {c}, B = 20 (score {i * 2 + j + 1}/4)"
+                                               for i, c in enumerate(sorted(ENCODERS))
+                                               for j, e in enumerate(["logme", "nleep"])]
+    # LogME's resamples report every BOOTSTRAP_BLOCK of them; N-LEEP's are one vectorised step
+    assert "bootstrap: logme on glove-6b-50d, 10/20 resamples (score 1/4)" in boot
+    assert "bootstrap: logme on tfidf-svd, 20/20 resamples (score 3/4)" in boot
     assert messages[-1] == "ranking done"
     order = [next(i for i, m in enumerate(messages) if m.startswith(p))
              for p in ("extracting", "scoring", "bootstrap", "ranking done")]

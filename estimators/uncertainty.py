@@ -64,7 +64,7 @@ def rescore(estimator: str, X: np.ndarray, y: np.ndarray, idx: np.ndarray, param
 
     ``fixed`` are passed unchanged (e.g. ``esm=`` for the ``esm_*`` estimators). N-LEEP fits its
     mixture once on all rows and resamples only the LEEP of its posteriors."""
-    from .leep import leep_from_probs
+    from .leep import leep_resamples
 
     y = np.asarray(y)
     n_classes = int(np.unique(y).shape[0])
@@ -76,9 +76,7 @@ def rescore(estimator: str, X: np.ndarray, y: np.ndarray, idx: np.ndarray, param
             P = nleep_posteriors(X, y, **dict(params))
         except ValueError:
             return out
-        for b, rows in enumerate(idx):
-            out[b] = leep_from_probs(P[rows], y[rows], n_classes)
-        return out
+        return leep_resamples(P, y, n_classes, idx)  # = leep_from_probs(P[rows], y[rows], C) per resample
     for b, rows in enumerate(idx):
         try:
             out[b] = _score(estimator, np.asarray(X)[rows], y[rows], **dict(params), **fixed)

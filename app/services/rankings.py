@@ -761,29 +761,12 @@ def _bootstrap(ctx: Context, plan: Plan, cs: CandidateSet, st: ScoredTable, res:
 
 
 def rescore_leep(P: np.ndarray, y: np.ndarray, idx: np.ndarray) -> np.ndarray:
-    """LEEP of the posteriors ``P`` (n, K) on each resample ``idx[b]`` (B, n): ``rescore("nleep", ...)``'s
-    draws from a mixture already fitted -- the same values as ``leep_from_probs(P[rows], y[rows], C)``
-    per resample, vectorised. A resample is its row counts w (w_i = times row i was drawn): per
-    class c, the joint is ``w[I_c] @ P[I_c]`` and the row likelihoods ``P[I_c] @ cond[c]``, so all
-    B resamples cost two (B, n_c) x (n_c, K) products per class, O(B n K), and no (n, K) copy."""
-    from estimators._validation import check_labels
+    """LEEP of the posteriors ``P`` on each resample ``idx[b]``: ``rescore("nleep", ...)``'s draws
+    from a mixture already fitted (it fits this mixture and does exactly this)."""
+    from estimators.leep import leep_resamples
 
-    labels, C = check_labels(y, P.shape[0])
-    P = np.asarray(P, dtype=np.float64)
-    B, n = idx.shape
-    W = np.zeros((B, P.shape[0]))
-    np.add.at(W, (np.repeat(np.arange(B), n), idx.ravel()), 1.0)
-    members = [np.flatnonzero(labels == c) for c in range(C)]
-    joint = np.stack([W[:, rows] @ P[rows] for rows in members], axis=1)  # (B, C, K)
-    p_z = joint.sum(axis=1, keepdims=True)
-    cond = np.divide(joint, p_z, out=np.zeros_like(joint), where=p_z > 0)  # P(y | z) per resample
-    total = np.zeros(B)
-    for c, rows in enumerate(members):
-        eep = P[rows] @ cond[:, c, :].T  # (n_c, B)
-        w = W[:, rows].T
-        total += np.where(w > 0, w * np.log(np.where(w > 0, eep, 1.0)), 0.0).sum(axis=0)
-    out: np.ndarray = total / W.sum(axis=1)
-    return out
+    y = np.asarray(y)
+    return leep_resamples(P, y, int(np.unique(y).shape[0]), idx)
 
 
 # ---------------------------------------------------------------------- combination and response

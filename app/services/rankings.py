@@ -646,6 +646,17 @@ def _skip_reason(info: estimators.EstimatorInfo, cand: Candidate) -> str | None:
 
 
 # ---------------------------------------------------------------------- two-stage
+def _monotone(progress: ProgressFn) -> ProgressFn:
+    """``progress`` that never reports a smaller fraction than before (messages still pass)."""
+    top = [0.0]
+
+    def report(fraction: float, message: str | None = None, /) -> None:
+        top[0] = max(top[0], float(fraction))
+        progress(top[0], message)
+
+    return report
+
+
 def _two_stage_response(result: dict[str, Any], plan: Plan, full: CandidateSet, fs: Any) -> None:
     """Mark a two-stage ranking's items (``stage``) and add its ``two_stage`` block; the
     first-stage-only sources follow the exactly scored ones up to ``top_k``."""
@@ -872,6 +883,7 @@ def compute(ctx: Context, spec: RankingSpec, progress: ProgressFn | None = None,
         def params_of(est: str, c: Candidate) -> dict[str, Any]:
             return _score_params({}, estimators.info(est), c)
 
+        report = _monotone(report)  # the exact stage's scoring reports from 0.6 again: held at the first stage's end
         fs = two_stage.first_stage(ctx, plan.ds, cs.cands, cs.X_target[ctx.settings.base_encoder], cs.y,
                                    params_of, scaled(report, 0.6, 0.1))
         exact = fs.exact
@@ -976,9 +988,10 @@ def create(ctx: Context, spec: RankingSpec, *, inline: bool = False) -> tuple[di
                 row.status = RankingStatus.RUNNING
         result = compute(ctx, spec, progress, plan=plan)
         _finish(ctx, ranking_id, result)
-        # the same request on the state it left behind is answered from memory (no new row, no job)
-        ranking_memo.remember(ctx, ranking_memo.fingerprint(ctx, spec.as_dict(), spec.target, spec.owner),
-                              get(ctx, ranking_id))
+        if "two_stage" in result:  # a big catalogue: the same request on the state it left behind is answered
+            # from memory (no new row, no job; re-reading every source's cached first stage is not web speed)
+            ranking_memo.remember(ctx, ranking_memo.fingerprint(ctx, spec.as_dict(), spec.target, spec.owner),
+                                  get(ctx, ranking_id))
         return {"ranking": ranking_id, "computed": result["computed"], "cached": result["cached"]}
 
     on_error = lambda err: _fail(ctx, ranking_id, err)  # noqa: E731

@@ -486,7 +486,9 @@ def api_run(args: dict) -> dict:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    env = dict(os.environ, TRANSFERRANK_SEED_DEMO="0", TRANSFERRANK_TRAIN_DEMO_ESMS="0",
+    # no encoder warm-up: `serve` would otherwise load (and distil) the model candidates in the background
+    # while the ranking is timed; a tasks ranking of an NPZ target needs no encoder
+    env = dict(os.environ, TRANSFERRANK_SEED_DEMO="0", TRANSFERRANK_TRAIN_DEMO_ESMS="0", TRANSFERRANK_WARM_UP="0",
                TRANSFERRANK_LOG_LEVEL="WARNING", PYTHONPATH=str(Path(__file__).resolve().parents[1]))
     if args.get("workers"):
         env["TRANSFERRANK_WORKERS"] = str(args["workers"])

@@ -13,12 +13,13 @@ from conftest import csv_bytes, make_texts, rank, upload, wait_job
 S = 40
 
 
-@pytest.fixture
-def catalogue(make_client, tmp_path):
-    client = make_client(two_stage_above=10, two_stage_shortlist=8, two_stage_calibration=6, two_stage_rank=8)
+def _service(make_client, tmp_path, data_dir: str, **settings):
+    """A service with the 40-source catalogue imported and the target uploaded."""
+    client = make_client(tmp_path / data_dir, **settings)
     root = tmp_path / "catalogue"
-    for i in range(S):
-        write_hfselect_esm(root / f"s{i:02d}", 50, "glove-6b-50d", i)
+    if not root.exists():
+        for i in range(S):
+            write_hfselect_esm(root / f"s{i:02d}", 50, "glove-6b-50d", i)
     r = client.post("/v1/sources/import", files={"file": ("esms.zip", zip_dir(root))})
     assert r.status_code in (201, 202), r.text
     if r.status_code == 202:
@@ -28,7 +29,13 @@ def catalogue(make_client, tmp_path):
     return client, target
 
 
-def test_two_stage_ranking_through_the_api(catalogue):
+@pytest.fixture
+def catalogue(make_client, tmp_path):
+    return _service(make_client, tmp_path, "data", two_stage_above=10, two_stage_shortlist=8,
+                    two_stage_calibration=6, two_stage_rank=8)
+
+
+def test_two_stage_ranking_through_the_api(catalogue, make_client, tmp_path):
     client, target = catalogue
     body = {"target": target, "candidates": "tasks", "top_k": 20, "bootstrap": 20}
     r = client.post("/v1/rankings", json=body)
@@ -69,15 +76,20 @@ def test_two_stage_ranking_through_the_api(catalogue):
     assert client.post("/v1/rankings", json=body, headers={"If-None-Match": tag}).status_code == 304
 
 
-    # the exhaustive path: every source exact; the shortlisted sources' scores are the same numbers
-    full = rank(client, dict(body, two_stage=False, top_k=S))
-    assert "two_stage" not in full and full["n_candidates"] == S
+    # the exhaustive path on another service (nothing cached, threshold off): every source exact; the
+    # exactly scored sources' values are the same numbers (up to the batched arithmetic's rounding)
+    other, other_target = _service(make_client, tmp_path, "exhaustive", two_stage_above=0)
+    full = rank(other, dict(body, target=other_target, top_k=S))
+    assert "two_stage" not in full and full["n_candidates"] == S and full["computed"] >= 3 * S
     by_name = {it["source"]: it for it in full["ranking"]}
     for it in exact:
         for e in ("esm_logme", "esm_etran_lda", "esm_hscore_shrinkage"):
-            assert it["scores"][e] == by_name[it["source"]]["scores"][e]
+            assert it["scores"][e] == pytest.approx(by_name[it["source"]]["scores"][e], rel=1e-9)
     for it in first:
-        assert it["scores"]["esm_etran_lda"] == by_name[it["source"]]["scores"]["esm_etran_lda"]
+        assert it["scores"]["esm_etran_lda"] == pytest.approx(by_name[it["source"]]["scores"]["esm_etran_lda"],
+                                                              rel=1e-9)
+    # two_stage: false on the same service: the exhaustive ranking
+    assert "two_stage" not in rank(client, dict(body, two_stage=False, top_k=S))
     # the exact sources' combined scores (catalogue-wide normalisation estimated from the calibration
     # sample) order them as the exhaustive ranking does (Kendall's tau over the pairs)
     ex = [by_name[it["source"]]["score"] for it in exact]

@@ -3,9 +3,9 @@
 The default estimators are the library's (``estimators.ranking.DEFAULT_ESTIMATORS``):
 
 ``models``: the target is embedded by each candidate encoder (feature cache) and scored with
-LogME and N-LEEP (+ LEEP for an NPZ target whose every model carries source probabilities); an
-NPZ target ranks the feature arrays it carries (``features``, ``features_<model>``,
-``probs_<model>``).
+LogME, GBC, the shrinkage H-score and TMI (the set chosen by leave-one-benchmark-out,
+``bench/results/lobo.md``; LEEP / N-LEEP only when requested by name); an NPZ target ranks
+the feature arrays it carries (``features``, ``features_<model>``, ``probs_<model>``).
 
 ``tasks``: the target is embedded once with the base encoder; each source task with an ESM is
 scored by LogME, ETran-LDA and the shrinkage H-score of the target mapped through that ESM
@@ -139,12 +139,6 @@ def _validate(ctx: Context, spec: RankingSpec) -> Plan:
         raise Invalid("the source tasks are text tasks embedded by a text base encoder; rank an image dataset "
                       "with candidates='models' (vision models)")
     names = spec.estimators or _defaults_for(ctx, ds, spec)
-    if spec.estimators is None and spec.candidates == "models" and ds.kind == "features":
-        extras = ds.extra_blobs or {}
-        models = [m for m in _model_names(ctx, ds, spec) if m != "features"]
-        if models and "features" not in (spec.sources or ["features"]) \
-                and all(f"probs_{m}" in extras for m in models):
-            names.append("leep")  # as the default ranker: LEEP when every candidate has source probabilities
     if len(set(names)) != len(names):
         raise Invalid("estimators contains duplicates")
     for name in names:
@@ -191,20 +185,12 @@ def _task_type(ds: Dataset) -> str:
 
 
 def _defaults_for(ctx: Context, ds: Dataset, spec: RankingSpec) -> list[str]:
-    """The default estimators for this target type (``estimators.ranking``); for models, LEEP
-    joins when every candidate model has a classification head (source-class probabilities)."""
+    """The default estimators for this target type (``estimators.ranking``)."""
     from estimators.ranking import DEFAULT_ESTIMATORS_BY_TARGET
 
     t = _task_type(ds)
     if t == "classification":
-        names = list(DEFAULT_ESTIMATORS[spec.candidates])
-        if spec.candidates == "models" and ds.kind != "features":
-            from app.services import models as models_svc
-
-            models = _model_names(ctx, ds, spec)
-            if models and all(models_svc.n_probs(ctx, m) > 0 for m in models):
-                names.append("leep")
-        return names
+        return list(DEFAULT_ESTIMATORS[spec.candidates])
     base = list(DEFAULT_ESTIMATORS_BY_TARGET[t][spec.candidates])
     return base if spec.candidates == "models" else [f"esm_{e}" for e in base] + ["semb"]
 

@@ -136,7 +136,8 @@ def _emit_ranking(args, out: dict) -> None:
     if args.json:
         ranking = [{"source": r["source"], "rank": r["rank"], "score": r.get("score"), "scores": r["scores"],
                     "details": r.get("details", {}),
-                    **{k: r[k] for k in ("interval", "p_top", "tied_with_top") if k in r}} for r in out["ranking"]]
+                    **{k: r[k] for k in ("interval", "p_top", "tied_with_top", "tied_by") if k in r}}
+                   for r in out["ranking"]]
         print(json.dumps({"ranking": ranking, "target": out.get("target"), "estimators": out.get("estimators"),
                           "skipped": out.get("skipped", {}), "notes": out.get("notes", {}),
                           "uncertainty": out.get("uncertainty"),

@@ -111,17 +111,23 @@ class Bootstrap:
     interval: dict[str, tuple[float, float] | None] = field(default_factory=dict)
     p_top: dict[str, float] = field(default_factory=dict)
     tied_with_top: dict[str, bool] = field(default_factory=dict)
+    #: why a candidate is tied with the top: ``"combined"`` and / or the member estimators
+    tied_by: dict[str, list[str]] = field(default_factory=dict)
+    #: the member estimators whose own top / ties entered the set
+    members: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
     def for_candidate(self, name: str) -> dict[str, Any]:
         iv = self.interval.get(name)
         return {"interval": None if iv is None else [iv[0], iv[1]], "p_top": self.p_top.get(name),
-                "tied_with_top": self.tied_with_top.get(name, False)}
+                "tied_with_top": self.tied_with_top.get(name, False), "tied_by": list(self.tied_by.get(name, []))}
 
     def summary(self) -> dict[str, Any]:
         return {"method": "bootstrap over the target's examples (stratified), percentile interval of the "
                           "combined score; tied_with_top: scores >= the top's in at least "
-                          f"{ALPHA:.0%} of the resamples", "B": self.B, "seed": self.seed,
+                          f"{ALPHA:.0%} of the resamples, on the combined score or on a member estimator's "
+                          "own score against that member's top (tied_by says which)", "B": self.B,
+                "seed": self.seed, "members": list(self.members),
                 "n_tied_with_top": sum(self.tied_with_top.values()), "warnings": list(self.warnings)}
 
 
@@ -175,7 +181,24 @@ def bootstrap(point: ScoreTable, result: Combined, y: np.ndarray, values: CellVa
             continue
         lo, hi = np.percentile(v, [2.5, 97.5])
         out.interval[name] = (float(lo), float(hi))
-        out.tied_with_top[name] = name == top or bool(np.mean(v >= stacked[top]) >= ALPHA)
+        if name == top or bool(np.mean(v >= stacked[top]) >= ALPHA):
+            out.tied_by[name] = ["combined"]
+    # (2) estimator disagreement: each member's own top, and the candidates its bootstrap cannot separate from it
+    out.members = _members(point, result, scored)
+    for c in out.members:
+        sign = 1.0 if point.higher_is_better[c] else -1.0
+        have = [n for n in scored if point.value(c, n) is not None]
+        if not have:
+            continue
+        top_c = max(have, key=lambda n: (sign * float(point.value(c, n) or 0.0), -scored.index(n)))
+        d_top = sign * draws[top_c][c]
+        for n in have:
+            d = sign * draws[n][c]
+            both = np.isfinite(d) & np.isfinite(d_top)
+            if n == top_c or (both.any() and bool(np.mean(d[both] >= d_top[both]) >= ALPHA)):
+                out.tied_by.setdefault(n, []).append(c)
+    for name in order:
+        out.tied_with_top[name] = bool(out.tied_by.get(name))
     if scored and int(ok.sum()) > 0:
         M = np.stack([stacked[n] for n in scored])  # (k, B') in ranking order
         best = np.argmax(M, axis=0)  # ties: the higher-ranked candidate
@@ -186,6 +209,19 @@ def bootstrap(point: ScoreTable, result: Combined, y: np.ndarray, values: CellVa
                             f"indistinguishable from the top (bootstrap, B={B})")
     if int(ok.sum()) < B:
         out.warnings.append(f"{B - int(ok.sum())} of {B} resamples could not be scored and were left out")
+    return out
+
+
+def _members(point: ScoreTable, result: Combined, scored: list[str]) -> list[str]:
+    """The columns whose own top enters the tied set: combined with positive weight, not the
+    target-agnostic ``static`` / ``prior``, and not constant across the scored candidates."""
+    out = []
+    for c in point.columns:
+        if result.weights.get(c, 0.0) <= 0 or c in ("static", "prior") or c in result.skipped:
+            continue
+        zs = [z.get(c) for n, s, z in result.order if n in scored]
+        if any(v is not None and v != 0.0 for v in zs):
+            out.append(c)
     return out
 
 

@@ -106,17 +106,31 @@ def main(argv=None) -> int:
     ap.add_argument("--B", type=int, default=100)
     ap.add_argument("--out", type=Path, default=common.RESULTS_DIR)
     ap.add_argument("--benchmarks", default=",".join(BENCHMARKS), help="comma-separated subset of " + ", ".join(BENCHMARKS))
+    ap.add_argument("--merge", type=Path, nargs="+", help="report the per-benchmark results of earlier runs "
+                    "(their coverage.json files, same B; e.g. one process per benchmark) instead of computing")
     args = ap.parse_args(argv)
     names = [b for b in args.benchmarks.split(",") if b]
     if not available():
         print("estimators.uncertainty is not available: nothing to measure")
         return 1
     t0 = time.time()
-    res = {name: benchmark_coverage(c, lab, g, kind=k, B=args.B) for name, (c, lab, g, k) in inputs(names).items()}
+    if args.merge:
+        res, seconds = {}, 0.0
+        for f in args.merge:
+            d = json.loads(f.read_text())
+            if d["B"] != args.B:
+                raise SystemExit(f"{f}: B={d['B']}, not {args.B}")
+            seconds += float(d.get("seconds", 0.0))
+            res.update({k: v for k, v in d.items() if isinstance(v, dict) and "per_target" in v})
+        res = {b: res[b] for b in BENCHMARKS if b in res}
+    else:
+        res = {name: benchmark_coverage(c, lab, g, kind=k, B=args.B) for name, (c, lab, g, k) in inputs(names).items()}
+        seconds = time.time() - t0
     allp = [p for r in res.values() for p in r["per_target"].values()]
     total = {"n_targets": len(allp), **summarise(allp)}
     L = ["# Coverage of the \"indistinguishable from the top\" set", "",
-         f"Made by `python -m bench.coverage --B {args.B} --benchmarks {','.join(res)}` in {time.time() - t0:.0f} s. "
+         f"Made by `python -m bench.coverage --B {args.B} --benchmarks {','.join(res)}` ({seconds:.0f} s of "
+         "computing; run here as one process per benchmark, then `--merge`d, on a shared, loaded 2-core machine). "
          f"The library's default ranking (`rank_candidates`, default estimators) bootstrapped over each "
          f"classification target's examples ({args.B} stratified resamples, `estimators.uncertainty`). "
          "The set (`tied_with_top`) = candidates the bootstrap cannot separate from the top on the combined "
@@ -137,7 +151,7 @@ def main(argv=None) -> int:
     L += [""]
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "coverage.md").write_text("\n".join(L))
-    (args.out / "coverage.json").write_text(json.dumps(common._jsonable({"B": args.B, "total": total, **res}), indent=1))
+    (args.out / "coverage.json").write_text(json.dumps(common._jsonable({"B": args.B, "seconds": seconds, "total": total, **res}), indent=1))
     print("\n".join(L))
     return 0
 

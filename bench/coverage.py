@@ -130,7 +130,8 @@ def main(argv=None) -> int:
     total = {"n_targets": len(allp), **summarise(allp)}
     L = ["# Coverage of the \"indistinguishable from the top\" set", "",
          f"Made by `python -m bench.coverage --B {args.B} --benchmarks {','.join(res)}` ({seconds:.0f} s of "
-         "computing; run here as one process per benchmark, then `--merge`d, on a shared, loaded 2-core machine). "
+         + ("computing; here one process per benchmark, then `--merge`d" if args.merge else "computing")
+         + ", on a shared, loaded 2-core machine). "
          f"The library's default ranking (`rank_candidates`, default estimators) bootstrapped over each "
          f"classification target's examples ({args.B} stratified resamples, `estimators.uncertainty`). "
          "The set (`tied_with_top`) = candidates the bootstrap cannot separate from the top on the combined "

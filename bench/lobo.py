@@ -14,6 +14,14 @@ selection rules are reported: ``mean`` (the highest mean weighted tau over the o
 ``worst`` (the highest worst-benchmark weighted tau, max-min) and ``regret`` (the lowest mean
 regret@1). Single estimators are evaluated on every benchmark as they are (nothing is chosen).
 
+The library's default (``estimators.ranking.DEFAULT_ESTIMATORS``) is ``recommend``'s answer: the
+rule whose LOBO result (z-mean designs, every benchmark) passes all four acceptance checks of
+issue 13 (``acceptance``: mean w-tau above every single estimator's, worst benchmark >= LogME's
+there, and the same for regret@1) -- on the committed tables only ``worst`` passes -- and the
+design that rule chooses on all benchmarks (``models``) / without the tasks benchmark (``tasks``,
+less members constant on ESM-mapped features). ``tests/bench/test_bench_lobo.py`` holds the
+library default to the committed recommendation.
+
 Benchmarks (score tables in ``bench/data/scores/``, each a committed input): ``model_zoo``
 (``python -m bench.model_zoo``), ``text_tasks`` (ESM-mapped features of the committed
 ``bench/data/text``; ``python -m bench.lobo --tables``), ``image_zoo2``, ``text_models`` and

@@ -223,11 +223,11 @@ class RankedCandidatePublic(_Public):
                                     "fallback, skipped or error")
     interval: list[float] | None = Field(None, description="95% bootstrap interval of the combined score")
     p_top: float | None = Field(None, description="share of bootstrap resamples where it ranks first")
-    tied_with_top: bool | None = Field(None, description="statistically indistinguishable from the top: on "
-                                       "the combined score, or on a member estimator's own score against that "
-                                       "member's top (estimators.uncertainty)")
-    tied_by: list[str] | None = Field(None, description="why tied_with_top: 'combined' and / or the member "
-                                      "estimators whose own bootstrap cannot separate it from their top")
+    tied_with_top: bool | None = Field(None, description="statistically indistinguishable from the top "
+                                       "(bootstrap of the combined score)")
+    tied_by: list[str] | None = Field(None, description="tests under which it is indistinguishable from the "
+                                      "top: 'combined' (= tied_with_top) and each member estimator that ranks "
+                                      "it first or whose own bootstrap cannot separate it from its own top")
 
 
 class RankingPublic(_Public):

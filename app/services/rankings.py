@@ -597,23 +597,25 @@ def _compute_one(ctx: Context, est: str, info: estimators.EstimatorInfo, cand: C
                  X_target: dict[str, np.ndarray] | np.ndarray | None, y: np.ndarray,
                  params: dict[str, Any]) -> float:
     user = {k: v for k, v in params.items() if k not in SERVICE_PARAMS}
+    # the estimator itself runs on the backend's worker processes (off the API process's GIL)
+    def score(*args: Any, **kw: Any) -> float:
+        return float(ctx.backend.submit_call(estimators.score, *args, **kw).result())
+
     if info.needs == "features":
-        return estimators.score(est, _present(cand.features, f"{cand.source} has no features"), y, **user)
+        return score(est, _present(cand.features, f"{cand.source} has no features"), y, **user)
     if info.needs == "probs":
-        return estimators.score(est, _present(cand.probs, f"{cand.source} has no source-class probabilities"), y,
-                                **user)
+        return score(est, _present(cand.probs, f"{cand.source} has no source-class probabilities"), y, **user)
     if isinstance(X_target, dict):  # tasks: the target embedded by this source's own base encoder
         X_target = X_target[cand.encoder]
     if info.needs == "esm":
-        return estimators.score(est, _present(X_target, "the target has no base-encoder features"), y,
-                                esm=_load_esm(ctx, cand), **user)
+        return score(est, _present(X_target, "the target has no base-encoder features"), y,
+                     esm=_load_esm(ctx, cand), **user)
     # domains: target vs source base embeddings (loaded only now: cached scores never load them)
     if cand.features is None and cand.features_key is not None:
         cand.features = ctx.blobs.get_array(cand.features_key)
     if cand.features is None or X_target is None:
         raise Unavailable(f"{cand.source} has no base-encoder features")
-    return estimators.score(est, _subsample(X_target, DOMAIN_MAX_ROWS), _subsample(cand.features, DOMAIN_MAX_ROWS),
-                            **user)
+    return score(est, _subsample(X_target, DOMAIN_MAX_ROWS), _subsample(cand.features, DOMAIN_MAX_ROWS), **user)
 
 
 def _skip_reason(info: estimators.EstimatorInfo, cand: Candidate) -> str | None:
@@ -650,13 +652,16 @@ def _bootstrap(ctx: Context, plan: Plan, cs: CandidateSet, st: ScoredTable, res:
         cache = scores_svc.lookup_target(s, ds.sha256, [BOOTSTRAP_PREFIX + c for c in cols], ver)
     new_rows: list[dict[str, Any]] = []
 
+    def rescore_(*args: Any) -> np.ndarray:  # on the backend's worker processes
+        return np.asarray(ctx.backend.submit_call(rescore, *args).result(), dtype=np.float64)
+
     def resampled(cand: Candidate, column: str, idx: np.ndarray) -> np.ndarray | None:
         info = estimators.info(column)
         kw = table.params.get(column, {})
         if info.needs == "features" and cand.features is not None:
-            return rescore(column, cand.features, cs.y, idx, kw)
+            return rescore_(column, cand.features, cs.y, idx, kw)
         if info.needs == "probs" and cand.probs is not None:
-            return rescore(column, cand.probs, cs.y, idx, kw)
+            return rescore_(column, cand.probs, cs.y, idx, kw)
         if info.needs == "esm" and cand.esm_key is not None and cs.X_target is not None \
                 and column[4:] in estimators.names():
             if cand.source not in mapped:
@@ -664,7 +669,7 @@ def _bootstrap(ctx: Context, plan: Plan, cs: CandidateSet, st: ScoredTable, res:
                     by_name[other].esm = None
                     del mapped[other]
                 mapped[cand.source] = _load_esm(ctx, cand).transform(cs.X_target[cand.encoder])
-            return rescore(column[4:], mapped[cand.source], cs.y, idx, kw)
+            return rescore_(column[4:], mapped[cand.source], cs.y, idx, kw)
         return None  # domains: held at the value
 
     def values(source: str, column: str, idx: np.ndarray) -> np.ndarray:

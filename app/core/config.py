@@ -60,10 +60,10 @@ class Settings(BaseSettings):
                                          "CPU-heavy numerics of jobs (scoring, estimators), off the API "
                                          "process; 0: threads of the API process",
                                          json_schema_extra={"shown": "the local pool size"})
-    worker_nice: int = Field(5, ge=0, le=19, description="local backend: how much the worker processes lower "
+    worker_nice: int = Field(10, ge=0, le=19, description="local backend: how much the worker processes lower "
                              "their CPU priority (`nice`), so request handling wins the cores")
     api_workers: int = Field(1, ge=1, le=64, description="`serve`: uvicorn worker processes answering "
-                             "requests (each with its own job runner and worker pools; see the README)")
+                             "requests (each with its own job runner and worker processes)")
     encoder_cache: int = Field(3, ge=1, description="how many encoders a worker keeps loaded (LRU)")
     device: str = Field("auto", description="`auto`, `cpu`, `cuda` or `cuda:N` for transformers encoders")
     faiss_threads: int = Field(1, ge=1, description="FAISS OpenMP threads")

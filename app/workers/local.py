@@ -141,7 +141,7 @@ class LocalBackend(WorkerBackend):
     name = "local"
 
     def __init__(self, max_workers: int = 2, cache_dir: str | os.PathLike | None = None, *,
-                 processes: int | None = None, nice: int = 5) -> None:
+                 processes: int | None = None, nice: int = 10) -> None:
         if max_workers < 1:
             raise ValueError(f"max_workers must be >= 1, got {max_workers}")
         if processes is not None and processes < 0:

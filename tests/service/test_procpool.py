@@ -21,7 +21,6 @@ import estimators
 from app.workers.base import Cancelled
 from app.workers.local import LocalBackend, shared_pool
 from app.workers.procpool import NumericPool, WorkerProcessDied, _blas_threads, _nice, _pid
-
 from conftest import npz_bytes, upload, wait_job
 
 

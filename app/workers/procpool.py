@@ -26,6 +26,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future, InvalidStateError
 from concurrent.futures.process import BrokenProcessPool, ProcessPoolExecutor
@@ -41,8 +42,20 @@ class WorkerProcessDied(RuntimeError):
     """A worker process ended while running a call (killed, or out of memory)."""
 
 
+def _exit_with_parent(parent: int, every: float = 0.5) -> None:
+    """End this worker process when the process that started it is gone (``kill -9`` of the API
+    process: the pool's queues never report it, and an idle worker would wait forever)."""
+    while True:
+        time.sleep(every)
+        if os.getppid() != parent:
+            os._exit(0)
+
+
 def worker_init(nice: int, threads: int) -> None:
-    """Initialiser of each worker process: ``threads`` BLAS threads, CPU priority lowered by ``nice``."""
+    """Initialiser of each worker process: ``threads`` BLAS threads, CPU priority lowered by
+    ``nice``, and a watchdog that ends it with its parent."""
+    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), name="transferrank-parent-watch",
+                     daemon=True).start()
     for name in BLAS_ENV:
         os.environ[name] = str(threads)
     try:

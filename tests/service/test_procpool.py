@@ -115,6 +115,25 @@ def test_esm_chunks_score_the_same_in_processes_as_in_threads(tmp_path):
 
 
 # ---------------------------------------------------------------------- ranking jobs through the API
+def _wait_end(client, job_id: str, timeout: float = 120.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        job = client.get(f"/v1/jobs/{job_id}").json()
+        if job["status"] in ("done", "failed", "cancelled") or time.monotonic() > deadline:
+            return job
+        time.sleep(0.05)
+
+
+def _ranking_end(client, ranking_id: str, timeout: float = 30.0):
+    """GET the ranking once its row is final (the job's row turns first, the ranking's just after)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        out = client.get(f"/v1/rankings/{ranking_id}")
+        if out.status_code != 200 or out.json()["status"] in ("done", "failed") or time.monotonic() > deadline:
+            return out
+        time.sleep(0.05)
+
+
 class _Recording(LocalBackend):
     """The real local backend; remembers which functions went to the worker processes and can
     slow each call down (a sleep in the worker process first) or make the process die."""
@@ -190,11 +209,11 @@ def test_cancelling_a_ranking_job_stops_it_between_worker_calls(app_with):
         time.sleep(0.05)
     assert client.delete(f"/v1/jobs/{job_id}").status_code == 200
     at_cancel = len(backend.calls)
-    job = wait_job(client, job_id)
+    job = _wait_end(client, job_id)
     time.sleep(1.0)
     assert job["status"] == "cancelled", job
     assert len(backend.calls) <= at_cancel + 1 < 27  # stopped at the next cell, not after all 27
-    out = client.get(f"/v1/rankings/{r.json()['id']}")
+    out = _ranking_end(client, r.json()["id"])
     assert out.status_code == 200 and out.json()["status"] == "failed"
 
 
@@ -206,10 +225,62 @@ def test_a_dying_worker_process_fails_the_job_with_a_message_not_a_500(app_with)
     assert r.status_code == 202, r.text
     job = wait_job(client, r.json()["job"])
     assert job["status"] == "failed" and job["error"], job
-    out = client.get(f"/v1/rankings/{r.json()['id']}")
+    out = _ranking_end(client, r.json()["id"])
     assert out.status_code == 200 and out.json()["status"] == "failed"
     assert "worker process ended" in out.json()["error"] + job["error"] + str(out.json())
     backend.die = False  # the pool recovers: the same service ranks again
     r = client.post("/v1/rankings", json={"target": did, "candidates": "models", "estimators": ["hscore"]})
     assert wait_job(client, r.json()["job"])["status"] == "done"
     assert shared_pool(1, 7).submit(_pid).result(timeout=120) > 0
+
+
+def test_worker_processes_end_with_a_killed_parent(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = tmp_path / "parent.py"
+    script.write_text(
+        "import time\n"
+        "from app.workers.procpool import NumericPool, _pid\n"
+        "if __name__ == '__main__':\n"
+        "    p = NumericPool(2, nice=0)\n"
+        "    busy = p.submit(time.sleep, 60)\n"
+        "    print(p.submit(_pid).result(), flush=True)\n"
+        "    time.sleep(120)\n")
+    root = Path(__file__).resolve().parents[2]
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(root)})
+    try:
+        idle = int(proc.stdout.readline())
+        kids = [int(d.name) for d in Path("/proc").iterdir() if d.name.isdigit() and _ppid(d) == proc.pid
+                and b"spawn_main" in _cmdline(d)]
+        assert idle in kids and len(kids) == 2  # one busy, one idle
+    finally:
+        proc.kill()
+        proc.wait()
+    deadline = time.monotonic() + 10
+    while any(_alive(Path(f"/proc/{k}")) for k in kids):
+        assert time.monotonic() < deadline, "worker processes outlived their parent"
+        time.sleep(0.2)
+
+
+def _ppid(d) -> int | None:
+    try:
+        return int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _cmdline(d) -> bytes:
+    try:
+        return (d / "cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+def _alive(d) -> bool:
+    try:
+        return (d / "stat").read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X")  # zombies are gone
+    except (OSError, IndexError):
+        return False

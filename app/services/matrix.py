@@ -26,7 +26,7 @@ import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 from sqlalchemy import func, select
@@ -91,7 +91,10 @@ def combined_scores(entries: list[dict[str, Any]]) -> dict[tuple[str, str], floa
 
 # ---------------------------------------------------------------------- cache
 #: matrices kept per context (each keyed by its filters, its reader and the catalogue's state)
-CACHE_ENTRIES = 64
+CACHE_ENTRIES = 16
+#: rendered answers kept per context (JSON bytes of a page of a matrix), each at most RENDER_MAX_BYTES
+RENDER_ENTRIES = 64
+RENDER_MAX_BYTES = 2 * 1024 * 1024
 
 _caches: weakref.WeakKeyDictionary[Any, _MatrixCache] = weakref.WeakKeyDictionary()
 _caches_lock = threading.Lock()
@@ -101,13 +104,13 @@ class _MatrixCache:
     """An LRU of built matrices with single flight: concurrent requests for the same key wait
     for one computation instead of each running it."""
 
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self.items: OrderedDict[str, dict[str, Any]] = OrderedDict()
-        self.inflight: dict[str, Future[dict[str, Any]]] = {}
+    def __init__(self, size: int, max_bytes: int | None = None) -> None:
+        self.size, self.max_bytes = size, max_bytes
+        self.items: OrderedDict[str, Any] = OrderedDict()
+        self.inflight: dict[str, Future[Any]] = {}
         self.lock = threading.Lock()
 
-    def get_or_build(self, key: str, build_fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    def get_or_build(self, key: str, build_fn: Callable[[], Any]) -> Any:
         with self.lock:
             hit = self.items.get(key)
             if hit is not None:
@@ -128,18 +131,24 @@ class _MatrixCache:
             raise
         with self.lock:
             self.inflight.pop(key, None)
-            self.items[key] = data
+            if self.max_bytes is None or len(data) <= self.max_bytes:
+                self.items[key] = data
             while len(self.items) > self.size:
                 self.items.popitem(last=False)
         fut.set_result(data)
         return data
 
 
-def _cache(ctx: Any) -> _MatrixCache:
+_renders: weakref.WeakKeyDictionary[Any, _MatrixCache] = weakref.WeakKeyDictionary()
+
+
+def _cache(ctx: Any, renders: bool = False) -> _MatrixCache:
     with _caches_lock:
-        c = _caches.get(ctx)
+        where = _renders if renders else _caches
+        c = where.get(ctx)
         if c is None:
-            c = _caches[ctx] = _MatrixCache(CACHE_ENTRIES)
+            c = where[ctx] = (_MatrixCache(RENDER_ENTRIES, RENDER_MAX_BYTES) if renders
+                              else _MatrixCache(CACHE_ENTRIES))
         return c
 
 
@@ -166,6 +175,17 @@ def build(ctx: Context, estimator: Names = None, target: Names = None, owner: st
     key = json.dumps([ests, targets, sources, owner, catalogue_state(ctx)], default=str)
     return _cache(ctx).get_or_build(hashlib.sha256(key.encode()).hexdigest(),
                                     lambda: _build(ctx, ests, targets, owner, sources))
+
+
+def rendered(ctx: Context, estimator: Names, target: Names, owner: str | None, source: Names,
+             view: list[Any], render: Callable[[dict[str, Any]], bytes]) -> bytes:
+    """``render(build(...))`` -- an answer's bytes for one view of the matrix (layout, page,
+    format: ``view``) -- cached like the matrix itself (same state key; answers larger than
+    ``RENDER_MAX_BYTES`` are not kept), so a repeated read costs one state query."""
+    ests, targets, sources = _names(estimator), _names(target), _names(source)
+    key = json.dumps([ests, targets, sources, owner, catalogue_state(ctx), view], default=str)
+    return cast(bytes, _cache(ctx, renders=True).get_or_build(
+        hashlib.sha256(key.encode()).hexdigest(), lambda: render(build(ctx, ests, targets, owner, source=sources))))
 
 
 def _build(ctx: Context, ests: list[str], targets: list[str], owner: str | None,

@@ -53,3 +53,23 @@ def test_concurrent_requests_share_one_build(client, monkeypatch):
     for t in threads:
         t.join()
     assert len(calls) == 1 and len(out) == 8 and all(o is out[0] for o in out)
+
+
+def test_the_cached_json_answer_is_the_model_serialised(client):
+    from app.api.routes_matrix import _matrix
+    from app.api.schemas import MatrixPublic
+
+    did = _target(client)
+    rank(client, {"target": did, "candidates": "models", "estimators": ["logme", "hscore"]})
+    ctx = client.app.state.ctx
+    for params, args in [({}, (None, None, None, "long", "score", None, 0)),
+                         ({"layout": "wide", "value": "logme", "limit": 1, "offset": 1},
+                          (None, None, None, "wide", "logme", 1, 1)),
+                         ({"estimator": "hscore", "limit": 1}, ("hscore", None, None, "long", "score", 1, 0))]:
+        for _ in range(2):  # computed, then from the cache
+            r = client.get("/v1/transfer-matrix", params=params)
+            assert r.status_code == 200 and r.headers["content-type"] == "application/json"
+            want = MatrixPublic.model_validate(_matrix(ctx, "local", *args)).model_dump(mode="json", by_alias=True)
+            assert r.json() == want
+    assert client.get("/v1/transfer-matrix", params={"value": "logme"}).status_code == 422  # errors not cached
+    assert client.get("/v1/transfer-matrix", params={"value": "logme"}).status_code == 422

@@ -173,8 +173,8 @@ def build(ctx: Context, estimator: Names = None, target: Names = None, owner: st
     one request, however many ask. The result is shared: callers must not modify it."""
     ests, targets, sources = _names(estimator), _names(target), _names(source)
     key = json.dumps([ests, targets, sources, owner, catalogue_state(ctx)], default=str)
-    return _cache(ctx).get_or_build(hashlib.sha256(key.encode()).hexdigest(),
-                                    lambda: _build(ctx, ests, targets, owner, sources))
+    return cast(dict[str, Any], _cache(ctx).get_or_build(hashlib.sha256(key.encode()).hexdigest(),
+                                                         lambda: _build(ctx, ests, targets, owner, sources)))
 
 
 def rendered(ctx: Context, estimator: Names, target: Names, owner: str | None, source: Names,

@@ -8,8 +8,9 @@ Run from the repository root::
 Inputs (the same for every path):
 
 * **Target.** ``n`` rows drawn (seeded) from the shipped demo catalogue's real MiniLM-L6
-  base-encoder embeddings (``app/demo/data``, 3,280 texts, d = 384), labelled with the corpus
-  each text comes from (6 classes): a real 6-way text-classification target.
+  base-encoder embeddings (``app/demo/data``, 3,280 texts, d = 384; with replacement for a larger
+  ``--n``), labelled with the corpus each text comes from (6 classes): a real 6-way
+  text-classification target.
 * **Catalogue.** Source ESMs around the six real demo ESMs (fine-tuned MiniLM maps fitted by
   the demo build): source i mixes two of them, ``W = l W_a + (1 - l) W_c`` plus a rank-16
   perturbation of 10 % of their scale (bias alike), seeded by i, so a 10,000-source catalogue
@@ -76,15 +77,14 @@ def _limit_threads():
 
 
 def load_target(n: int, seed: int = 0):
-    """``n`` demo base embeddings (float64) and their corpus labels (6 classes)."""
+    """``n`` demo base embeddings (float64) and their corpus labels (6 classes); above the 3,280
+    demo texts (``--n 10000``) the rows are drawn with replacement (texts repeat)."""
     from app.demo import load_demo_catalogue
 
     cat = load_demo_catalogue()
     X = np.vstack([c.base_embeddings for c in cat]).astype(np.float64)
     y = np.concatenate([[c.name] * c.n for c in cat])
-    if n > X.shape[0]:
-        raise SystemExit(f"--n {n} exceeds the {X.shape[0]} demo texts")
-    idx = np.random.default_rng(seed).choice(X.shape[0], n, replace=False)
+    idx = np.random.default_rng(seed).choice(X.shape[0], n, replace=n > X.shape[0])
     return X[idx], y[idx]
 
 

@@ -5,33 +5,47 @@ embeddings ``X`` (n, d_in) become ``F = X W^T + b`` (n, d_out) for a source with
 Every quantity the default ``esm_*`` estimators read from ``F`` is a linear or quadratic
 function of ``X``, so it follows from statistics of the target computed once (``TargetStats``)
 and the source's ``(W, b)``. With ``m`` the mean of X, ``Xc = X - m``, ``Sc = Xc^T Xc``,
-per-class sums ``s_c`` of Xc, counts ``n_c``, and ``m_F = W m + b``:
+per-class sums ``s_c`` of Xc, counts ``n_c``, and ``m_F = W m + b``.
 
-* **LogME** (``esm_logme``, You et al., JMLR 2022) needs ``F^T F = W Sc W^T + n m_F m_F^T``,
-  ``F^T Y`` (class c: ``W s_c + n_c m_F``; float targets: ``W Xc^T Y + m_F 1^T Y``),
-  ``||Y||^2`` and n. One symmetric eigendecomposition of the d_out x d_out ``F^T F`` per source,
-  then the same fixed point as ``estimators.logme`` (per-column convergence, numerical-rank
-  cut ``sigma > sigma_max * max(n, d_out) * eps``). When n < d_out the reference works on the
-  n x n Gram matrix ``F F^T`` instead; so does this module (rows needed, n is small then).
+All three share one product per source: with ``Sc = R R^T`` (R: (d_in, r), r = rank of Sc,
+computed once per target) and ``Pc = W R``, ``P = [sqrt(n) m_F, Pc]`` (d_out x k, k = 1 + r)
+satisfies ``P P^T = F^T F`` and ``Pc Pc^T = W Sc W^T``; the targets' coordinates in the matching
+orthonormal basis ``H = [1 / sqrt(n), Xc R^+T]`` of the column space of ``[X, 1]`` are
+``z = H^T Y = [1^T Y / sqrt(n); R^+ Xc^T Y]``, target-only (``_target_basis``).
+
+* **LogME** (``esm_logme``, You et al., JMLR 2022): since ``F = H P^T``, the non-zero
+  eigenvalues of ``F^T F`` are those of the k x k ``A = P^T P`` and the projections of Y on F's
+  left singular vectors are ``Q^T z`` (Q: eigenvectors of A). The fixed point of
+  ``estimators.logme`` (per-column convergence, numerical-rank cut
+  ``sigma > sigma_max * max(n, d_out) * eps``) needs only ``tr(A (A + tI)^-1)``,
+  ``log det(A + tI)`` and ``(A + tI)^-1 z`` for a few t per column, so the numpy path reduces
+  A to tridiagonal form once (``A = U T U^T``: syrk + LAPACK sytrd, no eigenvectors) and gets
+  all three from LDL^T factorisations of ``T + tI`` in O(k) each (``_logme_tridiagonal``).
+  When n <= d the rank k <= n: this is the reference's n x n route.
 * **Shrinkage H-score** (``esm_hscore_shrinkage``, Ibrahim et al., ICLR 2023): the covariance
-  of F is ``W Sc W^T / n``; class-mean deviations are ``W s_c``. Its Ledoit-Wolf shrinkage
-  also needs ``sum_i ||Fc_i||^4``, a fourth moment of X: that one term is computed from the
-  rows, ``||Xc W^T||`` row norms, one (n, d_in) x (d_in, d_out) product per source. The trace
-  ``tr(Sigma_LW^+ B^T B)`` is a linear solve when every eigenvalue of ``Sigma_LW`` is above
-  the pseudo-inverse cut-off (guaranteed when the shrinkage is positive: the smallest
-  eigenvalue is at least ``a * tr(S) / d``), else an eigendecomposition as in the reference.
+  of F is ``Pc Pc^T / n``; the class-mean deviations are ``W s_c = Pc z_c[1:]``. With LogME's
+  tridiagonal reduction (whose trailing block ``T_c`` reduces ``Pc^T Pc``) the trace, the
+  Frobenius norm and ``tr(Sigma_LW^-1 B^T B)`` take O(k C) per source (push-through identity,
+  ``_hscore_shrinkage_chunk``); the eigendecomposition with the reference's pseudo-inverse
+  cut-off is used where the shrinkage is too small to guarantee it passes. The Ledoit-Wolf
+  shrinkage also needs ``sum_i ||Fc_i||^4``, a fourth moment of X: that one term is computed
+  from the rows: ``||Fc_i||^2 = ||L^T h_i||^2`` with L the Cholesky factor of ``Pc^T Pc`` and
+  ``h_i`` the row's coordinates, one triangular (n, r) x (r, r) product per source.
 * **ETran-LDA** (``esm_etran_lda``, Gholami et al., ICCV 2023): the class means of F are
   ``mu_c^F = W mu_c + b``; the logits ``F mu_c^F - ||mu_c^F||^2/2 + log pi_c`` equal
   ``Xc A_c + const_c`` with ``A_c = W^T mu_c^F``: one (n, d_in) x (d_in, C) product per source.
   The softmax is per row, so this term needs the rows; it is O(n d C), small next to d^3.
 
-Cost per source: O(d^3) (two d x d products, one eigendecomposition, one solve) + O(n d^2) for
-the H-score's fourth moment + O(n d C) for the LDA logits; nothing of the first two terms
-depends on n. ``TargetStats.from_data`` costs O(n d^2) once per target. Values equal
-``estimators.score("esm_<name>", X, y, esm=...)`` up to floating-point rounding.
+Cost per source (d = d_in ~ d_out ~ k): LogME ``d^3`` (trmm, ``W R`` with R triangular) +
+``d^3`` (syrk) + ``4/3 d^3`` (sytrd) + ``O(d^2 C)`` + ``O(d C)`` per fixed-point iteration; the
+H-score adds ``d^3 / 3 + n d^2`` (its fourth moment, the only term that grows with n) and
+O(d C); the LDA ``O(n d C + C d^2)``. ``TargetStats.from_data`` costs O(n d^2) once per target
+and the basis O(d^3 + n d^2) once per target. Values equal ``estimators.score("esm_<name>", X, y, esm=...)`` up to
+floating-point rounding.
 
-``score_many`` runs in numpy (batched ``np.linalg.eigh`` over a chunk of sources) or, with
-``device=`` (``"cpu"``, ``"cuda"``, ``"cuda:1"``), in torch float64 on that device.
+``score_many`` runs in numpy (the route above, batched over a chunk of sources) or, with
+``device=`` (``"cpu"``, ``"cuda"``, ``"cuda:1"``), in torch float64 on that device (batched
+``eigh`` of A for LogME, a d_out x d_out solve for the H-score: the same values).
 """
 from __future__ import annotations
 
@@ -54,6 +68,7 @@ SUPPORTED = ("esm_logme", "esm_etran_lda", "esm_hscore_shrinkage")
 _HSCORE_RCOND = 1e-15  # estimators.hscore's pseudo-inverse cut-off
 _SOLVE_MARGIN = 1e3  # the solve is used when the smallest eigenvalue bound is 1e3 x above the cut-off
 _CHUNK_BYTES = 256 * 2**20  # work arrays per chunk of sources
+_SYTRD_BLOCK = 8  # LAPACK sytrd block size (workspace k x 8): measured fastest at k ~ 400, 1 thread
 
 
 @dataclass(frozen=True)
@@ -225,6 +240,9 @@ class _Numpy:
     def fsum(self, a: Any, axis: Any) -> Any:
         return a.sum(axis=axis, dtype=np.float64)
 
+    def einsum(self, spec: str, *ops: Any) -> Any:
+        return np.einsum(spec, *ops)
+
     log, sqrt, exp, abs = np.log, np.sqrt, np.exp, np.abs
 
 
@@ -287,6 +305,9 @@ class _Torch:
 
     def abs(self, a: Any) -> Any:
         return self.torch.abs(a)
+
+    def einsum(self, spec: str, *ops: Any) -> Any:
+        return self.torch.einsum(spec, *ops)
 
 
 def _backend(device: Any) -> Any:
@@ -385,10 +406,10 @@ def score_many(stats: TargetStats, esms: Any, estimators: Sequence[str] = SUPPOR
         raise ValueError("with float targets (regression) only esm_logme applies; "
                          f"{', '.join(sorted(set(ests) - {'esm_logme'}))} need class labels")
     S, d_out, d_in = W.shape
-    n = stats.n
     if chunk_size is None:
-        per_source = 8 * (4 * d_out * max(d_out, d_in) + 2 * n * max(d_out, n if n < d_out else 0)
-                          + n * max(stats.n_classes, 1) * 2)
+        # P and the k x k Gram (numpy) or the d_out x d_out matrices (torch) per source; the
+        # (n, d_out) rows of the H-score's fourth moment are computed in sub-blocks.
+        per_source = 8 * (4 * d_out * max(d_out, d_in) + 2 * stats.n * max(stats.n_classes, 1))
         chunk_size = int(max(1, min(256, _CHUNK_BYTES // max(per_source, 1))))
     elif int(chunk_size) != chunk_size or chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive integer, got {chunk_size}")
@@ -408,15 +429,49 @@ def score_many(stats: TargetStats, esms: Any, estimators: Sequence[str] = SUPPOR
     return out
 
 
+def _target_basis(st: TargetStats) -> dict[str, np.ndarray]:
+    """Target-side quantities shared by every source (once per target, O(d^3)).
+
+    ``root`` (d, r): ``Sc = root root^T`` on the r numerically non-null directions of Sc
+    (eigenvalues above ``lambda_max * max(n, d) * eps``), rotated (QR) so that ``root[:r]`` is
+    lower triangular: ``W @ root`` is then a triangular product (BLAS trmm, half a GEMM's flops)
+    with ``lower = [root, 0]`` (d, d), lower triangular.
+    ``z`` (1 + r, t): the targets' coordinates ``H^T Y`` in the orthonormal basis
+    ``H = [1 / sqrt(n), Xc root^+T]`` of the column space of ``[X, 1]``:
+    ``z = [1^T Y / sqrt(n); root^+ Xc^T Y]``. ``y_sq``: ``||Y||^2`` per column. With class
+    labels, ``rows`` = ``Hc = Xc root^+T`` (n, r): ``W xc_i = Pc h_i`` for the H-score's rows.
+    """
+    n, d = st.n, st.d
+    lam, V = np.linalg.eigh(st.scatter)
+    top = float(lam[-1])
+    keep = lam > top * max(n, d) * np.finfo(np.float64).eps if top > 0 else np.zeros(d, dtype=bool)
+    lam, V = lam[keep], V[:, keep]
+    r = int(lam.size)
+    xcy, ysum, y_sq = st.label_moments()
+    if r:
+        q, upper = np.linalg.qr((V * np.sqrt(lam)).T)  # (V l^1/2)^T = q upper; root = upper^T
+        root = np.ascontiguousarray(upper.T)
+        pinv = (q.T / np.sqrt(lam)) @ V.T  # root^+ = q^T l^-1/2 V^T, (r, d)
+        coords = pinv @ xcy
+    else:
+        root = np.zeros((d, 0))
+        coords = np.zeros((0, xcy.shape[1]))
+    z = np.vstack([ysum[None, :] / math.sqrt(n), coords])
+    lower = np.zeros((d, d), order="F")  # [root, 0]: lower triangular, for BLAS trmm
+    lower[:, :r] = root
+    out = {"root": root, "lower": lower, "z": z, "y_sq": np.asarray(y_sq, dtype=np.float64)}
+    if not st.regression and r:  # the rows' coordinates Hc = Xc root^+T (n, r), for the H-score
+        out["rows"] = np.ascontiguousarray(st.centred @ pinv.T)
+    return out
+
+
 def _prepare(xp: Any, st: TargetStats) -> dict[str, Any]:
-    derived = st._derived.get("bases")
-    if derived is None:  # once per target (d^3), reused by every call on it; one atomic store
-        lam, V = np.linalg.eigh(st.scatter)
-        derived = (V * np.sqrt(np.clip(lam, 0.0, None)), _logme_basis(st))  # Sc = root @ root.T
-        st._derived["bases"] = derived
-    root, (lroot, lz, lysq) = derived
-    t = {"mean": xp.asarray(st.mean), "root": xp.asarray(root), "Xc": xp.asarray(st.centred)}
-    t.update(lroot=xp.asarray(lroot), lz=xp.asarray(lz), lysq=xp.asarray(lysq))
+    basis = st._derived.get("basis")
+    if basis is None:  # once per target, reused by every call on it; one atomic store
+        basis = _target_basis(st)
+        st._derived["basis"] = basis
+    t = {"mean": xp.asarray(st.mean), "Xc": xp.asarray(st.centred), "root": xp.asarray(basis["root"]),
+         "z": xp.asarray(basis["z"]), "y_sq": xp.asarray(basis["y_sq"]), "np": basis}
     if not st.regression:
         counts = _need(st.counts, "counts")
         t["sums"] = xp.asarray(_need(st.class_sums, "class_sums"))
@@ -428,196 +483,246 @@ def _prepare(xp: Any, st: TargetStats) -> dict[str, Any]:
 
 
 def _score_chunk(xp: Any, t: dict[str, Any], st: TargetStats, W: Any, b: Any, ests: list[str]) -> dict[str, np.ndarray]:
-    res = {}
-    if "esm_logme" in ests:
-        res["esm_logme"] = _logme_chunk(xp, t, st, W, b)
-    if "esm_hscore_shrinkage" in ests:
-        G = _gram(xp, W, t["root"])  # W Sc W^T (S, d_out, d_out)
-        res["esm_hscore_shrinkage"] = _hscore_shrinkage_chunk(xp, t, st, xp.T(W), G)
-        del G
+    """The requested scores of one chunk of sources. LogME and the H-score share ``P`` (the map
+    applied to the target's basis) and, on the numpy path, its tridiagonal reduction."""
+    res: dict[str, np.ndarray] = {}
+    logme, hscore = "esm_logme" in ests, "esm_hscore_shrinkage" in ests
+    if logme or hscore:
+        P = _project(xp, t, st.n, W, b)  # (S, d_out, k), column 0 = sqrt(n) m_F
+        tri = None
+        if isinstance(xp, _Numpy) and P.shape[2] >= 2:
+            tri = _tridiagonalise(P, t["np"]["z"], t["np"].get("rows") if hscore else None)
+        if logme:
+            if tri is not None:
+                res["esm_logme"] = _logme_tridiagonal(P, t["np"]["z"], t["np"]["y_sq"], st.n, max(st.n, P.shape[1]),
+                                                      tri=tri)
+            else:
+                res["esm_logme"] = _logme_dense(xp, t, P, st.n)
+        if hscore:
+            res["esm_hscore_shrinkage"] = _hscore_shrinkage_chunk(xp, t, st, W, P, tri)
+        del P
     if "esm_etran_lda" in ests:
         res["esm_etran_lda"] = _etran_lda_chunk(xp, t, st, W, b)
     return res
 
 
-def _gram(xp: Any, W: Any, R: Any) -> Any:
-    """``W Sc W^T = (W R)(W R)^T`` with ``Sc = R R^T`` (R from the target, once): one product
-    and one symmetric rank-k update per source (numpy's ``P @ P.T`` calls BLAS syrk)."""
+def _project(xp: Any, t: dict[str, Any], n: int, W: Any, b: Any) -> Any:
+    """``P = [sqrt(n) m_F, W root]`` (S, d_out, 1 + r) for a chunk: ``P P^T = F^T F`` and its
+    last r columns ``Pc = W root`` give ``Pc Pc^T = W Sc W^T``, the centred scatter of F.
+    numpy: one triangular product (trmm) over the whole chunk, ``W [root, 0]``."""
     S, d_out, d_in = W.shape
-    P = (W.reshape(S * d_out, d_in) @ R).reshape(S, d_out, R.shape[1])
-    if isinstance(xp, _Numpy):
-        return np.stack([p @ p.T for p in P])
-    return P @ xp.T(P)
+    root = t["root"]
+    r = root.shape[1]
+    mF = (W @ t["mean"][:, None])[..., 0] + b  # (S, d_out)
+    Wf = W.reshape(S * d_out, d_in)
+    if not isinstance(xp, _Numpy):
+        Pc = Wf @ root
+        return _concat_last(xp, math.sqrt(n) * mF[:, :, None], Pc.reshape(S, d_out, r))
+    from scipy.linalg import blas
+
+    P = np.empty((S, d_out, 1 + r))
+    P[:, :, 0] = math.sqrt(n) * mF
+    if r:
+        # [Pc, 0]^T = [root, 0]^T Wf^T: Fortran-ordered (d_in, S d_out) operands, i.e. the
+        # C-ordered W and a C-ordered (S d_out, d_in) result, with no transposed copies.
+        PT = blas.dtrmm(1.0, t["np"]["lower"], Wf.T, side=0, lower=1, trans_a=1)
+        P[:, :, 1:] = PT[:r].T.reshape(S, d_out, r)
+    return P
 
 
-def _logme_basis(st: TargetStats) -> Any:
-    """Target-side LogME quantities: ``root`` ((d+1), k) and ``z`` (k, t) with
-    ``[X, 1]^T [X, 1] = root root^T`` restricted to its k numerically non-null directions
-    (``root = B diag(l)^(1/2)``), and ``z = diag(l)^(-1/2) B^T [X, 1]^T Y``."""
-    n, d = st.n, st.d
-    m = st.mean
-    E = np.empty((d + 1, d + 1))
-    E[:d, :d] = st.scatter + n * np.outer(m, m)
-    E[:d, d] = E[d, :d] = n * m
-    E[d, d] = n
-    lam, B = np.linalg.eigh((E + E.T) / 2.0)
-    keep = lam > lam[-1] * max(n, d + 1) * np.finfo(np.float64).eps
-    lam, B = lam[keep], B[:, keep]
-    xcy, ysum, y_sq = st.label_moments()
-    XtY = np.vstack([xcy + np.outer(m, ysum), ysum[None, :]])  # [X, 1]^T Y
-    root = B * np.sqrt(lam)
-    z = (B.T @ XtY) / np.sqrt(lam)[:, None]
-    return root, z, y_sq
-
-
-def _logme_chunk(xp: Any, t: Any, st: Any, W: Any, b: Any) -> Any:
-    """ESM-LogME of a chunk of sources.
-
-    With ``[X, 1] = H B^T`` (B: orthonormal basis of the row space, ``H^T H = diag(l)``) and
-    ``Waug = [W, b]``, ``F = H (B^T Waug^T)``: the non-zero eigenvalues of ``F^T F`` are those of
-    ``A = P^T P`` with ``P = Waug B diag(l)^(1/2)`` (d_out x k), and the projections of the
-    targets on F's left singular vectors are ``Q^T z`` for the eigenvectors Q of A (``z``
-    target-only, see ``_logme_basis``). A is k x k, k = rank([X, 1]) <= min(n, d + 1); this is
-    the reference's n x n route when n < d and its d x d route otherwise, with the same
-    numerical-rank cut relative to the largest eigenvalue."""
-    n = st.n
-    S, d_out, d_in = W.shape
-    size = max(n, d_out)
-    k = t["lroot"].shape[1]
-    Pt = (W.reshape(S * d_out, d_in) @ t["lroot"][:d_in]).reshape(S, d_out, k)
-    Pt += b[:, :, None] * t["lroot"][d_in][None, None, :]  # Waug @ root with Waug = [W, b]
-    if isinstance(xp, _Numpy) and k >= 2:
-        return _logme_tridiagonal(Pt, t["lz"], t["lysq"], n, size)
-    A = xp.T(Pt) @ Pt
-    sigma, Q = xp.eigh(A)
-    vals, bad = _logme_batch(xp, sigma, None, xp.T(Q) @ t["lz"], t["lysq"], n, size)
-    out = xp.to_numpy(vals).copy()
+def _logme_dense(xp: Any, t: dict[str, Any], P: Any, n: int) -> np.ndarray:
+    """LogME from ``eigh(P^T P)`` (the torch path, and 1 x 1 Grams): the non-zero eigenvalues of
+    ``F^T F`` and the targets' projections ``Q^T z`` on F's left singular vectors."""
+    sigma, Q = xp.eigh(xp.T(P) @ P)
+    vals, bad = _logme_batch(xp, sigma, None, xp.T(Q) @ t["z"], t["y_sq"], n, max(n, int(P.shape[1])))
+    out = np.array(xp.to_numpy(vals), dtype=np.float64)
     out[xp.to_numpy(bad)] = np.nan
     return out
 
 
-# ---------------------------------------------------------------------- LogME without eigenvectors
-def _logme_tridiagonal(Pt: np.ndarray, z: np.ndarray, y_sq: np.ndarray, n: int, size: int) -> np.ndarray:
-    """LogME of each source from ``A = P^T P`` (Pt: (S, d_out, k)) and the target's ``z`` (k, t).
+# ---------------------------------------------------------------------- the tridiagonal route (numpy)
+@dataclass
+class _Tridiagonal:
+    """``P_s^T P_s = U_s T_s U_s^T`` for a chunk: T's diagonal (S, k) and off-diagonal (S, k-1),
+    ``zh = U^T z`` (S, k, t), ``ok`` (S,) False where LAPACK failed (non-finite P), and, when
+    asked for, the H-score's row norms ``row_sq`` (S, n) (NaN rows: not computed)."""
 
-    The fixed point reads A and the targets only through, for each column's t = alpha / beta,
-    ``gamma = tr(A (A + tI)^-1)``, ``log det(A + tI)``, ``||r||^2`` and ``r^T A r`` with
-    ``r = (A + tI)^-1 z``. With the tridiagonal reduction ``A = U T U^T`` (LAPACK sytrd, no
-    eigenvectors) and ``z' = U^T z`` (ormqr), all four come from the LDL^T factorisations of
-    ``T + tI`` from both ends (O(k) per column and iteration, vectorised over sources and
-    columns): the pivots give the log-determinant and the solve, the two-sided ("twisted")
-    pivots the diagonal of the inverse. The numerical-rank cut of LogME is checked by inertia
-    (no pivot of ``T - tau I`` negative, tau = Gershgorin bound * max(n, d) * eps >= the cut);
-    sources that fail it (a rank-deficient map) go through ``eigh``.
-    """
-    from scipy.linalg import lapack
+    diag: np.ndarray
+    off: np.ndarray
+    zh: np.ndarray
+    ok: np.ndarray
+    row_sq: np.ndarray | None = None
 
-    S, _, k = Pt.shape
-    tcols = z.shape[1]
-    diag = np.empty((S, k))
-    off = np.empty((S, k - 1))
-    Zh = np.empty((S, k, tcols))
+
+def _tridiagonalise(P: np.ndarray, z: np.ndarray, rows: np.ndarray | None = None) -> _Tridiagonal:
+    """Per source: ``A = P^T P`` (BLAS syrk, lower triangle), its tridiagonal reduction (LAPACK
+    sytrd, no eigenvectors: 4/3 k^3 flops, a third of an eigendecomposition's) and ``U^T z``
+    (ormqr). Lower sytrd leaves row and column 0 of A in place (``U = diag(1, U_2)``), so
+    ``T[1:, 1:] = U_2^T (Pc^T Pc) U_2`` is a reduction of the centred block as well.
+
+    With ``rows`` (``Hc``, (n, r)), also the H-score's ``||Fc_i||^2 = h_i^T (Pc^T Pc) h_i =
+    ||L^T h_i||^2`` from the Cholesky factor L of that block (potrf, r^3/3) and one triangular
+    product ``Hc L`` (trmm, n r^2 flops: half the (n, d) x (d, d) product of the rows); where
+    the block is not positive definite (a rank-deficient map) the row stays NaN, and with
+    d_out < r, ``row_sq`` is None."""
+    from scipy.linalg import blas, lapack
+
+    S, d_out, k = P.shape
+    tc = z.shape[1]
+    diag = np.zeros((S, k))
+    off = np.zeros((S, k - 1))
+    zh = np.zeros((S, k, tc))
     ok = np.ones(S, dtype=bool)
-    lwork = 64 * k
-    for s in range(S):
-        a = Pt[s].T @ Pt[s]  # BLAS syrk
-        c, dd, e, tau, info = lapack.dsytrd(a, lower=1, lwork=lwork, overwrite_a=1)
+    # Pc^T Pc (r x r) has rank <= d_out: no Cholesky factor when d_out < r (the GEMM is cheaper then)
+    row_sq = None if rows is None or d_out < k - 1 else np.full((S, rows.shape[0]), np.nan)
+    for s in range(S):  # W and b are finite: P is, short of overflow (caught below on T)
+        a = blas.dsyrk(1.0, P[s].T, lower=1)  # P[s].T is Fortran-ordered: no copy
+        if row_sq is not None and rows is not None:
+            low, info = lapack.dpotrf(a[1:, 1:], lower=1, clean=0)
+            if info == 0:  # (Hc L)^T = L^T Hc^T: Fortran-ordered (r, n), columns = rows of Hc L
+                HL = blas.dtrmm(1.0, low, rows.T, side=0, lower=1, trans_a=1)
+                row_sq[s] = np.einsum("ji,ji->i", HL, HL)
+        c, dd, e, tau, info = lapack.dsytrd(a, lower=1, lwork=_SYTRD_BLOCK * k, overwrite_a=1)
         if info != 0:
             ok[s] = False
             continue
         diag[s], off[s] = dd, e
-        Zh[s, 0] = z[0]
-        Zh[s, 1:] = lapack.dormqr(b"L", b"T", c[1:, :-1], tau, z[1:], lwork=lwork)[0]
-    absoff = np.abs(off)
-    gersh = diag + np.pad(absoff, ((0, 0), (1, 0))) + np.pad(absoff, ((0, 0), (0, 1)))
+        zh[s, 0] = z[0]
+        # Minimal workspace: unblocked application, faster than blocked for t << k columns.
+        zh[s, 1:] = lapack.dormqr(b"L", b"T", c[1:, :-1], tau, z[1:], lwork=max(1, tc))[0]
+    return _Tridiagonal(diag, off, zh, ok & np.isfinite(diag).all(axis=1) & np.isfinite(off).all(axis=1), row_sq)
+
+
+def _stacked(a: np.ndarray, off: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """m tridiagonal matrices (rows of a (m, k), off (m, k-1)) as one block-diagonal tridiagonal
+    matrix of size m k (zero couplings between blocks), for one LAPACK call over all."""
+    m, k = a.shape
+    e = np.zeros((m, k))
+    e[:, :-1] = off
+    return np.ascontiguousarray(a).ravel(), e.ravel()[:-1]
+
+
+def _positive_definite(a: np.ndarray, off: np.ndarray) -> np.ndarray:
+    """(m,) True where the tridiagonal matrix (a_j, off_j) is positive definite (every LDL^T
+    pivot > 0: LAPACK pttrf, restarted after the block of each failed pivot)."""
+    from scipy.linalg import lapack
+
+    m, k = a.shape
+    d, e = _stacked(a, off)
+    ok = np.ones(m, dtype=bool)
+    start = 0
+    while start < m:
+        info = lapack.dpttrf(d[start * k:], e[start * k:])[2]
+        if info == 0:
+            break
+        bad = start + (int(info) - 1) // k
+        ok[bad] = False
+        start = bad + 1
+    return ok
+
+
+def _tridiagonal_solve(a: np.ndarray, off: np.ndarray, rhs: np.ndarray | None, *, inverse_trace: bool = False) -> Any:
+    """For m positive definite tridiagonal systems (rows of a (m, k), off (m, k-1); rhs (m, k, c)):
+    the solutions x (m, k, c) (None without rhs), ``log det`` (m,) and, with ``inverse_trace``,
+    ``tr(A^-1)`` (m,).
+
+    LAPACK pttrf / pttrs on the block-diagonal stack (one call each, O(m k)). The diagonal of
+    the inverse comes from the forward pivots p and the backward pivots q (pttrf of the
+    reversed matrix): ``(A^-1)_jj = 1 / (p_j + q_j - a_j)``. Raises ``np.linalg.LinAlgError``
+    if a pivot is not positive."""
+    from scipy.linalg import lapack
+
+    m, k = a.shape
+    d, e = _stacked(a, off)
+    p, lo, info = lapack.dpttrf(d, e)
+    if info != 0:
+        raise np.linalg.LinAlgError("tridiagonal matrix not positive definite")
+    x = None if rhs is None else lapack.dpttrs(p, lo, rhs.reshape(m * k, -1))[0].reshape(rhs.shape)
+    p = p.reshape(m, k)
+    logdet = np.log(p).sum(axis=1)
+    if not inverse_trace:
+        return x, logdet, None
+    q, _, info = lapack.dpttrf(d[::-1], e[::-1])
+    if info != 0:
+        raise np.linalg.LinAlgError("tridiagonal matrix not positive definite")
+    trinv = (1.0 / (p + q[::-1].reshape(m, k) - a)).sum(axis=1)
+    return x, logdet, trinv
+
+
+def _tridiagonal_times(diag: np.ndarray, off: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """``T v`` for tridiagonal T (diag (m, k), off (m, k-1)) and v (m, k, c)."""
+    out: np.ndarray = diag[:, :, None] * v
+    out[:, :-1] += off[:, :, None] * v[:, 1:]
+    out[:, 1:] += off[:, :, None] * v[:, :-1]
+    return out
+
+
+def _logme_tridiagonal(P: np.ndarray, z: np.ndarray, y_sq: np.ndarray, n: int, size: int,
+                       tri: _Tridiagonal | None = None) -> np.ndarray:
+    """LogME of each source from ``A = P^T P`` (P: (S, d_out, k)) and the target's ``z`` (k, t).
+
+    The fixed point reads A and the targets only through, for each column's t = alpha / beta,
+    ``gamma = tr(A (A + tI)^-1)``, ``log det(A + tI)``, ``||r||^2`` and ``r^T A r`` with
+    ``r = (A + tI)^-1 z``. With the tridiagonal reduction ``A = U T U^T`` (``_tridiagonalise``)
+    and ``z' = U^T z``, all four come from the LDL^T factorisations of ``T + tI`` from both
+    ends: O(k) per column and iteration, one LAPACK call over all sources and columns. The
+    numerical-rank cut of LogME is checked by inertia (``T - tau I`` positive definite, tau =
+    Gershgorin bound * max(n, d) * eps >= the cut); sources that fail it (a rank-deficient
+    map) go through ``eigh``.
+    """
+    if tri is None:
+        tri = _tridiagonalise(P, z)
+    S, k = tri.diag.shape
+    absoff = np.abs(tri.off)
+    gersh = tri.diag + np.pad(absoff, ((0, 0), (1, 0))) + np.pad(absoff, ((0, 0), (0, 1)))
     cut = gersh.max(axis=1) * size * np.finfo(np.float64).eps
-    ok &= np.isfinite(diag).all(axis=1) & (cut > 0)
-    if ok.any():  # every pivot of T - cut I positive <=> no eigenvalue of A below the cut
+    ok = tri.ok & (cut > 0)
+    if ok.any():  # T - cut I positive definite <=> no eigenvalue of A below the cut
         i = np.nonzero(ok)[0]
-        piv = _pivots(np.ascontiguousarray(diag[i].T), np.ascontiguousarray(off[i].T), -cut[i])
-        ok[i] = (piv > 0).all(axis=0)
+        ok[i] = _positive_definite(tri.diag[i] - cut[i, None], tri.off[i])
     out = np.full(S, np.nan)
     y_sq = np.asarray(y_sq, dtype=np.float64)
     if ok.any():
         i = np.nonzero(ok)[0]
         res_x2 = y_sq - np.einsum("jc,jc->c", z, z)
-        out[i] = _fixed_point_twisted(diag[i], off[i], Zh[i], res_x2, n)
+        try:
+            out[i] = _fixed_point_tridiagonal(tri.diag[i], tri.off[i], tri.zh[i], res_x2, n)
+        except np.linalg.LinAlgError:  # not expected after the inertia check; eigh decides
+            ok[i] = False
     rest = np.nonzero(~ok)[0]
     if rest.size:
-        sigma, Q = np.linalg.eigh(np.stack([Pt[s].T @ Pt[s] for s in rest]))
-        vals, bad = _logme_batch(_Numpy(), sigma, None, np.swapaxes(Q, 1, 2) @ z, y_sq, n, size)
-        vals = np.array(vals, dtype=np.float64)
-        vals[bad] = np.nan
-        out[rest] = vals
+        good = rest[np.isfinite(P[rest]).reshape(rest.size, -1).all(axis=1)]
+        if good.size:
+            sigma, Q = np.linalg.eigh(np.swapaxes(P[good], 1, 2) @ P[good])
+            vals, bad = _logme_batch(_Numpy(), sigma, None, np.swapaxes(Q, 1, 2) @ z, y_sq, n, size)
+            vals = np.array(vals, dtype=np.float64)
+            vals[bad] = np.nan
+            out[good] = vals
     return out
 
 
-def _pivots(D: np.ndarray, E: np.ndarray, shift: np.ndarray) -> np.ndarray:
-    """LDL^T pivots of ``T_j + shift_j I`` for the K tridiagonal matrices in the columns of
-    D (k, K) and E (k-1, K)."""
-    a = D + shift
-    p = np.empty_like(a)
-    p[0] = a[0]
-    E2 = E * E
-    for j in range(1, a.shape[0]):
-        p[j] = a[j] - E2[j - 1] / p[j - 1]
-    return np.asarray(p)
-
-
-def _twisted(D: Any, E: Any, E2: Any, t: Any, Z: Any) -> Any:
-    """For K symmetric positive definite tridiagonal systems ``(T + tI) r = z`` (columns of
-    D (k, K), E (k-1, K), E2 = E * E, t (K,), Z (k, K)): the solution r, ``log det(T + tI)``
-    and ``tr((T + tI)^-1)`` (from forward pivots p and backward pivots q:
-    ``((T + tI)^-1)_jj = 1 / (p_j + q_j - a_j)``)."""
-    k = D.shape[0]
-    a = D + t
-    p = np.empty_like(a)
-    y = np.empty_like(a)
-    p[0] = a[0]
-    y[0] = Z[0]
-    for j in range(1, k):
-        lj = E[j - 1] / p[j - 1]
-        p[j] = a[j] - lj * E[j - 1]
-        y[j] = Z[j] - lj * y[j - 1]
-    r = np.empty_like(a)
-    q = np.empty_like(a)
-    r[k - 1] = y[k - 1] / p[k - 1]
-    q[k - 1] = a[k - 1]
-    for j in range(k - 2, -1, -1):
-        r[j] = (y[j] - E[j] * r[j + 1]) / p[j]
-        q[j] = a[j] - E2[j] / q[j + 1]
-    trinv = (1.0 / (p + q - a)).sum(axis=0)
-    return r, np.log(p).sum(axis=0), trinv
-
-
-def _fixed_point_twisted(diag: np.ndarray, off: np.ndarray, Zh: np.ndarray, res_x2: np.ndarray, n: int) -> np.ndarray:
+def _fixed_point_tridiagonal(diag: np.ndarray, off: np.ndarray, zh: np.ndarray, res_x2: np.ndarray,
+                             n: int) -> np.ndarray:
     """``estimators.logme._fixed_point_evidence`` (all k directions kept) from the tridiagonal
-    form: diag (S, k), off (S, k-1), Zh = U^T z (S, k, t), res_x2 (t,) the targets' energy
-    outside the column space. Returns the mean evidence / n, (S,)."""
-    S, k, tc = Zh.shape
-    K = S * tc
-    # System j = (source j // tc, target column j % tc); row i of every system side by side.
-    D = np.ascontiguousarray(np.repeat(diag.T, tc, axis=1))  # (k, K)
-    E = np.ascontiguousarray(np.repeat(off.T, tc, axis=1))  # (k-1, K)
-    E2 = E * E
-    Zk = np.ascontiguousarray(Zh.transpose(1, 0, 2).reshape(k, K))
+    form: diag (S, k), off (S, k-1), zh = U^T z (S, k, t), res_x2 (t,) the targets' energy
+    outside the column space. Every (source, column) pair is one system; each iteration
+    factors the still-active ones at once. Returns the mean evidence / n, (S,)."""
+    S, k, tc = zh.shape
+    D = np.repeat(diag, tc, axis=0)  # system j = (source j // tc, target column j % tc)
+    E = np.repeat(off, tc, axis=0)
+    Z = np.ascontiguousarray(zh.transpose(0, 2, 1)).reshape(S * tc, k, 1)
     rx2 = np.tile(np.asarray(res_x2, dtype=np.float64), S)
-    alpha = np.ones(K)
-    beta = np.ones(K)
-    m2 = np.zeros(K)
-    res2 = np.zeros(K)
+    K = S * tc
+    alpha, beta = np.ones(K), np.ones(K)
+    m2, res2 = np.zeros(K), np.zeros(K)
     active = np.ones(K, dtype=bool)
     for _ in range(_MAX_ITER):
         idx = np.nonzero(active)[0]
         t = alpha[idx] / beta[idx]
-        Di, Ei = np.ascontiguousarray(D[:, idx]), np.ascontiguousarray(E[:, idx])
-        r, _, trinv = _twisted(Di, Ei, np.ascontiguousarray(E2[:, idx]), t, np.ascontiguousarray(Zk[:, idx]))
+        r, _, trinv = _tridiagonal_solve(D[idx] + t[:, None], E[idx], Z[idx], inverse_trace=True)
         gamma = k - t * trinv  # sum sigma / (sigma + t)
-        Tr = Di * r
-        Tr[:-1] += Ei * r[1:]
-        Tr[1:] += Ei * r[:-1]
-        m2_new = np.einsum("jk,jk->k", r, Tr)  # sum sigma x^2 / (sigma + t)^2
-        res2_new = t * t * np.einsum("jk,jk->k", r, r) + rx2[idx]  # sum x^2 t^2 / (sigma + t)^2 + rest
+        m2_new = np.einsum("jk,jk->j", r[:, :, 0], _tridiagonal_times(D[idx], E[idx], r)[:, :, 0])
+        res2_new = t * t * np.einsum("jk,jk->j", r[:, :, 0], r[:, :, 0]) + rx2[idx]
         alpha_new = gamma / (m2_new + _EPS)
         beta_new = (n - gamma) / (res2_new + _EPS)
         alpha[idx], beta[idx], m2[idx], res2[idx] = alpha_new, beta_new, m2_new, res2_new
@@ -625,24 +730,38 @@ def _fixed_point_twisted(diag: np.ndarray, off: np.ndarray, Zh: np.ndarray, res_
         if not active.any():
             break
     # sum_i log(alpha + beta sigma_i) = k log(beta) + log det(T + (alpha / beta) I)
-    logdet = k * np.log(beta) + np.log(_pivots(D, E, alpha / beta)).sum(axis=0)
+    logdet = k * np.log(beta) + _tridiagonal_solve(D + (alpha / beta)[:, None], E, None)[1]
     evidence = (k / 2.0 * np.log(alpha) + n / 2.0 * np.log(beta) - 0.5 * logdet
                 - beta / 2.0 * res2 - alpha / 2.0 * m2 - n / 2.0 * math.log(2 * math.pi)) / n
     return np.asarray(evidence.reshape(S, tc).mean(1), dtype=np.float64)
 
 
-def _hscore_shrinkage_chunk(xp: Any, t: Any, st: Any, Wt: Any, G: Any) -> Any:
-    n = st.n
-    d = G.shape[-1]
-    S_F = G / n  # covariance of F, ddof 0
-    S = G.shape[0]
-    # The rows, for the fourth moment only: one (n, d_in) x (d_in, S d_out) product.
-    Fc = t["Xc"] @ xp.T(xp.T(Wt).reshape(S * d, -1))
-    row_sq = xp.T((Fc * Fc).reshape(n, S, d).sum(2))  # (S, n)
-    del Fc
-    trace = xp.diag(S_F).sum(1)  # (S,)
+# ---------------------------------------------------------------------- shrinkage H-score
+def _row_norms_sq(xp: Any, Xc: Any, W: Any) -> Any:
+    """``||Fc_i||^2 = ||W xc_i||^2`` for every target row and source, (S, n): one
+    (n, d_in) x (d_in, s d_out) product per block of s sources (blocks of <= 64 MiB)."""
+    S, d_out, d_in = W.shape
+    n = Xc.shape[0]
+    step = max(1, (64 * 2**20) // (8 * n * d_out))
+    parts = []
+    for s0 in range(0, S, step):
+        Wb = W[s0:s0 + step]
+        s = Wb.shape[0]
+        Fc = (Xc @ xp.T(Wb.reshape(s * d_out, d_in))).reshape(n, s, d_out)
+        parts.append(xp.einsum("isj,isj->si", Fc, Fc))
+    return parts[0] if len(parts) == 1 else _concat_rows(xp, parts)
+
+
+def _concat_rows(xp: Any, parts: list[Any]) -> Any:
+    if isinstance(xp, _Numpy):
+        return np.concatenate(parts, axis=0)
+    return xp.torch.cat(parts, dim=0)
+
+
+def _shrinkage(xp: Any, trace: Any, s_fro2: Any, row_sq: Any, n: int, d: int) -> tuple[Any, Any]:
+    """Ledoit-Wolf shrinkage per source (``estimators.hscore_shrinkage.ledoit_wolf``) from
+    ``tr(S)``, ``||S||_F^2`` (S = covariance of F, ddof 0) and the row norms (S, n)."""
     mu = trace / d
-    s_fro2 = (S_F * S_F).sum(2).sum(1)
     bb = ((row_sq * row_sq).sum(1) / n - s_fro2) / (d * n)
     delta = (s_fro2 - 2.0 * mu * trace + d * mu * mu) / d
     bb = xp.where(bb < delta, bb, delta)
@@ -650,44 +769,117 @@ def _hscore_shrinkage_chunk(xp: Any, t: Any, st: Any, Wt: Any, G: Any) -> Any:
     shrink = xp.where(ok, bb / xp.where(delta > 0, delta, 1.0), 0.0)
     if d == 1:
         shrink = shrink * 0.0
+    return shrink, mu
+
+
+def _hscore_shrinkage_chunk(xp: Any, t: Any, st: Any, W: Any, P: Any, tri: _Tridiagonal | None) -> np.ndarray:
+    """Shrinkage H-score ``tr(Sigma_LW^+ B^T B)`` of a chunk.
+
+    ``Sigma_LW = a G + c I`` with ``G = Pc Pc^T = W Sc W^T``, ``a = (1 - s) / n``, ``c = s mu``;
+    the rows of B are ``scale_c W s_c = scale_c Pc v_c`` with ``v_c = root^+ s_c``, the class
+    rows of ``z[1:]``. When every eigenvalue of Sigma_LW passes the pseudo-inverse's cut-off
+    (``estimators.hscore.trace_pinv_product``: guaranteed when ``c >= 2 RCOND tr(S)``, as the
+    eigenvalues lie in [c, tr(S)]), the pseudo-inverse is the inverse and, by
+    ``Pc^T (a Pc Pc^T + cI)^-1 Pc = (a M + cI)^-1 M`` with ``M = Pc^T Pc = U_2 T_c U_2^T``:
+    ``H = sum_c scale_c^2 v'_c^T T_c (a T_c + cI)^-1 v'_c``, ``v' = U_2^T v`` -- one tridiagonal
+    solve per source on LogME's reduction (numpy). Otherwise (and on the torch path) G is formed
+    and ``eigh`` applies the cut-off as the reference does. ``tr(S)`` and ``||S||_F^2`` come
+    from T_c (orthogonal invariants); the fourth moment from the rows (``_tridiagonalise``'s
+    Cholesky route, else ``_row_norms_sq``).
+    """
+    from .hscore import RCOND
+
+    n = st.n
+    S, d, _ = P.shape  # d = d_out
+    if tri is not None and tri.row_sq is not None:
+        row_sq = tri.row_sq
+        missing = np.nonzero(np.isnan(row_sq).any(axis=1))[0]
+        if missing.size:
+            row_sq[missing] = _row_norms_sq(xp, t["Xc"], W[missing])
+    else:
+        row_sq = _row_norms_sq(xp, t["Xc"], W)
+    counts = t["counts"]
+    out = np.full(S, np.nan)
+    dense = np.ones(S, dtype=bool)
+    if tri is not None:
+        Td, To, V = tri.diag[:, 1:], tri.off[:, 1:], tri.zh[:, 1:, :]
+        trace = Td.sum(1) / n
+        s_fro2 = ((Td * Td).sum(1) + 2.0 * (To * To).sum(1)) / (n * n)
+        shrink, mu = _shrinkage(xp, trace, s_fro2, row_sq, n, d)
+        fast = tri.ok & (shrink * mu >= 2.02 * RCOND * trace) & (trace > 0)
+        if fast.any():
+            i = np.nonzero(fast)[0]
+            a = ((1.0 - shrink[i]) / n)[:, None]
+            try:
+                x = _tridiagonal_solve(a * Td[i] + (shrink[i] * mu[i])[:, None], a * To[i], V[i])[0]
+            except np.linalg.LinAlgError:
+                x = None
+            if x is not None:
+                scale2 = (1.0 - shrink[i])[:, None] / ((n - 1) * counts)[None, :]  # (s, C)
+                quad = (_tridiagonal_times(Td[i], To[i], V[i]) * x).sum(1)  # (s, C)
+                out[i] = (scale2 * quad).sum(1)
+                dense[i] = False
+    if dense.any():
+        i = np.nonzero(dense)[0]
+        ix = xp.index(i)
+        Pc = P[ix][:, :, 1:]
+        if isinstance(xp, _Numpy):  # 2-D p @ p.T is BLAS syrk (half a GEMM)
+            G = np.stack([p @ p.T for p in Pc])  # W Sc W^T
+        else:
+            G = Pc @ xp.T(Pc)
+        out[i] = _hscore_dense(xp, t, st, W[ix], G, row_sq[ix], RCOND)
+    return out
+
+
+def _hscore_dense(xp: Any, t: Any, st: Any, W: Any, G: Any, row_sq: Any, rcond: float) -> np.ndarray:
+    """The shrinkage H-score from the d_out x d_out ``G = W Sc W^T`` of each source: a linear
+    solve where every eigenvalue of Sigma_LW passes the cut-off, else eigh with the reference's
+    pseudo-inverse weights (``trace_pinv_product``)."""
+    n = st.n
+    d = G.shape[-1]
+    S_F = G / n  # covariance of F, ddof 0
+    trace = xp.diag(S_F).sum(1)
+    s_fro2 = (S_F * S_F).sum(2).sum(1)
+    shrink, mu = _shrinkage(xp, trace, s_fro2, row_sq, n, d)
     cov = (1.0 - shrink)[:, None, None] * S_F + (shrink * mu)[:, None, None] * xp.eye(d)
     scale = xp.sqrt((1.0 - shrink)[:, None] / ((n - 1) * t["counts"])[None, :])  # (S, C)
-    between = (t["sums"] @ Wt) * scale[:, :, None]  # (S, C, d)
-    # Every eigenvalue of cov is >= shrink * mu and <= trace: all pass the pinv cut-off when
-    # shrink * mu > rcond * trace; then tr(cov^+ B^T B) = tr(B cov^-1 B^T), a linear solve.
-    solvable = xp.to_numpy(shrink * mu > _SOLVE_MARGIN * _HSCORE_RCOND * trace)
+    between = (t["sums"] @ xp.T(W)) * scale[:, :, None]  # (S, C, d): scale_c W s_c
+    solvable = xp.to_numpy((shrink * mu >= 2.02 * rcond * trace) & (trace > 0))
     out = np.empty(int(G.shape[0]))
     if solvable.any():
-        idx = np.nonzero(solvable)[0]
-        ix = xp.index(idx)
+        ix = xp.index(np.nonzero(solvable)[0])
         B = between[ix]
         Z = xp.solve(cov[ix], xp.T(B))  # (s, d, C)
-        out[idx] = xp.to_numpy((B * xp.T(Z)).sum(2).sum(1))
-    rest = np.nonzero(~solvable)[0]
-    if rest.size:
-        ix = xp.index(rest)
+        out[solvable] = xp.to_numpy((B * xp.T(Z)).sum(2).sum(1))
+    if (~solvable).any():
+        ix = xp.index(np.nonzero(~solvable)[0])
         lam, V = xp.eigh(cov[ix])
         top = xp.amax(xp.abs(lam), 1)[:, None]
-        keep = xp.abs(lam) > _HSCORE_RCOND * top
+        floor = rcond * xp.where(top > 0, top, 1.0)
+        # trace_pinv_product's weights: 1 above 2 rcond top, 0 below rcond top, log2 ramp between
+        w = xp.log(xp.where(lam > floor, lam, floor) / floor) / math.log(2.0)
+        w = xp.where(w < 1.0, w, 1.0)
         proj = between[ix] @ V  # (s, C, d)
-        contrib = (proj * proj).sum(1) / xp.where(keep, lam, 1.0)
-        out[rest] = xp.to_numpy(xp.where(keep, contrib, 0.0).sum(1))
+        contrib = w * (proj * proj).sum(1) / xp.where(w > 0, lam, 1.0)
+        out[~solvable] = xp.to_numpy(xp.where(top > 0, contrib, 0.0).sum(1))
     return out
 
 
 def _etran_lda_chunk(xp: Any, t: Any, st: Any, W: Any, b: Any) -> Any:
+    """ETran-LDA of a chunk: logits ``Xc A_c + const_c`` (``A_c = W^T mu_c^F``), one
+    (n, d_in) x (d_in, S C) product; O(n d C + C d^2) per source."""
     n = st.n
     means = t["sums"] / t["counts"][:, None] + t["mean"][None, :]  # raw class means of X (C, d_in)
-    muF = means @ xp.T(W) + b[:, None, :]  # (S, C, d_out)
+    S, d_out, d_in = W.shape
+    muF = xp.T((W.reshape(S * d_out, d_in) @ xp.T(means)).reshape(S, d_out, -1)) + b[:, None, :]  # (S, C, d_out)
     A = muF @ W  # (S, C, d_in): A_c = W^T mu_c^F
     const = ((A * t["mean"]).sum(2) + (muF * b[:, None, :]).sum(2)
              - 0.5 * (muF * muF).sum(2) + t["log_prior"][None, :])  # (S, C)
-    S, C, d_in = A.shape
+    C = A.shape[1]
     logits = (t["Xc"] @ xp.T(A.reshape(S * C, d_in))).reshape(n, S, C) + const[None, :, :]  # (n, S, C)
     lse = xp.logsumexp(logits, 2)
     true = logits[t["rows"], :, t["labels"]]  # (n, S)
     return xp.to_numpy(xp.exp(true - lse).sum(0) / n)
-
 
 
 # ---------------------------------------------------------------------- two-stage ranking

@@ -80,6 +80,11 @@ def test_torch_path_on_cpu_equals_numpy():
         st = TargetStats.from_data(X, y)
         ref = _reference(X, y, W, b)
         np.testing.assert_allclose(score_many(st, W, bias=b, device="cpu", chunk_size=2), ref, rtol=RTOL)
+    # d_out = 1: the pseudo-inverse path of the H-score and LogME's rank cut, in torch
+    X, y = _target(200, 8, 3, seed=9)
+    W, b = _maps(3, 8, 1, seed=10)
+    np.testing.assert_allclose(score_many(TargetStats.from_data(X, y), W, bias=b, device="cpu"),
+                               _reference(X, y, W, b), rtol=RTOL)
 
 
 def test_regression_targets_logme():
@@ -198,3 +203,84 @@ def test_two_stage_shortlist_keeps_the_best():
         esm_stats.rank_two_stage(st, W, shortlist=0, bias=b)
     with pytest.raises(ValueError, match="names"):
         esm_stats.rank_two_stage(st, lambda idx: (W[idx], b[idx]))
+
+
+def test_singular_target_scatter_with_more_rows_than_dims():
+    # A column that is a combination of two others: Sc has a null direction although n > d, so
+    # the target basis has r < d directions and W @ root adds the rows below its triangle.
+    X, y = _target(300, 12, 4, seed=7)
+    X[:, 5] = 0.5 * X[:, 1] - 2.0 * X[:, 2]
+    W, b = _maps(4, 12, 9, seed=8)
+    st = TargetStats.from_data(X, y)
+    assert esm_stats._target_basis(st)["root"].shape == (12, 11)
+    np.testing.assert_allclose(score_many(st, W, bias=b), _reference(X, y, W, b), rtol=RTOL)
+
+
+def test_one_dimensional_map_takes_the_pseudo_inverse_and_eigh_paths():
+    # d_out = 1: no Ledoit-Wolf shrinkage (the H-score's pseudo-inverse path) and a rank-1
+    # F^T F (LogME's numerical-rank cut fails the inertia check and falls back to eigh).
+    X, y = _target(200, 8, 3, seed=9)
+    W, b = _maps(3, 8, 1, seed=10)
+    np.testing.assert_allclose(score_many(TargetStats.from_data(X, y), W, bias=b), _reference(X, y, W, b),
+                               rtol=RTOL)
+
+
+def test_hscore_dense_path_applies_the_reference_pseudo_inverse_ramp():
+    from estimators.hscore import RCOND, trace_pinv_product
+
+    X, y = _target(120, 6, 3, seed=11)
+    st = TargetStats.from_data(X, y)
+    t = esm_stats._prepare(esm_stats._Numpy(), st)
+    rng = np.random.default_rng(12)
+    d = 6
+    Q = np.linalg.qr(rng.normal(size=(d, d)))[0]
+    lam = np.array([1.0, 0.3, 0.05, 1.5 * RCOND, 0.7 * RCOND, 0.0])  # one eigenvalue on the ramp
+    G = st.n * (Q * lam) @ Q.T
+    W = rng.normal(size=(1, d, 6))
+    row_sq = np.zeros((1, st.n))  # no shrinkage: Sigma_LW = G / n
+    got = esm_stats._hscore_dense(esm_stats._Numpy(), t, st, W, G[None], row_sq, RCOND)
+    between = (st.class_sums @ W[0].T) / np.sqrt((st.n - 1) * st.counts)[:, None]
+    assert got[0] == pytest.approx(trace_pinv_product(G / st.n, between), rel=1e-10)
+
+
+def test_hscore_tridiagonal_route_equals_the_dense_route():
+    X, y = _target(300, 14, 4, seed=13)
+    W, b = _maps(5, 14, 11, seed=14)
+    st = TargetStats.from_data(X, y)
+    xp = esm_stats._Numpy()
+    t = esm_stats._prepare(xp, st)
+    P = esm_stats._project(xp, t, st.n, W, b)
+    tri = esm_stats._tridiagonalise(P, t["z"], t["np"]["rows"])
+    assert tri.row_sq is None  # d_out = 11 < r = 14: Pc^T Pc is singular, the rows' GEMM is used
+    # the rows' norms ||W xc_i||^2 through the Cholesky factor of Pc^T Pc (d_out >= r)
+    W2, b2 = _maps(3, 14, 16, seed=15)
+    P2 = esm_stats._project(xp, t, st.n, W2, b2)
+    rows = esm_stats._tridiagonalise(P2, t["z"], t["np"]["rows"]).row_sq
+    np.testing.assert_allclose(rows, esm_stats._row_norms_sq(xp, st.centred, W2), rtol=1e-10)
+    fast = esm_stats._hscore_shrinkage_chunk(xp, t, st, W, P, tri)
+    dense = esm_stats._hscore_shrinkage_chunk(xp, t, st, W, P, None)
+    np.testing.assert_allclose(fast, dense, rtol=1e-10)
+    # through score_many, alone or with LogME (the same shared reduction)
+    np.testing.assert_allclose(score_many(st, W, ["esm_hscore_shrinkage"], bias=b)[:, 0], fast, rtol=1e-12)
+    np.testing.assert_allclose(score_many(st, W, ["esm_logme", "esm_hscore_shrinkage"], bias=b)[:, 1], fast,
+                               rtol=1e-12)
+
+
+def test_stacked_tridiagonal_solves_equal_dense_linear_algebra():
+    rng = np.random.default_rng(15)
+    m, k = 4, 9
+    off = rng.normal(size=(m, k - 1))
+    a = np.abs(off).sum(1, keepdims=True) * 2 + rng.uniform(0.1, 1.0, size=(m, k))  # diagonally dominant
+    rhs = rng.normal(size=(m, k, 2))
+    x, logdet, trinv = esm_stats._tridiagonal_solve(a, off, rhs, inverse_trace=True)
+    for j in range(m):
+        T = np.diag(a[j]) + np.diag(off[j], 1) + np.diag(off[j], -1)
+        np.testing.assert_allclose(x[j], np.linalg.solve(T, rhs[j]), rtol=1e-12)
+        np.testing.assert_allclose(logdet[j], np.linalg.slogdet(T)[1], rtol=1e-12)
+        np.testing.assert_allclose(trinv[j], np.trace(np.linalg.inv(T)), rtol=1e-12)
+        np.testing.assert_allclose(esm_stats._tridiagonal_times(a, off, rhs)[j], T @ rhs[j], rtol=1e-12)
+    shifted = a.copy()
+    shifted[[1, 3]] -= 100.0  # indefinite blocks
+    np.testing.assert_array_equal(esm_stats._positive_definite(shifted, off), [True, False, True, False])
+    with pytest.raises(np.linalg.LinAlgError):
+        esm_stats._tridiagonal_solve(shifted, off, rhs)

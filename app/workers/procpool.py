@@ -85,6 +85,18 @@ def _blas_threads() -> int:
     return max((int(i.get("num_threads", 1)) for i in threadpool_info()), default=1)
 
 
+def _at_thread_exit(fn: Callable[[], None]) -> None:
+    """Run ``fn`` when the interpreter starts to exit, before ``concurrent.futures`` joins its
+    executors (the hook it uses itself; these hooks run last-registered first)."""
+    register = getattr(threading, "_register_atexit", None)
+    if register is None:  # pragma: no cover - CPython < 3.9
+        import atexit
+
+        atexit.register(fn)
+    else:
+        register(fn)
+
+
 class NumericPool:
     """A bounded, lazily started pool of worker processes; ``submit(fn, *args, **kwargs)`` as an
     executor (``fn`` must be importable by name: a module-level function)."""
@@ -96,6 +108,7 @@ class NumericPool:
         self._lock = threading.Lock()
         self._executor: ProcessPoolExecutor | None = None
         self._closed = False
+        self._exit_hook = False
 
     def _get(self) -> ProcessPoolExecutor:
         with self._lock:
@@ -105,6 +118,9 @@ class NumericPool:
                 self._executor = ProcessPoolExecutor(
                     max_workers=self.size, mp_context=multiprocessing.get_context("spawn"),
                     initializer=worker_init, initargs=(self.nice, self.threads))
+                if not self._exit_hook:
+                    _at_thread_exit(self._kill)
+                    self._exit_hook = True
             return self._executor
 
     def _discard(self, executor: ProcessPoolExecutor) -> None:
@@ -158,6 +174,18 @@ class NumericPool:
             ex = self._executor
         procs = getattr(ex, "_processes", None) or {}
         return sorted(int(p) for p in procs)
+
+    def _kill(self) -> None:
+        """At interpreter exit: end the worker processes now. The executor's own exit hook
+        would wait for each running call to finish (a job's computation is abandoned at exit,
+        as on the threads, which are daemons)."""
+        with self._lock:
+            ex = self._executor
+        for proc in list((getattr(ex, "_processes", None) or {}).values()):
+            try:
+                proc.kill()
+            except Exception:  # pragma: no cover - already gone
+                pass
 
     def shutdown(self, wait: bool = False) -> None:
         with self._lock:

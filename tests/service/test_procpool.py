@@ -284,3 +284,23 @@ def _alive(d) -> bool:
         return (d / "stat").read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X")  # zombies are gone
     except (OSError, IndexError):
         return False
+
+
+def test_the_interpreter_exits_without_waiting_for_a_running_call(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = tmp_path / "exits.py"
+    script.write_text(
+        "import time\n"
+        "from app.workers.procpool import NumericPool, _pid\n"
+        "if __name__ == '__main__':\n"
+        "    p = NumericPool(1, nice=0)\n"
+        "    p.submit(_pid).result()\n"
+        "    p.submit(time.sleep, 60)\n"
+        "    time.sleep(0.5)\n")
+    root = Path(__file__).resolve().parents[2]
+    t0 = time.monotonic()
+    done = subprocess.run([sys.executable, str(script)], env={**os.environ, "PYTHONPATH": str(root)}, timeout=50)
+    assert done.returncode == 0 and time.monotonic() - t0 < 30

@@ -180,12 +180,15 @@ class NumericPool:
         would wait for each running call to finish (a job's computation is abandoned at exit,
         as on the threads, which are daemons)."""
         with self._lock:
-            ex = self._executor
+            ex, self._executor = self._executor, None
+        if ex is None:
+            return
         for proc in list((getattr(ex, "_processes", None) or {}).values()):
             try:
                 proc.kill()
             except Exception:  # pragma: no cover - already gone
                 pass
+        ex.shutdown(wait=True, cancel_futures=True)  # quick now; the executor ends while modules exist
 
     def shutdown(self, wait: bool = False) -> None:
         with self._lock:

@@ -108,6 +108,16 @@ class Settings(BaseSettings):
                                   "body -> 422")
     sync_cost_limit: float = Field(2e8, gt=0, description="rankings estimated above this many operations "
                                    "run as jobs (202)")
+    # -- big catalogues (app.services.two_stage)
+    two_stage_above: int = Field(500, ge=0, description="default tasks rankings of more task candidates than this "
+                                 "run in two stages: a cheap first stage over every source, the exact default on "
+                                 "the best; 0 = never (a request's `two_stage` overrides)")
+    two_stage_shortlist: int = Field(300, ge=1, description="two-stage rankings: sources scored with the exact "
+                                     "default (the best by the first stage)")
+    two_stage_calibration: int = Field(64, ge=0, description="two-stage rankings: other sources, drawn at random, "
+                                       "also scored exactly to normalise the exact scores as over the catalogue")
+    two_stage_rank: int = Field(64, ge=1, description="two-stage rankings: principal directions of the target "
+                                "kept by the first stage's low-rank LogME")
     max_queued_jobs: int = Field(64, ge=1, description="most unfinished jobs in the database; more -> 429 "
                                  "with Retry-After")
     max_queued_jobs_per_owner: int = Field(8, ge=1, description="most unfinished jobs per API key (or "

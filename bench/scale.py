@@ -4,6 +4,8 @@ Run from the repository root::
 
     python -m bench.scale [--sizes 100,1000,10000] [--n 1000] [--compare 100] [--device cpu|cuda]
                           [--shortlist 200] [--calibration 64] [--out bench/results/scale.md]
+    python -m bench.scale --api --sizes 10000 [--n 1000] [--data-dir /tmp/transferrank-scale]
+                          [--reference /tmp/transferrank-scale-reference-10000.npz] [--repeats 20]
 
 Inputs (the same for every path):
 
@@ -33,6 +35,18 @@ recall@10 of the two-stage top 10 against the exhaustive default's (``rank_candi
 all sources). ``--device cuda`` runs the new path's numerics and the hf loop's linear maps on
 the GPU. Writes a markdown report with the command (default ``bench/results/scale.md``) and
 the raw numbers next to it (``.json``).
+
+``--api`` (``api_run``): the catalogue (last of ``--sizes``) is imported into ``--data-dir`` through
+``app.services.catalogue.import_dir`` -- what ``transferrank sources import FOLDER --data-dir DIR``
+runs, the supported path for catalogues too big to upload -- in batches of 500 folders written in
+hf-dataset-selector's layout (float32, as stored; writing them is not timed; a later run reuses
+the data dir). A real ``transferrank serve`` (SQLite, local workers, the environment's
+``TRANSFERRANK_*`` settings: two-stage above 500 candidates by default) then gets the target as
+an NPZ of base features and the default tasks ranking: cold (POST until the ranking is done) and
+``--repeats`` cached repeats (the ranking memo), plus one with ``If-None-Match`` (304). recall@10
+is against the exhaustive default computed in the library on the same (float32-rounded) ESMs,
+cached in ``--reference``. Peak RSS of the server and of this process. Report:
+``bench/results/scale_api.md`` (+ ``.json``).
 """
 from __future__ import annotations
 
@@ -342,6 +356,256 @@ def catalogue_worker(args: dict) -> dict:
     return res
 
 
+# ---------------------------------------------------------------------- through the REST API
+def _write_hf_folder(folder: Path, W: np.ndarray, b: np.ndarray, base: str) -> None:
+    """One ESM in hf-dataset-selector's layout (float32 tensors, as the service stores them)."""
+    from safetensors.numpy import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps({"base_model_name": base, "task_id": folder.name,
+                                                    "esm_architecture": "linear"}))
+    save_file({"model.weight": np.ascontiguousarray(W, dtype=np.float32),
+               "model.bias": np.ascontiguousarray(b, dtype=np.float32)},
+              str(folder / "model.safetensors"), metadata={"format": "pt"})
+
+
+def api_register(data_dir: Path, size: int, seed: int, batch: int = 500) -> dict:
+    """Import the catalogue into ``data_dir`` the way ``transferrank sources import FOLDER
+    --data-dir DIR`` does (``app.services.catalogue.import_dir``, the CLI path for catalogues too
+    big to upload), ``batch`` sources at a time (the folders of a batch are written, imported,
+    removed). Writing the folders (ESM generation) is excluded from the import time."""
+    import shutil
+    import tempfile
+
+    from app.core.config import Settings
+    from app.db.models import PUBLIC_OWNER
+    from app.services import catalogue as catalogue_svc
+    from app.services.context import Context
+
+    settings = Settings.from_env(None, data_dir=data_dir, seed_demo=False, train_demo_esms=False,
+                                 log_level="WARNING")
+    ctx = Context.open(settings, seed=False)
+    cat = Catalogue(size, seed)
+    names = cat.names
+    t_import = t_gen = 0.0
+    try:
+        for start in range(0, size, batch):
+            idx = np.arange(start, min(size, start + batch))
+            tmp = Path(tempfile.mkdtemp(prefix="scale-esms-"))
+            try:
+                g0 = time.perf_counter()
+                W, b = cat(idx)
+                for k, i in enumerate(idx):
+                    _write_hf_folder(tmp / names[i], W[k], b[k], settings.base_encoder)
+                del W, b
+                t_gen += time.perf_counter() - g0
+                i0 = time.perf_counter()
+                catalogue_svc.import_dir(ctx, tmp, settings.base_encoder, "", owner=PUBLIC_OWNER)
+                t_import += time.perf_counter() - i0
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+            print(f"[scale --api] imported {idx[-1] + 1}/{size} sources ({t_import:.0f} s import)", flush=True)
+    finally:
+        ctx.close()
+    return {"sources": size, "import_s": t_import, "generation_s_excluded": t_gen, "batch": batch,
+            "path": "app.services.catalogue.import_dir (= transferrank sources import FOLDER --data-dir DIR)"}
+
+
+def api_reference(args: dict) -> dict:
+    """The exhaustive default in the library on the ESMs the service holds (float32-rounded maps,
+    as stored): ``score_many`` over every source, ``rank_candidates`` over all. Cached in
+    ``args["reference"]`` (``.npz``): long at 10,000 sources (about 23 ms per source on one core)."""
+    _limit_threads()
+    from estimators.esm_stats import TargetStats, score_many
+    from estimators.ranking import rank_candidates
+
+    path = Path(args["reference"])
+    key = f"size={args['size']} n={args['n']} seed={args['seed']} rank={RANK} perturb={PERTURB} float32"
+    if path.is_file():
+        with np.load(path, allow_pickle=False) as z:
+            if str(z["key"]) == key:
+                return {"exact": z["exact"], "top10": [str(x) for x in z["top10"]], "seconds": float(z["seconds"]),
+                        "cached": True, "file": str(path)}
+    X, y = load_target(args["n"], args["seed"])
+    cat = Catalogue(args["size"], args["seed"])
+    stats = TargetStats.from_data(X, y)
+    exact = np.empty((args["size"], len(ESTIMATORS)))
+    t0 = time.perf_counter()
+    for start in range(0, args["size"], args["chunk"]):
+        idx = np.arange(start, min(args["size"], start + args["chunk"]))
+        W, b = cat(idx)
+        W, b = W.astype(np.float32).astype(np.float64), b.astype(np.float32).astype(np.float64)
+        exact[idx] = score_many(stats, W, list(ESTIMATORS), bias=b)
+    seconds = time.perf_counter() - t0
+    names = cat.names
+    full = rank_candidates({names[i]: {"scores": {e[len("esm_"):]: exact[i, j] for j, e in enumerate(ESTIMATORS)}}
+                            for i in range(args["size"])}, np.zeros(2, dtype=int), kind="tasks")
+    top10 = [r["name"] for r in full[:10]]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, key=np.array(key), exact=exact, top10=np.array(top10), seconds=np.array(seconds))
+    return {"exact": exact, "top10": top10, "seconds": seconds, "cached": False, "file": str(path)}
+
+
+def _vm_hwm_mb(pid: int) -> float | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    except OSError:
+        return None
+    return None
+
+
+def api_run(args: dict) -> dict:
+    """Register the catalogue (unless ``data_dir`` already holds it), start ``transferrank serve``
+    on it (SQLite, local workers), upload the target as NPZ base features and time the default
+    tasks ranking through the REST API: cold (POST to the finished ranking) and cached repeats."""
+    import io
+    import socket
+    import subprocess
+    import urllib.request
+
+    import httpx
+
+    size = args["size"]
+    data_dir = Path(args["data_dir"]).resolve()
+    marker = data_dir / f"scale-catalogue-{size}-{args['seed']}.json"
+    if marker.is_file():
+        reg = json.loads(marker.read_text())
+        reg["reused"] = True
+    else:
+        if data_dir.exists() and any(data_dir.iterdir()):
+            raise SystemExit(f"{data_dir} is not empty and holds no {size}-source catalogue of this benchmark")
+        print(f"[scale --api] importing {size} sources into {data_dir} ...", flush=True)
+        reg = api_register(data_dir, size, args["seed"])
+        marker.write_text(json.dumps(reg))
+    X, y = load_target(args["n"], args["seed"])
+    _, labels = np.unique(y, return_inverse=True)
+    buf = io.BytesIO()
+    np.savez(buf, features=X.astype(np.float32), labels=labels.astype(np.int64))
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    # no encoder warm-up: `serve` would otherwise load (and distil) the model candidates in the background
+    # while the ranking is timed; a tasks ranking of an NPZ target needs no encoder
+    env = dict(os.environ, TRANSFERRANK_SEED_DEMO="0", TRANSFERRANK_TRAIN_DEMO_ESMS="0", TRANSFERRANK_WARM_UP="0",
+               TRANSFERRANK_LOG_LEVEL="WARNING", PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    if args.get("workers"):
+        env["TRANSFERRANK_WORKERS"] = str(args["workers"])
+    log_path = data_dir / "scale-serve.log"
+    with open(log_path, "wb") as log_file:
+        proc = subprocess.Popen([sys.executable, "-m", "app.cli", "serve", "--port", str(port), "--data-dir",
+                                 str(data_dir)], env=env, stdout=log_file, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    out: dict = {"size": size, "registration": reg, "server_pid": proc.pid}
+    try:
+        t0 = time.perf_counter()
+        while True:
+            try:
+                with urllib.request.urlopen(f"{base}/healthz", timeout=2):
+                    break
+            except OSError:
+                if proc.poll() is not None or time.perf_counter() - t0 > 300:
+                    raise SystemExit(f"serve did not come up: see {log_path}") from None
+                time.sleep(0.3)
+        out["server_start_s"] = time.perf_counter() - t0
+        with httpx.Client(base_url=base, timeout=600) as http:
+            u0 = time.perf_counter()
+            r = http.post("/v1/datasets", files={"file": ("target.npz", buf.getvalue())},
+                          data={"name": f"scale-target-{args['n']}"})
+            r.raise_for_status()
+            if r.status_code == 200:  # left by an interrupted run: delete it (and its cached scores), cold again
+                http.delete(f"/v1/datasets/{r.json()['id']}").raise_for_status()
+                u0 = time.perf_counter()
+                r = http.post("/v1/datasets", files={"file": ("target.npz", buf.getvalue())},
+                              data={"name": f"scale-target-{args['n']}"})
+                r.raise_for_status()
+            out["upload_s"] = time.perf_counter() - u0
+            target = r.json()["id"]
+            body = {"target": target, "candidates": "tasks", "top_k": 10}
+            c0 = time.perf_counter()
+            r = http.post("/v1/rankings", json=body)
+            r.raise_for_status()
+            ranking = r.json()
+            polls = 0
+            while ranking["status"] not in ("done", "failed", "cancelled"):
+                time.sleep(0.2)
+                polls += 1
+                ranking = http.get(f"/v1/rankings/{ranking['id']}").json()
+            out["cold_s"] = time.perf_counter() - c0
+            out["cold_status_code"] = r.status_code
+            if ranking["status"] != "done":
+                raise SystemExit(f"the ranking {ranking['status']}: {ranking.get('error')}")
+            out["server_seconds"] = ranking.get("seconds")
+            out["two_stage"] = {k: v for k, v in (ranking.get("two_stage") or {}).items() if k != "exact_sources"}
+            out["top10"] = [it["source"] for it in ranking["ranking"][:10]]
+            out["stages_top10"] = [it.get("stage") for it in ranking["ranking"][:10]]
+            out["uncertainty"] = ranking.get("uncertainty")
+            times, codes = [], []
+            for _ in range(args["repeats"]):
+                c0 = time.perf_counter()
+                r = http.post("/v1/rankings", json=body)
+                times.append(time.perf_counter() - c0)
+                codes.append(r.status_code)
+            tag = r.headers.get("ETag")
+            c0 = time.perf_counter()
+            r304 = http.post("/v1/rankings", json=body, headers={"If-None-Match": tag or ""})
+            out["etag_304_s"] = time.perf_counter() - c0
+            out["etag_status"] = r304.status_code
+            out["cached_s"] = {"median": float(np.median(times)), "max": float(np.max(times)), "n": len(times),
+                               "status_codes": sorted(set(codes)),
+                               "same_ranking": r.json().get("id") == ranking["id"]}
+            # the target and its cached scores go, so that the next run on this data dir is cold again
+            http.delete(f"/v1/datasets/{target}").raise_for_status()
+        out["server_peak_rss_mb"] = _vm_hwm_mb(proc.pid)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:  # pragma: no cover
+            proc.kill()
+    ref = api_reference(args)
+    out["reference"] = {"exhaustive_library_s": ref["seconds"], "cached": ref["cached"], "file": ref["file"],
+                        "top10": ref["top10"]}
+    out["recall_at_10"] = len(set(ref["top10"]) & set(out["top10"])) / 10.0
+    out["bench_peak_rss_mb"] = _peak_rss_mb()
+    return out
+
+
+def api_report(cmd: str, res: dict, before: str, after: str) -> str:
+    ts = res.get("two_stage") or {}
+    c = res["cached_s"]
+    lines = [
+        "# Catalogue scale through the REST API (bench/scale.py --api)", "",
+        f"Command: `{cmd}`", "",
+        f"Machine: {before} (before); {after} (after). BLAS 1 thread per worker; service: `transferrank serve` "
+        "(SQLite, local worker pool).", "",
+        f"Catalogue: {res['size']:,} sources imported with `{res['registration']['path']}` in "
+        f"{res['registration']['import_s']:.0f} s (ESM generation excluded"
+        f"{'; reused from an earlier run' if res['registration'].get('reused') else ''}). "
+        "Target: n=1000 MiniLM-L6 demo embeddings uploaded as NPZ "
+        f"({res['upload_s']:.2f} s).", "",
+        "| what | value | target |", "|---|---|---|",
+        f"| cold default tasks ranking, POST to finished ranking | {res['cold_s']:.1f} s (server: "
+        f"{res['server_seconds']} s) | <= 60 s |",
+        f"| recall@10 vs the exhaustive default (library, same ESMs) | {res['recall_at_10']:.2f} | >= 0.95 |",
+        f"| cached repeat POST (median / max of {c['n']}) | {1000 * c['median']:.1f} / {1000 * c['max']:.1f} ms, "
+        f"status {c['status_codes']} | <= 100 ms |",
+        f"| repeat with If-None-Match | {1000 * res['etag_304_s']:.1f} ms, status {res['etag_status']} | |",
+        f"| server peak RSS | {res['server_peak_rss_mb']:.0f} MB | |",
+        f"| benchmark process peak RSS | {res['bench_peak_rss_mb']:.0f} MB | |",
+        "",
+        f"Two-stage: {json.dumps(ts.get('settings'))}; first stage "
+        f"{json.dumps(ts.get('first_stage'))}; {ts.get('exact')} sources scored exactly. "
+        f"Top-10 stages: {res['stages_top10']}.", "",
+        f"Exhaustive reference (library, `score_many` over every source + `rank_candidates`): "
+        f"{res['reference']['exhaustive_library_s']:.0f} s"
+        f"{' (read from ' + res['reference']['file'] + ')' if res['reference']['cached'] else ''}.",
+        "",
+    ]
+    return "\n".join(lines) + "\n"
+
+
 def _run(fn, args: dict) -> dict:
     ctx = mp.get_context("spawn")
     with ctx.Pool(1) as pool:
@@ -437,9 +701,31 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--calibration", type=int, default=64)
     p.add_argument("--chunk", type=int, default=250)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="bench/results/scale.md")
+    p.add_argument("--out", default=None, help="report (default bench/results/scale.md, --api: scale_api.md)")
+    p.add_argument("--api", action="store_true", help="through the REST API: one catalogue of --sizes (last) "
+                   "registered into --data-dir, a real `transferrank serve`, cold + cached tasks rankings")
+    p.add_argument("--data-dir", default="/tmp/transferrank-scale", help="--api: the service's data dir (the "
+                   "imported catalogue is reused by later runs)")
+    p.add_argument("--reference", default=None, help="--api: cache file of the exhaustive default "
+                   "(default /tmp/transferrank-scale-reference-<size>.npz)")
+    p.add_argument("--repeats", type=int, default=20, help="--api: cached repeats timed")
+    p.add_argument("--workers", type=int, default=None, help="--api: TRANSFERRANK_WORKERS of the service")
     args = p.parse_args(argv)
     cmd = "python -m bench.scale " + " ".join(sys.argv[1:] if argv is None else argv)
+    if args.api:
+        size = int([s for s in args.sizes.split(",") if s][-1])
+        before = _machine()
+        res = api_run({"size": size, "n": args.n, "seed": args.seed, "chunk": args.chunk,
+                       "data_dir": args.data_dir, "repeats": args.repeats, "workers": args.workers,
+                       "reference": args.reference or f"/tmp/transferrank-scale-reference-{size}.npz"})
+        text = api_report(cmd, res, before, _machine())
+        out = Path(args.out or "bench/results/scale_api.md")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text)
+        out.with_suffix(".json").write_text(json.dumps({"command": cmd, **res}, indent=1, default=str))
+        print(text)
+        return 0
+    args.out = args.out or "bench/results/scale.md"
     base = {"n": args.n, "seed": args.seed, "device": args.device, "chunk": args.chunk,
             "shortlist": args.shortlist, "calibration": args.calibration}
     before = _machine()

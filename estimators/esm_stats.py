@@ -900,7 +900,9 @@ def logme_lowrank(stats: TargetStats, esms: Any, *, rank: int = 64, bias: Any = 
     W, b = _stack_input(stats, esms, bias)
     S, d_out, d_in = W.shape
     r = int(min(rank, d_in))
-    lam, V = np.linalg.eigh(stats.scatter)
+    if "scatter_eigh" not in stats._derived:  # once per target, not once per chunk of sources
+        stats._derived["scatter_eigh"] = np.linalg.eigh(stats.scatter)
+    lam, V = stats._derived["scatter_eigh"]
     Vr = V[:, -r:]
     xp = _backend(device)
     root = xp.asarray(Vr * np.sqrt(np.clip(lam[-r:], 0.0, None)))

@@ -46,6 +46,10 @@ class RankingRequest(_Body):
         None, description="combine with the observed-feedback prior (default: on for default estimators)")
     bootstrap: int = Field(100, ge=0, le=1000, description="resamples of the target's examples for each "
                            "candidate's interval and tied_with_top (estimators.uncertainty); 0 = none")
+    two_stage: bool | None = Field(
+        None, description="tasks, default estimators: rank in two stages (a cheap first stage over every source, "
+                          "the exact default on the best; app.services.two_stage). Default: when there are more "
+                          "task candidates than TRANSFERRANK_TWO_STAGE_ABOVE; false = always exhaustive")
 
 
 class TrainOptions(_Body):

@@ -56,6 +56,14 @@ class Settings(BaseSettings):
                                     "(Ray workers)", json_schema_extra={"shown": "unset (local threads)"})
     workers: int | None = Field(None, ge=1, description="local pool size / number of Ray actors",
                                 json_schema_extra={"shown": "2 (Ray: one per GPU, else per CPU up to 8)"})
+    worker_processes: int | None = Field(None, ge=0, description="local backend: worker processes for the "
+                                         "CPU-heavy numerics of jobs (scoring, estimators), off the API "
+                                         "process; 0: threads of the API process",
+                                         json_schema_extra={"shown": "the local pool size"})
+    worker_nice: int = Field(10, ge=0, le=19, description="local backend: how much the worker processes lower "
+                             "their CPU priority (`nice`), so request handling wins the cores")
+    api_workers: int = Field(1, ge=1, le=64, description="`serve`: uvicorn worker processes answering "
+                             "requests (each with its own job runner and worker processes)")
     encoder_cache: int = Field(3, ge=1, description="how many encoders a worker keeps loaded (LRU)")
     device: str = Field("auto", description="`auto`, `cpu`, `cuda` or `cuda:N` for transformers encoders")
     faiss_threads: int = Field(1, ge=1, description="FAISS OpenMP threads")
@@ -100,6 +108,16 @@ class Settings(BaseSettings):
                                   "body -> 422")
     sync_cost_limit: float = Field(2e8, gt=0, description="rankings estimated above this many operations "
                                    "run as jobs (202)")
+    # -- big catalogues (app.services.two_stage)
+    two_stage_above: int = Field(500, ge=0, description="default tasks rankings of more task candidates than this "
+                                 "run in two stages: a cheap first stage over every source, the exact default on "
+                                 "the best; 0 = never (a request's `two_stage` overrides)")
+    two_stage_shortlist: int = Field(300, ge=1, description="two-stage rankings: sources scored with the exact "
+                                     "default (the best by the first stage)")
+    two_stage_calibration: int = Field(64, ge=0, description="two-stage rankings: other sources, drawn at random, "
+                                       "also scored exactly to normalise the exact scores as over the catalogue")
+    two_stage_rank: int = Field(64, ge=1, description="two-stage rankings: principal directions of the target "
+                                "kept by the first stage's low-rank LogME")
     max_queued_jobs: int = Field(64, ge=1, description="most unfinished jobs in the database; more -> 429 "
                                  "with Retry-After")
     max_queued_jobs_per_owner: int = Field(8, ge=1, description="most unfinished jobs per API key (or "

@@ -205,44 +205,48 @@ def import_dir(ctx: Context, root: Path, base_encoder: str | None = None, prefix
     names = [it["name"] for it in items]
     _check_new_names(ctx, names, "duplicate source names", "; pick another prefix", shown=20)
     done = []
-    for i, it in enumerate(items):
-        progress(i / len(items), f"importing {i + 1}/{len(items)}: {it['name']}")
-        esm, base = it["esm"], it["base"]
-        te, how = derived_task_embedding(ctx, esm, base)
-        h = hashlib.sha256(b"transferrank-esm-only-v1\0" + it["name"].encode() + b"\0")
-        h.update(np.ascontiguousarray(esm.weight).tobytes())
-        h.update(np.ascontiguousarray(esm.bias).tobytes())
-        config = it["config"]
-        n_ex = config.get("num_examples")
-        with ctx.blobs.writer() as w:
-            labels_key = w.put_array(np.zeros(0, dtype=np.int64))
-            te_key = w.put_array(te)
-            esm_key = sources_svc._store_esm(ctx, w, esm.weight, esm.bias,
-                                             {"base_encoder": base, "imported_from": "hf-dataset-selector layout"})
-            try:
-                with ctx.Session.begin() as s:
-                    ds = Dataset(name=it["name"], owner=owner, sha256=h.hexdigest(), kind="esm",
-                                 n_examples=int(n_ex or 0) if isinstance(n_ex, (int, float)) else 0,
-                                 n_classes=0, label_names=[], labels_blob=labels_key, extra_blobs={},
-                                 task_embedding_blob=te_key,
-                                 meta={"format": "esm-only", "esm_only": True, "config": config}, modality="text")
-                    s.add(ds)
-                    s.flush()
-                    t = SourceTask(name=it["name"], owner=owner, dataset_id=ds.id,
-                                   description=str(config.get("task_id", "")),
-                                   licence=str(config.get("license", config.get("licence", ""))), origin="import",
-                                   status="ready", base_encoder=base, esm_blob=esm_key,
-                                   esm_meta={"imported": True, "config": config, "task_embedding": how,
-                                             "dim": esm.dim_in})
-                    s.add(t)
-                    s.flush()
-                    sid = t.id
-            except IntegrityError:
-                w.keep_all()
-                raise Conflict(f"source {it['name']!r} was created concurrently") from None
-        if base == ctx.settings.base_encoder:
-            ctx.index.add(sid, te)
-        done.append(it["name"])
+    indexed: list[tuple[int, np.ndarray]] = []  # added to the FAISS index at once (one index write)
+    try:
+        for i, it in enumerate(items):
+            progress(i / len(items), f"importing {i + 1}/{len(items)}: {it['name']}")
+            esm, base = it["esm"], it["base"]
+            te, how = derived_task_embedding(ctx, esm, base)
+            h = hashlib.sha256(b"transferrank-esm-only-v1\0" + it["name"].encode() + b"\0")
+            h.update(np.ascontiguousarray(esm.weight).tobytes())
+            h.update(np.ascontiguousarray(esm.bias).tobytes())
+            config = it["config"]
+            n_ex = config.get("num_examples")
+            with ctx.blobs.writer() as w:
+                labels_key = w.put_array(np.zeros(0, dtype=np.int64))
+                te_key = w.put_array(te)
+                esm_key = sources_svc._store_esm(ctx, w, esm.weight, esm.bias,
+                                                 {"base_encoder": base, "imported_from": "hf-dataset-selector layout"})
+                try:
+                    with ctx.Session.begin() as s:
+                        ds = Dataset(name=it["name"], owner=owner, sha256=h.hexdigest(), kind="esm",
+                                     n_examples=int(n_ex or 0) if isinstance(n_ex, (int, float)) else 0,
+                                     n_classes=0, label_names=[], labels_blob=labels_key, extra_blobs={},
+                                     task_embedding_blob=te_key,
+                                     meta={"format": "esm-only", "esm_only": True, "config": config}, modality="text")
+                        s.add(ds)
+                        s.flush()
+                        t = SourceTask(name=it["name"], owner=owner, dataset_id=ds.id,
+                                       description=str(config.get("task_id", "")),
+                                       licence=str(config.get("license", config.get("licence", ""))), origin="import",
+                                       status="ready", base_encoder=base, esm_blob=esm_key,
+                                       esm_meta={"imported": True, "config": config, "task_embedding": how,
+                                                 "dim": esm.dim_in})
+                        s.add(t)
+                        s.flush()
+                        sid = t.id
+                except IntegrityError:
+                    w.keep_all()
+                    raise Conflict(f"source {it['name']!r} was created concurrently") from None
+            if base == ctx.settings.base_encoder:
+                indexed.append((sid, te))
+            done.append(it["name"])
+    finally:  # what was committed is indexed even when a later source fails
+        ctx.index.add_many(indexed)
     progress(1.0, f"imported {len(done)} source(s)")
     log.info("imported %d ESM source(s) (prefix %r)", len(done), prefix)
     return {"imported": len(done), "sources": done}

@@ -83,16 +83,16 @@ class IndexManager:
             log.info("FAISS task index rebuilt from SQL: %d sources, dim %d -> %s", len(items), dim, self.path)
             return len(items)
 
-    def ensure(self, *, adding: int | None = None) -> None:
+    def ensure(self, *, adding: int | set[int] | None = None) -> None:
         """Open the index, rebuilding it from SQL if the file is missing, unreadable or stale.
 
-        ``adding``: a source id already in SQL that the caller is about to add; its absence from
+        ``adding``: source id(s) already in SQL that the caller is about to add; their absence from
         the file is expected and does not make the index stale (no full rebuild per insert).
         """
         from app.index.faiss_index import TaskIndex
 
         with self._lock:
-            sql_ids = self._sql_ids() - {adding}
+            sql_ids = self._sql_ids() - (adding if isinstance(adding, set) else {adding})
             if self._index is not None and self._ids == sql_ids and self.path.exists():
                 return
             if self.path.exists():
@@ -126,6 +126,28 @@ class IndexManager:
             index.add(np.asarray([source_id], dtype=np.int64), v)
             index.save()
             self._ids.add(source_id)
+
+    def add_many(self, items: list[tuple[int, np.ndarray]]) -> None:
+        """``add`` for many sources at once: one SQL check and one write of the index file (a bulk
+        import of N sources costs O(N), not N index writes)."""
+        if not items:
+            return
+        with self._lock:
+            new = {sid: np.asarray(v, dtype=np.float32).reshape(-1) for sid, v in items}
+            self.ensure(adding=set(new))
+            new = {sid: v for sid, v in new.items() if sid not in self._ids}
+            if not new:
+                return
+            dims = {v.shape[0] for v in new.values()}
+            if self._dim is not None and dims != {self._dim}:
+                if self._ids:
+                    raise ValueError(f"task embeddings have dim {sorted(dims)}, the index {self._dim}")
+                self.rebuild()
+                return
+            index = self._opened()
+            index.add(np.asarray(list(new), dtype=np.int64), np.stack(list(new.values())))
+            index.save()
+            self._ids.update(new)
 
     def remove(self, source_id: int) -> None:
         with self._lock:

@@ -2,7 +2,8 @@
 
 A ranking's answer depends on the request, the target's content, the cached scores of that
 target, the catalogue (source tasks, their ESMs and status), the model registry, observed
-feedback, the prior's thresholds (``app.services.prior``) and the code version. ``fingerprint``
+feedback, the prior's thresholds (``app.services.prior``), the two-stage settings
+(``app.services.two_stage``) and the code version. ``fingerprint``
 digests all of these with a few aggregate SQL queries (counts and largest ids: any new score,
 source, ESM, feedback or model changes it). ``create`` in ``app.services.rankings`` looks the
 fingerprint up first: when a finished ranking with the same fingerprint exists in this process,
@@ -76,7 +77,8 @@ def fingerprint(ctx: Any, request: dict[str, Any], target_id: str, scope: str | 
         models = s.execute(select(func.count(EncoderRow.name),
                                   func.sum(case((EncoderRow.enabled.is_(True), 1), else_=0)))).one()
     state = [request, target_id, sha, scope, list(scores), list(tasks), list(feedback), list(models),
-             scores_svc.version(), getattr(ctx.settings, "base_encoder", None), _prior_settings()]
+             scores_svc.version(), getattr(ctx.settings, "base_encoder", None), _prior_settings(),
+             [getattr(ctx.settings, f"two_stage_{k}", None) for k in ("above", "shortlist", "calibration", "rank")]]
     return hashlib.sha256(json.dumps(state, sort_keys=True, default=str).encode()).hexdigest()
 
 

@@ -111,11 +111,13 @@ class RankingSpec:
     use_feedback: bool | None = None
     bootstrap: int = DEFAULT_B
     owner: str | None = None  # who asks: its own and the public datasets, sources and feedback (None: all)
+    two_stage: bool | None = None  # tasks: None = above TRANSFERRANK_TWO_STAGE_ABOVE, True = always, False = never
 
     def as_dict(self) -> dict[str, Any]:
         return {"target": self.target, "candidates": self.candidates, "estimators": self.estimators,
                 "top_k": self.top_k, "prefilter_k": self.prefilter_k, "sources": self.sources,
-                "params": self.params, "use_feedback": self.use_feedback, "bootstrap": self.bootstrap}
+                "params": self.params, "use_feedback": self.use_feedback, "bootstrap": self.bootstrap,
+                **({} if self.two_stage is None else {"two_stage": self.two_stage})}
 
 
 @dataclass
@@ -165,6 +167,11 @@ def _validate(ctx: Context, spec: RankingSpec) -> Plan:
         raise Invalid(f"bootstrap must be an integer in 0..1000 (resamples; 0 = none), got {spec.bootstrap!r}")
     if spec.prefilter_k is not None and spec.prefilter_k < 1:
         raise Invalid("prefilter_k must be >= 1")
+    if spec.two_stage is not None and not isinstance(spec.two_stage, bool):
+        raise Invalid(f"two_stage must be true, false or null, got {spec.two_stage!r}")
+    if spec.two_stage and (spec.candidates != "tasks" or spec.estimators is not None or spec.params
+                           or spec.prefilter_k is not None):
+        raise Invalid("two_stage applies to default tasks rankings only (no estimators, params or prefilter_k)")
     if spec.prefilter_k is not None and spec.candidates != "tasks":
         raise Invalid("prefilter_k applies to candidates='tasks' only")
     if spec.candidates == "tasks" and not _task_rows(ctx, ds, spec):
@@ -281,6 +288,8 @@ def needs_job(ctx: Context, plan: Plan) -> bool:
     """True when the ranking needs feature extraction, many uncached scores, or its uncached cost
     is above ``TRANSFERRANK_SYNC_COST_LIMIT`` (then it runs as a job, off the request thread)."""
     spec, ds, names = plan.spec, plan.ds, plan.names
+    if _two_stage(ctx, plan):
+        return True  # a big catalogue: the first stage alone scores every source (the memo answers repeats)
     ops, pairs = cost(ctx, plan)
     if ops > ctx.settings.sync_cost_limit:
         with ctx.Session() as s:
@@ -305,6 +314,16 @@ def needs_job(ctx: Context, plan: Plan) -> bool:
     with ctx.Session() as s:
         cached = len(scores_svc.lookup_target(s, ds.sha256, names, scores_svc.version()))
     return n_pairs - cached > SYNC_SCORE_LIMIT
+
+
+def _two_stage(ctx: Context, plan: Plan) -> bool:
+    """Does this ranking run in two stages (``app.services.two_stage``)?"""
+    from app.services import two_stage
+
+    spec = plan.spec
+    if spec.candidates != "tasks" or spec.two_stage is False:
+        return False
+    return two_stage.applies(ctx, spec, _task_type(plan.ds), len(_task_rows(ctx, plan.ds, spec)))
 
 
 # ---------------------------------------------------------------------- candidate building
@@ -583,23 +602,25 @@ def _compute_one(ctx: Context, est: str, info: estimators.EstimatorInfo, cand: C
                  X_target: dict[str, np.ndarray] | np.ndarray | None, y: np.ndarray,
                  params: dict[str, Any]) -> float:
     user = {k: v for k, v in params.items() if k not in SERVICE_PARAMS}
+    # the estimator itself runs on the backend's worker processes (off the API process's GIL)
+    def score(*args: Any, **kw: Any) -> float:
+        return float(ctx.backend.submit_call(estimators.score, *args, **kw).result())
+
     if info.needs == "features":
-        return estimators.score(est, _present(cand.features, f"{cand.source} has no features"), y, **user)
+        return score(est, _present(cand.features, f"{cand.source} has no features"), y, **user)
     if info.needs == "probs":
-        return estimators.score(est, _present(cand.probs, f"{cand.source} has no source-class probabilities"), y,
-                                **user)
+        return score(est, _present(cand.probs, f"{cand.source} has no source-class probabilities"), y, **user)
     if isinstance(X_target, dict):  # tasks: the target embedded by this source's own base encoder
         X_target = X_target[cand.encoder]
     if info.needs == "esm":
-        return estimators.score(est, _present(X_target, "the target has no base-encoder features"), y,
-                                esm=_load_esm(ctx, cand), **user)
+        return score(est, _present(X_target, "the target has no base-encoder features"), y,
+                     esm=_load_esm(ctx, cand), **user)
     # domains: target vs source base embeddings (loaded only now: cached scores never load them)
     if cand.features is None and cand.features_key is not None:
         cand.features = ctx.blobs.get_array(cand.features_key)
     if cand.features is None or X_target is None:
         raise Unavailable(f"{cand.source} has no base-encoder features")
-    return estimators.score(est, _subsample(X_target, DOMAIN_MAX_ROWS), _subsample(cand.features, DOMAIN_MAX_ROWS),
-                            **user)
+    return score(est, _subsample(X_target, DOMAIN_MAX_ROWS), _subsample(cand.features, DOMAIN_MAX_ROWS), **user)
 
 
 def _skip_reason(info: estimators.EstimatorInfo, cand: Candidate) -> str | None:
@@ -612,9 +633,79 @@ def _skip_reason(info: estimators.EstimatorInfo, cand: Candidate) -> str | None:
     return None
 
 
+# ---------------------------------------------------------------------- two-stage
+def _monotone(progress: ProgressFn) -> ProgressFn:
+    """``progress`` that never reports a smaller fraction than before (messages still pass)."""
+    top = [0.0]
+
+    def report(fraction: float, message: str | None = None, /) -> None:
+        top[0] = max(top[0], float(fraction))
+        progress(top[0], message)
+
+    return report
+
+
+def _two_stage_response(result: dict[str, Any], plan: Plan, full: CandidateSet, fs: Any) -> None:
+    """Mark a two-stage ranking's items (``stage``) and add its ``two_stage`` block; the
+    first-stage-only sources follow the exactly scored ones up to ``top_k``."""
+    from app.services import two_stage
+
+    for item in result["ranking"]:
+        item["stage"] = "exact"
+        if item["source"] in fs.scores:
+            item["first_stage"] = {"score": fs.scores[item["source"]],
+                                   two_stage.FIRST_STAGE: fs.lowrank.get(item["source"]),
+                                   two_stage.EXACT_FIRST: fs.lda.get(item["source"])}
+    n_exact = result["n_candidates"]
+    by_name = {c.source: c for c in full.cands}
+    result["ranking"] += two_stage.first_stage_items(fs, by_name, plan.names, n_exact + 1,
+                                                     plan.spec.top_k - len(result["ranking"]))
+    result["n_candidates"] = len(full.cands)
+    result["n_exact"] = n_exact
+    result["two_stage"] = two_stage.describe(fs, len(full.cands))
+    result["computed"] += fs.computed
+    result["cached"] += fs.cached
+
+
+def _bootstrap_top(ctx: Context, plan: Plan, cs: CandidateSet, st: ScoredTable, res: Combined,
+                   prior: dict[str, float] | None) -> Bootstrap | None:
+    """A two-stage ranking's bootstrap: the best ``two_stage.BOOTSTRAP_TOP`` exactly scored
+    sources re-ranked among themselves, within ``two_stage.BOOTSTRAP_BUDGET`` evaluations."""
+    from app.services import two_stage
+
+    top = [n for n, score, _ in res.order if score is not None][:two_stage.BOOTSTRAP_TOP]
+    if len(top) < 2 or not plan.spec.bootstrap:
+        return None
+    keep = set(top)
+    sub = ScoreTable(top)
+    for c in st.table.columns:
+        sub.add_column(c, higher_is_better=st.table.higher_is_better[c])
+        sub.params[c] = dict(st.table.params.get(c, {}))
+        for n in top:
+            v = st.table.value(c, n)
+            if v is not None:
+                sub.set(c, n, v, st.table.notes[c].get(n))
+            elif n in st.table.errors[c]:
+                sub.fail(c, n, st.table.errors[c][n])
+            elif n in st.table.unavailable[c]:
+                sub.mark_unavailable(c, n, st.table.unavailable[c][n])
+    sub_prior = None if prior is None else {n: v for n, v in prior.items() if n in keep}
+    try:
+        sub_res = combine(sub, _weights(plan.spec), sub_prior)
+    except RankingFailed:
+        return None
+    sub_cs = CandidateSet([c for c in cs.cands if c.source in keep], cs.y, cs.X_target)
+    boot = _bootstrap(ctx, plan, sub_cs, ScoredTable(sub, st.details), sub_res, sub_prior,
+                      budget=two_stage.BOOTSTRAP_BUDGET)
+    if boot is not None:
+        boot.warnings.append(f"two-stage ranking: the bootstrap re-ranks the top {len(top)} exactly scored sources "
+                             "among themselves (their z-scores taken over those sources)")
+    return boot
+
+
 # ---------------------------------------------------------------------- uncertainty
 def _bootstrap(ctx: Context, plan: Plan, cs: CandidateSet, st: ScoredTable, res: Combined,
-               prior: dict[str, float] | None) -> Bootstrap | None:
+               prior: dict[str, float] | None, budget: int = BOOTSTRAP_BUDGET) -> Bootstrap | None:
     """The library's bootstrap (``estimators.uncertainty``) over the target's examples, re-scoring
     from the candidates' inputs with the settings each column used (fallbacks included): models
     from their features / probabilities, tasks from the target mapped through each ESM (the
@@ -628,7 +719,7 @@ def _bootstrap(ctx: Context, plan: Plan, cs: CandidateSet, st: ScoredTable, res:
     table = st.table
     cols = [c for c in table.columns if c not in res.skipped]
     n_cells = sum(1 for c in cols for cand in table.candidates if table.value(c, cand) is not None)
-    B = min(B, max(MIN_BOOTSTRAP, BOOTSTRAP_BUDGET // max(n_cells, 1)))
+    B = min(B, max(MIN_BOOTSTRAP, budget // max(n_cells, 1)))
     by_name = {c.source: c for c in cs.cands}
     mapped: dict[str, np.ndarray] = {}  # the current task's mapped target (one at a time)
     ds, ver = plan.ds, scores_svc.version()
@@ -636,13 +727,16 @@ def _bootstrap(ctx: Context, plan: Plan, cs: CandidateSet, st: ScoredTable, res:
         cache = scores_svc.lookup_target(s, ds.sha256, [BOOTSTRAP_PREFIX + c for c in cols], ver)
     new_rows: list[dict[str, Any]] = []
 
+    def rescore_(*args: Any) -> np.ndarray:  # on the backend's worker processes
+        return np.asarray(ctx.backend.submit_call(rescore, *args).result(), dtype=np.float64)
+
     def resampled(cand: Candidate, column: str, idx: np.ndarray) -> np.ndarray | None:
         info = estimators.info(column)
         kw = table.params.get(column, {})
         if info.needs == "features" and cand.features is not None:
-            return rescore(column, cand.features, cs.y, idx, kw)
+            return rescore_(column, cand.features, cs.y, idx, kw)
         if info.needs == "probs" and cand.probs is not None:
-            return rescore(column, cand.probs, cs.y, idx, kw)
+            return rescore_(column, cand.probs, cs.y, idx, kw)
         if info.needs == "esm" and cand.esm_key is not None and cs.X_target is not None \
                 and column[4:] in estimators.names():
             if cand.source not in mapped:
@@ -650,7 +744,7 @@ def _bootstrap(ctx: Context, plan: Plan, cs: CandidateSet, st: ScoredTable, res:
                     by_name[other].esm = None
                     del mapped[other]
                 mapped[cand.source] = _load_esm(ctx, cand).transform(cs.X_target[cand.encoder])
-            return rescore(column[4:], mapped[cand.source], cs.y, idx, kw)
+            return rescore_(column[4:], mapped[cand.source], cs.y, idx, kw)
         return None  # domains: held at the value
 
     def values(source: str, column: str, idx: np.ndarray) -> np.ndarray:
@@ -773,15 +867,34 @@ def compute(ctx: Context, spec: RankingSpec, progress: ProgressFn | None = None,
     report = progress or no_progress
     plan = plan or _validate(ctx, spec)
     cs = build_candidates(ctx, plan, report)
+    fs, full = None, cs
+    if _two_stage(ctx, plan) and cs.X_target is not None and ctx.settings.base_encoder in cs.X_target:
+        from app.services import two_stage
+
+        def params_of(est: str, c: Candidate) -> dict[str, Any]:
+            return _score_params({}, estimators.info(est), c)
+
+        report = _monotone(report)  # the exact stage's scoring reports from 0.6 again: held at the first stage's end
+        fs = two_stage.first_stage(ctx, plan.ds, cs.cands, cs.X_target[ctx.settings.base_encoder], cs.y,
+                                   params_of, scaled(report, 0.6, 0.1))
+        exact = fs.exact
+        cs = CandidateSet([c for c in cs.cands if c.source in exact], cs.y, cs.X_target, cs.prefilter)
     st = score_table(ctx, plan, cs, report)
     prior, own, evidence = _prior_for(ctx, plan, [c.source for c in cs.cands])
     try:
         res = combine(st.table, _weights(plan.spec), prior)
+        if fs is not None:
+            res = two_stage.recombine(st.table, res, fs)
     except RankingFailed as exc:
         raise Invalid(str(exc)) from None
-    boot = _bootstrap(ctx, plan, cs, st, res, prior)
+    if fs is None:
+        boot = _bootstrap(ctx, plan, cs, st, res, prior)
+    else:
+        boot = _bootstrap_top(ctx, plan, cs, st, res, prior)
     report(1.0)
     result = shape_response(plan, cs, st, res, own, time.perf_counter() - t0, boot)
+    if fs is not None:
+        _two_stage_response(result, plan, full, fs)
     if evidence is not None:  # the feedback prior: applied or not, and on what evidence
         result["prior"] = evidence
         for item in result["ranking"] if evidence["applied"] else ():
@@ -866,6 +979,10 @@ def create(ctx: Context, spec: RankingSpec, *, inline: bool = False) -> tuple[di
                 row.status = RankingStatus.RUNNING
         result = compute(ctx, spec, progress, plan=plan)
         _finish(ctx, ranking_id, result)
+        if "two_stage" in result:  # a big catalogue: the same request on the state it left behind is answered
+            # from memory (no new row, no job; re-reading every source's cached first stage is not web speed)
+            ranking_memo.remember(ctx, ranking_memo.fingerprint(ctx, spec.as_dict(), spec.target, spec.owner),
+                                  get(ctx, ranking_id))
         return {"ranking": ranking_id, "computed": result["computed"], "cached": result["cached"]}
 
     on_error = lambda err: _fail(ctx, ranking_id, err)  # noqa: E731

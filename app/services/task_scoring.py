@@ -87,8 +87,6 @@ def prefill(ctx: Any, target_sha256: str, n_examples: int, encoder: str, X_targe
     ranking keys them. progress: ``ProgressFn``, reported after each chunk. Returns
     ``{"computed", "sources", "chunks", "failed", "keys"}`` (keys: the cache keys stored).
     """
-    from app.workers.scoring import EsmScoreRequest
-
     report: ProgressFn = progress or no_progress
     ests = [e for e in estimators_ if supported(e)]
     tasks = [c for c in candidates if getattr(c, "kind", None) == "task" and c.esm_key is not None]
@@ -119,19 +117,53 @@ def prefill(ctx: Any, target_sha256: str, n_examples: int, encoder: str, X_targe
     except ValueError as exc:  # e.g. float targets: the one-source path scores and reports them
         log.info("no statistics path for target %s: %s", target_sha256[:12], exc)
         return out
+    done_sources = 0
+    for chunk, values in run_chunks(ctx, stats_path, todo, cols, device=device, chunk_sources=chunk_sources):
+        rows: list[dict[str, Any]] = []
+        if values is None:
+            out["failed"] += len(chunk)
+        else:
+            for i, (c, missing) in enumerate(chunk):
+                for j, e in enumerate(cols):
+                    if e not in missing or not np.isfinite(values[i, j]):
+                        continue
+                    params, ph = missing[e]
+                    rows.append(dict(source=c.source, source_kind="task", target_sha256=target_sha256,
+                                     encoder=c.encoder, estimator=e, params_hash=ph, params=params,
+                                     version=ver, value=float(values[i, j]), n=n_examples, seconds=None))
+        out["computed"] += scores_svc.store_many(ctx, rows)
+        out["keys"].update(scores_svc.key(r["source"], target_sha256, r["encoder"], r["estimator"],
+                                          r["params_hash"], ver) for r in rows)
+        out["chunks"] += 1
+        done_sources += len(chunk)
+        report(done_sources / len(todo), f"scored {done_sources} of {len(todo)} sources' ESMs")
+    out["sources"] = len(todo)
+    log.info("ESM statistics path: %d scores of %d sources in %d chunks (%d sources failed)",
+             out["computed"], out["sources"], out["chunks"], out["failed"])
+    return out
+
+
+def run_chunks(ctx: Any, stats_path: str, todo: list[_T], cols: list[str], *, device: str = "auto",
+               chunk_sources: int = CHUNK_SOURCES, options: dict[str, Any] | None = None
+               ) -> Iterable[tuple[list[_T], np.ndarray | None]]:
+    """Score ``todo`` (items whose first element has ``esm_key``) in chunks on the worker backend,
+    ``cols`` per source (``app.workers.scoring.score_esm_chunk``), at most ``IN_FLIGHT_PER_WORKER``
+    chunks per worker in flight. Yields ``(chunk, values (k, len(cols)))`` as chunks finish (in any
+    order); values is None for a chunk that failed (logged)."""
+    from app.workers.scoring import EsmScoreRequest
+
     backend = ctx.backend
     workers = int(getattr(backend, "max_workers", None) or getattr(backend, "num_actors", None) or 2)
     limit = max(1, workers * IN_FLIGHT_PER_WORKER)
-    chunks = list(_chunks(todo, int(chunk_sources)))
-    pending: dict[Future[Any], list[_Todo]] = {}
-    done_sources = 0
+    pending: dict[Future[Any], list[_T]] = {}
 
-    def submit(chunk: list[_Todo]) -> None:
-        req = EsmScoreRequest(stats_path=stats_path, esm_paths=[str(ctx.blobs.path(c.esm_key)) for c, _ in chunk],
-                              estimators=cols, device=device)
+    def submit(chunk: list[_T]) -> None:
+        req = EsmScoreRequest(stats_path=stats_path,
+                              esm_paths=[str(ctx.blobs.path(_first(item).esm_key)) for item in chunk],
+                              estimators=cols, device=device, options=dict(options or {}))
         pending[backend.submit_score_esms(req)] = chunk
 
-    queue = iter(chunks)
+    queue = iter(list(_chunks(todo, int(chunk_sources))))
     for chunk in queue:
         submit(chunk)
         if len(pending) >= limit:
@@ -141,31 +173,15 @@ def prefill(ctx: Any, target_sha256: str, n_examples: int, encoder: str, X_targe
         for fut in finished:
             chunk = pending.pop(fut)
             try:
-                values = np.asarray(fut.result(), dtype=np.float64)
-            except Exception as exc:  # noqa: BLE001 -- the one-source path retries these sources
+                values: np.ndarray | None = np.asarray(fut.result(), dtype=np.float64)
+            except Exception as exc:  # noqa: BLE001 -- the caller falls back for these sources
                 log.warning("ESM scoring chunk of %d sources failed: %s: %s", len(chunk), type(exc).__name__, exc)
-                out["failed"] += len(chunk)
                 values = None
-            rows: list[dict[str, Any]] = []
-            if values is not None:
-                for i, (c, missing) in enumerate(chunk):
-                    for j, e in enumerate(cols):
-                        if e not in missing or not np.isfinite(values[i, j]):
-                            continue
-                        params, ph = missing[e]
-                        rows.append(dict(source=c.source, source_kind="task", target_sha256=target_sha256,
-                                         encoder=c.encoder, estimator=e, params_hash=ph, params=params,
-                                         version=ver, value=float(values[i, j]), n=n_examples, seconds=None))
-            out["computed"] += scores_svc.store_many(ctx, rows)
-            out["keys"].update(scores_svc.key(r["source"], target_sha256, r["encoder"], r["estimator"],
-                                              r["params_hash"], ver) for r in rows)
-            out["chunks"] += 1
-            done_sources += len(chunk)
-            report(done_sources / len(todo), f"scored {done_sources} of {len(todo)} sources' ESMs")
+            yield chunk, values
             nxt = next(queue, None)
             if nxt is not None:
                 submit(nxt)
-    out["sources"] = len(todo)
-    log.info("ESM statistics path: %d scores of %d sources in %d chunks (%d sources failed)",
-             out["computed"], out["sources"], out["chunks"], out["failed"])
-    return out
+
+
+def _first(item: Any) -> Any:
+    return item[0] if isinstance(item, tuple) else item

@@ -4,7 +4,9 @@ The service computes the target's sufficient statistics once (``estimators.esm_s
 stores them as a blob; each chunk names that blob and the sources' ESM blobs (paths in the
 shared blob store, so nothing large crosses the wire to a Ray actor). The worker reads them,
 scores the chunk with ``estimators.esm_stats.score_many`` (torch float64 on the worker's GPU
-when it has one, else numpy) and returns the (k, E) scores.
+when it has one, else numpy) and returns the (k, E) scores. The column ``esm_logme_lowrank``
+(``FIRST_STAGE``) is the two-stage ranking's cheap first stage, ``estimators.esm_stats.logme_lowrank``
+with ``options["rank"]`` (default 64): not an exact score.
 """
 from __future__ import annotations
 
@@ -14,7 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["EsmScoreRequest", "score_esm_chunk", "pick_device", "load_target_stats"]
+__all__ = ["EsmScoreRequest", "score_esm_chunk", "pick_device", "load_target_stats", "FIRST_STAGE"]
+
+#: The first-stage column of a two-stage tasks ranking (``estimators.esm_stats.logme_lowrank``).
+FIRST_STAGE = "esm_logme_lowrank"
 
 
 @dataclass
@@ -70,5 +75,17 @@ def score_esm_chunk(request: EsmScoreRequest, progress=None) -> np.ndarray:
 
     W, b = stack_esms(EmbeddingSpaceMap.load(p) for p in request.esm_paths)
     report = None if progress is None else (lambda done, total: progress(done / total))
-    return score_many(stats, W, list(request.estimators), bias=b, device=pick_device(request.device),
-                      progress=report)
+    device = pick_device(request.device)
+    cols = list(request.estimators)
+    exact = [e for e in cols if e != FIRST_STAGE]
+    out = np.full((W.shape[0], len(cols)), np.nan)
+    if exact:
+        vals = score_many(stats, W, exact, bias=b, device=device, progress=report)
+        for j, e in enumerate(exact):
+            out[:, cols.index(e)] = vals[:, j]
+    if FIRST_STAGE in cols:
+        from estimators.esm_stats import logme_lowrank
+
+        out[:, cols.index(FIRST_STAGE)] = logme_lowrank(stats, W, rank=int(request.options.get("rank", 64)),
+                                                        bias=b, device=device)
+    return out

@@ -113,7 +113,9 @@ def test_import_rank_export_roundtrip(client, tmp_path):
     out = rank(client, {"target": ds["id"], "candidates": "tasks", "estimators": ["esm_logme"],
                         "sources": ["hf-b", "copy-hf-b"]})
     vals = [x["scores"]["esm_logme"] for x in out["ranking"]]
-    assert vals[0] == vals[1]
+    # hf-b was scored in a batch of three sources, its copy alone: the batched BLAS calls round
+    # differently with the batch (last-digit differences), the maths is the same
+    assert vals[0] == pytest.approx(vals[1], rel=1e-12)
 
     # pagination and filters
     page = client.get("/v1/sources?limit=2&offset=0").json()

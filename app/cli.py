@@ -1,6 +1,6 @@
 """``transferrank`` command line: serve, rank (no server), keys, migrate.
 
-    transferrank serve [--host 127.0.0.1] [--port 8000] [--data-dir DIR]
+    transferrank serve [--host 127.0.0.1] [--port 8000] [--workers N] [--data-dir DIR]
     transferrank rank FILE --candidates models|tasks [--estimators a,b] [--top-k K] [--json] [--data-dir DIR]
                       [--sources a,b] [--prefilter-k K]
     transferrank keys create --owner NAME --scopes read,write[,admin] [--data-dir DIR]
@@ -39,7 +39,7 @@ def _settings(args: argparse.Namespace, **extra: Any) -> Settings:
 def serve_settings(args: argparse.Namespace) -> Settings:
     """``serve`` warms the encoders up unless ``TRANSFERRANK_WARM_UP`` says otherwise; ``host`` is the
     address it binds (open mode is allowed only on loopback)."""
-    settings = _settings(args, host=getattr(args, "host", None))
+    settings = _settings(args, host=getattr(args, "host", None), api_workers=getattr(args, "workers", None))
     if "warm_up" not in settings.model_fields_set:
         settings = settings.replace(warm_up=True)
     return settings
@@ -55,17 +55,45 @@ def cmd_serve(args) -> int:
     from app.main import create_app
     from app.services import keys as keys_svc
 
-    settings = serve_settings(args)
     try:
+        settings = serve_settings(args)  # ValueError names the variable, e.g. TRANSFERRANK_API_WORKERS
         keys_svc.check_settings(settings)
     except ValueError as exc:
         _print_err(f"error: {exc}")
         return 2
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    app = create_app(settings)
+    n = settings.api_workers
     _print_err(f"TransferRank on http://{args.host}:{args.port} (data dir {settings.data_dir.resolve()}; "
-               f"docs at /docs)")
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+               f"docs at /docs{f'; {n} API processes' if n > 1 else ''})")
+    if n == 1:
+        uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level=args.log_level)
+        return 0
+    return _serve_processes(settings, args)
+
+
+def _serve_processes(settings: Settings, args: argparse.Namespace) -> int:
+    """``serve --workers N`` (N > 1): the once-per-start work (migrations, failing an earlier
+    process's unfinished jobs, housekeeping, the demo seed) runs here, once; then uvicorn starts N
+    API processes (``app.main.serve_app``), each with its own job runner, worker pools and caches.
+    They share the database: a job runs in the process that accepted it, its heartbeat keeps the
+    others' reapers off it, and a cancellation made through any process stops it (see the README,
+    "Several API processes"). The command line's settings reach them through the environment."""
+    import uvicorn
+
+    from app.core.config import env_name
+    from app.main import PREPARED_ENV
+    from app.services import startup
+
+    # no job may be queued here (this process serves none): demo ESMs missing from the shipped
+    # catalogue are not trained by a multi-process start (a one-process start trains them)
+    startup.open_context(settings.replace(train_demo_esms=False)).close()
+    os.environ.update({env_name("data_dir"): str(settings.data_dir.resolve()),
+                       env_name("warm_up"): "1" if settings.warm_up else "0",
+                       env_name("api_workers"): str(settings.api_workers), PREPARED_ENV: "1"})
+    if settings.host is not None:
+        os.environ[env_name("host")] = settings.host
+    uvicorn.run("app.main:serve_app", factory=True, workers=settings.api_workers, host=args.host, port=args.port,
+                log_level=args.log_level)
     return 0
 
 
@@ -136,7 +164,8 @@ def _emit_ranking(args, out: dict) -> None:
     if args.json:
         ranking = [{"source": r["source"], "rank": r["rank"], "score": r.get("score"), "scores": r["scores"],
                     "details": r.get("details", {}),
-                    **{k: r[k] for k in ("interval", "p_top", "tied_with_top") if k in r}} for r in out["ranking"]]
+                    **{k: r[k] for k in ("interval", "p_top", "tied_with_top", "tied_by") if k in r}}
+                   for r in out["ranking"]]
         print(json.dumps({"ranking": ranking, "target": out.get("target"), "estimators": out.get("estimators"),
                           "skipped": out.get("skipped", {}), "notes": out.get("notes", {}),
                           "uncertainty": out.get("uncertainty"),
@@ -289,6 +318,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
     s.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     s.add_argument("--log-level", default="info", help="uvicorn log level (default info)")
+    s.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="API processes answering requests (default $TRANSFERRANK_API_WORKERS, else 1); "
+                        "the job worker pool size is TRANSFERRANK_WORKERS")
     data_dir(s)
     s.set_defaults(func=cmd_serve)
 

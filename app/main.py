@@ -9,6 +9,7 @@ errors included; ``/docs`` and ``/redoc`` are served from packaged assets (no CD
 """
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -86,8 +87,18 @@ def _mount_docs(app: FastAPI) -> None:
                               redoc_favicon_url=f"{DOCS_ASSETS}/favicon.png", with_google_fonts=False)
 
 
+#: set by ``transferrank serve --workers N`` (N > 1) for its API processes: the start-up is done
+PREPARED_ENV = "TR_SERVE_PREPARED"
+
+
+def serve_app() -> FastAPI:
+    """The app of one of ``serve --workers N``'s API processes (uvicorn's factory): settings from
+    the environment the parent set, the once-per-start work already done by the parent."""
+    return create_app(Settings.from_env(), prepared=os.environ.get(PREPARED_ENV) == "1")
+
+
 def create_app(settings: Settings | None = None, *, ctx: Context | None = None,
-               backend: WorkerBackend | None = None) -> FastAPI:
+               backend: WorkerBackend | None = None, prepared: bool = False) -> FastAPI:
     from app.api.deps import authenticate
     from app.api.routes import admin, router
     from app.api.routes_matrix import router as matrix_router
@@ -101,7 +112,7 @@ def create_app(settings: Settings | None = None, *, ctx: Context | None = None,
 
         keys_svc.check_settings(resolved)  # open mode off loopback, weak bootstrap secret: refuse to start
         own = ctx is None
-        app.state.ctx = ctx if ctx is not None else startup.open_context(resolved, backend=backend)
+        app.state.ctx = ctx if ctx is not None else startup.open_context(resolved, backend=backend, prepared=prepared)
         keys_svc.bootstrap(app.state.ctx)
         mode_line = keys_svc.describe_mode(app.state.ctx)
         (log.warning if keys_svc.effective_mode(app.state.ctx) != "keys" else log.info)(mode_line)

@@ -430,23 +430,21 @@ def score_all(cache_name: str, candidates, labels, *, verbose=True):
 
 
 #: estimators tried as an addition to the default's set in the ablation
-ABLATION_EXTRAS = ("nce", "gbc", "etran_lda", "hscore_shrinkage", "transrate", "tmi", "static")
+ABLATION_EXTRAS = ("nleep", "leep", "nce", "gbc", "etran_lda", "hscore_shrinkage", "transrate", "tmi", "static")
 ABLATION_NOTE = ("The default's combination formula (`zmean`: mean of z-scores across the candidates) "
                  "applied to subsets of the estimators: the default's set without each member "
-                 "(`-x`), and with one more estimator (`+x`). The `models` default set was chosen before "
-                 "these rows were computed; they show what each member contributes, not a search. "
-                 "`models set, features only` is what the default ranks by when the candidates have no "
-                 "source probabilities. `tasks set` is the default for ESM-mapped features: it is the "
-                 "best of all subsets (up to 4) of logme, gbc, etran_lda, hscore_shrinkage, transrate, "
-                 "tmi, sfda, ped and hscore on this benchmark's features (N-LEEP left out: it is "
-                 "invariant to the ESM's linear map); the text benchmark then tests it.")
+                 "(`-x`), and with one more estimator (`+x`). The `models` default set (logme, gbc, "
+                 "hscore_shrinkage, tmi) was chosen by leave-one-benchmark-out over five benchmarks, "
+                 "rule `worst` (`bench/results/lobo.md`), this one included: these rows show what each "
+                 "member contributes, not a search. `tasks set` is the default for ESM-mapped features "
+                 "(logme, etran_lda, hscore_shrinkage; see `bench/results/lobo.md`).")
 
 
 def feature_combinations(P: Mapping[str, Mapping[str, float]]) -> dict[str, list[str]]:
-    """Ablation sets around the default "models" estimators present in ``P`` (+ leep)."""
+    """Ablation sets around the default "models" estimators present in ``P``."""
     from estimators.ranking import DEFAULT_ESTIMATORS
 
-    base = [e for e in (*DEFAULT_ESTIMATORS["models"], "leep") if e in P]
+    base = [e for e in DEFAULT_ESTIMATORS["models"] if e in P]
     out = {"default set": base}
     for e in base:
         out[f"-{e}"] = [m for m in base if m != e]
@@ -454,7 +452,6 @@ def feature_combinations(P: Mapping[str, Mapping[str, float]]) -> dict[str, list
         if e in P and e not in base:
             out[f"+{e}"] = base + [e]
     out["default set, Borda (mean rank)"] = base
-    out["models set, features only"] = [e for e in DEFAULT_ESTIMATORS["models"] if e in P]
     out["tasks set"] = [e for e in DEFAULT_ESTIMATORS["tasks"] if e in P]
     return out
 
@@ -503,7 +500,7 @@ def run_feature_benchmark(name, candidates, labels, gold_runs, *, info, out_dir,
     notes += ("Methods: every estimator of `estimators.names()` that scores features or source "
               "probabilities (sign-corrected so higher = predicted better), `static` = log10(params) + "
               "log10(1 + source-set size) (target-agnostic), `default` = `estimators.ranking.rank_candidates` "
-              "with its default settings (z-scored mean of logme, nleep and, with source probabilities, leep), "
+              "with its default settings (z-scored mean of logme, gbc, hscore_shrinkage and tmi), "
               "`default+static` = the same with `weights={'static': 0.25}`.")
     if err_lines:
         notes += "\n\nEstimator failures:\n" + "\n".join(err_lines)

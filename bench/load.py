@@ -3,7 +3,7 @@
 Run from the repository root::
 
     python -m bench.load [--rate 100] [--seconds 10] [--url http://127.0.0.1:PORT]
-                         [--with-job] [--out bench/results/load.md]
+                         [--with-job] [--api-workers N] [--out bench/results/load.md]
 
 Without ``--url`` it starts ``transferrank serve`` itself on 127.0.0.1 (a free port, a fresh
 temporary data dir with the demo catalogue, no model warm-up) and stops it at the end. Set-up:
@@ -50,12 +50,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(data_dir: str) -> tuple[subprocess.Popen, str]:
+def start_server(data_dir: str, api_workers: int = 1) -> tuple[subprocess.Popen, str]:
     port = _free_port()
     env = dict(os.environ, TRANSFERRANK_WARM_UP="0", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
                TRANSFERRANK_LOG_LEVEL="WARNING", PYTHONPATH=str(Path(__file__).resolve().parents[1]))
     proc = subprocess.Popen([sys.executable, "-m", "app.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
-                             "--data-dir", data_dir, "--log-level", "warning"], env=env,
+                             "--data-dir", data_dir, "--log-level", "warning", "--workers", str(api_workers)], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     return proc, f"http://127.0.0.1:{port}"
 
@@ -190,7 +190,15 @@ def start_job(url: str, args) -> str:
         return r.json().get("job") or ""
 
 
-def report(cmd: str, info: dict, results: list[dict]) -> str:
+def _loadavg() -> tuple[float, float] | None:
+    try:
+        one, five, _ = os.getloadavg()
+        return one, five
+    except OSError:  # pragma: no cover
+        return None
+
+
+def report(cmd: str, info: dict, results: list[dict], load_before: tuple[float, float] | None = None) -> str:
     lines = ["# HTTP load (bench/load.py)", "", f"Command: `{cmd}`", "",
              f"Set-up: tasks ranking of an NPZ target, cold {info['cold_s']:.2f} s; the same request again "
              f"(all cached) {info['cached_s'] * 1000:.0f} ms (status {info['cached_status']}).", "",
@@ -200,11 +208,11 @@ def report(cmd: str, info: dict, results: list[dict]) -> str:
         errs = ", ".join(f"{k}: {v}" for k, v in r["errors"].items()) or "0"
         lines.append(f"| {r['while']} | `{r['endpoint']}` | {r['rate']:g} | {r['requests']} | {r['ok']} | {errs} | "
                      f"{r['p50_ms']:.1f} | {r['p95_ms']:.1f} | {r['p99_ms']:.1f} | {r['max_ms']:.1f} |")
-    try:
-        one, five, _ = os.getloadavg()
-        lines += ["", f"Machine: {os.cpu_count()} CPUs, load average {one:.2f} / {five:.2f} at the end."]
-    except OSError:  # pragma: no cover
-        pass
+    end = _loadavg()
+    if end is not None:
+        start = f"{load_before[0]:.2f} / {load_before[1]:.2f} at the start, " if load_before else ""
+        lines += ["", f"Machine: {os.cpu_count()} CPUs, load average (1 / 5 min) {start}"
+                      f"{end[0]:.2f} / {end[1]:.2f} at the end."]
     return "\n".join(lines) + "\n"
 
 
@@ -219,17 +227,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--job-rows", type=int, default=20000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="bench/results/load.md")
+    p.add_argument("--api-workers", type=int, default=1,
+                   help="API processes of the started service (serve --workers N; not with --url)")
     args = p.parse_args(argv)
     if args.rate <= 0 or args.seconds <= 0 or args.seconds > 120:
         raise SystemExit("--rate must be > 0 and --seconds in (0, 120]")
     cmd = "python -m bench.load " + " ".join(sys.argv[1:] if argv is None else argv)
+    load_before = _loadavg()
     proc = None
     tmp = None
     try:
         url = args.url
         if url is None:
             tmp = tempfile.TemporaryDirectory(prefix="transferrank-load-")
-            proc, url = start_server(tmp.name)
+            proc, url = start_server(tmp.name, args.api_workers)
         wait_ready(url, proc)
         info = setup(url, args)
         print(json.dumps({k: v for k, v in info.items() if k != "body"}), flush=True)
@@ -246,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
                 proc.kill()
         if tmp is not None:
             tmp.cleanup()
-    text = report(cmd, info, results)
+    text = report(cmd, info, results, load_before)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)

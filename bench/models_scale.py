@@ -15,7 +15,7 @@ process's RSS (``/proc/self/status``). It reports
 
 * extraction seconds per encoder and scoring seconds per estimator (the ranking's ``timings``),
   their ratio (the issue-11 target: scoring <= 10 % of extraction);
-* the service's RSS before the request, its peak (``VmHWM``) and after the job (``--settle``
+* the service's RSS (its process + worker processes) before the request, its peak (``VmHWM``) and after the job (``--settle``
   seconds later) -- target: back within 10 % of the start;
 * every distinct job message (the progress phases) and the longest time the job's
   (progress, message) stood still.
@@ -42,14 +42,46 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 if not __package__:  # run as `python bench/models_scale.py`
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
-def rss_mb() -> dict[str, float]:
-    """VmRSS and VmHWM (peak) of this process (the service runs in it), MB."""
+def _status_mb(pid: int | str) -> dict[str, float]:
     out: dict[str, float] = {}
-    for line in Path("/proc/self/status").read_text().splitlines():
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         key, _, val = line.partition(":")
         if key in ("VmRSS", "VmHWM"):
             out[key] = int(val.split()[0]) / 1024
     return out
+
+
+def _descendants(root: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(d.name))
+    out, todo = [], [root]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            out.append(c)
+            todo.append(c)
+    return out
+
+
+def rss_mb() -> dict[str, float]:
+    """VmRSS and VmHWM (peak) of this process (the service runs in it) plus its worker processes
+    (``TRANSFERRANK_WORKER_PROCESSES``), MB: the sums over the processes."""
+    total = _status_mb("self")
+    total["processes"] = 1
+    for pid in _descendants(os.getpid()):
+        try:
+            st = _status_mb(pid)
+        except OSError:  # ended meanwhile
+            continue
+        total["processes"] += 1
+        for k, v in st.items():
+            total[k] = total.get(k, 0.0) + v
+    return total
 
 
 def load_corpus(name: str, n: int, seed: int = 0) -> tuple[list[str], list[str]]:
@@ -103,6 +135,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             body: dict[str, Any] = {"target": r.json()["id"], "candidates": "models", "bootstrap": args.bootstrap}
             if args.models:
                 body["sources"] = args.models.split(",")
+            if args.estimators:
+                body["estimators"] = args.estimators.split(",")
             t0 = time.perf_counter()
             r = c.post("/v1/rankings", json=body)
             r.raise_for_status()
@@ -151,7 +185,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "scoring_over_extraction": score_total / ext_total if ext_total else None,
         "rss_mb": {"cold": cold["VmRSS"], "start": start["VmRSS"], "peak": after["VmHWM"], "at_done": after["VmRSS"],
                    "end": end["VmRSS"]},
-        "rss_end_over_start": end["VmRSS"] / start["VmRSS"],
+        "rss_end_over_start": end["VmRSS"] / start["VmRSS"], "processes": end["processes"],
         "phases": phases, "longest_still_s": stall, "polls": len(trace),
         "load_average": os.getloadavg(), "cpus": os.cpu_count(),
         "command": "python -m bench.models_scale " + " ".join(sys.argv[1:]),
@@ -187,6 +221,8 @@ def to_markdown(res: dict[str, Any]) -> str:
         + (f"{100 * ratio:.1f} %**" if ratio is not None else "n/a**") + " (target <= 10 %).", "",
         f"Service RSS before anything was loaded: {rss['cold']:.0f} MB; after a {res['warm_n']}-text models "
         "ranking (encoders loaded, as in a service that has served one) it is the start below.", "",
+        f"RSS summed over the service's {res['processes']} process(es) (the API process and its worker "
+        "processes); peak = the sum of each process's own peak.", "",
         f"**Service RSS: start {rss['start']:.0f} MB, peak {rss['peak']:.0f} MB, at the end of the job "
         f"{rss['at_done']:.0f} MB, {res.get('settle', 5)} s later {rss['end']:.0f} MB = "
         f"{100 * (res['rss_end_over_start'] - 1):+.1f} % of the start** (target within 10 %).", "",
@@ -203,6 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--corpus", default="fortunes", help="an app.demo.corpora dataset name")
     p.add_argument("--n", type=int, default=0, help="texts (stratified sample); 0 = the whole corpus")
     p.add_argument("--models", default="", help="comma-separated encoder names (default: every enabled one)")
+    p.add_argument("--estimators", default="", help="comma-separated estimators (default: the service's default)")
     p.add_argument("--bootstrap", type=int, default=100, help="the ranking's bootstrap B (service default 100)")
     p.add_argument("--settle", type=float, default=5.0, help="seconds before the start / end RSS readings")
     p.add_argument("--poll", type=float, default=0.2)

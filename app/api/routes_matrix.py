@@ -54,7 +54,10 @@ Offset = Annotated[int, Query(ge=0)]
 
 def _matrix(ctx: Context, owner: str | None, estimator, target, source, layout: str, value: str,
             limit: int | None, offset: int) -> dict:
-    data = matrix_svc.build(ctx, estimator, target, owner, source=source)
+    return _shape(matrix_svc.build(ctx, estimator, target, owner, source=source), layout, value, limit, offset)
+
+
+def _shape(data: dict, layout: str, value: str, limit: int | None, offset: int) -> dict:
     if layout == "wide":
         return matrix_svc.wide(data, value, limit, offset)
     if value != "score":
@@ -77,6 +80,13 @@ def transfer_matrix(ctx: CtxDep, principal: AuthDep, estimator: Estimators = Non
                     limit: Annotated[int | None, Query(ge=1, le=100_000, description="long: entries; wide: rows")]
                     = None,
                     offset: Offset = 0, format: Literal["json", "csv", "parquet"] = "json"):
+    if format == "json":  # the rendered answer, cached by the catalogue's state (one state query per read)
+        def render(data: dict) -> bytes:
+            shaped = _shape(data, layout, value, limit, offset)
+            return MatrixPublic.model_validate(shaped).model_dump_json(by_alias=True).encode()
+
+        return Response(matrix_svc.rendered(ctx, estimator, target, principal.owner, source,
+                                            [layout, value, limit, offset], render), media_type="application/json")
     data = _matrix(ctx, principal.owner, estimator, target, source, layout, value, limit, offset)
     if format == "csv":
         return PlainTextResponse(matrix_svc.to_csv(data), media_type="text/csv",

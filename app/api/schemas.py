@@ -227,7 +227,11 @@ class RankedCandidatePublic(_Public):
                                     "fallback, skipped or error")
     interval: list[float] | None = Field(None, description="95% bootstrap interval of the combined score")
     p_top: float | None = Field(None, description="share of bootstrap resamples where it ranks first")
-    tied_with_top: bool | None = Field(None, description="statistically indistinguishable from the top")
+    tied_with_top: bool | None = Field(None, description="statistically indistinguishable from the top "
+                                       "(bootstrap of the combined score)")
+    tied_by: list[str] | None = Field(None, description="tests under which it is indistinguishable from the "
+                                      "top: 'combined' (= tied_with_top) and each member estimator that ranks "
+                                      "it first or whose own bootstrap cannot separate it from its own top")
 
 
 class RankingPublic(_Public):

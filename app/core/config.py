@@ -56,6 +56,14 @@ class Settings(BaseSettings):
                                     "(Ray workers)", json_schema_extra={"shown": "unset (local threads)"})
     workers: int | None = Field(None, ge=1, description="local pool size / number of Ray actors",
                                 json_schema_extra={"shown": "2 (Ray: one per GPU, else per CPU up to 8)"})
+    worker_processes: int | None = Field(None, ge=0, description="local backend: worker processes for the "
+                                         "CPU-heavy numerics of jobs (scoring, estimators), off the API "
+                                         "process; 0: threads of the API process",
+                                         json_schema_extra={"shown": "the local pool size"})
+    worker_nice: int = Field(10, ge=0, le=19, description="local backend: how much the worker processes lower "
+                             "their CPU priority (`nice`), so request handling wins the cores")
+    api_workers: int = Field(1, ge=1, le=64, description="`serve`: uvicorn worker processes answering "
+                             "requests (each with its own job runner and worker processes)")
     encoder_cache: int = Field(4, ge=1, description="how many encoders a worker keeps loaded (LRU)")
     device: str = Field("auto", description="`auto`, `cpu`, `cuda` or `cuda:N` for transformers encoders")
     faiss_threads: int = Field(1, ge=1, description="FAISS OpenMP threads")

@@ -18,16 +18,22 @@ own or the public sources and models, and only its own feedback: no other owner'
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
-from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+import json
+import threading
+import weakref
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 import estimators
 from app.core.errors import Invalid, NotFound, ServiceError
-from app.db.models import Dataset, Feedback, Score
+from app.db.models import Dataset, EncoderRow, Feedback, Score, SourceTask
 from app.services.sources import hidden_names
 from app.services.tenancy import can_read, visible
 from estimators.ranking import DEFAULT_WEIGHTS, zscores
@@ -83,9 +89,107 @@ def combined_scores(entries: list[dict[str, Any]]) -> dict[tuple[str, str], floa
     return {k: (round(num[k] / den[k], 6) if den[k] > 0 else None) for k in num}
 
 
+# ---------------------------------------------------------------------- cache
+#: matrices kept per context (each keyed by its filters, its reader and the catalogue's state)
+CACHE_ENTRIES = 16
+#: rendered answers kept per context (JSON bytes of a page of a matrix), each at most RENDER_MAX_BYTES
+RENDER_ENTRIES = 64
+RENDER_MAX_BYTES = 2 * 1024 * 1024
+
+_caches: weakref.WeakKeyDictionary[Any, _MatrixCache] = weakref.WeakKeyDictionary()
+_caches_lock = threading.Lock()
+
+
+class _MatrixCache:
+    """An LRU of built matrices with single flight: concurrent requests for the same key wait
+    for one computation instead of each running it."""
+
+    def __init__(self, size: int, max_bytes: int | None = None) -> None:
+        self.size, self.max_bytes = size, max_bytes
+        self.items: OrderedDict[str, Any] = OrderedDict()
+        self.inflight: dict[str, Future[Any]] = {}
+        self.lock = threading.Lock()
+
+    def get_or_build(self, key: str, build_fn: Callable[[], Any]) -> Any:
+        with self.lock:
+            hit = self.items.get(key)
+            if hit is not None:
+                self.items.move_to_end(key)
+                return hit
+            fut = self.inflight.get(key)
+            owner = fut is None
+            if fut is None:
+                fut = self.inflight[key] = Future()
+        if not owner:
+            return fut.result()
+        try:
+            data = build_fn()
+        except BaseException as exc:
+            with self.lock:
+                self.inflight.pop(key, None)
+            fut.set_exception(exc)
+            raise
+        with self.lock:
+            self.inflight.pop(key, None)
+            if self.max_bytes is None or len(data) <= self.max_bytes:
+                self.items[key] = data
+            while len(self.items) > self.size:
+                self.items.popitem(last=False)
+        fut.set_result(data)
+        return data
+
+
+_renders: weakref.WeakKeyDictionary[Any, _MatrixCache] = weakref.WeakKeyDictionary()
+
+
+def _cache(ctx: Any, renders: bool = False) -> _MatrixCache:
+    with _caches_lock:
+        where = _renders if renders else _caches
+        c = where.get(ctx)
+        if c is None:
+            c = where[ctx] = (_MatrixCache(RENDER_ENTRIES, RENDER_MAX_BYTES) if renders
+                              else _MatrixCache(CACHE_ENTRIES))
+        return c
+
+
+def catalogue_state(ctx: Context) -> list[Any]:
+    """What a matrix reads, in one aggregate query: (row count, largest id) of the scores (insert
+    only), datasets, feedback, source tasks and models -- any change to them changes it."""
+    q = select(select(func.count(Score.id)).scalar_subquery(), select(func.max(Score.id)).scalar_subquery(),
+               select(func.count(Dataset.id)).scalar_subquery(), select(func.max(Dataset.id)).scalar_subquery(),
+               select(func.count(Feedback.id)).scalar_subquery(), select(func.max(Feedback.id)).scalar_subquery(),
+               select(func.count(SourceTask.id)).scalar_subquery(),
+               select(func.max(SourceTask.id)).scalar_subquery(),
+               select(func.count(EncoderRow.name)).scalar_subquery(),
+               select(func.max(EncoderRow.name)).scalar_subquery())
+    with ctx.Session() as s:
+        return list(s.execute(q).one())
+
+
 def build(ctx: Context, estimator: Names = None, target: Names = None, owner: str | None = None, *,
           source: Names = None) -> dict[str, Any]:
+    """The matrix (see the module docstring), from a cache keyed by the filters, the reader and
+    ``catalogue_state``: while a job writes new scores the matrix is rebuilt once per change, by
+    one request, however many ask. The result is shared: callers must not modify it."""
     ests, targets, sources = _names(estimator), _names(target), _names(source)
+    key = json.dumps([ests, targets, sources, owner, catalogue_state(ctx)], default=str)
+    return cast(dict[str, Any], _cache(ctx).get_or_build(hashlib.sha256(key.encode()).hexdigest(),
+                                                         lambda: _build(ctx, ests, targets, owner, sources)))
+
+
+def rendered(ctx: Context, estimator: Names, target: Names, owner: str | None, source: Names,
+             view: list[Any], render: Callable[[dict[str, Any]], bytes]) -> bytes:
+    """``render(build(...))`` -- an answer's bytes for one view of the matrix (layout, page,
+    format: ``view``) -- cached like the matrix itself (same state key; answers larger than
+    ``RENDER_MAX_BYTES`` are not kept), so a repeated read costs one state query."""
+    ests, targets, sources = _names(estimator), _names(target), _names(source)
+    key = json.dumps([ests, targets, sources, owner, catalogue_state(ctx), view], default=str)
+    return cast(bytes, _cache(ctx, renders=True).get_or_build(
+        hashlib.sha256(key.encode()).hexdigest(), lambda: render(build(ctx, ests, targets, owner, source=sources))))
+
+
+def _build(ctx: Context, ests: list[str], targets: list[str], owner: str | None,
+           sources: list[str]) -> dict[str, Any]:
     for name in ests:
         try:
             estimators.info(name)

@@ -3,9 +3,9 @@
 The default estimators are the library's (``estimators.ranking.DEFAULT_ESTIMATORS``):
 
 ``models``: the target is embedded by each candidate encoder (feature cache) and scored with
-LogME and N-LEEP (+ LEEP for an NPZ target whose every model carries source probabilities); an
-NPZ target ranks the feature arrays it carries (``features``, ``features_<model>``,
-``probs_<model>``).
+LogME, GBC, the shrinkage H-score and TMI (the set chosen by leave-one-benchmark-out,
+``bench/results/lobo.md``; LEEP / N-LEEP only when requested by name); an NPZ target ranks
+the feature arrays it carries (``features``, ``features_<model>``, ``probs_<model>``).
 
 ``tasks``: the target is embedded once with the base encoder; each source task with an ESM is
 scored by LogME, ETran-LDA and the shrinkage H-score of the target mapped through that ESM
@@ -147,12 +147,6 @@ def _validate(ctx: Context, spec: RankingSpec) -> Plan:
         raise Invalid("the source tasks are text tasks embedded by a text base encoder; rank an image dataset "
                       "with candidates='models' (vision models)")
     names = spec.estimators or _defaults_for(ctx, ds, spec)
-    if spec.estimators is None and spec.candidates == "models" and ds.kind == "features":
-        extras = ds.extra_blobs or {}
-        models = [m for m in _model_names(ctx, ds, spec) if m != "features"]
-        if models and "features" not in (spec.sources or ["features"]) \
-                and all(f"probs_{m}" in extras for m in models):
-            names.append("leep")  # as the default ranker: LEEP when every candidate has source probabilities
     if len(set(names)) != len(names):
         raise Invalid("estimators contains duplicates")
     for name in names:
@@ -204,20 +198,12 @@ def _task_type(ds: Dataset) -> str:
 
 
 def _defaults_for(ctx: Context, ds: Dataset, spec: RankingSpec) -> list[str]:
-    """The default estimators for this target type (``estimators.ranking``); for models, LEEP
-    joins when every candidate model has a classification head (source-class probabilities)."""
+    """The default estimators for this target type (``estimators.ranking``)."""
     from estimators.ranking import DEFAULT_ESTIMATORS_BY_TARGET
 
     t = _task_type(ds)
     if t == "classification":
-        names = list(DEFAULT_ESTIMATORS[spec.candidates])
-        if spec.candidates == "models" and ds.kind != "features":
-            from app.services import models as models_svc
-
-            models = _model_names(ctx, ds, spec)
-            if models and all(models_svc.n_probs(ctx, m) > 0 for m in models):
-                names.append("leep")
-        return names
+        return list(DEFAULT_ESTIMATORS[spec.candidates])
     base = list(DEFAULT_ESTIMATORS_BY_TARGET[t][spec.candidates])
     return base if spec.candidates == "models" else [f"esm_{e}" for e in base] + ["semb"]
 
@@ -639,6 +625,10 @@ def _compute_one(ctx: Context, est: str, info: estimators.EstimatorInfo, cand: C
                  X_target: dict[str, np.ndarray] | np.ndarray | None, y: np.ndarray,
                  params: dict[str, Any], params_hash: str | None = None) -> float:
     user = {k: v for k, v in params.items() if k not in SERVICE_PARAMS}
+    # the estimator itself runs on the backend's worker processes (off the API process's GIL)
+    def score(*args: Any, **kw: Any) -> float:
+        return float(ctx.backend.submit_call(estimators.score, *args, **kw).result())
+
     if est == "nleep" and params_hash is not None and not user.get("regression"):
         # nleep(X, y) = LEEP(nleep_posteriors(X, y), y): the mixture's posteriors are kept on the
         # candidate so that the bootstrap resamples their LEEP without fitting the mixture again
@@ -647,7 +637,8 @@ def _compute_one(ctx: Context, est: str, info: estimators.EstimatorInfo, cand: C
         from estimators.nleep import nleep_posteriors
 
         try:
-            P = nleep_posteriors(_present(cand.features, f"{cand.source} has no features"), y, **user)
+            P = np.asarray(ctx.backend.submit_call(nleep_posteriors, _present(
+                cand.features, f"{cand.source} has no features"), y, **user).result())
         except TypeError as exc:
             raise ValueError(f"invalid parameters for nleep: {exc}") from None
         value = leep_from_probs(P, *check_labels(y, P.shape[0]))  # as nleep() does
@@ -656,22 +647,20 @@ def _compute_one(ctx: Context, est: str, info: estimators.EstimatorInfo, cand: C
         cand.nleep_posteriors[params_hash] = P
         return value
     if info.needs == "features":
-        return estimators.score(est, _present(cand.features, f"{cand.source} has no features"), y, **user)
+        return score(est, _present(cand.features, f"{cand.source} has no features"), y, **user)
     if info.needs == "probs":
-        return estimators.score(est, _present(cand.probs, f"{cand.source} has no source-class probabilities"), y,
-                                **user)
+        return score(est, _present(cand.probs, f"{cand.source} has no source-class probabilities"), y, **user)
     if isinstance(X_target, dict):  # tasks: the target embedded by this source's own base encoder
         X_target = X_target[cand.encoder]
     if info.needs == "esm":
-        return estimators.score(est, _present(X_target, "the target has no base-encoder features"), y,
-                                esm=_load_esm(ctx, cand), **user)
+        return score(est, _present(X_target, "the target has no base-encoder features"), y,
+                     esm=_load_esm(ctx, cand), **user)
     # domains: target vs source base embeddings (loaded only now: cached scores never load them)
     if cand.features is None and cand.features_key is not None:
         cand.features = ctx.blobs.get_array(cand.features_key)
     if cand.features is None or X_target is None:
         raise Unavailable(f"{cand.source} has no base-encoder features")
-    return estimators.score(est, _subsample(X_target, DOMAIN_MAX_ROWS), _subsample(cand.features, DOMAIN_MAX_ROWS),
-                            **user)
+    return score(est, _subsample(X_target, DOMAIN_MAX_ROWS), _subsample(cand.features, DOMAIN_MAX_ROWS), **user)
 
 
 def _skip_reason(info: estimators.EstimatorInfo, cand: Candidate) -> str | None:
@@ -784,6 +773,9 @@ def _bootstrap(ctx: Context, plan: Plan, cs: CandidateSet, st: ScoredTable, res:
     n_scored = sum(1 for c in cols if c in estimators.names() for cand in table.candidates
                    if table.value(c, cand) is not None)  # cells the bootstrap re-computes (or reads)
 
+    def rescore_(*args: Any) -> np.ndarray:  # on the backend's worker processes
+        return np.asarray(ctx.backend.submit_call(rescore, *args).result(), dtype=np.float64)
+
     def resampled(cand: Candidate, column: str, idx: np.ndarray) -> np.ndarray | None:
         info = estimators.info(column)
         kw = table.params.get(column, {})
@@ -795,13 +787,13 @@ def _bootstrap(ctx: Context, plan: Plan, cs: CandidateSet, st: ScoredTable, res:
             # resample of a 14k x 384 target is ~0.2 s: 100 of them would be a long silence)
             X, B, parts = cand.features, idx.shape[0], []
             for i in range(0, B, BOOTSTRAP_BLOCK):
-                parts.append(rescore(column, X, cs.y, idx[i:i + BOOTSTRAP_BLOCK], kw))
+                parts.append(rescore_(column, X, cs.y, idx[i:i + BOOTSTRAP_BLOCK], kw))
                 progress((done[0] - 1 + min(i + BOOTSTRAP_BLOCK, B) / B) / max(n_scored, 1),
                          f"bootstrap: {column} on {cand.source}, {min(i + BOOTSTRAP_BLOCK, B)}/{B} resamples "
                          f"(score {done[0]}/{n_scored})")
             return np.concatenate(parts)
         if info.needs == "probs" and cand.probs is not None:
-            return rescore(column, cand.probs, cs.y, idx, kw)
+            return rescore_(column, cand.probs, cs.y, idx, kw)
         if info.needs == "esm" and cand.esm_key is not None and cs.X_target is not None \
                 and column[4:] in estimators.names():
             if cand.source not in mapped:
@@ -809,7 +801,7 @@ def _bootstrap(ctx: Context, plan: Plan, cs: CandidateSet, st: ScoredTable, res:
                     by_name[other].esm = None
                     del mapped[other]
                 mapped[cand.source] = _load_esm(ctx, cand).transform(cs.X_target[cand.encoder])
-            return rescore(column[4:], mapped[cand.source], cs.y, idx, kw)
+            return rescore_(column[4:], mapped[cand.source], cs.y, idx, kw)
         return None  # domains: held at the value
 
     def values(source: str, column: str, idx: np.ndarray) -> np.ndarray:

@@ -29,12 +29,21 @@ log = get_logger("startup")
 
 
 def open_context(settings: Settings | None = None, *, backend: WorkerBackend | None = None,
-                 migrate: bool = True, seed: bool | None = None) -> Context:
-    """A started ``Context`` (see the module docstring); close it with ``ctx.close()``."""
+                 migrate: bool = True, seed: bool | None = None, prepared: bool = False) -> Context:
+    """A started ``Context`` (see the module docstring); close it with ``ctx.close()``.
+
+    ``prepared=True``: one of several API processes (``serve --workers N``) whose parent already
+    ran the once-per-start work (migrations, failing an earlier process's jobs, housekeeping, the
+    encoder mirror, the demo seed); this one only reaps jobs whose heartbeat is stale, so it never
+    fails a sibling's running job, and loads the FAISS index."""
     settings = settings or Settings.from_env()
     setup_logging(settings.log_level)
     ctx = Context(settings, backend=backend)
     try:
+        if prepared:
+            ctx.jobs.reap()
+            ctx.index.ensure()
+            return ctx
         start(ctx, migrate=migrate, seed=seed)
     except BaseException:
         ctx.close()

@@ -1,4 +1,4 @@
-"""Worker backends: ``local`` (thread pool, default) or ``ray`` (actors on a Ray cluster).
+"""Worker backends: ``local`` (threads + worker processes, default) or ``ray`` (actors on a Ray cluster).
 
 Chosen by configuration:
 
@@ -7,6 +7,8 @@ Chosen by configuration:
   instance in this process, handy for a one-machine try).
 - ``TRANSFERRANK_WORKERS``: local pool size (default 2), or number of Ray actors (default: one
   per GPU of the cluster, else one per CPU up to 8; an explicit number is capped at the GPUs).
+- ``TRANSFERRANK_WORKER_PROCESSES`` / ``TRANSFERRANK_WORKER_NICE``: the local backend's worker
+  processes for CPU-heavy numerics (default: the pool size; 0: threads) and their ``nice``.
 
 ``get_backend(settings)`` reads ``settings.ray_address`` / ``settings.workers`` of an
 ``app.core.config.Settings`` (``None`` there means the default); without one, the environment.
@@ -56,7 +58,9 @@ def get_backend(settings: Settings | None = None) -> WorkerBackend:
         from app.workers.local import LocalBackend
 
         cache_dir = settings.data_dir if settings is not None else None
-        return LocalBackend(max_workers=cfg["workers"], cache_dir=cache_dir)
+        s = settings if settings is not None else Settings.from_env()
+        return LocalBackend(max_workers=cfg["workers"], cache_dir=cache_dir, processes=s.worker_processes,
+                            nice=s.worker_nice)
     try:
         from app.workers.ray_backend import RayBackend
     except ModuleNotFoundError as exc:  # ray is an optional extra

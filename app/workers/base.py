@@ -1,16 +1,18 @@
 """The worker interface: where expensive work (feature extraction, ESM training) runs.
 
-Two backends implement it: ``local`` (bounded thread pool in the API process, the embedded
-default) and ``ray`` (actors on a Ray cluster, GPU when available). Workers compute and return
+Two backends implement it: ``local`` (the embedded default: encoders on a bounded thread pool in
+the API process, CPU-heavy numerics in a small pool of worker processes) and ``ray`` (actors on a
+Ray cluster, GPU when available). Workers compute and return
 arrays; the *service* writes them to the content-addressed store and SQL, so a worker never
 needs database credentials.
 """
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -65,6 +67,18 @@ class WorkerBackend(abc.ABC):
         """Score one chunk of sources' ESMs on a target's statistics
         (``app.workers.scoring.EsmScoreRequest``); the Future yields float64 (k, E)."""
         raise NotImplementedError(f"the {self.name} backend does not score ESMs")
+
+    def submit_call(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
+        """Run a CPU-heavy numeric function (``fn`` a module-level function, its inputs and result
+        picklable: e.g. ``estimators.score``) away from request handling where the backend can;
+        the Future yields its result or raises its exception. Default: in the calling thread (the
+        caller is already a job's thread), the Future already done."""
+        fut: Future = Future()
+        try:
+            fut.set_result(fn(*args, **kwargs))
+        except Exception as exc:  # noqa: BLE001 - handed to the caller through the Future
+            fut.set_exception(exc)
+        return fut
 
     def describe(self) -> dict:
         """Backend facts for /healthz-style reporting (name, workers, devices)."""

@@ -1,4 +1,18 @@
-"""The embedded worker backend: a bounded thread pool inside the API process.
+"""The embedded worker backend: encoders on a bounded thread pool inside the API process, and
+CPU-heavy numerics in a small pool of worker processes (``app.workers.procpool``).
+
+What runs where:
+
+- worker processes (``processes``, default ``max_workers``; ``TRANSFERRANK_WORKER_PROCESSES``):
+  the ESM scoring chunks of a tasks ranking on CPU (``submit_score_esms``) and every
+  ``submit_call`` -- the rankings' estimator cells and bootstrap re-scoring. Pure numpy/scipy,
+  the GIL-holding part of a job, so the API process keeps its GIL and (``nice``) its cores.
+- threads of this process: feature extraction (``submit_embed``) and ESM training
+  (``submit_train_esm``) -- torch releases the GIL in its kernels, and an encoder is loaded
+  once per process (a copy per worker process would multiply the weights' memory) -- and ESM
+  scoring on a GPU. The job runner's own thread (SQL, blob reads, pickling the inputs) stays
+  in the API process too.
+- ``processes=0``: everything on threads, as before.
 
 Encoders come from ``app.encoders.registry.get_encoder`` (a process-wide bounded LRU shared with
 the rest of the API process), so repeated jobs on the same encoder do not reload weights. torch
@@ -9,8 +23,9 @@ activations).
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -18,6 +33,7 @@ import numpy as np
 from app.core.lru import LRU
 from app.encoders.base import EncoderSpec
 from app.workers.base import Cancelled, EsmTrainRequest, ProgressFn, WorkerBackend
+from app.workers.procpool import NumericPool
 
 
 class EncoderCache:
@@ -89,17 +105,58 @@ def embed_texts(encoder, texts: Sequence[str], *, batch_size: int | None = None,
     return out
 
 
+def _then_report(fut: Future, report: ProgressFn | None) -> Future:
+    """A future of ``fut``'s result that first reports 1.0 (``Cancelled`` from the report fails it)."""
+    if report is None:
+        return fut
+    out: Future = Future()
+
+    def relay(f: Future) -> None:
+        try:
+            if f.cancelled():
+                out.cancel()
+                return
+            exc = f.exception()
+            if exc is not None:
+                out.set_exception(exc)
+                return
+            try:
+                report(1.0)
+            except Cancelled as cancelled:
+                out.set_exception(cancelled)
+                return
+            out.set_result(f.result())
+        except InvalidStateError:  # cancelled by the caller meanwhile
+            pass
+
+    out.add_done_callback(lambda o: fut.cancel() if o.cancelled() else None)
+    fut.add_done_callback(relay)
+    return out
+
+
 class LocalBackend(WorkerBackend):
-    """Runs jobs on a bounded thread pool in this process (the embedded default)."""
+    """Runs jobs in this machine: encoders on a bounded thread pool of this process, CPU-heavy
+    numerics on a bounded pool of worker processes (see the module docstring)."""
 
     name = "local"
 
-    def __init__(self, max_workers: int = 2, cache_dir: str | os.PathLike | None = None) -> None:
+    def __init__(self, max_workers: int = 2, cache_dir: str | os.PathLike | None = None, *,
+                 processes: int | None = None, nice: int = 10) -> None:
         if max_workers < 1:
             raise ValueError(f"max_workers must be >= 1, got {max_workers}")
+        if processes is not None and processes < 0:
+            raise ValueError(f"processes must be >= 0, got {processes}")
         self.max_workers = int(max_workers)
         self.cache_dir = cache_dir  # encoder caches (distilled model2vec); None: Settings.data_dir
         self._pool = ThreadPoolExecutor(max_workers=self.max_workers, thread_name_prefix="transferrank-worker")
+        self.processes = self.max_workers if processes is None else int(processes)
+        self.nice = int(nice)
+        self._procs = shared_pool(self.processes, self.nice) if self.processes else None
+
+    def submit_call(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
+        if self._procs is None:
+            return super().submit_call(fn, *args, **kwargs)
+        return self._procs.submit(fn, *args, **kwargs)
 
     def submit_embed(self, encoder: str | EncoderSpec, texts: Sequence[str], *,
                      progress: ProgressFn | None = None) -> Future:
@@ -132,6 +189,13 @@ class LocalBackend(WorkerBackend):
 
     def submit_score_esms(self, request, *, progress: ProgressFn | None = None) -> Future:
         report = _safe_progress(progress)
+        if self._procs is not None:
+            from dataclasses import replace
+
+            from app.workers.scoring import pick_device, score_esm_chunk
+
+            if pick_device(request.device) is None:  # CPU: numpy in a worker process
+                return _then_report(self._procs.submit(score_esm_chunk, replace(request, device="cpu")), report)
 
         def run() -> np.ndarray:
             from app.workers.scoring import score_esm_chunk
@@ -156,10 +220,27 @@ class LocalBackend(WorkerBackend):
         return {
             "backend": self.name,
             "workers": self.max_workers,
+            "processes": self.processes,
             "devices": devices,
             "cpu_count": os.cpu_count(),
             "torch_threads": threads,
         }
 
     def shutdown(self) -> None:
+        # the worker processes are shared by this process's backends (``shared_pool``): they stay
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+_shared: dict[tuple[int, int], NumericPool] = {}
+_shared_lock = threading.Lock()
+
+
+def shared_pool(processes: int, nice: int) -> NumericPool:
+    """The process's worker-process pool of that size and priority: one per (size, nice), started
+    on first use and shared by every ``LocalBackend`` of this process (tests and CLI commands
+    open several contexts; the processes hold no per-context state)."""
+    with _shared_lock:
+        pool = _shared.get((processes, nice))
+        if pool is None:
+            pool = _shared[(processes, nice)] = NumericPool(processes, nice=nice)
+        return pool

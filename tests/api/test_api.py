@@ -10,6 +10,7 @@ import pytest
 
 import estimators
 from conftest import csv_bytes, make_texts, npz_bytes, rank, upload, wait_job
+from estimators.ranking import DEFAULT_ESTIMATORS
 
 
 def _state(client):
@@ -281,7 +282,8 @@ def test_full_flow_on_each_database(make_client, db_url, tmp_path):
     assert client.post("/v1/feedback", json={"source": "src2", "target": tid, "metric": "f1",
                                              "value": 0.9}).status_code == 201
     csv = client.get("/v1/transfer-matrix", params={"format": "csv"}).text
-    assert csv.count("\n") == 1 + 6 + 4  # header, 3 sources x 2 task estimators, 2 models x (logme, nleep)
+    # header, 3 sources x 2 task estimators, 2 models x the 4 default estimators
+    assert csv.count("\n") == 1 + 6 + 2 * len(DEFAULT_ESTIMATORS["models"])
     client.__exit__(None, None, None)
 
     again = make_client(data, database_url=db_url)
@@ -338,7 +340,9 @@ def test_concurrent_requests_extract_features_once(settings_factory):
         assert backend.calls["glove-6b-50d"] == 1
 
 
-def test_npz_default_ranking_adds_leep_when_every_candidate_has_probabilities(client):
+def test_npz_default_ranking_is_the_library_default_even_with_probabilities(client):
+    """The default is the LOBO-chosen set (estimators.ranking.DEFAULT_ESTIMATORS); LEEP no longer
+    joins when every candidate has source probabilities (it is available by name)."""
     rng = np.random.default_rng(2)
     y = np.arange(60) % 3
     arrays = {"features": rng.normal(size=(60, 4)), "labels": y}
@@ -348,12 +352,14 @@ def test_npz_default_ranking_adds_leep_when_every_candidate_has_probabilities(cl
         arrays[f"probs_{name}"] = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
     did = upload(client, npz_bytes(**arrays), "zoo.npz").json()["id"]
     out = rank(client, {"target": did, "candidates": "models", "sources": ["a", "b"]})
-    assert out["estimators"] == ["logme", "nleep", "leep"]
+    assert out["estimators"] == list(DEFAULT_ESTIMATORS["models"])
     assert [r["source"] for r in out["ranking"]] == ["a", "b"]
+    assert all(r["scores"][e] is not None for r in out["ranking"] for e in DEFAULT_ESTIMATORS["models"])
+    out = rank(client, {"target": did, "candidates": "models", "sources": ["a", "b"], "estimators": ["logme", "leep"]})
     assert all(r["scores"]["leep"] is not None for r in out["ranking"])
 
 
-def test_default_models_ranking_falls_back_for_nleep_and_says_so(client):
+def test_models_ranking_falls_back_for_nleep_and_says_so(client):
     """N-LEEP's 5-components-per-class mixture cannot be fitted on 60 noisy samples in 120 dims:
     the service retries with one component per class (the library's FALLBACK_PARAMS) and notes it."""
     rng = np.random.default_rng(2)
@@ -365,7 +371,7 @@ def test_default_models_ranking_falls_back_for_nleep_and_says_so(client):
         estimators.score("nleep", X, y)
     good = np.eye(3)[y] * 3 + rng.normal(size=(60, 3))
     did = upload(client, npz_bytes(features=X, labels=y, features_good=good), "fb.npz").json()["id"]
-    out = rank(client, {"target": did, "candidates": "models"})
+    out = rank(client, {"target": did, "candidates": "models", "estimators": ["logme", "nleep"]})
     assert out["estimators"] == ["logme", "nleep"] and out["errors"] == []
     by = {r["source"]: r for r in out["ranking"]}
     assert "n_components" in by["features"]["details"]["nleep"]["fallback"]

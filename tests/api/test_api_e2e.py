@@ -65,5 +65,7 @@ def test_source_esm_training_then_tasks_and_models_rankings(make_client):
 
     models = rank(client, {"target": tid, "candidates": "models", "sources": ["minilm-l6", "glove-6b-50d"]})
     assert {r["source"] for r in models["ranking"]} == {"minilm-l6", "glove-6b-50d"}
-    assert all(r["scores"]["logme"] is not None and r["scores"]["nleep"] is not None for r in models["ranking"])
-    assert models["computed"] == 4  # logme + nleep per model
+    defaults = ("logme", "gbc", "hscore_shrinkage", "tmi")  # estimators.ranking.DEFAULT_ESTIMATORS["models"]
+    assert models["estimators"] == list(defaults)
+    assert all(r["scores"][e] is not None for r in models["ranking"] for e in defaults)
+    assert models["computed"] == 2 * len(defaults)  # every default estimator per model

@@ -95,3 +95,27 @@ def test_text_tasks_table_is_reproduced(tmp_path):
         if est in STABLE:
             assert row["max_rel"] < 1e-6, (est, row)
         assert row["max_wtau"] < 0.05, (est, row)
+
+
+def test_acceptance_checks_and_the_rule_chosen_by_them():
+    """acceptance(): the four checks of issue 13 on a rule's held-out result; the committed
+    recommendation picks a rule that passes them all and ships its design as the library default."""
+    singles = {"logme": {"mean_weighted_tau": 0.5, "mean_regret@1": 0.08,
+                         "per_benchmark": {"x": {"weighted_tau": 0.4, "regret@1": 0.2},
+                                           "y": {"weighted_tau": 0.7, "regret@1": 0.0}}},
+               "gbc": {"mean_weighted_tau": 0.45, "mean_regret@1": 0.03, "per_benchmark": {}}}
+    good = {"held_out": {"x": {"weighted_tau": 0.5, "regret@1": 0.05}, "y": {"weighted_tau": 0.6, "regret@1": 0.0}},
+            "mean_weighted_tau": 0.55, "mean_regret@1": 0.025}
+    a = lobo.acceptance(good, singles, ["x", "y"])
+    assert a["passes"] and all(c["holds"] for c in a["checks"].values())
+    bad = {**good, "held_out": {**good["held_out"], "x": {"weighted_tau": 0.35, "regret@1": 0.3}}}
+    a = lobo.acceptance(bad, singles, ["x", "y"])
+    held = {k: c["holds"] for k, c in a["checks"].items()}
+    assert not a["passes"] and held["worst-benchmark w-tau >= LogME's there"] is False
+    assert held["worst-benchmark R@1 <= LogME's there"] is False and held["mean w-tau > every single estimator's"]
+    committed = json.loads(COMMITTED.read_text())["recommendation"]
+    assert committed["rule"] in committed["passing_rules"]
+    from estimators.ranking import DEFAULT_ESTIMATORS
+
+    assert list(DEFAULT_ESTIMATORS["models"]) == committed["models"]["estimators"]
+    assert list(DEFAULT_ESTIMATORS["tasks"]) == committed["tasks"]["estimators"]

@@ -51,8 +51,9 @@ def test_contract_and_order():
     assert scores == sorted(scores, reverse=True)
     for r in out:
         assert set(r) >= {"name", "score", "scores"} and isinstance(r["score"], float)
-        # the default uses logme, nleep, leep (all have probs) and reports the static prior
-        assert set(r["scores"]) == {"logme", "nleep", "leep", "static"}
+        # the default (chosen by leave-one-benchmark-out) uses logme, gbc, hscore_shrinkage and tmi
+        # -- no LEEP even when every candidate has probs -- and reports the static prior
+        assert set(r["scores"]) == {"logme", "gbc", "hscore_shrinkage", "tmi", "static"}
         assert r["scores"]["logme"] == pytest.approx(estimators.score("logme", cands[r["name"]]["features"], y))
         assert r["scores"]["static"] == pytest.approx(math.log10(10_000) + math.log10(5001))
     assert out[0]["skipped"] == {}
@@ -62,8 +63,23 @@ def test_default_estimators_follow_the_inputs():
     cands, y = _data()
     feats_only = {k: {"features": v["features"]} for k, v in cands.items()}
     out = rank_candidates(feats_only, y)
-    assert set(out[0]["scores"]) == {"logme", "nleep"}
+    assert set(out[0]["scores"]) == {"logme", "gbc", "hscore_shrinkage", "tmi"}
     assert [r["name"] for r in out][0] == "good"
+
+
+def test_models_default_is_the_committed_lobo_choice():
+    """DEFAULT_ESTIMATORS is what bench.lobo's committed study recommends (rule chosen by issue 13's
+    acceptance), for both kinds; every default member scores features and has a default weight."""
+    import json
+    from pathlib import Path
+
+    rec = json.loads((Path(__file__).resolve().parents[2] / "bench/results/lobo.json").read_text())["recommendation"]
+    assert tuple(DEFAULT_ESTIMATORS["models"]) == tuple(rec["models"]["estimators"])
+    assert tuple(DEFAULT_ESTIMATORS["tasks"]) == tuple(rec["tasks"]["estimators"])
+    assert rec["acceptance"][rec["rule"]]["passes"]
+    for kind in ("models", "tasks"):
+        for e in DEFAULT_ESTIMATORS[kind]:
+            assert estimators.info(e).needs == "features" and DEFAULT_WEIGHTS[e] == 1.0
 
 
 def test_tasks_kind_uses_the_esm_default_set():
@@ -189,14 +205,14 @@ def test_unexpected_exception_is_skipped_too(monkeypatch):
     real = ranking._score
 
     def flaky(name, X, y, **kw):
-        if name == "nleep":
-            raise RuntimeError("EM did not converge")
+        if name == "tmi":
+            raise RuntimeError("k-d tree failed")
         return real(name, X, y, **kw)
 
     monkeypatch.setattr(ranking, "_score", flaky)
     out = rank_candidates(cands, y)
-    assert out[0]["skipped"]["nleep"].startswith("RuntimeError: EM did not converge")
-    assert set(out[0]["scores"]) == {"logme", "leep", "static"} and out[0]["name"] == "good"
+    assert out[0]["skipped"]["tmi"].startswith("RuntimeError: k-d tree failed")
+    assert set(out[0]["scores"]) == {"logme", "gbc", "hscore_shrinkage", "static"} and out[0]["name"] == "good"
 
 
 def test_nleep_falls_back_to_one_component_per_class(monkeypatch):
@@ -214,18 +230,18 @@ def test_nleep_falls_back_to_one_component_per_class(monkeypatch):
         return real(name, X, y, **kw)
 
     monkeypatch.setattr(ranking, "_score", picky)
-    out = rank_candidates(cands, y)
+    out = rank_candidates(cands, y, estimators=["logme", "nleep"])
     assert "nleep" in out[0]["scores"] and "nleep" not in out[0]["skipped"]
     assert "n_components" in out[0]["notes"]["nleep"]
     assert calls[-1] == {"n_components": C} and len(calls) == 1 + len(cands)  # every candidate re-scored
     # explicit parameters are respected: no silent fallback
-    out = rank_candidates(cands, y, nleep={"n_components": 2 * C})
+    out = rank_candidates(cands, y, estimators=["logme", "nleep"], nleep={"n_components": 2 * C})
     assert "nleep" in out[0]["skipped"] and "notes" not in out[0]
 
 
 def test_nleep_falls_back_to_diagonal_covariances_on_few_shot_many_class_targets():
     """10 examples per class, 40 classes, 200-dim features: neither 5 C nor C full-covariance
-    components can be fitted; the diagonal fallback keeps N-LEEP in the default."""
+    components can be fitted; the diagonal fallback keeps N-LEEP in a ranking that asks for it."""
     rng = np.random.default_rng(5)
     n_cls = 40
     y = np.repeat(np.arange(n_cls), 10)
@@ -234,7 +250,7 @@ def test_nleep_falls_back_to_diagonal_covariances_on_few_shot_many_class_targets
                        + rng.normal(size=(len(y), 200))} for i, sep in enumerate((0.3, 1.0, 3.0))}
     with pytest.raises(ValueError, match="could not be fitted"):
         estimators.score("nleep", cands["m0"]["features"], y, n_components=n_cls)
-    out = rank_candidates(cands, y)
+    out = rank_candidates(cands, y, estimators=["logme", "nleep"])
     assert "nleep" in out[0]["scores"] and out[0]["skipped"] == {}
     assert "'covariance_type': 'diag'" in out[0]["notes"]["nleep"]
     assert out[0]["scores"]["nleep"] == pytest.approx(estimators.score(
@@ -265,12 +281,12 @@ def test_lower_is_better_estimators_are_flipped(monkeypatch):
 def test_prior_is_used_and_weighted():
     cands, y = _data()
     prior = {"noise": 0.9, "mid": 0.5, "good": 0.1}
-    only_prior = rank_candidates(cands, y, prior=prior, weights={"logme": 0, "nleep": 0, "leep": 0})
+    only_prior = rank_candidates(cands, y, prior=prior, weights={"logme": 0, "gbc": 0, "hscore_shrinkage": 0, "tmi": 0})
     assert [r["name"] for r in only_prior] == ["noise", "mid", "good"]
     assert only_prior[0]["scores"]["prior"] == 0.9
     # a candidate without a prior value gets the mean prior, not an advantage
     partial = rank_candidates(cands, y, prior={"noise": 1.0, "good": 0.0},
-                              weights={"logme": 0, "nleep": 0, "leep": 0})
+                              weights={"logme": 0, "gbc": 0, "hscore_shrinkage": 0, "tmi": 0})
     assert [r["name"] for r in partial] == ["noise", "mid", "good"]
     assert "prior" not in partial[1]["scores"]
     # with the default weights the prior moves scores but the estimators still count
@@ -282,9 +298,11 @@ def test_prior_is_used_and_weighted():
 
 def test_precomputed_scores_without_features():
     y = np.arange(10) % 2
-    cands = {"a": {"scores": {"logme": 1.0, "nleep": -2.0}}, "b": {"scores": {"logme": 2.0, "nleep": -1.0}}}
+    cands = {"a": {"scores": {"logme": 1.0, "gbc": -2.0, "hscore_shrinkage": 0.1, "tmi": 3.0}},
+             "b": {"scores": {"logme": 2.0, "gbc": -1.0, "hscore_shrinkage": 0.2, "tmi": 4.0}}}
     out = rank_candidates(cands, y)
-    assert [r["name"] for r in out] == ["b", "a"] and set(out[0]["scores"]) == {"logme", "nleep"}
+    assert [r["name"] for r in out] == ["b", "a"]
+    assert set(out[0]["scores"]) == {"logme", "gbc", "hscore_shrinkage", "tmi"}
 
 
 def test_precomputed_scores_are_used():

@@ -76,3 +76,74 @@ def test_bootstrap_zero_and_validation():
     assert "interval" not in out[0] and "tied_with_top" not in out[0]
     with pytest.raises(ValueError, match="bootstrap must be"):
         rank_candidates(cands, y, estimators=["logme"], bootstrap=-1)
+
+
+def _table(cols):
+    from estimators.ranking import ScoreTable
+
+    t = ScoreTable(["a", "b", "c"])
+    for c, vals in cols.items():
+        t.add_column(c, higher_is_better=True)
+        for cand, v in vals.items():
+            t.set(c, cand, v)
+    return t
+
+
+def test_a_member_estimators_own_top_is_reported_in_tied_by():
+    """Estimator disagreement: 'b' is clearly below the combined top 'a' on every resample (not
+    tied_with_top), but it is member e2's own top: tied_by says e2; 'c' is separated everywhere.
+    A zero-weight column, the target-agnostic 'static' and a constant column are not members."""
+    from estimators.ranking import combine
+    from estimators.uncertainty import bootstrap
+
+    point = {"e1": {"a": 10.0, "b": 0.0, "c": 4.0}, "e2": {"a": 6.0, "b": 10.0, "c": 0.0},
+             "flat": {"a": 1.0, "b": 1.0, "c": 1.0}, "static": {"a": 0.0, "b": 0.0, "c": 9.0},
+             "w0": {"a": 0.0, "b": 0.0, "c": 9.0}}
+    table = _table(point)
+    weights = {"static": 0.0, "w0": 0.0}
+    res = combine(table, weights)
+    assert res.order[0][0] == "a"
+    rng = np.random.default_rng(0)
+
+    def values(cand, col, idx):  # tight draws around the point value: sampling noise is negligible
+        noise = 0.0 if col == "flat" else 0.01  # the constant column stays constant
+        return point[col][cand] + noise * rng.normal(size=idx.shape[0])
+
+    y = np.arange(60) % 3
+    boot = bootstrap(table, res, y, values, weights=weights, B=50, seed=0)
+    assert boot.members == ["e1", "e2"]
+    assert boot.tied_by == {"a": ["combined", "e1"], "b": ["e2"]}
+    assert boot.tied_with_top == {"a": True, "b": False, "c": False}
+    assert boot.for_candidate("b")["tied_by"] == ["e2"] and boot.summary()["members"] == ["e1", "e2"]
+    assert boot.summary()["n_tied_with_top"] == 1
+
+
+def test_a_member_tie_follows_that_members_own_bootstrap():
+    """'c' is not e2's top, but e2's draws cannot separate it from e2's top 'b' (overlapping
+    draws): tied_by says e2; with well-separated draws it does not. Neither is tied_with_top."""
+    from estimators.ranking import combine
+    from estimators.uncertainty import bootstrap
+
+    point = {"e1": {"a": 10.0, "b": 0.0, "c": 0.0}, "e3": {"a": 10.0, "b": 0.0, "c": 0.0},
+             "e2": {"a": 0.0, "b": 10.0, "c": 9.9}}
+    table = _table(point)
+    res = combine(table)
+    y = np.arange(60) % 3
+    for noise, tied in ((1.0, True), (0.001, False)):
+        rng = np.random.default_rng(1)
+
+        def values(cand, col, idx, noise=noise, rng=rng):
+            return point[col][cand] + noise * rng.normal(size=idx.shape[0])
+
+        boot = bootstrap(table, res, y, values, B=100, seed=0)
+        assert res.order[0][0] == "a" and boot.tied_by["b"] == ["e2"]
+        assert boot.tied_by.get("c", []) == (["e2"] if tied else [])
+        assert not boot.tied_with_top["c"] and not boot.tied_with_top["b"]
+
+
+def test_rank_candidates_carries_tied_by():
+    cands, y = _cands([3.0, 0.5, 0.0])
+    out = rank_candidates(cands, y, estimators=["logme", "gbc"], bootstrap=50, seed=0)
+    assert out[0]["tied_by"][0] == "combined"
+    assert all(r["tied_with_top"] == ("combined" in r["tied_by"]) for r in out)
+    assert not out[-1]["tied_with_top"]

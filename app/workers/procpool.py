@@ -1,0 +1,198 @@
+"""CPU-heavy numerics of the embedded backend in a small pool of worker *processes*.
+
+The API process handles requests; a ranking job's numerics (the ESM scoring chunks, each
+estimator cell, the bootstrap's re-scoring) would otherwise share its GIL and cores with the
+request handlers (a cached ``POST /v1/rankings`` took ~2 s while a large job ran). Here they run
+in a ``ProcessPoolExecutor`` with the ``spawn`` context:
+
+- bounded: ``size`` processes (``TRANSFERRANK_WORKER_PROCESSES``, default the local pool size),
+  started on first use; each call's inputs are pickled to the process and its result back, so
+  a process holds only what its current call needs (plus the last few target statistics,
+  ``app.workers.scoring.load_target_stats``). No encoder and no database connection is loaded
+  there: memory per process is the interpreter + numpy/scipy (~100 MB) + the call's arrays.
+- polite: each process limits BLAS/OpenMP to one thread (``threadpoolctl``, and the usual
+  environment variables for libraries loaded later) and lowers its CPU priority by ``nice``
+  (``os.nice``), so the API process's request handling wins the cores.
+- robust: a process that dies (killed, out of memory) breaks the executor; the call fails with
+  ``WorkerProcessDied`` (its job is marked failed with that message) and the next call starts a
+  fresh executor.
+
+Cancellation stays cooperative, as on threads: a call still waiting for a process is cancelled
+with its future (``Future.cancel``); a running call finishes its (short) piece of work and the
+job stops at its next progress report.
+"""
+from __future__ import annotations
+
+import multiprocessing
+import os
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, InvalidStateError
+from concurrent.futures.process import BrokenProcessPool, ProcessPoolExecutor
+from typing import Any
+
+__all__ = ["NumericPool", "WorkerProcessDied", "worker_init"]
+
+BLAS_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "BLIS_NUM_THREADS",
+            "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
+
+
+class WorkerProcessDied(RuntimeError):
+    """A worker process ended while running a call (killed, or out of memory)."""
+
+
+def _exit_with_parent(parent: int, every: float = 0.5) -> None:
+    """End this worker process when the process that started it is gone (``kill -9`` of the API
+    process: the pool's queues never report it, and an idle worker would wait forever)."""
+    while True:
+        time.sleep(every)
+        if os.getppid() != parent:
+            os._exit(0)
+
+
+def worker_init(nice: int, threads: int) -> None:
+    """Initialiser of each worker process: ``threads`` BLAS threads, CPU priority lowered by
+    ``nice``, and a watchdog that ends it with its parent."""
+    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), name="transferrank-parent-watch",
+                     daemon=True).start()
+    for name in BLAS_ENV:
+        os.environ[name] = str(threads)
+    try:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(limits=threads)  # numpy is already imported (app.workers imports it)
+    except Exception:  # pragma: no cover - threadpoolctl is a dependency of scikit-learn
+        pass
+    if nice > 0:
+        try:
+            os.nice(nice)
+        except OSError:  # pragma: no cover - not allowed here: run at the same priority
+            pass
+
+
+def _pid() -> int:
+    return os.getpid()
+
+
+def _nice() -> int:
+    return os.nice(0)
+
+
+def _blas_threads() -> int:
+    from threadpoolctl import threadpool_info
+
+    return max((int(i.get("num_threads", 1)) for i in threadpool_info()), default=1)
+
+
+def _at_thread_exit(fn: Callable[[], None]) -> None:
+    """Run ``fn`` when the interpreter starts to exit, before ``concurrent.futures`` joins its
+    executors (the hook it uses itself; these hooks run last-registered first)."""
+    register = getattr(threading, "_register_atexit", None)
+    if register is None:  # pragma: no cover - CPython < 3.9
+        import atexit
+
+        atexit.register(fn)
+    else:
+        register(fn)
+
+
+class NumericPool:
+    """A bounded, lazily started pool of worker processes; ``submit(fn, *args, **kwargs)`` as an
+    executor (``fn`` must be importable by name: a module-level function)."""
+
+    def __init__(self, size: int, *, nice: int = 5, threads: int = 1) -> None:
+        if size < 1:
+            raise ValueError(f"the process pool needs at least 1 process, got {size}")
+        self.size, self.nice, self.threads = int(size), int(nice), int(threads)
+        self._lock = threading.Lock()
+        self._executor: ProcessPoolExecutor | None = None
+        self._closed = False
+        self._exit_hook = False
+
+    def _get(self) -> ProcessPoolExecutor:
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("the worker process pool is shut down")
+            if self._executor is None:
+                self._executor = ProcessPoolExecutor(
+                    max_workers=self.size, mp_context=multiprocessing.get_context("spawn"),
+                    initializer=worker_init, initargs=(self.nice, self.threads))
+                if not self._exit_hook:
+                    _at_thread_exit(self._kill)
+                    self._exit_hook = True
+            return self._executor
+
+    def _discard(self, executor: ProcessPoolExecutor) -> None:
+        with self._lock:
+            if self._executor is executor:
+                self._executor = None
+        executor.shutdown(wait=False, cancel_futures=True)
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        """The call's future; a dead worker process fails it with ``WorkerProcessDied``."""
+        out: Future[Any] = Future()
+        for attempt in (0, 1):
+            executor = self._get()
+            try:
+                inner = executor.submit(fn, *args, **kwargs)
+                break
+            except BrokenProcessPool:  # broken before this call: start a fresh pool once
+                self._discard(executor)
+                if attempt:
+                    raise WorkerProcessDied("the worker processes could not be started") from None
+
+        def relay(f: Future[Any]) -> None:
+            if out.done():  # cancelled by the caller meanwhile
+                return
+            try:
+                if f.cancelled():
+                    out.cancel()
+                    return
+                exc = f.exception()
+                if isinstance(exc, BrokenProcessPool):
+                    self._discard(executor)
+                    out.set_exception(WorkerProcessDied(
+                        f"a worker process ended while computing {getattr(fn, '__name__', 'a call')} "
+                        "(killed, or out of memory); repeat the request"))
+                elif exc is not None:
+                    out.set_exception(exc)
+                else:
+                    out.set_result(f.result())
+            except InvalidStateError:  # cancelled between the check and the hand-over
+                pass
+
+        # ``out`` stays pending until the call ends, so ``out.cancel()`` works (and cancels the
+        # call while it still waits for a process; a running call cannot be interrupted)
+        out.add_done_callback(lambda o: inner.cancel() if o.cancelled() else None)
+        inner.add_done_callback(relay)
+        return out
+
+    def pids(self) -> list[int]:
+        """The pids of the started worker processes (for tests and diagnostics)."""
+        with self._lock:
+            ex = self._executor
+        procs = getattr(ex, "_processes", None) or {}
+        return sorted(int(p) for p in procs)
+
+    def _kill(self) -> None:
+        """At interpreter exit: end the worker processes now. The executor's own exit hook
+        would wait for each running call to finish (a job's computation is abandoned at exit,
+        as on the threads, which are daemons)."""
+        with self._lock:
+            ex, self._executor = self._executor, None
+        if ex is None:
+            return
+        for proc in list((getattr(ex, "_processes", None) or {}).values()):
+            try:
+                proc.kill()
+            except Exception:  # pragma: no cover - already gone
+                pass
+        ex.shutdown(wait=True, cancel_futures=True)  # quick now; the executor ends while modules exist
+
+    def shutdown(self, wait: bool = False) -> None:
+        with self._lock:
+            self._closed = True
+            ex, self._executor = self._executor, None
+        if ex is not None:
+            ex.shutdown(wait=wait, cancel_futures=True)

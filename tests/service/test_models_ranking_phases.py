@@ -32,7 +32,7 @@ def test_models_ranking_reports_each_phase_on_its_job(client):
     seen = _recording_jobs(client)
     did = upload(client, csv_bytes(*make_texts(150, 3)), "t.csv").json()["id"]
     r = client.post("/v1/rankings", json={"target": did, "candidates": "models", "sources": ENCODERS,
-                                          "bootstrap": 20})
+                                          "estimators": ["logme", "nleep"], "bootstrap": 20})
     assert r.status_code == 202, r.text
     job = wait_job(client, r.json()["job"])
     assert job["status"] == "done" and job["progress"] == 1.0
@@ -85,11 +85,13 @@ def test_cached_features_skip_extraction_timings(client):
         "scoring hscore on glove-6b-50d (score 1/2)", "scoring hscore on tfidf-svd (score 2/2)"]
 
 
-def test_nleep_point_score_and_bootstrap_use_one_mixture_fit(client, monkeypatch):
+def test_nleep_point_score_and_bootstrap_use_one_mixture_fit(make_client, monkeypatch):
     """The ranking's N-LEEP equals the library's, its bootstrap draws equal ``rescore("nleep")``'s,
-    and the mixture is fitted once per candidate (not again for the bootstrap)."""
+    and the mixture is fitted once per candidate (not again for the bootstrap). Worker threads
+    (no worker processes), so that the fits are counted in this process."""
     import estimators.nleep as nleep_mod
 
+    client = make_client(worker_processes=0)
     did = upload(client, csv_bytes(*make_texts(120, 3)), "t.csv").json()["id"]
     ctx = client.app.state.ctx
     fits = []

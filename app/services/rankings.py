@@ -783,14 +783,17 @@ def _bootstrap(ctx: Context, plan: Plan, cs: CandidateSet, st: ScoredTable, res:
         if column == "nleep" and point_hash in cand.nleep_posteriors:  # the point score's mixture fit
             return rescore_leep(cand.nleep_posteriors[point_hash], cs.y, idx)
         if info.needs == "features" and cand.features is not None:
-            # resamples are independent: a block at a time, with progress in between (a LogME
-            # resample of a 14k x 384 target is ~0.2 s: 100 of them would be a long silence)
-            X, B, parts = cand.features, idx.shape[0], []
-            for i in range(0, B, BOOTSTRAP_BLOCK):
-                parts.append(rescore_(column, X, cs.y, idx[i:i + BOOTSTRAP_BLOCK], kw))
-                progress((done[0] - 1 + min(i + BOOTSTRAP_BLOCK, B) / B) / max(n_scored, 1),
-                         f"bootstrap: {column} on {cand.source}, {min(i + BOOTSTRAP_BLOCK, B)}/{B} resamples "
-                         f"(score {done[0]}/{n_scored})")
+            # a LogME resample of a 14k x 384 target is ~0.2 s: progress after each block, and the
+            # resamples are independent: blocks submitted together run in parallel on the workers
+            X, B = cand.features, idx.shape[0]
+            blocks = [ctx.backend.submit_call(rescore, column, X, cs.y, idx[i:i + BOOTSTRAP_BLOCK], kw)
+                      for i in range(0, B, BOOTSTRAP_BLOCK)]
+            parts = []
+            for k, fut in enumerate(blocks):
+                parts.append(np.asarray(fut.result(), dtype=np.float64))
+                got = min((k + 1) * BOOTSTRAP_BLOCK, B)
+                progress((done[0] - 1 + got / B) / max(n_scored, 1),
+                         f"bootstrap: {column} on {cand.source}, {got}/{B} resamples (score {done[0]}/{n_scored})")
             return np.concatenate(parts)
         if info.needs == "probs" and cand.probs is not None:
             return rescore_(column, cand.probs, cs.y, idx, kw)

@@ -13,6 +13,9 @@ in a ``ProcessPoolExecutor`` with the ``spawn`` context:
 - polite: each process limits BLAS/OpenMP to one thread (``threadpoolctl``, and the usual
   environment variables for libraries loaded later) and lowers its CPU priority by ``nice``
   (``os.nice``), so the API process's request handling wins the cores.
+- lean: a call during which the process grew by ``RELEASE_AFTER_BYTES`` or more gives the freed
+  pages back to the operating system afterwards (``app.core.memory.release``: gc + glibc
+  ``malloc_trim``), so a large job does not leave every worker at its peak.
 - robust: a process that dies (killed, out of memory) breaks the executor; the call fails with
   ``WorkerProcessDied`` (its job is marked failed with that message) and the next call starts a
   fresh executor.
@@ -36,6 +39,24 @@ __all__ = ["NumericPool", "WorkerProcessDied", "worker_init"]
 
 BLAS_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "BLIS_NUM_THREADS",
             "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
+
+
+#: Growth of a worker process during one call above which it trims its heap afterwards.
+RELEASE_AFTER_BYTES = 64 * 2**20
+
+
+def _run(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """In the worker process: the call, then ``release()`` if the process grew by
+    ``RELEASE_AFTER_BYTES`` or more during it."""
+    from app.core.memory import release, rss_bytes
+
+    before = rss_bytes()
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        after = rss_bytes()
+        if before is not None and after is not None and after - before >= RELEASE_AFTER_BYTES:
+            release()
 
 
 class WorkerProcessDied(RuntimeError):
@@ -135,7 +156,7 @@ class NumericPool:
         for attempt in (0, 1):
             executor = self._get()
             try:
-                inner = executor.submit(fn, *args, **kwargs)
+                inner = executor.submit(_run, fn, args, kwargs)
                 break
             except BrokenProcessPool:  # broken before this call: start a fresh pool once
                 self._discard(executor)

@@ -304,3 +304,26 @@ def test_the_interpreter_exits_without_waiting_for_a_running_call(tmp_path):
     t0 = time.monotonic()
     done = subprocess.run([sys.executable, str(script)], env={**os.environ, "PYTHONPATH": str(root)}, timeout=50)
     assert done.returncode == 0 and time.monotonic() - t0 < 30
+
+
+_PIN: list[bytes] = []
+
+
+def _fragment(mb: int) -> int:
+    """~mb MB of 1 kB objects (glibc heap, not mmap), then one object kept above them so the heap
+    cannot shrink from its top, then the rest freed: the freed pages stay resident unless trimmed."""
+    junk = [bytes(1000) for _ in range(mb * 1000)]
+    _PIN.append(bytes(1000))
+    del junk
+    return len(_PIN)
+
+
+def test_a_call_that_grew_the_worker_gives_the_memory_back(pool):
+    from app.core.memory import rss_bytes
+
+    before = pool.submit(rss_bytes).result(timeout=120)
+    if before is None:
+        pytest.skip("no /proc/self/statm here")
+    pool.submit(_fragment, 300).result(timeout=120)
+    after = pool.submit(rss_bytes).result(timeout=60)
+    assert after - before < 64 * 2**20, (before, after)

@@ -97,6 +97,10 @@ SERVICE_PARAMS = ("source_sha256", "esm", "max_rows")  # cache-key parameters th
 #: to fit, never below MIN_BOOTSTRAP); see estimators.uncertainty.
 BOOTSTRAP_BUDGET = 3000
 MIN_BOOTSTRAP = 20
+#: ... and to fit this many seconds of re-scoring, estimated from each cell's point-score time (a
+#: resample costs about what the point score did): a large target's few cells can each take
+#: seconds, which the count above does not see.
+BOOTSTRAP_SECONDS = 20.0
 BOOTSTRAP_PREFIX = "bootstrap:"  # cached bootstrap draws: estimator "bootstrap:<name>" in the score cache
 #: A models ranking's progress: feature extraction up to this fraction, then scoring (one message
 #: per estimator x candidate) for MODELS_SCORING, then the bootstrap (one message per cell) to 0.99.
@@ -444,6 +448,7 @@ class ScoredTable:
     computed: int = 0
     cached: int = 0
     seconds: dict[str, float] = field(default_factory=dict)  # estimator -> seconds computing its cells
+    cell_seconds: dict[tuple[str, str], float] = field(default_factory=dict)  # (source, estimator) -> point-score s
 
 
 class _CachedScorer:
@@ -462,6 +467,7 @@ class _CachedScorer:
         self.computed = self.cached = 0
         self.fresh: set[tuple[str, ...]] = set()  # keys this ranking just computed in bulk (task_scoring)
         self.seconds: dict[str, float] = {}  # estimator -> seconds spent computing its cells (fallbacks too)
+        self.cell_seconds: dict[tuple[str, str], float] = {}  # (source, estimator) -> seconds, cached or now
 
     def value(self, cand: Candidate, est: str, kw: dict[str, Any]) -> float:
         """The value of one cell; ``Unavailable`` when the candidate lacks the input."""
@@ -480,6 +486,7 @@ class _CachedScorer:
         hit = self.cache.get(k)
         if hit is not None:
             fresh = k in self.fresh
+            self.cell_seconds[(cand.source, est)] = float(hit.seconds or 0.0)
             self.details[cand.source][est] = dict(detail, cached=not fresh)
             if fresh:
                 self.computed += 1
@@ -493,6 +500,7 @@ class _CachedScorer:
         value = _compute_one(self.ctx, est, info, cand, self.cs.X_target, self.cs.y, params, ph)
         seconds = time.perf_counter() - t1
         self.seconds[est] = self.seconds.get(est, 0.0) + seconds
+        self.cell_seconds[(cand.source, est)] = seconds
         self.new_rows.append(dict(source=cand.source, source_kind=cand.kind, target_sha256=ds.sha256,
                                   encoder=cand.encoder, estimator=est, params_hash=ph, params=params,
                                   version=self.ver, value=value, n=ds.n_examples, seconds=seconds))
@@ -572,7 +580,7 @@ def score_table(ctx: Context, plan: Plan, cs: CandidateSet, progress: ProgressFn
         _add_static(table, cs.cands)
     datasets_svc.store_scores(ctx, plan.ds.id, scorer.new_rows)  # NotFound if the target was deleted meanwhile
     return ScoredTable(table, scorer.details, scorer.computed, scorer.cached,
-                       {est: round(sec, 3) for est, sec in scorer.seconds.items()})
+                       {est: round(sec, 3) for est, sec in scorer.seconds.items()}, scorer.cell_seconds)
 
 
 def _score_params(kw: dict[str, Any], info: estimators.EstimatorInfo, cand: Candidate) -> dict[str, Any]:
@@ -751,7 +759,8 @@ def _bootstrap(ctx: Context, plan: Plan, cs: CandidateSet, st: ScoredTable, res:
     from the candidates' inputs with the settings each column used (fallbacks included): models
     from their features / probabilities, tasks from the target mapped through each ESM (the
     ``esm_*`` values are the base estimators on the mapped features); domain divergences and
-    ``static`` are held at their values. ``B`` is lowered to fit ``BOOTSTRAP_BUDGET``. Each cell's
+    ``static`` are held at their values. ``B`` is lowered to fit ``budget`` evaluations and
+    ``BOOTSTRAP_SECONDS`` of re-scoring (estimated from the cells' point-score times). Each cell's
     draws are cached in the score table (estimator ``bootstrap:<name>``, keyed by the cell's
     parameters + B + seed, the draws in its params), so a repeated ranking re-computes nothing.
     N-LEEP's draws resample the LEEP of the mixture posteriors its point score fitted (kept on the
@@ -762,7 +771,13 @@ def _bootstrap(ctx: Context, plan: Plan, cs: CandidateSet, st: ScoredTable, res:
     table = st.table
     cols = [c for c in table.columns if c not in res.skipped]
     n_cells = sum(1 for c in cols for cand in table.candidates if table.value(c, cand) is not None)
-    B = min(B, max(MIN_BOOTSTRAP, budget // max(n_cells, 1)))
+    # a resample costs about what the point scores did: the median cell (robust to a cell that
+    # also paid for starting the worker processes) times the cells
+    cell_s = [st.cell_seconds.get((cand, c), 0.0) for c in cols for cand in table.candidates
+              if table.value(c, cand) is not None]
+    per_resample = float(np.median(cell_s)) * len(cell_s) if cell_s else 0.0
+    by_time = int(BOOTSTRAP_SECONDS // per_resample) if per_resample > 0 else B
+    B = min(B, max(MIN_BOOTSTRAP, min(budget // max(n_cells, 1), by_time)))
     by_name = {c.source: c for c in cs.cands}
     mapped: dict[str, np.ndarray] = {}  # the current task's mapped target (one at a time)
     ds, ver = plan.ds, scores_svc.version()
@@ -841,7 +856,7 @@ def _bootstrap(ctx: Context, plan: Plan, cs: CandidateSet, st: ScoredTable, res:
     scores_svc.store_many(ctx, new_rows)
     if B < plan.spec.bootstrap:
         boot.warnings.append(f"B lowered from {plan.spec.bootstrap} to {B} to bound the cost "
-                             f"({n_cells} scores to re-compute per resample)")
+                             f"({n_cells} scores to re-compute per resample, ~{per_resample:.2f} s)")
     return boot
 
 

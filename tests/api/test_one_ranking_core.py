@@ -180,3 +180,25 @@ def test_bootstrap_draws_are_cached_and_reused(client, monkeypatch):
     assert [(r["interval"], r["tied_with_top"]) for r in again["ranking"]] == \
         [(r["interval"], r["tied_with_top"]) for r in first["ranking"]]
     assert first["ranking"][0]["tied_with_top"] and first["uncertainty"]["B"] == 100
+
+
+def test_bootstrap_resamples_are_bounded_by_the_estimated_re_scoring_time(client, monkeypatch):
+    """B is lowered (never below MIN_BOOTSTRAP) when the cells' point-score times say that B
+    resamples would cost more than BOOTSTRAP_SECONDS of re-scoring, and the response says why."""
+    from app.db.models import Score
+    from app.services import rankings as rankings_svc
+
+    arrays = _target(seed=11)
+    did = upload(client, _npz(arrays), "t.npz").json()["id"]
+    body = {"target": did, "candidates": "models", "sources": list(MODELS), "estimators": ["logme", "gbc"]}
+    monkeypatch.setattr(rankings_svc, "BOOTSTRAP_SECONDS", 1e-9)  # any measured cost is over it
+    out = rank(client, body)
+    assert out["uncertainty"]["B"] == rankings_svc.MIN_BOOTSTRAP
+    warnings = out["uncertainty"]["warnings"]
+    assert any("B lowered from 100 to 20" in w and "s)" in w for w in warnings), warnings
+    with client.app.state.ctx.Session() as s:  # the lowered draws are cached like any others
+        rows = list(s.scalars(select(Score).where(Score.estimator == "bootstrap:gbc")))
+    assert rows and all(r.params["B"] == rankings_svc.MIN_BOOTSTRAP for r in rows)
+    monkeypatch.setattr(rankings_svc, "BOOTSTRAP_SECONDS", 1e9)  # no time bound: B as asked (a new state)
+    again = rank(client, dict(body, estimators=["logme", "hscore"]))
+    assert again["uncertainty"]["B"] == 100

@@ -68,19 +68,23 @@ def _descendants(root: int) -> list[int]:
     return out
 
 
-def rss_mb() -> dict[str, float]:
+def rss_mb() -> dict[str, Any]:
     """VmRSS and VmHWM (peak) of this process (the service runs in it) plus its worker processes
-    (``TRANSFERRANK_WORKER_PROCESSES``), MB: the sums over the processes."""
-    total = _status_mb("self")
+    (``TRANSFERRANK_WORKER_PROCESSES``), MB: the sums over the processes; ``parts``: each
+    process's VmRSS, this one first."""
+    total: dict[str, Any] = dict(_status_mb("self"))
     total["processes"] = 1
+    parts = [round(total["VmRSS"], 1)]
     for pid in _descendants(os.getpid()):
         try:
             st = _status_mb(pid)
         except OSError:  # ended meanwhile
             continue
         total["processes"] += 1
+        parts.append(round(st.get("VmRSS", 0.0), 1))
         for k, v in st.items():
             total[k] = total.get(k, 0.0) + v
+    total["parts"] = parts
     return total
 
 
@@ -186,6 +190,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "rss_mb": {"cold": cold["VmRSS"], "start": start["VmRSS"], "peak": after["VmHWM"], "at_done": after["VmRSS"],
                    "end": end["VmRSS"]},
         "rss_end_over_start": end["VmRSS"] / start["VmRSS"], "processes": end["processes"],
+        "rss_parts_mb": {"start": start["parts"], "end": end["parts"]},
         "phases": phases, "longest_still_s": stall, "polls": len(trace),
         "load_average": os.getloadavg(), "cpus": os.cpu_count(),
         "command": "python -m bench.models_scale " + " ".join(sys.argv[1:]),
@@ -226,6 +231,8 @@ def to_markdown(res: dict[str, Any]) -> str:
         f"**Service RSS: start {rss['start']:.0f} MB, peak {rss['peak']:.0f} MB, at the end of the job "
         f"{rss['at_done']:.0f} MB, {res.get('settle', 5)} s later {rss['end']:.0f} MB = "
         f"{100 * (res['rss_end_over_start'] - 1):+.1f} % of the start** (target within 10 %).", "",
+        "Per process (MB, the service's API process first, then its worker processes): start "
+        f"{res.get('rss_parts_mb', {}).get('start')}, end {res.get('rss_parts_mb', {}).get('end')}.", "",
         f"Progress: {res['polls']} polls of `GET /v1/jobs/{{id}}`; longest time the job's (progress, message) "
         f"stood still: {res['longest_still_s']:.1f} s. Distinct messages, in order ({len(res['phases'])}):", "",
     ]

@@ -45,18 +45,23 @@ BLAS_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "BLIS_
 RELEASE_AFTER_BYTES = 64 * 2**20
 
 
+_floor: list[int] = []  # the worker's resident size after its last release (or its first call)
+
+
 def _run(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    """In the worker process: the call, then ``release()`` if the process grew by
-    ``RELEASE_AFTER_BYTES`` or more during it."""
+    """In the worker process: the call, then ``release()`` if the process has grown by
+    ``RELEASE_AFTER_BYTES`` or more since its last release (many small calls add up too)."""
     from app.core.memory import release, rss_bytes
 
-    before = rss_bytes()
+    if not _floor:
+        _floor.append(rss_bytes() or 0)
     try:
         return fn(*args, **kwargs)
     finally:
         after = rss_bytes()
-        if before is not None and after is not None and after - before >= RELEASE_AFTER_BYTES:
+        if after is not None and after - _floor[0] >= RELEASE_AFTER_BYTES:
             release()
+            _floor[0] = rss_bytes() or after
 
 
 class WorkerProcessDied(RuntimeError):

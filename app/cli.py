@@ -66,6 +66,9 @@ def cmd_serve(args) -> int:
     _print_err(f"TransferRank on http://{args.host}:{args.port} (data dir {settings.data_dir.resolve()}; "
                f"docs at /docs{f'; {n} API processes' if n > 1 else ''})")
     if n == 1:
+        from app.services.startup import limit_api_threads
+
+        limit_api_threads(settings)
         uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level=args.log_level)
         return 0
     return _serve_processes(settings, args)

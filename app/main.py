@@ -94,7 +94,11 @@ PREPARED_ENV = "TR_SERVE_PREPARED"
 def serve_app() -> FastAPI:
     """The app of one of ``serve --workers N``'s API processes (uvicorn's factory): settings from
     the environment the parent set, the once-per-start work already done by the parent."""
-    return create_app(Settings.from_env(), prepared=os.environ.get(PREPARED_ENV) == "1")
+    from app.services.startup import limit_api_threads
+
+    settings = Settings.from_env()
+    limit_api_threads(settings)
+    return create_app(settings, prepared=os.environ.get(PREPARED_ENV) == "1")
 
 
 def create_app(settings: Settings | None = None, *, ctx: Context | None = None,

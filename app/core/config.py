@@ -64,6 +64,10 @@ class Settings(BaseSettings):
                              "their CPU priority (`nice`), so request handling wins the cores")
     api_workers: int = Field(1, ge=1, le=64, description="`serve`: uvicorn worker processes answering "
                              "requests (each with its own job runner and worker processes)")
+    api_torch_threads: int | None = Field(None, ge=1, le=256, description="`serve` with local workers: torch "
+                                          "threads of an API process (feature extraction runs there), so a "
+                                          "core stays free for answering requests while a job extracts",
+                                          json_schema_extra={"shown": "CPU count - 1, at least 1"})
     encoder_cache: int = Field(4, ge=1, description="how many encoders a worker keeps loaded (LRU)")
     device: str = Field("auto", description="`auto`, `cpu`, `cuda` or `cuda:N` for transformers encoders")
     faiss_threads: int = Field(1, ge=1, description="FAISS OpenMP threads")

@@ -8,6 +8,7 @@ model candidates on the workers in the background (``transferrank serve`` does i
 """
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Sequence
 from concurrent.futures import Future
@@ -75,6 +76,21 @@ def start(ctx: Context, *, migrate: bool = True, seed: bool | None = None) -> No
 
         seed_demo_models(ctx)  # the small image models trained here (TorchScript)
     ctx.index.ensure()
+
+
+def limit_api_threads(settings: Settings) -> int | None:
+    """``serve`` with the local backend: an API process extracts features with torch on threads
+    (the numerics run in worker processes); torch would take every core and a cached ranking
+    request would queue behind it (p99 74 ms -> 42 ms at 100 req/s during a large job on 2 cores,
+    bench/results/load_100.md). Leaves one core for request handling
+    (``TRANSFERRANK_API_TORCH_THREADS``, default CPU count - 1, at least 1); Ray: unchanged."""
+    if settings.ray_address:
+        return None
+    import torch
+
+    n = settings.api_torch_threads or max(1, (os.cpu_count() or 1) - 1)
+    torch.set_num_threads(int(n))
+    return int(n)
 
 
 def warm_up(ctx: Context) -> None:

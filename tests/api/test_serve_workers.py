@@ -119,3 +119,20 @@ def test_serve_with_two_api_processes_shares_one_database(tmp_path):
         proc.terminate()
         proc.wait(timeout=60)
     assert proc.returncode is not None
+
+
+def test_an_api_process_leaves_a_core_for_requests():
+    """``serve`` (local workers): torch in an API process gets CPU count - 1 threads, or the
+    setting; with Ray the process is left alone."""
+    import torch
+
+    from app.core.config import Settings
+    from app.services.startup import limit_api_threads
+
+    before = torch.get_num_threads()
+    try:
+        assert limit_api_threads(Settings(api_torch_threads=1)) == 1 and torch.get_num_threads() == 1
+        assert limit_api_threads(Settings()) == max(1, (os.cpu_count() or 1) - 1) == torch.get_num_threads()
+        assert limit_api_threads(Settings(ray_address="auto")) is None
+    finally:
+        torch.set_num_threads(before)

@@ -144,6 +144,10 @@ class NumericPool:
                 self._executor = ProcessPoolExecutor(
                     max_workers=self.size, mp_context=multiprocessing.get_context("spawn"),
                     initializer=worker_init, initargs=(self.nice, self.threads))
+                # start every process now (the executor spawns one per submit while none is idle):
+                # the service's memory after its first job is then its steady size
+                for _ in range(self.size):
+                    self._executor.submit(_pid)
                 if not self._exit_hook:
                     _at_thread_exit(self._kill)
                     self._exit_hook = True

@@ -327,3 +327,15 @@ def test_a_call_that_grew_the_worker_gives_the_memory_back(pool):
     pool.submit(_fragment, 300).result(timeout=120)
     after = pool.submit(rss_bytes).result(timeout=60)
     assert after - before < 64 * 2**20, (before, after)
+
+
+def test_every_worker_process_starts_with_the_pool():
+    p = NumericPool(2, nice=0)
+    try:
+        assert p.submit(_pid).result(timeout=120) > 0
+        deadline = time.time() + 60
+        while len(p.pids()) < 2 and time.time() < deadline:
+            time.sleep(0.1)
+        assert len(set(p.pids())) == 2
+    finally:
+        p.shutdown()

@@ -13,7 +13,7 @@ in a ``ProcessPoolExecutor`` with the ``spawn`` context:
 - polite: each process limits BLAS/OpenMP to one thread (``threadpoolctl``, and the usual
   environment variables for libraries loaded later) and lowers its CPU priority by ``nice``
   (``os.nice``), so the API process's request handling wins the cores.
-- lean: a call during which the process grew by ``RELEASE_AFTER_BYTES`` or more gives the freed
+- lean: a call after which the process has grown by ``RELEASE_AFTER_BYTES`` or more gives the freed
   pages back to the operating system afterwards (``app.core.memory.release``: gc + glibc
   ``malloc_trim``), so a large job does not leave every worker at its peak.
 - robust: a process that dies (killed, out of memory) breaks the executor; the call fails with
@@ -42,7 +42,7 @@ BLAS_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "BLIS_
 
 
 #: Growth of a worker process during one call above which it trims its heap afterwards.
-RELEASE_AFTER_BYTES = 64 * 2**20
+RELEASE_AFTER_BYTES = 16 * 2**20  # a small process: the gc + trim take milliseconds
 
 
 _floor: list[int] = []  # the worker's resident size after its last release (or its first call)

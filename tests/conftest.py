@@ -133,7 +133,7 @@ def wait_job(client, job_id: str, timeout: float = 120.0) -> dict:
     deadline = time.monotonic() + timeout
     while True:
         job = client.get(f"/v1/jobs/{job_id}").json()
-        if job["status"] in ("done", "failed") or time.monotonic() > deadline:
+        if job["status"] in ("done", "failed", "cancelled") or time.monotonic() > deadline:
             return job
         time.sleep(0.05)
 

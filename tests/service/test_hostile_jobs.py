@@ -10,16 +10,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import npz_bytes, upload
-
-
-def wait_job(client, job_id: str, timeout: float = 60.0) -> dict:
-    deadline = time.monotonic() + timeout
-    while True:
-        job = client.get(f"/v1/jobs/{job_id}").json()
-        if job["status"] in ("done", "failed", "cancelled") or time.monotonic() > deadline:
-            return job
-        time.sleep(0.05)
+from conftest import npz_bytes, upload, wait_job
 
 
 def _npz(n=60, d=8, models=0, seed=0):

@@ -115,15 +115,6 @@ def test_esm_chunks_score_the_same_in_processes_as_in_threads(tmp_path):
 
 
 # ---------------------------------------------------------------------- ranking jobs through the API
-def _wait_end(client, job_id: str, timeout: float = 120.0) -> dict:
-    deadline = time.monotonic() + timeout
-    while True:
-        job = client.get(f"/v1/jobs/{job_id}").json()
-        if job["status"] in ("done", "failed", "cancelled") or time.monotonic() > deadline:
-            return job
-        time.sleep(0.05)
-
-
 def _ranking_end(client, ranking_id: str, timeout: float = 30.0):
     """GET the ranking once its row is final (the job's row turns first, the ranking's just after)."""
     deadline = time.monotonic() + timeout
@@ -209,7 +200,7 @@ def test_cancelling_a_ranking_job_stops_it_between_worker_calls(app_with):
         time.sleep(0.05)
     assert client.delete(f"/v1/jobs/{job_id}").status_code == 200
     at_cancel = len(backend.calls)
-    job = _wait_end(client, job_id)
+    job = wait_job(client, job_id)
     time.sleep(1.0)
     assert job["status"] == "cancelled", job
     assert len(backend.calls) <= at_cancel + 1 < 27  # stopped at the next cell, not after all 27

@@ -3,12 +3,11 @@ committed score tables and results. Tolerances as in test_bench_image_zoo2 (raw 
 for the well-conditioned estimators, the order within 0.05 weighted tau for the others)."""
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
+from rescore_checks import assert_score_table_reproduced, assert_summary_reproduced
 
-from bench import common, scoretables, text_models
+from bench import common, text_models
 
 STABLE = {"logme", "logme_binned", "gbc", "etran_lda", "etran_energy", "hscore_shrinkage", "transrate"}
 RESULTS = common.RESULTS_DIR / "text_models.json"
@@ -24,25 +23,12 @@ def rescored(tmp_path_factory):
 @pytest.mark.parametrize("table", ["text_models", "text_models_regression"])
 def test_score_tables_are_reproduced(rescored, table):
     _, scores = rescored
-    got, committed = scoretables.load(table, scores), scoretables.load(table)
-    agree = scoretables.agreement(committed, got)
-    for est, row in agree.items():
-        assert row["missing"] == 0, (table, est)
-        if est in STABLE:
-            assert row["max_rel"] < 1e-6, (table, est, row)
-        assert row["max_wtau"] < 0.05, (table, est, row)
+    assert_score_table_reproduced(table, scores, STABLE)
 
 
 def test_results_are_reproduced(rescored):
     res, _ = rescored
-    committed = json.loads(RESULTS.read_text())
-    assert set(res["summary"]) == set(committed["summary"])
-    for method in ("default", *sorted(STABLE & set(committed["summary"]))):
-        for metric in ("weighted_tau", "kendall_tau", "regret@1"):
-            want = committed["summary"][method][metric]
-            assert res["summary"][method][metric] == pytest.approx(want, abs=1e-4), (method, metric)
-    for method, row in committed["summary"].items():
-        assert abs(res["summary"][method]["weighted_tau"] - row["weighted_tau"]) < 0.05, method
+    assert_summary_reproduced(res, RESULTS, ("default",), STABLE)
 
 
 def test_protocol_of_the_committed_inputs():

@@ -45,6 +45,16 @@ def rss_bytes() -> int | None:
         return None
 
 
+def release_if_grown(baseline: int | None, threshold: int) -> tuple[int, int | None] | None:
+    """``release()`` if the resident size has grown by ``threshold`` bytes or more since
+    ``baseline`` (an earlier ``rss_bytes()``); returns the sizes (before, after) when it ran."""
+    before = rss_bytes()
+    if before is None or baseline is None or before - baseline < threshold:
+        return None
+    release()
+    return before, rss_bytes()
+
+
 def release() -> bool:
     """``gc.collect()`` then glibc's ``malloc_trim(0)``; True when the trim ran and returned memory.
     Serialised (two jobs ending together trim once each, not concurrently)."""

@@ -275,14 +275,12 @@ class JobRunner:
         ``RELEASE_AFTER_BYTES`` or more: the full garbage collection costs ~1 s in a large process,
         too much after every small job."""
         try:
-            before = memory.rss_bytes()
-            if before is None or rss0 is None or before - rss0 < RELEASE_AFTER_BYTES:
-                return
-            memory.release()
-            after = memory.rss_bytes()
-            if before is not None and after is not None:
-                log.info("job %s: RSS %.0f MB -> %.0f MB after releasing memory", job_id, before / 2**20,
-                         after / 2**20)
+            sizes = memory.release_if_grown(rss0, RELEASE_AFTER_BYTES)
+            if sizes is not None:
+                before, after = sizes
+                if after is not None:
+                    log.info("job %s: RSS %.0f MB -> %.0f MB after releasing memory", job_id, before / 2**20,
+                             after / 2**20)
         except Exception:  # never fail a finished job over housekeeping
             log.exception("could not release memory after job %s", job_id)
 

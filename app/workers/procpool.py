@@ -41,27 +41,26 @@ BLAS_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "BLIS_
             "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
 
 
-#: Growth of a worker process during one call above which it trims its heap afterwards.
+#: Growth of a worker process since its last release above which it trims its heap after a call.
 RELEASE_AFTER_BYTES = 16 * 2**20  # a small process: the gc + trim take milliseconds
 
-
-_floor: list[int] = []  # the worker's resident size after its last release (or its first call)
+_floor: int | None = None  # the worker's resident size after its last release (or at its first call)
 
 
 def _run(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     """In the worker process: the call, then ``release()`` if the process has grown by
     ``RELEASE_AFTER_BYTES`` or more since its last release (many small calls add up too)."""
-    from app.core.memory import release, rss_bytes
+    from app.core.memory import release_if_grown, rss_bytes
 
-    if not _floor:
-        _floor.append(rss_bytes() or 0)
+    global _floor
+    if _floor is None:
+        _floor = rss_bytes()
     try:
         return fn(*args, **kwargs)
     finally:
-        after = rss_bytes()
-        if after is not None and after - _floor[0] >= RELEASE_AFTER_BYTES:
-            release()
-            _floor[0] = rss_bytes() or after
+        sizes = release_if_grown(_floor, RELEASE_AFTER_BYTES)
+        if sizes is not None:
+            _floor = sizes[1] or sizes[0]
 
 
 class WorkerProcessDied(RuntimeError):

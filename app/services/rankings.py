@@ -770,12 +770,12 @@ def _bootstrap(ctx: Context, plan: Plan, cs: CandidateSet, st: ScoredTable, res:
         return None
     table = st.table
     cols = [c for c in table.columns if c not in res.skipped]
-    n_cells = sum(1 for c in cols for cand in table.candidates if table.value(c, cand) is not None)
-    # a resample costs about what the point scores did: the median cell (robust to a cell that
-    # also paid for starting the worker processes) times the cells
+    # the point-score seconds of every scored cell; a resample costs about what the point scores
+    # did: the median cell (robust to a cell that also paid for starting the worker processes) x cells
     cell_s = [st.cell_seconds.get((cand, c), 0.0) for c in cols for cand in table.candidates
               if table.value(c, cand) is not None]
-    per_resample = float(np.median(cell_s)) * len(cell_s) if cell_s else 0.0
+    n_cells = len(cell_s)
+    per_resample = float(np.median(cell_s)) * n_cells if cell_s else 0.0
     by_time = int(BOOTSTRAP_SECONDS // per_resample) if per_resample > 0 else B
     B = min(B, max(MIN_BOOTSTRAP, min(budget // max(n_cells, 1), by_time)))
     by_name = {c.source: c for c in cs.cands}

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from typing import Any
 
@@ -93,6 +93,20 @@ def limit_api_threads(settings: Settings) -> int | None:
     return int(n)
 
 
+def _warm_up_done(name: str, t0: float) -> Callable[[Future[Any]], None]:
+    """The log line of one encoder's warm-up; a load cancelled by a stopping service is no error."""
+    def cb(fut: Future[Any]) -> None:
+        if fut.cancelled():
+            log.info("encoder %s: warm-up cancelled (the service is stopping)", name)
+            return
+        exc = fut.exception()
+        if exc is None:
+            log.info("encoder %s ready (%.1fs)", name, time.perf_counter() - t0)
+        else:
+            log.warning("encoder %s failed to load: %s", name, exc)
+    return cb
+
+
 def warm_up(ctx: Context) -> None:
     """Load every enabled model candidate on the workers in the background, so the first ranking
     does not wait for it (the first use of a model2vec candidate distils it)."""
@@ -100,21 +114,12 @@ def warm_up(ctx: Context) -> None:
         names = list(s.scalars(select(EncoderRow.name).where(EncoderRow.enabled.is_(True),
                                                              EncoderRow.status == "ready")))
 
-    def done(name: str, t0: float) -> Any:
-        def cb(fut: Future[Any]) -> None:
-            exc = fut.exception()
-            if exc is None:
-                log.info("encoder %s ready (%.1fs)", name, time.perf_counter() - t0)
-            else:
-                log.warning("encoder %s failed to load: %s", name, exc)
-        return cb
-
     from app.services.models import warm_up_inputs, worker_encoder
 
     for name in names:
         t0 = time.perf_counter()
         enc = worker_encoder(ctx, name)  # a user model travels as its spec
-        ctx.backend.submit_embed(enc, warm_up_inputs(enc)).add_done_callback(done(name, t0))
+        ctx.backend.submit_embed(enc, warm_up_inputs(enc)).add_done_callback(_warm_up_done(name, t0))
 
 
 def seed_demo(ctx: Context) -> dict[str, int]:

@@ -49,3 +49,19 @@ def test_cli_settings_do_not_touch_the_environment(tmp_path, monkeypatch):
     monkeypatch.setenv("TRANSFERRANK_WARM_UP", "0")
     assert serve_settings(args).warm_up is False
     assert dict(os.environ) == {**before, "TRANSFERRANK_WARM_UP": "0"}
+
+
+def test_a_warm_up_cancelled_by_a_stopping_service_is_logged_not_raised(caplog):
+    """Stopping the service while encoders still load cancels their futures: one log line each,
+    no traceback from the done-callback."""
+    import logging
+    from concurrent.futures import Future
+
+    from app.services.startup import _warm_up_done
+
+    fut: Future = Future()
+    fut.add_done_callback(_warm_up_done("minilm-l6", 0.0))
+    with caplog.at_level(logging.INFO):
+        assert fut.cancel()
+    assert "minilm-l6: warm-up cancelled" in caplog.text and "Traceback" not in caplog.text
+    assert "exception calling callback" not in caplog.text

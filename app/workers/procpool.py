@@ -15,7 +15,12 @@ in a ``ProcessPoolExecutor`` with the ``spawn`` context:
   (``os.nice``), so the API process's request handling wins the cores.
 - lean: a call after which the process has grown by ``RELEASE_AFTER_BYTES`` or more gives the freed
   pages back to the operating system afterwards (``app.core.memory.release``: gc + glibc
-  ``malloc_trim``), so a large job does not leave every worker at its peak.
+  ``malloc_trim``), so a large job does not leave every worker at its peak. That release runs
+  while the call's arguments and result are still referenced (by the executor), so once the
+  process has been idle for ``IDLE_RELEASE_SECONDS`` a watcher thread releases again against
+  the size of the last idle release: the arguments of the job's last calls (a 14k x 384
+  feature array per bootstrap block) are freed by then. glibc is limited to one malloc arena
+  (``app.core.memory.configure_malloc``, run by importing ``app``), as in the API process.
 - robust: a process that dies (killed, out of memory) breaks the executor; the call fails with
   ``WorkerProcessDied`` (its job is marked failed with that message) and the next call starts a
   fresh executor.
@@ -43,24 +48,73 @@ BLAS_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "BLIS_
 
 #: Growth of a worker process since its last release above which it trims its heap after a call.
 RELEASE_AFTER_BYTES = 16 * 2**20  # a small process: the gc + trim take milliseconds
+#: Seconds without a call after which a worker process releases what its last calls left.
+IDLE_RELEASE_SECONDS = 0.5
 
 _floor: int | None = None  # the worker's resident size after its last release (or at its first call)
+_idle_floor: int | None = None  # ... after its last idle release (or at its first call)
+_calls = 0  # calls finished in this process
+_running = 0  # calls running now
+_activity = threading.Condition()
 
 
 def _run(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     """In the worker process: the call, then ``release()`` if the process has grown by
-    ``RELEASE_AFTER_BYTES`` or more since its last release (many small calls add up too)."""
+    ``RELEASE_AFTER_BYTES`` or more since its last release (many small calls add up too); the
+    idle watcher (``release_when_idle``) hears of it."""
     from app.core.memory import release_if_grown, rss_bytes
 
-    global _floor
+    global _floor, _idle_floor, _calls, _running
     if _floor is None:
-        _floor = rss_bytes()
+        _floor = _idle_floor = rss_bytes()
+    with _activity:
+        _running += 1
     try:
         return fn(*args, **kwargs)
     finally:
-        sizes = release_if_grown(_floor, RELEASE_AFTER_BYTES)
-        if sizes is not None:
-            _floor = sizes[1] or sizes[0]
+        try:
+            sizes = release_if_grown(_floor, RELEASE_AFTER_BYTES)
+            if sizes is not None:
+                _floor = sizes[1] or sizes[0]
+        finally:
+            with _activity:
+                _running -= 1
+                _calls += 1
+                _activity.notify_all()
+
+
+def release_when_idle(idle: float) -> bool:
+    """Wait for a call to finish and then for ``idle`` seconds without calls; then release the
+    memory if the process has grown by ``RELEASE_AFTER_BYTES`` since its last idle release (the
+    calls' arguments and results are gone by then). True when it released."""
+    from app.core.memory import release_if_grown
+
+    global _floor, _idle_floor
+    with _activity:
+        seen = _calls
+        _activity.wait_for(lambda: _calls != seen)
+    with _activity:
+        while not _quiet_for(idle):  # busy: wait for the calls running now to end, then for quiet again
+            _activity.wait_for(lambda: _running == 0)
+    sizes = release_if_grown(_idle_floor, RELEASE_AFTER_BYTES)
+    if sizes is not None:
+        _floor = _idle_floor = sizes[1] or sizes[0]
+    return sizes is not None
+
+
+def _quiet_for(idle: float) -> bool:
+    """With ``_activity`` held: True when no call starts or ends within ``idle`` seconds."""
+    seen = _calls
+    return not _activity.wait_for(lambda: _calls != seen or _running > 0, timeout=idle)
+
+
+def _release_when_idle_loop(idle: float) -> None:
+    """The worker's idle watcher thread (started by ``worker_init``)."""
+    while True:
+        try:
+            release_when_idle(idle)
+        except Exception:  # pragma: no cover - housekeeping never ends the worker
+            time.sleep(idle)
 
 
 class WorkerProcessDied(RuntimeError):
@@ -78,8 +132,11 @@ def _exit_with_parent(parent: int, every: float = 0.5) -> None:
 
 def worker_init(nice: int, threads: int) -> None:
     """Initialiser of each worker process: ``threads`` BLAS threads, CPU priority lowered by
-    ``nice``, and a watchdog that ends it with its parent."""
+    ``nice``, a watchdog that ends it with its parent and the idle release (one malloc arena:
+    importing ``app`` set it)."""
     threading.Thread(target=_exit_with_parent, args=(os.getppid(),), name="transferrank-parent-watch",
+                     daemon=True).start()
+    threading.Thread(target=_release_when_idle_loop, args=(IDLE_RELEASE_SECONDS,), name="transferrank-idle-release",
                      daemon=True).start()
     for name in BLAS_ENV:
         os.environ[name] = str(threads)

@@ -97,6 +97,35 @@ def test_glove_average_and_oov():
     np.testing.assert_allclose(X[3], X[0], rtol=1e-5, atol=1e-6)  # OOV tokens are skipped
 
 
+def _mapped_rss_kb(path_end: str) -> int:
+    total, inside = 0, False
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            head = line.split()
+            if head and "-" in head[0] and not head[0].endswith(":"):
+                inside = line.rstrip().endswith(path_end)
+            elif inside and head[0] == "Rss:":
+                total += int(head[1])
+    return total
+
+
+def test_glove_unmaps_the_vector_pages_an_encode_touched():
+    import os
+
+    from app.encoders.word_vectors import EMB_FILE
+
+    if not os.path.exists("/proc/self/smaps"):
+        pytest.skip("no /proc here")
+    enc = get_encoder("glove-6b-50d")
+    rows = np.array(enc.vectors[::97])  # copy: touch ~4k rows spread over the file: pages mapped in
+    assert rows.shape[1] == 50 and _mapped_rss_kb(EMB_FILE) > 1000
+    words = list(enc.vocab)[:: 50]
+    X = enc.encode([" ".join(words[i:i + 20]) for i in range(0, len(words), 20)])
+    assert np.isfinite(X).all() and X.any()
+    assert _mapped_rss_kb(EMB_FILE) < 64  # the vectors stay readable (page cache), unmapped from this process
+    np.testing.assert_allclose(enc.encode([words[3]])[0], enc.vectors[enc.vocab[words[3]]], rtol=1e-6)
+
+
 def test_tfidf_svd_deterministic_and_padded():
     enc = get_encoder("tfidf-svd")
     texts = [f"document {i} about {'cats' if i % 2 else 'dogs'} and topic {i % 5}" for i in range(40)]

@@ -2,6 +2,8 @@
 fitted once per ranking (the bootstrap reuses its posteriors), memory given back after jobs."""
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -137,6 +139,51 @@ def test_release_returns_freed_heap_pages_to_the_os():
     assert grown is not None and held is not None and after is not None
     assert after < held - 100 * 2**20, (grown, held, after)
     assert len(keep) == 4000
+
+
+def test_configure_malloc_leaves_an_operators_limit_alone(monkeypatch):
+    with pytest.raises(ValueError, match="arenas"):
+        memory.configure_malloc(0)
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "4")
+    assert memory.configure_malloc() is False
+    monkeypatch.delenv("MALLOC_ARENA_MAX")
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.arena_max=2")
+    assert memory.configure_malloc() is False
+
+
+_ARENAS = """
+import ctypes, sys, threading
+if sys.argv[1] == "service":
+    import app  # sets the limit (app.core.memory.configure_malloc)
+kept = []
+t = threading.Thread(target=lambda: kept.extend(bytes(40000) for _ in range(100)))
+t.start(); t.join()
+ctypes.CDLL("libc.so.6").malloc_stats()  # one "Arena N:" block per arena, on stderr
+"""
+
+
+def test_importing_the_service_makes_threads_allocate_from_the_main_heap(tmp_path):
+    """The mechanism behind ``configure_malloc``: a thread started after ``import app`` allocates
+    from the main arena -- the one ``malloc_trim`` returns entirely -- not from an arena of its own."""
+    import ctypes.util
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    lib = ctypes.util.find_library("c")
+    if not lib or not hasattr(ctypes.CDLL(lib), "malloc_stats") or not lib.startswith("libc.so"):
+        pytest.skip("not glibc")
+    root = Path(__file__).resolve().parents[2]
+    script = tmp_path / "arenas.py"
+    script.write_text(_ARENAS)
+    env = {k: v for k, v in os.environ.items() if k not in ("MALLOC_ARENA_MAX", "GLIBC_TUNABLES")}
+    arenas = {}
+    for mode in ("service", "plain"):
+        done = subprocess.run([sys.executable, str(script), mode], env={**env, "PYTHONPATH": str(root)},
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        arenas[mode] = sum(1 for line in done.stderr.splitlines() if line.startswith("Arena "))
+    assert arenas == {"service": 1, "plain": 2}
 
 
 def test_vectorised_leep_resamples_equal_the_per_resample_loop():

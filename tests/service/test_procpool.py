@@ -320,6 +320,28 @@ def test_a_call_that_grew_the_worker_gives_the_memory_back(pool):
     assert after - before < 64 * 2**20, (before, after)
 
 
+def _hold(junk: list[bytes]) -> int:
+    """A call whose argument is large: the in-call release runs while the executor still holds
+    it; one object kept above it, so the freed argument leaves holes only a trim gives back."""
+    _PIN.append(bytes(1000))
+    return len(junk)
+
+
+def test_the_arguments_of_a_call_are_given_back_once_the_worker_is_idle(pool):
+    from app.core.memory import rss_bytes
+    from app.workers.procpool import IDLE_RELEASE_SECONDS
+
+    before = pool.submit(rss_bytes).result(timeout=120)
+    if before is None:
+        pytest.skip("no /proc/self/statm here")
+    junk = [bytes(1000) for _ in range(120_000)]  # ~120 MB pickled to the worker
+    assert pool.submit(_hold, junk).result(timeout=120) == len(junk)
+    del junk
+    time.sleep(4 * IDLE_RELEASE_SECONDS)  # the idle watcher releases IDLE_RELEASE_SECONDS after the last call
+    after = pool.submit(rss_bytes).result(timeout=60)
+    assert after - before < 40 * 2**20, (before, after)
+
+
 def test_every_worker_process_starts_with_the_pool():
     p = NumericPool(2, nice=0)
     try:

@@ -67,17 +67,16 @@ def load_target_stats(path: str):
 def score_esm_chunk(request: EsmScoreRequest, progress=None) -> np.ndarray:
     """Scores (k, E) of the request's ESMs, rows in ``esm_paths`` order, columns in
     ``estimators`` order; NaN where an estimator is undefined for a source."""
-    from estimators.esm import EmbeddingSpaceMap
-    from estimators.esm_stats import score_many
+    from estimators.esm_stats import score_many, stack_saved
 
     stats = load_target_stats(request.stats_path)
-    from estimators.esm_stats import stack_esms
-
-    W, b = stack_esms(EmbeddingSpaceMap.load(p) for p in request.esm_paths)
-    report = None if progress is None else (lambda done, total: progress(done / total))
-    device = pick_device(request.device)
     cols = list(request.estimators)
     exact = [e for e in cols if e != FIRST_STAGE]
+    # The stored canonical (triangular) maps when LogME or the H-score are asked for: the same
+    # scores, a third of their per-source products (``estimators.esm_stats.canonical_maps``).
+    W, b = stack_saved(request.esm_paths, canonical=bool({"esm_logme", "esm_hscore_shrinkage"} & set(exact)))
+    report = None if progress is None else (lambda done, total: progress(done / total))
+    device = pick_device(request.device)
     out = np.full((W.shape[0], len(cols)), np.nan)
     if exact:
         vals = score_many(stats, W, exact, bias=b, device=device, progress=report)

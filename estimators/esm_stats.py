@@ -306,14 +306,17 @@ def _triangular_maps(W: np.ndarray) -> bool:
 
 def _lower_product(L: np.ndarray, R: np.ndarray, out: np.ndarray, block: int = 64) -> None:
     """``out = L @ R`` for lower-triangular L and R (d x d; ``out`` Fortran-ordered), by blocks of
-    columns: ``out[j:, J] = L[j:, j:] @ R[j:, J]`` (BLAS trmm), ``d^3 / 3`` flops instead of d^3."""
+    columns: ``out[j:, J] = L[j:, j:] @ R[j:, J]`` (BLAS trmm), ``d^3 / 3`` flops instead of d^3.
+    L is read as ``(L^T)^T`` with ``L^T`` the Fortran view of a C-ordered L (a source's rows), so
+    its blocks are passed without a transposing copy."""
     from scipy.linalg import blas
 
     d = L.shape[0]
+    U = L.T  # upper triangular
     out[:] = 0.0
     for j in range(0, d, block):
         stop = min(d, j + block)
-        out[j:, j:stop] = blas.dtrmm(1.0, L[j:, j:], R[j:, j:stop], side=0, lower=1)
+        out[j:, j:stop] = blas.dtrmm(1.0, U[j:, j:], R[j:, j:stop], side=0, lower=0, trans_a=1)
 
 
 # ---------------------------------------------------------------------- array back-ends

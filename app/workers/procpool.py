@@ -12,7 +12,10 @@ in a ``ProcessPoolExecutor`` with the ``spawn`` context:
   there: memory per process is the interpreter + numpy/scipy (~100 MB) + the call's arrays.
 - polite: each process limits BLAS/OpenMP to one thread (``threadpoolctl``, and the usual
   environment variables for libraries loaded later) and lowers its CPU priority by ``nice``
-  (``os.nice``), so the API process's request handling wins the cores.
+  (``os.nice``), so the API process's request handling wins the cores. With ``idle`` (the
+  service's default, ``TRANSFERRANK_WORKER_IDLE``) it also takes Linux's ``SCHED_IDLE`` policy:
+  it runs only on a core that nothing else of normal priority wants, and a request handler that
+  wakes up preempts it at once (``nice`` only weighs the shares: measured in ``bench/load.py``).
 - lean: a call after which the process has grown by ``RELEASE_AFTER_BYTES`` or more gives the freed
   pages back to the operating system afterwards (``app.core.memory.release``: gc + glibc
   ``malloc_trim``), so a large job does not leave every worker at its peak.
@@ -76,9 +79,10 @@ def _exit_with_parent(parent: int, every: float = 0.5) -> None:
             os._exit(0)
 
 
-def worker_init(nice: int, threads: int) -> None:
+def worker_init(nice: int, threads: int, idle: bool = False) -> None:
     """Initialiser of each worker process: ``threads`` BLAS threads, CPU priority lowered by
-    ``nice``, and a watchdog that ends it with its parent."""
+    ``nice`` (and the ``SCHED_IDLE`` policy with ``idle``, where the OS has it), and a watchdog
+    that ends it with its parent."""
     threading.Thread(target=_exit_with_parent, args=(os.getppid(),), name="transferrank-parent-watch",
                      daemon=True).start()
     for name in BLAS_ENV:
@@ -94,6 +98,11 @@ def worker_init(nice: int, threads: int) -> None:
             os.nice(nice)
         except OSError:  # pragma: no cover - not allowed here: run at the same priority
             pass
+    if idle and hasattr(os, "SCHED_IDLE"):
+        try:
+            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+        except OSError:  # pragma: no cover - not allowed here: nice alone
+            pass
 
 
 def _pid() -> int:
@@ -102,6 +111,10 @@ def _pid() -> int:
 
 def _nice() -> int:
     return os.nice(0)
+
+
+def _policy() -> int:
+    return os.sched_getscheduler(0)
 
 
 def _blas_threads() -> int:
@@ -126,10 +139,10 @@ class NumericPool:
     """A bounded, lazily started pool of worker processes; ``submit(fn, *args, **kwargs)`` as an
     executor (``fn`` must be importable by name: a module-level function)."""
 
-    def __init__(self, size: int, *, nice: int = 5, threads: int = 1) -> None:
+    def __init__(self, size: int, *, nice: int = 5, threads: int = 1, idle: bool = False) -> None:
         if size < 1:
             raise ValueError(f"the process pool needs at least 1 process, got {size}")
-        self.size, self.nice, self.threads = int(size), int(nice), int(threads)
+        self.size, self.nice, self.threads, self.idle = int(size), int(nice), int(threads), bool(idle)
         self._lock = threading.Lock()
         self._executor: ProcessPoolExecutor | None = None
         self._closed = False
@@ -142,7 +155,7 @@ class NumericPool:
             if self._executor is None:
                 self._executor = ProcessPoolExecutor(
                     max_workers=self.size, mp_context=multiprocessing.get_context("spawn"),
-                    initializer=worker_init, initargs=(self.nice, self.threads))
+                    initializer=worker_init, initargs=(self.nice, self.threads, self.idle))
                 # start every process now (the executor spawns one per submit while none is idle):
                 # the service's memory after its first job is then its steady size
                 for _ in range(self.size):

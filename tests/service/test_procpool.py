@@ -20,7 +20,7 @@ import pytest
 import estimators
 from app.workers.base import Cancelled
 from app.workers.local import LocalBackend, shared_pool
-from app.workers.procpool import NumericPool, WorkerProcessDied, _blas_threads, _nice, _pid
+from app.workers.procpool import NumericPool, WorkerProcessDied, _blas_threads, _nice, _pid, _policy
 from conftest import npz_bytes, upload, wait_job
 
 
@@ -43,6 +43,18 @@ def test_calls_run_in_a_lower_priority_single_blas_thread_process(pool):
     assert pool.submit(_blas_threads).result() == 1
     X, y = _data()
     assert pool.submit(estimators.score, "logme", X, y).result() == estimators.score("logme", X, y)
+    assert pool.submit(_policy).result() == os.sched_getscheduler(0)  # idle=False: the policy is kept
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="Linux scheduling policies only")
+def test_idle_pools_run_their_processes_under_sched_idle():
+    p = NumericPool(1, nice=0, idle=True)
+    try:
+        assert p.submit(_policy).result(timeout=120) == os.SCHED_IDLE
+        X, y = _data()
+        assert p.submit(estimators.score, "logme", X, y).result() == estimators.score("logme", X, y)
+    finally:
+        p.shutdown()
 
 
 def test_an_estimator_error_keeps_its_type_and_message(pool):

@@ -19,6 +19,11 @@ in a ``ProcessPoolExecutor`` with the ``spawn`` context:
 - lean: a call after which the process has grown by ``RELEASE_AFTER_BYTES`` or more gives the freed
   pages back to the operating system afterwards (``app.core.memory.release``: gc + glibc
   ``malloc_trim``), so a large job does not leave every worker at its peak.
+- zero-pickle for large arrays: a numpy array argument of ``SHARED_MIN_BYTES`` or more crosses
+  through a file in shared memory (``/dev/shm``, removed when the call ends) instead of the
+  pickle. numpy fills it without holding the GIL; the pickle's copy holds it (a 44 MB feature
+  matrix stalled every request of the API process for ~10 ms per call). The worker maps the
+  file copy-on-write. Without ``/dev/shm`` the arrays are pickled as before.
 - robust: a process that dies (killed, out of memory) breaks the executor; the call fails with
   ``WorkerProcessDied`` (its job is marked failed with that message) and the next call starts a
   fresh executor.
@@ -31,12 +36,19 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import shutil
+import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from concurrent.futures import Future, InvalidStateError
 from concurrent.futures.process import BrokenProcessPool, ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 __all__ = ["NumericPool", "WorkerProcessDied", "worker_init"]
 
@@ -49,6 +61,83 @@ RELEASE_AFTER_BYTES = 16 * 2**20  # a small process: the gc + trim take millisec
 
 _floor: int | None = None  # the worker's resident size after its last release (or at its first call)
 
+#: numpy arguments of at least this many bytes go to the worker through shared memory, not the pickle.
+SHARED_MIN_BYTES = 1 << 20
+SHM_ROOT = Path("/dev/shm")
+_SHM_PREFIX = "transferrank-shm-"
+
+
+@dataclass(frozen=True)
+class SharedArray:
+    """A numpy argument placed in a shared-memory ``.npy`` file for one call (``share_arrays``)."""
+
+    path: str
+
+    def load(self) -> np.ndarray:
+        return np.load(self.path, mmap_mode="c")  # copy-on-write: the estimator may not modify the file
+
+
+def share_arrays(args: tuple[Any, ...], kwargs: dict[str, Any], folder: str | None
+                 ) -> tuple[tuple[Any, ...], dict[str, Any], list[str]]:
+    """``args`` and ``kwargs`` with every large numpy array (top level) written to ``folder`` and
+    replaced by a ``SharedArray``; also the files written (the caller removes them)."""
+    made: list[str] = []
+    if folder is None:
+        return args, kwargs, made
+
+    def one(v: Any) -> Any:
+        if not (isinstance(v, np.ndarray) and v.dtype.hasobject is False and v.nbytes >= SHARED_MIN_BYTES):
+            return v
+        path = os.path.join(folder, f"{uuid.uuid4().hex}.npy")
+        made.append(path)
+        out = np.lib.format.open_memmap(path, mode="w+", dtype=v.dtype, shape=v.shape)
+        out[...] = v  # numpy's copy runs without the GIL
+        del out
+        return SharedArray(path)
+
+    try:
+        return tuple(one(a) for a in args), {k: one(v) for k, v in kwargs.items()}, made
+    except OSError:  # shared memory full or gone: pickle this call's arrays as before
+        remove_files(made)
+        return args, kwargs, []
+
+
+def remove_files(paths: list[str]) -> None:
+    for path in paths:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+
+
+def _unshare(v: Any) -> Any:
+    return v.load() if isinstance(v, SharedArray) else v
+
+
+def _shm_folder() -> str | None:
+    """A fresh folder of this process under ``/dev/shm`` (None where there is none); folders left
+    by processes that no longer exist (killed) are removed first."""
+    if not SHM_ROOT.is_dir() or not os.access(SHM_ROOT, os.W_OK):
+        return None
+    for old in SHM_ROOT.glob(f"{_SHM_PREFIX}*"):
+        pid = old.name[len(_SHM_PREFIX):].split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(old, ignore_errors=True)
+    try:
+        return tempfile.mkdtemp(prefix=f"{_SHM_PREFIX}{os.getpid()}-", dir=SHM_ROOT)
+    except OSError:  # pragma: no cover - full or read-only
+        return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # pragma: no cover - another user's process
+        return True
+    return True
+
 
 def _run(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     """In the worker process: the call, then ``release()`` if the process has grown by
@@ -59,7 +148,7 @@ def _run(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) 
     if _floor is None:
         _floor = rss_bytes()
     try:
-        return fn(*args, **kwargs)
+        return fn(*(_unshare(a) for a in args), **{k: _unshare(v) for k, v in kwargs.items()})
     finally:
         sizes = release_if_grown(_floor, RELEASE_AFTER_BYTES)
         if sizes is not None:
@@ -147,6 +236,8 @@ class NumericPool:
         self._executor: ProcessPoolExecutor | None = None
         self._closed = False
         self._exit_hook = False
+        self._shm: str | None = None  # this pool's shared-memory folder, made on first use
+        self._shm_made = False
 
     def _get(self) -> ProcessPoolExecutor:
         with self._lock:
@@ -174,6 +265,7 @@ class NumericPool:
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
         """The call's future; a dead worker process fails it with ``WorkerProcessDied``."""
         out: Future[Any] = Future()
+        args, kwargs, files = share_arrays(args, kwargs, self._shared_folder())
         for attempt in (0, 1):
             executor = self._get()
             try:
@@ -182,7 +274,13 @@ class NumericPool:
             except BrokenProcessPool:  # broken before this call: start a fresh pool once
                 self._discard(executor)
                 if attempt:
+                    remove_files(files)
                     raise WorkerProcessDied("the worker processes could not be started") from None
+            except BaseException:
+                remove_files(files)
+                raise
+        if files:
+            inner.add_done_callback(lambda _f: remove_files(files))
 
         def relay(f: Future[Any]) -> None:
             if out.done():  # cancelled by the caller meanwhile
@@ -210,6 +308,18 @@ class NumericPool:
         inner.add_done_callback(relay)
         return out
 
+    def _shared_folder(self) -> str | None:
+        with self._lock:
+            if not self._shm_made:
+                self._shm, self._shm_made = _shm_folder(), True
+            return self._shm
+
+    def _remove_shared_folder(self) -> None:
+        with self._lock:
+            folder, self._shm, self._shm_made = self._shm, None, False
+        if folder is not None:
+            shutil.rmtree(folder, ignore_errors=True)
+
     def pids(self) -> list[int]:
         """The pids of the started worker processes (for tests and diagnostics)."""
         with self._lock:
@@ -223,6 +333,7 @@ class NumericPool:
         as on the threads, which are daemons)."""
         with self._lock:
             ex, self._executor = self._executor, None
+        self._remove_shared_folder()
         if ex is None:
             return
         for proc in list((getattr(ex, "_processes", None) or {}).values()):
@@ -238,3 +349,4 @@ class NumericPool:
             ex, self._executor = self._executor, None
         if ex is not None:
             ex.shutdown(wait=wait, cancel_futures=True)
+        self._remove_shared_folder()

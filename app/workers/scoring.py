@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["EsmScoreRequest", "score_esm_chunk", "pick_device", "load_target_stats", "FIRST_STAGE"]
+__all__ = ["EsmScoreRequest", "score_esm_chunk", "pick_device", "load_target_stats", "FIRST_STAGE", "rescore_mapped"]
 
 #: The first-stage column of a two-stage tasks ranking (``estimators.esm_stats.logme_lowrank``).
 FIRST_STAGE = "esm_logme_lowrank"
@@ -88,3 +88,14 @@ def score_esm_chunk(request: EsmScoreRequest, progress=None) -> np.ndarray:
         out[:, cols.index(FIRST_STAGE)] = logme_lowrank(stats, W, rank=int(request.options.get("rank", 64)),
                                                         bias=b, device=device)
     return out
+
+
+def rescore_mapped(estimator: str, esm_path: str, X_base: np.ndarray, y: np.ndarray, idx: np.ndarray,
+                   params: dict) -> np.ndarray:
+    """``estimators.uncertainty.rescore`` of the target ``X_base`` mapped through the ESM saved at
+    ``esm_path``: the bootstrap resamples of an ``esm_<estimator>`` column, mapped and scored on
+    the worker (the n x d x d map product stays out of the API process)."""
+    from estimators.esm import EmbeddingSpaceMap
+    from estimators.uncertainty import rescore
+
+    return rescore(estimator, EmbeddingSpaceMap.load(esm_path).transform(X_base), y, idx, params)

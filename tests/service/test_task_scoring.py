@@ -214,3 +214,17 @@ def test_worker_chunks_read_the_canonical_form_and_score_the_same(tmp_path, monk
     mixed = run(canon[:2] + plain[2:])
     assert not calls
     np.testing.assert_allclose(mixed, want, rtol=1e-12)
+
+
+def test_rescore_mapped_is_the_resampled_score_of_the_mapped_target(tmp_path):
+    from app.workers.scoring import rescore_mapped
+    from estimators.uncertainty import rescore
+
+    rng = np.random.default_rng(2)
+    X = rng.normal(size=(120, 8))
+    y = rng.integers(0, 3, 120)
+    esm = EmbeddingSpaceMap(rng.normal(size=(8, 8)), rng.normal(size=8))
+    path = str(esm.save(tmp_path / "m.safetensors"))
+    idx = rng.integers(0, 120, size=(4, 120))
+    np.testing.assert_allclose(rescore_mapped("logme", path, X, y, idx, {}),
+                               rescore("logme", esm.transform(X), y, idx, {}), rtol=1e-12)

@@ -242,16 +242,23 @@ class EmbeddingSpaceMap:
                 raise ValueError(f"ESM metadata says {key}={meta[key]} but the weight has {val}")
         return esm
 
-    def save(self, path: str | os.PathLike[str], *, dtype: str = "float64") -> Path:
+    def save(self, path: str | os.PathLike[str], *, dtype: str = "float64", canonical: bool = False) -> Path:
         """Write to ``path``: safetensors unless the name ends with ``.npz``. No pickle either way.
 
-        ``dtype="float32"`` halves the file; loading always returns float64."""
+        ``dtype="float32"`` halves the file; loading always returns float64. ``canonical=True``
+        also stores the map's rotated triangular form (``estimators.esm_stats.canonical_tensors``
+        of the stored, ``dtype``-rounded map: float64, about the size of a float32 weight), which
+        ``estimators.esm_stats.stack_saved`` reads to score the file a third faster."""
         if dtype not in ("float64", "float32"):
             raise ValueError(f"dtype must be 'float64' or 'float32', got {dtype!r}")
         arrays = self.to_arrays()
         meta = arrays.pop("metadata")
         meta["stored_dtype"] = dtype
         tensors = {k: np.ascontiguousarray(v.astype(dtype)) for k, v in arrays.items()}
+        if canonical:
+            from .esm_stats import canonical_tensors
+
+            tensors.update(canonical_tensors(tensors["weight"], tensors["bias"]))
         out = Path(path)
         if out.suffix == ".npz":
             with open(out, "wb") as fh:  # np.savez(str) would append .npz to other names

@@ -62,6 +62,9 @@ class Settings(BaseSettings):
                                          json_schema_extra={"shown": "the local pool size"})
     worker_nice: int = Field(10, ge=0, le=19, description="local backend: how much the worker processes lower "
                              "their CPU priority (`nice`), so request handling wins the cores")
+    worker_idle: bool = Field(True, description="local backend, Linux: the worker processes run under the "
+                              "`SCHED_IDLE` policy (a core only when no request handler wants it; a waking "
+                              "handler preempts them at once), which `nice` alone does not guarantee")
     api_workers: int = Field(1, ge=1, le=64, description="`serve`: uvicorn worker processes answering "
                              "requests (each with its own job runner and worker processes)")
     api_torch_threads: int | None = Field(None, ge=1, le=256, description="`serve` with local workers: torch "

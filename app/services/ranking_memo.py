@@ -65,21 +65,37 @@ def fingerprint(ctx: Any, request: dict[str, Any], target_id: str, scope: str | 
     """Digest of ``request`` (the ranking spec as a dict) and of the state a ranking of
     ``target_id`` reads; ``scope`` separates callers that must not share answers (e.g. an API
     key's owner). None when the target does not exist."""
-    with ctx.Session() as s:
-        sha = s.scalar(select(Dataset.sha256).where(Dataset.id == target_id))
-        if sha is None:
-            return None
-        scores = s.execute(select(func.count(Score.id), func.max(Score.id))
-                           .where(Score.target_sha256 == sha)).one()
-        tasks = s.execute(select(func.count(SourceTask.id), func.max(SourceTask.id), func.count(SourceTask.esm_blob),
-                                 func.sum(case((SourceTask.status == "ready", 1), else_=0)))).one()
-        feedback = s.execute(select(func.count(Feedback.id), func.max(Feedback.id))).one()
-        models = s.execute(select(func.count(EncoderRow.name),
-                                  func.sum(case((EncoderRow.enabled.is_(True), 1), else_=0)))).one()
-    state = [request, target_id, sha, scope, list(scores), list(tasks), list(feedback), list(models),
+    with ctx.Session() as s:  # one statement (one round trip) of scalar subqueries: a cached POST's cost
+        row = list(s.execute(_state_query(target_id)).one())
+    sha = row[0]
+    if sha is None:
+        return None
+    state = [request, target_id, sha, scope, row[1:3], row[3:7], row[7:9], row[9:11],
              scores_svc.version(), getattr(ctx.settings, "base_encoder", None), _prior_settings(),
              [getattr(ctx.settings, f"two_stage_{k}", None) for k in ("above", "shortlist", "calibration", "rank")]]
     return hashlib.sha256(json.dumps(state, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _state_query(target_id: str) -> Any:
+    """``SELECT`` of the target's sha256, then (count, max id) of its scores; the source tasks'
+    count, max id, ESM count and ready count; feedback's count and max id; the models' count and
+    enabled count."""
+    sha = select(Dataset.sha256).where(Dataset.id == target_id).scalar_subquery()
+    scored = Score.target_sha256 == sha
+    cols = [
+        sha,
+        select(func.count(Score.id)).where(scored).scalar_subquery(),
+        select(func.max(Score.id)).where(scored).scalar_subquery(),
+        select(func.count(SourceTask.id)).scalar_subquery(),
+        select(func.max(SourceTask.id)).scalar_subquery(),
+        select(func.count(SourceTask.esm_blob)).scalar_subquery(),
+        select(func.sum(case((SourceTask.status == "ready", 1), else_=0))).scalar_subquery(),
+        select(func.count(Feedback.id)).scalar_subquery(),
+        select(func.max(Feedback.id)).scalar_subquery(),
+        select(func.count(EncoderRow.name)).scalar_subquery(),
+        select(func.sum(case((EncoderRow.enabled.is_(True), 1), else_=0))).scalar_subquery(),
+    ]
+    return select(*cols)
 
 
 def _prior_settings() -> list[Any]:

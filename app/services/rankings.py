@@ -779,7 +779,6 @@ def _bootstrap(ctx: Context, plan: Plan, cs: CandidateSet, st: ScoredTable, res:
     by_time = int(BOOTSTRAP_SECONDS // per_resample) if per_resample > 0 else B
     B = min(B, max(MIN_BOOTSTRAP, min(budget // max(n_cells, 1), by_time)))
     by_name = {c.source: c for c in cs.cands}
-    mapped: dict[str, np.ndarray] = {}  # the current task's mapped target (one at a time)
     ds, ver = plan.ds, scores_svc.version()
     with ctx.Session() as s:
         cache = scores_svc.lookup_target(s, ds.sha256, [BOOTSTRAP_PREFIX + c for c in cols], ver)
@@ -814,12 +813,12 @@ def _bootstrap(ctx: Context, plan: Plan, cs: CandidateSet, st: ScoredTable, res:
             return rescore_(column, cand.probs, cs.y, idx, kw)
         if info.needs == "esm" and cand.esm_key is not None and cs.X_target is not None \
                 and column[4:] in estimators.names():
-            if cand.source not in mapped:
-                for other in list(mapped):  # free the previous source's ESM and mapped features
-                    by_name[other].esm = None
-                    del mapped[other]
-                mapped[cand.source] = _load_esm(ctx, cand).transform(cs.X_target[cand.encoder])
-            return rescore_(column[4:], mapped[cand.source], cs.y, idx, kw)
+            # the worker maps the target through the ESM (an n d^2 product: not in the API process)
+            from app.workers.scoring import rescore_mapped
+
+            return np.asarray(ctx.backend.submit_call(
+                rescore_mapped, column[4:], str(ctx.blobs.path(cand.esm_key)), cs.X_target[cand.encoder], cs.y,
+                idx, kw).result(), dtype=np.float64)
         return None  # domains: held at the value
 
     def values(source: str, column: str, idx: np.ndarray) -> np.ndarray:

@@ -111,7 +111,8 @@ def _store_esm(ctx: Context, writer: BlobWriter, weight: ArrayLike, bias: ArrayL
     esm = EmbeddingSpaceMap(np.asarray(weight), np.asarray(bias),
                             metadata={k: v for k, v in metadata.items() if v is not None})
     with tempfile.TemporaryDirectory() as tmp:
-        path = esm.save(Path(tmp) / "esm.safetensors", dtype="float32")
+        # with its canonical (triangular) form: tasks rankings score it a third faster
+        path = esm.save(Path(tmp) / "esm.safetensors", dtype="float32", canonical=True)
         return writer.put_file(path, "safetensors")
 
 

@@ -60,7 +60,7 @@ def get_backend(settings: Settings | None = None) -> WorkerBackend:
         cache_dir = settings.data_dir if settings is not None else None
         s = settings if settings is not None else Settings.from_env()
         return LocalBackend(max_workers=cfg["workers"], cache_dir=cache_dir, processes=s.worker_processes,
-                            nice=s.worker_nice)
+                            nice=s.worker_nice, idle=s.worker_idle)
     try:
         from app.workers.ray_backend import RayBackend
     except ModuleNotFoundError as exc:  # ray is an optional extra

@@ -141,7 +141,7 @@ class LocalBackend(WorkerBackend):
     name = "local"
 
     def __init__(self, max_workers: int = 2, cache_dir: str | os.PathLike | None = None, *,
-                 processes: int | None = None, nice: int = 10) -> None:
+                 processes: int | None = None, nice: int = 10, idle: bool = False) -> None:
         if max_workers < 1:
             raise ValueError(f"max_workers must be >= 1, got {max_workers}")
         if processes is not None and processes < 0:
@@ -150,8 +150,8 @@ class LocalBackend(WorkerBackend):
         self.cache_dir = cache_dir  # encoder caches (distilled model2vec); None: Settings.data_dir
         self._pool = ThreadPoolExecutor(max_workers=self.max_workers, thread_name_prefix="transferrank-worker")
         self.processes = self.max_workers if processes is None else int(processes)
-        self.nice = int(nice)
-        self._procs = shared_pool(self.processes, self.nice) if self.processes else None
+        self.nice, self.idle = int(nice), bool(idle)
+        self._procs = shared_pool(self.processes, self.nice, self.idle) if self.processes else None
 
     def submit_call(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
         if self._procs is None:
@@ -235,12 +235,12 @@ _shared: dict[tuple[int, int], NumericPool] = {}
 _shared_lock = threading.Lock()
 
 
-def shared_pool(processes: int, nice: int) -> NumericPool:
-    """The process's worker-process pool of that size and priority: one per (size, nice), started
+def shared_pool(processes: int, nice: int, idle: bool = False) -> NumericPool:
+    """The process's worker-process pool of that size and priority: one per (size, nice, idle), started
     on first use and shared by every ``LocalBackend`` of this process (tests and CLI commands
     open several contexts; the processes hold no per-context state)."""
     with _shared_lock:
-        pool = _shared.get((processes, nice))
+        pool = _shared.get((processes, nice, idle))
         if pool is None:
-            pool = _shared[(processes, nice)] = NumericPool(processes, nice=nice)
+            pool = _shared[(processes, nice, idle)] = NumericPool(processes, nice=nice, idle=idle)
         return pool

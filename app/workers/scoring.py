@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["EsmScoreRequest", "score_esm_chunk", "pick_device", "load_target_stats", "FIRST_STAGE"]
+__all__ = ["EsmScoreRequest", "score_esm_chunk", "pick_device", "load_target_stats", "FIRST_STAGE", "rescore_mapped"]
 
 #: The first-stage column of a two-stage tasks ranking (``estimators.esm_stats.logme_lowrank``).
 FIRST_STAGE = "esm_logme_lowrank"
@@ -67,17 +67,16 @@ def load_target_stats(path: str):
 def score_esm_chunk(request: EsmScoreRequest, progress=None) -> np.ndarray:
     """Scores (k, E) of the request's ESMs, rows in ``esm_paths`` order, columns in
     ``estimators`` order; NaN where an estimator is undefined for a source."""
-    from estimators.esm import EmbeddingSpaceMap
-    from estimators.esm_stats import score_many
+    from estimators.esm_stats import score_many, stack_saved
 
     stats = load_target_stats(request.stats_path)
-    from estimators.esm_stats import stack_esms
-
-    W, b = stack_esms(EmbeddingSpaceMap.load(p) for p in request.esm_paths)
-    report = None if progress is None else (lambda done, total: progress(done / total))
-    device = pick_device(request.device)
     cols = list(request.estimators)
     exact = [e for e in cols if e != FIRST_STAGE]
+    # The stored canonical (triangular) maps when LogME or the H-score are asked for: the same
+    # scores, a third of their per-source products (``estimators.esm_stats.canonical_maps``).
+    W, b = stack_saved(request.esm_paths, canonical=bool({"esm_logme", "esm_hscore_shrinkage"} & set(exact)))
+    report = None if progress is None else (lambda done, total: progress(done / total))
+    device = pick_device(request.device)
     out = np.full((W.shape[0], len(cols)), np.nan)
     if exact:
         vals = score_many(stats, W, exact, bias=b, device=device, progress=report)
@@ -89,3 +88,14 @@ def score_esm_chunk(request: EsmScoreRequest, progress=None) -> np.ndarray:
         out[:, cols.index(FIRST_STAGE)] = logme_lowrank(stats, W, rank=int(request.options.get("rank", 64)),
                                                         bias=b, device=device)
     return out
+
+
+def rescore_mapped(estimator: str, esm_path: str, X_base: np.ndarray, y: np.ndarray, idx: np.ndarray,
+                   params: dict) -> np.ndarray:
+    """``estimators.uncertainty.rescore`` of the target ``X_base`` mapped through the ESM saved at
+    ``esm_path``: the bootstrap resamples of an ``esm_<estimator>`` column, mapped and scored on
+    the worker (the n x d x d map product stays out of the API process)."""
+    from estimators.esm import EmbeddingSpaceMap
+    from estimators.uncertainty import rescore
+
+    return rescore(estimator, EmbeddingSpaceMap.load(esm_path).transform(X_base), y, idx, params)

@@ -249,12 +249,12 @@ def test_hscore_tridiagonal_route_equals_the_dense_route():
     st = TargetStats.from_data(X, y)
     xp = esm_stats._Numpy()
     t = esm_stats._prepare(xp, st)
-    P = esm_stats._project(xp, t, st.n, W, b)
+    P = esm_stats._project(xp, t, st.n, W, b)[0]
     tri = esm_stats._tridiagonalise(P, t["z"], t["np"]["rows"])
     assert tri.row_sq is None  # d_out = 11 < r = 14: Pc^T Pc is singular, the rows' GEMM is used
     # the rows' norms ||W xc_i||^2 through the Cholesky factor of Pc^T Pc (d_out >= r)
     W2, b2 = _maps(3, 14, 16, seed=15)
-    P2 = esm_stats._project(xp, t, st.n, W2, b2)
+    P2 = esm_stats._project(xp, t, st.n, W2, b2)[0]
     rows = esm_stats._tridiagonalise(P2, t["z"], t["np"]["rows"]).row_sq
     np.testing.assert_allclose(rows, esm_stats._row_norms_sq(xp, st.centred, W2), rtol=1e-10)
     fast = esm_stats._hscore_shrinkage_chunk(xp, t, st, W, P, tri)
@@ -284,3 +284,98 @@ def test_stacked_tridiagonal_solves_equal_dense_linear_algebra():
     np.testing.assert_array_equal(esm_stats._positive_definite(shifted, off), [True, False, True, False])
     with pytest.raises(np.linalg.LinAlgError):
         esm_stats._tridiagonal_solve(shifted, off, rhs)
+
+
+# ---------------------------------------------------------------------- canonical (triangular) maps
+@pytest.mark.parametrize("n,d_in,d_out,C", [(400, 24, 24, 3), (250, 10, 14, 2), (300, 16, 10, 5), (18, 30, 30, 3)])
+def test_canonical_maps_give_the_same_scores(n, d_in, d_out, C):
+    """The QL rotation of the output space changes no score: the triangular route (n > d, the
+    square M_s), the rank-deficient target (n < d: Cholesky route for the H-score) and maps
+    with d_out > d_in (zero top rows) all equal the one-source estimators; d_out < d_in maps
+    are returned unchanged."""
+    X, y = _target(n, d_in, C)
+    W, b = _maps(5, d_in, d_out)
+    Wc, bc = esm_stats.canonical_maps(W, b)
+    assert Wc.shape == W.shape and bc.shape == b.shape
+    np.testing.assert_allclose(np.swapaxes(Wc, 1, 2) @ Wc, np.swapaxes(W, 1, 2) @ W, atol=1e-12)
+    np.testing.assert_allclose(np.einsum("sij,si->sj", Wc, bc), np.einsum("sij,si->sj", W, b), atol=1e-12)
+    if d_out >= d_in:
+        top = d_out - d_in
+        assert not Wc[:, :top].any() and not np.triu(Wc[:, top:], 1).any()
+        assert esm_stats._triangular_maps(Wc) and not esm_stats._triangular_maps(W)
+    else:
+        np.testing.assert_array_equal(Wc, W)
+    st = TargetStats.from_data(X, y)
+    np.testing.assert_allclose(score_many(st, Wc, bias=bc), _reference(X, y, W, b), rtol=RTOL)
+    np.testing.assert_allclose(esm_stats.logme_lowrank(st, Wc, rank=4, bias=bc),
+                               esm_stats.logme_lowrank(st, W, rank=4, bias=b), rtol=1e-9)
+
+
+def test_canonical_route_is_taken_and_equals_the_general_route(monkeypatch):
+    X, y = _target(300, 20, 4)
+    W, b = _maps(4, 20, 20)
+    Wc, bc = esm_stats.canonical_maps(W, b)
+    st = TargetStats.from_data(X, y)
+    calls = []
+    real = esm_stats._lower_product
+    monkeypatch.setattr(esm_stats, "_lower_product", lambda *a, **k: calls.append(1) or real(*a, **k))
+    fast = score_many(st, Wc, bias=bc)
+    assert len(calls) == 4  # one triangular product per source
+    calls.clear()
+    general = score_many(st, W, bias=b)
+    assert not calls
+    np.testing.assert_allclose(fast, general, rtol=1e-10)
+    # torch float64 on the CPU: the general product, same values
+    pytest.importorskip("torch")
+    np.testing.assert_allclose(score_many(st, Wc, bias=bc, device="cpu"), general, rtol=1e-8)
+
+
+def test_a_map_one_entry_off_triangular_takes_the_general_route():
+    X, y = _target(200, 12, 3)
+    W, b = _maps(3, 12, 12)
+    Wc, bc = esm_stats.canonical_maps(W, b)
+    Wc[1, 2, 7] = 0.25  # above the diagonal: no longer the canonical form, and a different map
+    assert not esm_stats._triangular_maps(Wc)
+    np.testing.assert_allclose(score_many(TargetStats.from_data(X, y), Wc, bias=bc), _reference(X, y, Wc, bc), rtol=RTOL)
+
+
+def test_lower_product_is_the_triangular_matmul():
+    rng = np.random.default_rng(3)
+    L, R = np.tril(rng.normal(size=(70, 70))), np.tril(rng.normal(size=(70, 70)))
+    out = np.empty((70, 70), order="F")
+    esm_stats._lower_product(L, np.asfortranarray(R), out, block=16)
+    np.testing.assert_allclose(out, L @ R, atol=1e-12)
+
+
+def test_canonical_maps_of_one_map_and_bad_input():
+    W, b = _maps(1, 6, 8)
+    Wc, bc = esm_stats.canonical_maps(W[0], b[0])
+    assert Wc.shape == (8, 6) and bc.shape == (8,)
+    Wz, bz = esm_stats.canonical_maps(W[0])  # no bias: zero bias, rotated zero
+    assert not bz.any()
+    with pytest.raises(ValueError, match="NaN"):
+        esm_stats.canonical_maps(np.full((3, 3), np.nan))
+
+
+def test_saved_canonical_tensors_are_read_back_and_score_the_same(tmp_path):
+    X, y = _target(300, 16, 4)
+    W, b = _maps(3, 16, 18)
+    paths = []
+    for s in range(3):
+        esm = EmbeddingSpaceMap(W[s], b[s])
+        paths.append(esm.save(tmp_path / f"m{s}.safetensors", dtype="float32", canonical=True))
+        assert EmbeddingSpaceMap.load(paths[-1]).weight.shape == (18, 16)  # extra tensors ignored
+    st = TargetStats.from_data(X, y)
+    Wc, bc = esm_stats.stack_saved(paths)
+    assert esm_stats._triangular_maps(Wc)
+    W32, b32 = esm_stats.stack_saved(paths, canonical=False)  # the stored float32-rounded maps
+    assert not esm_stats._triangular_maps(W32)
+    np.testing.assert_allclose(score_many(st, Wc, bias=bc), score_many(st, W32, bias=b32), rtol=1e-9)
+    # one file without the canonical form (and an npz): the raw maps for the whole stack
+    plain = EmbeddingSpaceMap(W[0], b[0]).save(tmp_path / "plain.safetensors", dtype="float32")
+    Wm, _ = esm_stats.stack_saved([paths[0], plain])
+    assert not esm_stats._triangular_maps(Wm)
+    npz = EmbeddingSpaceMap(W[0], b[0]).save(tmp_path / "m.npz")
+    np.testing.assert_array_equal(esm_stats.stack_saved([npz])[0][0], W[0])
+    # d_out < d_in: nothing extra is stored
+    assert esm_stats.canonical_tensors(np.ones((3, 5)), np.zeros(3)) == {}

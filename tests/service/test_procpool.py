@@ -11,8 +11,11 @@ from __future__ import annotations
 import math
 import os
 import signal
+import subprocess
+import sys
 import time
 from concurrent.futures import CancelledError
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,7 +23,7 @@ import pytest
 import estimators
 from app.workers.base import Cancelled
 from app.workers.local import LocalBackend, shared_pool
-from app.workers.procpool import NumericPool, WorkerProcessDied, _blas_threads, _nice, _pid
+from app.workers.procpool import NumericPool, WorkerProcessDied, _blas_threads, _nice, _pid, _policy
 from conftest import npz_bytes, upload, wait_job
 
 
@@ -43,6 +46,18 @@ def test_calls_run_in_a_lower_priority_single_blas_thread_process(pool):
     assert pool.submit(_blas_threads).result() == 1
     X, y = _data()
     assert pool.submit(estimators.score, "logme", X, y).result() == estimators.score("logme", X, y)
+    assert pool.submit(_policy).result() == os.sched_getscheduler(0)  # idle=False: the policy is kept
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="Linux scheduling policies only")
+def test_idle_pools_run_their_processes_under_sched_idle():
+    p = NumericPool(1, nice=0, idle=True)
+    try:
+        assert p.submit(_policy).result(timeout=120) == os.SCHED_IDLE
+        X, y = _data()
+        assert p.submit(estimators.score, "logme", X, y).result() == estimators.score("logme", X, y)
+    finally:
+        p.shutdown()
 
 
 def test_an_estimator_error_keeps_its_type_and_message(pool):
@@ -352,3 +367,46 @@ def test_every_worker_process_starts_with_the_pool():
         assert len(set(p.pids())) == 2
     finally:
         p.shutdown()
+
+
+def _sum_and_scribble(X):
+    total = float(X.sum())
+    X[0, 0] = -1.0  # copy-on-write: the caller's array and the file stay as they were
+    return total
+
+
+def test_large_arrays_cross_through_shared_memory_and_are_removed_after_the_call(pool):
+    from app.workers import procpool
+
+    folder = pool._shared_folder()
+    if folder is None:
+        pytest.skip("no /dev/shm on this system: arrays are pickled")
+    big = np.arange(200_000, dtype=np.float64).reshape(1000, 200)  # 1.6 MB >= SHARED_MIN_BYTES
+    small = np.ones(10)
+    args, kwargs, files = procpool.share_arrays((big, small), {"k": big}, folder)
+    assert isinstance(args[0], procpool.SharedArray) and args[1] is small and len(files) == 2
+    np.testing.assert_array_equal(procpool._unshare(kwargs["k"]), big)
+    procpool.remove_files(files)
+    assert not any(Path(folder).iterdir())
+    assert pool.submit(_sum_and_scribble, big).result(timeout=120) == float(big.sum())
+    assert big[0, 0] == 0.0
+    X, y = _data(4000, 40)  # 1.28 MB of features: through shared memory, same value
+    assert pool.submit(estimators.score, "logme", X, y).result() == estimators.score("logme", X, y)
+    deadline = time.monotonic() + 10
+    while any(Path(folder).iterdir()) and time.monotonic() < deadline:  # removed by the done-callback
+        time.sleep(0.05)
+    assert not any(Path(folder).iterdir())
+
+
+def test_shared_memory_folders_of_dead_processes_are_removed(tmp_path, monkeypatch):
+    from app.workers import procpool
+
+    monkeypatch.setattr(procpool, "SHM_ROOT", tmp_path)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = tmp_path / f"{procpool._SHM_PREFIX}{dead.pid}-abc"
+    stale.mkdir()
+    (stale / "x.npy").write_bytes(b"0")
+    mine = procpool._shm_folder()
+    assert mine is not None and Path(mine).parent == tmp_path and not stale.exists()
+    assert procpool._shm_folder() != mine and Path(mine).exists()  # a live process's folder stays

@@ -43,7 +43,7 @@ def _catalogue(ctx, tmp_path, S=11, d=12, seed=0):
         W = rng.normal(size=(d, d)) / math.sqrt(d)
         b = rng.normal(size=d)
         esm = EmbeddingSpaceMap(W, b)
-        path = esm.save(tmp_path / f"esm{i}.safetensors")
+        path = esm.save(tmp_path / f"esm{i}.safetensors", canonical=True)  # as the service stores them
         cands.append(_Cand(f"src{i:02d}", ctx.blobs.put_file(path, "safetensors"), f"{i:064x}"))
         maps.append(EmbeddingSpaceMap.load(path))
     cands.append(_Cand("no-esm", None, "f" * 64))
@@ -179,3 +179,52 @@ def test_repeated_ranking_is_the_same_ranking_with_an_etag(client):
     assert more.status_code == 200
     after = client.post("/v1/rankings", json=body)  # the cache state changed: a new ranking
     assert after.status_code == 200 and after.json()["id"] != first.json()["id"]
+
+
+def test_worker_chunks_read_the_canonical_form_and_score_the_same(tmp_path, monkeypatch):
+    """A chunk of files saved with their canonical form takes the triangular route; files
+    without it (or a chunk mixing both) the general one; the scores agree."""
+    import estimators.esm_stats as esm_stats
+    from app.workers.scoring import EsmScoreRequest, score_esm_chunk
+    from estimators.esm_stats import TargetStats
+
+    rng = np.random.default_rng(5)
+    X = rng.normal(size=(200, 12)) + 0.2
+    y = rng.integers(0, 3, 200)
+    np.savez(tmp_path / "stats.npz", allow_pickle=False, **TargetStats.from_data(X, y).to_arrays())
+    plain, canon = [], []
+    for i in range(4):
+        esm = EmbeddingSpaceMap(rng.normal(size=(12, 12)) / math.sqrt(12), rng.normal(size=12))
+        plain.append(str(esm.save(tmp_path / f"p{i}.safetensors", dtype="float32")))
+        canon.append(str(esm.save(tmp_path / f"c{i}.safetensors", dtype="float32", canonical=True)))
+    calls = []
+    real = esm_stats._lower_product
+    monkeypatch.setattr(esm_stats, "_lower_product", lambda *a, **k: calls.append(1) or real(*a, **k))
+    names = ["esm_logme", "esm_hscore_shrinkage", "esm_etran_lda", "esm_logme_lowrank"]
+
+    def run(paths):
+        calls.clear()
+        return score_esm_chunk(EsmScoreRequest(str(tmp_path / "stats.npz"), paths, names, device="cpu"))
+
+    want = run(plain)
+    assert not calls
+    got = run(canon)
+    assert len(calls) == 4
+    np.testing.assert_allclose(got, want, rtol=1e-9)
+    mixed = run(canon[:2] + plain[2:])
+    assert not calls
+    np.testing.assert_allclose(mixed, want, rtol=1e-12)
+
+
+def test_rescore_mapped_is_the_resampled_score_of_the_mapped_target(tmp_path):
+    from app.workers.scoring import rescore_mapped
+    from estimators.uncertainty import rescore
+
+    rng = np.random.default_rng(2)
+    X = rng.normal(size=(120, 8))
+    y = rng.integers(0, 3, 120)
+    esm = EmbeddingSpaceMap(rng.normal(size=(8, 8)), rng.normal(size=8))
+    path = str(esm.save(tmp_path / "m.safetensors"))
+    idx = rng.integers(0, 120, size=(4, 120))
+    np.testing.assert_allclose(rescore_mapped("logme", path, X, y, idx, {}),
+                               rescore("logme", esm.transform(X), y, idx, {}), rtol=1e-12)

@@ -231,7 +231,7 @@ class LocalBackend(WorkerBackend):
         self._pool.shutdown(wait=False, cancel_futures=True)
 
 
-_shared: dict[tuple[int, int], NumericPool] = {}
+_shared: dict[tuple[int, int, bool], NumericPool] = {}
 _shared_lock = threading.Lock()
 
 

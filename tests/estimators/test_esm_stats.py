@@ -336,7 +336,8 @@ def test_a_map_one_entry_off_triangular_takes_the_general_route():
     Wc, bc = esm_stats.canonical_maps(W, b)
     Wc[1, 2, 7] = 0.25  # above the diagonal: no longer the canonical form, and a different map
     assert not esm_stats._triangular_maps(Wc)
-    np.testing.assert_allclose(score_many(TargetStats.from_data(X, y), Wc, bias=bc), _reference(X, y, Wc, bc), rtol=RTOL)
+    np.testing.assert_allclose(score_many(TargetStats.from_data(X, y), Wc, bias=bc), _reference(X, y, Wc, bc),
+                               rtol=RTOL)
 
 
 def test_lower_product_is_the_triangular_matmul():

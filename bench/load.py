@@ -164,7 +164,15 @@ async def _phase(url: str, method: str, path: str, rate: float, seconds: float, 
             "max_ms": float(a.max()) if a.size else float("nan"), "achieved_rps": a.size / elapsed}
 
 
-def run_phases(url: str, info: dict, args, label: str) -> list[dict]:
+def job_state(url: str, job: str) -> str:
+    """``status progress`` of a job (the background job must still run while a phase is measured)."""
+    import httpx
+
+    j = httpx.get(f"{url}/v1/jobs/{job}", timeout=30).json()
+    return f"{j.get('status')} {float(j.get('progress') or 0.0):.2f}"
+
+
+def run_phases(url: str, info: dict, args, label: str, job: str | None = None) -> list[dict]:
     phases = [("GET", "/healthz", None), ("POST", "/v1/rankings", info["body"]),
               ("GET", f"/v1/rankings/{info['ranking']}", None),
               ("GET", "/v1/transfer-matrix?estimator=esm_logme", None)]
@@ -172,6 +180,8 @@ def run_phases(url: str, info: dict, args, label: str) -> list[dict]:
     for method, path, body in phases:
         res = asyncio.run(_phase(url, method, path, args.rate, args.seconds, args.timeout, body))
         res["while"] = label
+        if job:  # the job's state when the phase ended: still running, or the phase saw an idle service
+            res["job_after"] = job_state(url, job)
         print(json.dumps(res), flush=True)
         out.append(res)
     return out
@@ -202,12 +212,14 @@ def report(cmd: str, info: dict, results: list[dict], load_before: tuple[float, 
     lines = ["# HTTP load (bench/load.py)", "", f"Command: `{cmd}`", "",
              f"Set-up: tasks ranking of an NPZ target, cold {info['cold_s']:.2f} s; the same request again "
              f"(all cached) {info['cached_s'] * 1000:.0f} ms (status {info['cached_status']}).", "",
-             "| while | endpoint | rate (req/s) | requests | ok | errors | p50 ms | p95 ms | p99 ms | max ms |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| while | endpoint | rate (req/s) | requests | ok | errors | p50 ms | p95 ms | p99 ms | max ms "
+             "| job at the phase's end |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         errs = ", ".join(f"{k}: {v}" for k, v in r["errors"].items()) or "0"
         lines.append(f"| {r['while']} | `{r['endpoint']}` | {r['rate']:g} | {r['requests']} | {r['ok']} | {errs} | "
-                     f"{r['p50_ms']:.1f} | {r['p95_ms']:.1f} | {r['p99_ms']:.1f} | {r['max_ms']:.1f} |")
+                     f"{r['p50_ms']:.1f} | {r['p95_ms']:.1f} | {r['p99_ms']:.1f} | {r['max_ms']:.1f} | "
+                     f"{r.get('job_after', '')} |")
     end = _loadavg()
     if end is not None:
         start = f"{load_before[0]:.2f} / {load_before[1]:.2f} at the start, " if load_before else ""
@@ -246,8 +258,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({k: v for k, v in info.items() if k != "body"}), flush=True)
         results = run_phases(url, info, args, "idle")
         if args.with_job:
-            start_job(url, args)
-            results += run_phases(url, info, args, "large job running")
+            job = start_job(url, args)
+            results += run_phases(url, info, args, "large job running", job)
     finally:
         if proc is not None:
             proc.terminate()

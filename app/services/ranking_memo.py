@@ -21,7 +21,7 @@ import weakref
 from collections import OrderedDict
 from typing import Any
 
-from sqlalchemy import case, func, select
+from sqlalchemy import bindparam, case, func, select
 
 from app.db.models import Dataset, EncoderRow, Feedback, Score, SourceTask
 from app.services import scores as scores_svc
@@ -66,7 +66,7 @@ def fingerprint(ctx: Any, request: dict[str, Any], target_id: str, scope: str | 
     ``target_id`` reads; ``scope`` separates callers that must not share answers (e.g. an API
     key's owner). None when the target does not exist."""
     with ctx.Session() as s:  # one statement (one round trip) of scalar subqueries: a cached POST's cost
-        row = list(s.execute(_state_query(target_id)).one())
+        row = list(s.execute(_STATE, {"target_id": target_id}).one())
     sha = row[0]
     if sha is None:
         return None
@@ -76,11 +76,11 @@ def fingerprint(ctx: Any, request: dict[str, Any], target_id: str, scope: str | 
     return hashlib.sha256(json.dumps(state, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def _state_query(target_id: str) -> Any:
-    """``SELECT`` of the target's sha256, then (count, max id) of its scores; the source tasks'
-    count, max id, ESM count and ready count; feedback's count and max id; the models' count and
-    enabled count."""
-    sha = select(Dataset.sha256).where(Dataset.id == target_id).scalar_subquery()
+def _state_query() -> Any:
+    """``SELECT`` of the target's sha256 (bound ``target_id``), then (count, max id) of its scores;
+    the source tasks' count, max id, ESM count and ready count; feedback's count and max id; the
+    models' count and enabled count. Built once: its SQL cache key is computed once too."""
+    sha = select(Dataset.sha256).where(Dataset.id == bindparam("target_id")).scalar_subquery()
     scored = Score.target_sha256 == sha
     cols = [
         sha,
@@ -96,6 +96,9 @@ def _state_query(target_id: str) -> Any:
         select(func.sum(case((EncoderRow.enabled.is_(True), 1), else_=0))).scalar_subquery(),
     ]
     return select(*cols)
+
+
+_STATE = _state_query()
 
 
 def _prior_settings() -> list[Any]:

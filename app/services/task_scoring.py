@@ -15,7 +15,6 @@ that collapses the target), are left to the one-source path, which reports their
 """
 from __future__ import annotations
 
-import io
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
@@ -48,18 +47,17 @@ def supported(estimator: str) -> bool:
 
 def target_stats_blob(ctx: Any, target_sha256: str, encoder: str, X_target: np.ndarray, y: Any) -> str:
     """Blob key of the target's ``TargetStats`` (``.npz``, no pickle), computed on first use per
-    (target, base encoder, code version) and found again by content afterwards."""
-    from estimators.esm_stats import TargetStats
+    (target, base encoder, code version) and found again by content afterwards. Computed and
+    written by a worker (``app.workers.scoring.save_target_stats``: an n d^2 product and a file
+    of the target's size, kept out of the API process)."""
+    from app.workers.scoring import save_target_stats
 
     ck = (target_sha256, encoder, scores_svc.version(), STATS_FORMAT)
     with _stats_lock:
         key = _stats_blobs.get(ck)
     if key is not None and ctx.blobs.exists(key):
         return key
-    stats = TargetStats.from_data(X_target, y)
-    buf = io.BytesIO()
-    np.savez(buf, allow_pickle=False, **stats.to_arrays())
-    key = str(ctx.blobs.put_bytes(buf.getvalue(), "npz"))
+    key = str(ctx.backend.submit_call(save_target_stats, str(ctx.blobs.root), X_target, y).result())
     with _stats_lock:
         _stats_blobs[ck] = key
         while len(_stats_blobs) > 256:

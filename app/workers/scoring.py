@@ -16,7 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["EsmScoreRequest", "score_esm_chunk", "pick_device", "load_target_stats", "FIRST_STAGE", "rescore_mapped"]
+__all__ = ["EsmScoreRequest", "score_esm_chunk", "pick_device", "load_target_stats", "save_target_stats",
+           "FIRST_STAGE", "rescore_mapped"]
 
 #: The first-stage column of a two-stage tasks ranking (``estimators.esm_stats.logme_lowrank``).
 FIRST_STAGE = "esm_logme_lowrank"
@@ -62,6 +63,19 @@ def load_target_stats(path: str):
             _STATS.pop(next(iter(_STATS)))
         _STATS[path] = st
     return st
+
+
+def save_target_stats(blob_root: str, X, y) -> str:
+    """``TargetStats`` of the target (X, y) written as an ``.npz`` blob to the blob store at
+    ``blob_root`` (content-addressed: the same statistics, the same key); returns the key."""
+    import io
+
+    from app.storage.blobs import BlobStore
+    from estimators.esm_stats import TargetStats
+
+    buf = io.BytesIO()
+    np.savez(buf, allow_pickle=False, **TargetStats.from_data(X, y).to_arrays())
+    return BlobStore(blob_root).put_bytes(buf.getvalue(), "npz")
 
 
 def score_esm_chunk(request: EsmScoreRequest, progress=None) -> np.ndarray:

@@ -289,7 +289,7 @@ def cmd_doctor(args) -> int:
 
     ctx = Context.open(_settings(args), seed=False)
     try:
-        report = check(ctx, repair=args.repair, min_age_seconds=args.min_age)
+        report = check(ctx, repair=args.repair, min_age_seconds=args.min_age, esm_forms=True)
     finally:
         ctx.close()
     print(json.dumps(report, indent=1))
@@ -397,7 +397,8 @@ def build_parser() -> argparse.ArgumentParser:
     server(si)
     so.set_defaults(func=cmd_byo)
     d = sub.add_parser("doctor", help="check the data dir and database; --repair removes temp files, orphan "
-                       "blobs and scores, and fails stale jobs")
+                       "blobs and scores, fails stale jobs, and re-stores ESMs written without their "
+                       "canonical form with it")
     d.add_argument("--repair", action="store_true", help="fix what it finds (otherwise only report; exit 1 "
                    "when something needs repair)")
     d.add_argument("--min-age", type=float, default=3600.0,

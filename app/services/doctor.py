@@ -10,7 +10,9 @@ Finds, and with ``repair=True`` fixes:
 - missing blobs: referenced keys without a file (reported; the rows are not deleted, since
   that would lose data a backup may restore);
 - stale jobs: unfinished jobs without a heartbeat (reaped as at start);
-- orphan scores: cached scores whose target content no dataset has any more.
+- orphan scores: cached scores whose target content no dataset has any more;
+- with ``esm_forms`` (the CLI): ESMs stored without their canonical form (data dirs written
+  before it existed; ``app.services.sources.add_canonical_forms`` re-stores them with it).
 
 It runs at start with ``repair=True`` (``Context.open``) and from the CLI:
 ``transferrank doctor [--repair] [--data-dir DIR]``.
@@ -62,8 +64,11 @@ def referenced_blobs(session: Session) -> set[str]:
     return keys
 
 
-def check(ctx: Context, repair: bool = False, min_age_seconds: float = MIN_AGE_SECONDS) -> dict[str, Any]:
-    """Report (and with ``repair``, fix) the problems listed in the module docstring."""
+def check(ctx: Context, repair: bool = False, min_age_seconds: float = MIN_AGE_SECONDS,
+          esm_forms: bool = False) -> dict[str, Any]:
+    """Report (and with ``repair``, fix) the problems listed in the module docstring. ``esm_forms``
+    also checks every stored ESM file for its canonical form (reads each file's header: left out
+    of the check at start)."""
     blobs = ctx.blobs
     temps = blobs.temp_files(min_age_seconds)
     with ctx.Session() as s:
@@ -98,6 +103,10 @@ def check(ctx: Context, repair: bool = False, min_age_seconds: float = MIN_AGE_S
         report["orphan_blobs_removed"] = sum(1 for k in garbage if k not in still and blobs.delete(k))
         report["stale_jobs"] = ctx.jobs.reap()
         blobs.restore_reserve()
+    if esm_forms:
+        from app.services.sources import add_canonical_forms
+
+        report.update(add_canonical_forms(ctx, repair=repair))
     if any(report[k] for k in ("temp_files", "orphan_blobs", "n_missing_blobs", "orphan_scores", "stale_jobs")):
         log.warning("doctor: %s", {k: v for k, v in report.items() if k != "missing_blobs"})
     return report

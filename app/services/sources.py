@@ -116,6 +116,56 @@ def _store_esm(ctx: Context, writer: BlobWriter, weight: ArrayLike, bias: ArrayL
         return writer.put_file(path, "safetensors")
 
 
+def _without_canonical_form(path: Path) -> bool:
+    """True for a stored ESM file that could have a canonical form (d_out >= d_in) but has none
+    (written before ESMs were stored with it)."""
+    from safetensors import SafetensorError, safe_open
+
+    from estimators.esm_stats import CANONICAL_LOWER
+
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            keys = set(f.keys())
+            shape = f.get_slice("weight").get_shape() if "weight" in keys else None
+    except (SafetensorError, OSError):  # missing or unreadable: the doctor reports missing blobs
+        return False
+    return shape is not None and CANONICAL_LOWER not in keys and len(shape) == 2 and shape[0] >= shape[1] >= 2
+
+
+def add_canonical_forms(ctx: Context, repair: bool = True) -> dict[str, int]:
+    """ESMs stored without their canonical form (``estimators.esm_stats.canonical_maps``; data
+    dirs from before it) counted and, with ``repair``, re-stored with it: the same map (and
+    metadata) plus the canonical tensors, a new blob; the source row then points at it and the
+    old blob is removed once nothing references it. Tasks rankings score such sources the
+    general way (same values, a third more per-source work) until then."""
+    from estimators.esm import EmbeddingSpaceMap
+
+    with ctx.Session() as s:
+        rows = s.execute(select(SourceTask.id, SourceTask.esm_blob).where(SourceTask.esm_blob.is_not(None))).all()
+    todo = [(int(sid), str(key)) for sid, key in rows if key and _without_canonical_form(ctx.blobs.path(key))]
+    out = {"esms_without_canonical_form": len(todo), "esms_given_canonical_form": 0}
+    if not repair:
+        return out
+    for sid, old in todo:
+        esm = EmbeddingSpaceMap.load(ctx.blobs.path(old))
+        weight, bias = esm._require_fitted()
+        meta = {k: v for k, v in esm.metadata.items()
+                if k not in ("format", "format_version", "dim_in", "dim_out", "stored_dtype")}
+        with ctx.blobs.writer() as w:
+            key = _store_esm(ctx, w, weight, bias, meta)
+            with ctx.Session.begin() as s:
+                t = s.get(SourceTask, sid)
+                if t is None or t.esm_blob != old:  # deleted or replaced meanwhile: leave it
+                    continue
+                t.esm_blob = key
+        with ctx.Session() as s:
+            still = s.scalar(select(SourceTask.id).where(SourceTask.esm_blob == old).limit(1))
+        if still is None:
+            ctx.blobs.delete(old)
+        out["esms_given_canonical_form"] += 1
+    return out
+
+
 def _activate(ctx: Context, source_id: int) -> None:
     """Index a source whose base embeddings exist (the task embedding is on its dataset row)."""
     with ctx.Session() as s:

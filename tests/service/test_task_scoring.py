@@ -228,3 +228,59 @@ def test_rescore_mapped_is_the_resampled_score_of_the_mapped_target(tmp_path):
     idx = rng.integers(0, 120, size=(4, 120))
     np.testing.assert_allclose(rescore_mapped("logme", path, X, y, idx, {}),
                                rescore("logme", esm.transform(X), y, idx, {}), rtol=1e-12)
+
+
+def test_doctor_gives_old_esm_blobs_their_canonical_form(client, tmp_path):
+    """A data dir from before canonical forms: the doctor (CLI check) counts the ESMs without one
+    and, with repair, re-stores them with it (same map and metadata, the row repointed, the old
+    blob removed); the ranking's scores do not change."""
+    from safetensors import safe_open
+
+    from app.db.models import SourceTask
+    from app.services import datasets as datasets_svc
+    from app.services import doctor
+    from app.services import sources as sources_svc
+    from conftest import npz_bytes, rank, upload
+    from estimators.esm_stats import CANONICAL_LOWER
+
+    rng = np.random.default_rng(11)
+    d = 50
+    ctx = client.app.state.ctx
+    esm = EmbeddingSpaceMap(np.eye(d) + 0.3 * rng.normal(size=(d, d)) / math.sqrt(d), rng.normal(size=d) * 0.1,
+                            metadata={"method": "adam", "note": "kept"})
+    Xs = rng.normal(size=(40, d))
+    ds, _ = datasets_svc.store_parsed(ctx, datasets_svc.Parsed("features", "npz", rng.integers(0, 2, 40), ["a", "b"],
+                                                               features=Xs), "old")
+    sid = sources_svc.add_ready_source(ctx, name="old", dataset=ds, base_embeddings=Xs.astype(np.float32), esm=esm,
+                                       encoder=ctx.settings.base_encoder)
+    plain = esm.save(tmp_path / "plain.safetensors", dtype="float32")  # as stored before canonical forms
+    old_key = ctx.blobs.put_file(plain, "safetensors")
+    with ctx.Session.begin() as s:
+        new_key = s.get(SourceTask, sid).esm_blob
+        s.get(SourceTask, sid).esm_blob = old_key
+    ctx.blobs.delete(new_key)
+    target = upload(client, npz_bytes(features=rng.normal(size=(90, d)).astype(np.float32),
+                                      labels=rng.integers(0, 3, 90)), "t.npz").json()["id"]
+    ests = ["esm_logme", "esm_hscore_shrinkage"]
+    before = rank(client, {"target": target, "candidates": "tasks", "estimators": ests})["ranking"][0]["scores"]
+
+    report = doctor.check(ctx, repair=False, esm_forms=True)
+    assert report["esms_without_canonical_form"] == 1 and report["esms_given_canonical_form"] == 0
+    assert doctor.check(ctx, repair=False)  # the check at start leaves the files alone
+    report = doctor.check(ctx, repair=True, esm_forms=True)
+    assert report["esms_given_canonical_form"] == 1
+    with ctx.Session() as s:
+        key = s.get(SourceTask, sid).esm_blob
+    assert key != old_key and not ctx.blobs.exists(old_key)
+    with safe_open(str(ctx.blobs.path(key)), framework="numpy") as f:
+        assert CANONICAL_LOWER in set(f.keys()) and f.metadata()["note"] == "kept"
+    stored = EmbeddingSpaceMap.load(ctx.blobs.path(key))
+    np.testing.assert_array_equal(stored.weight, EmbeddingSpaceMap.load(plain).weight)
+    assert doctor.check(ctx, repair=False, esm_forms=True)["esms_without_canonical_form"] == 0
+    X2, y2 = rng.normal(size=(90, d)), rng.integers(0, 3, 90)  # a new target: scored through the new blob
+    target2 = upload(client, npz_bytes(features=X2.astype(np.float32), labels=y2), "t2.npz").json()["id"]
+    after = rank(client, {"target": target2, "candidates": "tasks", "estimators": ests})["ranking"][0]["scores"]
+    for e in ests:
+        assert after[e] == pytest.approx(estimators.score(e, X2.astype(np.float32).astype(np.float64), y2,
+                                                          esm=stored), rel=1e-6)
+    assert before["esm_logme"] is not None

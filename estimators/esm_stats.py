@@ -43,6 +43,14 @@ O(d C); the LDA ``O(n d C + C d^2)``. ``TargetStats.from_data`` costs O(n d^2) o
 and the basis O(d^3 + n d^2) once per target. Values equal ``estimators.score("esm_<name>", X, y, esm=...)`` up to
 floating-point rounding.
 
+**Canonical maps** (``canonical_maps``): rotating a map's output space (``F -> F Q``) changes none
+of these scores, and the QL factorisation ``W = Q [0; L]`` gives the equivalent map ``[0; L]`` with
+L lower triangular. For such maps ``W root`` is a triangular x triangular product and ``P^T P``
+a LAPACK lauum (``d^3 / 3`` flops each instead of the trmm's and syrk's ``d^3``), and the
+H-score's row norms come from ``M_s = L root`` without a Cholesky factor. The service stores
+every ESM with its canonical form (``EmbeddingSpaceMap.save(canonical=True)``, read back by
+``stack_saved``), computed once per source.
+
 ``score_many`` runs in numpy (the route above, batched over a chunk of sources) or, with
 ``device=`` (``"cpu"``, ``"cuda"``, ``"cuda:1"``), in torch float64 on that device (batched
 ``eigh`` of A for LogME, a d_out x d_out solve for the H-score: the same values).
@@ -697,7 +705,11 @@ def _tridiagonalise(P: np.ndarray, z: np.ndarray, rows: np.ndarray | None = None
     ||L^T h_i||^2`` from the Cholesky factor L of that block (potrf, r^3/3) and one triangular
     product ``Hc L`` (trmm, n r^2 flops: half the (n, d) x (d, d) product of the rows); where
     the block is not positive definite (a rank-deficient map) the row stays NaN, and with
-    d_out < r, ``row_sq`` is None."""
+    d_out < r, ``row_sq`` is None.
+
+    With ``M`` (canonical maps, ``_project``): ``Pc^T Pc = M_s^T M_s`` by LAPACK lauum instead of
+    the syrk, and, on a full-rank target (``M_s`` square), ``||Fc_i||^2 = ||M_s h_i||^2`` by one
+    trmm, without the Cholesky factor."""
     from scipy.linalg import blas, lapack
 
     S, d_out, k = P.shape

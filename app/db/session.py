@@ -1,12 +1,18 @@
 """Engine/session construction and programmatic Alembic migrations."""
 from __future__ import annotations
 
+from collections.abc import Collection
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from sqlalchemy import create_engine, event
+from sqlalchemy import Select, create_engine, event
 from sqlalchemy.engine import CursorResult, Engine, Result
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import InstrumentedAttribute, Session, sessionmaker
+
+T = TypeVar("T")
+#: Values bound in one ``IN (...)``: SQLite refuses a statement with more than
+#: SQLITE_MAX_VARIABLE_NUMBER parameters (32,766 in SQLite's own builds, 250,000 in Debian's).
+IN_BATCH = 10_000
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MIGRATIONS_DIR = REPO_ROOT / "migrations"
@@ -60,3 +66,13 @@ def downgrade(url: str, engine: Engine | None = None, revision: str = "base") ->
 def rowcount(result: Result[Any]) -> int:
     """Rows an UPDATE / DELETE touched (``Session.execute`` is typed as returning a plain ``Result``)."""
     return int(result.rowcount) if isinstance(result, CursorResult) else 0
+
+
+def scalars_in(session: Session, query: Select[T], column: InstrumentedAttribute[Any],
+               values: Collection[Any]) -> list[T]:
+    """``query.where(column IN values)``'s rows, bound in batches of ``IN_BATCH`` values, so a
+    catalogue of any size stays under the database's parameter limit. Over several batches the
+    rows come batch after batch: a caller that needs an order sorts them."""
+    items = list(values)
+    return [row for i in range(0, len(items), IN_BATCH) or [0]
+            for row in session.scalars(query.where(column.in_(items[i:i + IN_BATCH])))]

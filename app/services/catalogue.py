@@ -41,6 +41,7 @@ import re
 import shutil
 import tempfile
 import zipfile
+from collections import Counter
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
@@ -51,6 +52,7 @@ from sqlalchemy.exc import IntegrityError
 from app.core.errors import Conflict, Invalid
 from app.core.logging import get_logger
 from app.db.models import PUBLIC_OWNER, Dataset, EncoderRow, FeatureSet, SourceTask
+from app.db.session import scalars_in
 from app.services.tenancy import check_read, check_write, visible
 
 if TYPE_CHECKING:
@@ -182,11 +184,11 @@ def _check_new_names(ctx: Context, names: list[str], duplicate: str, hint: str =
                      shown: int | None = None) -> None:
     """Refuse names repeated in one request (422) or already taken in the catalogue (409, naming
     at most ``shown`` of them)."""
-    dup = sorted({n for n in names if names.count(n) > 1})
+    dup = sorted(n for n, k in Counter(names).items() if k > 1)
     if dup:
         raise Invalid(f"{duplicate}: {', '.join(dup)}")
     with ctx.Session() as s:
-        taken = set(s.scalars(select(SourceTask.name).where(SourceTask.name.in_(names))))
+        taken = set(scalars_in(s, select(SourceTask.name), SourceTask.name, names))
     if taken:
         raise Conflict(f"source(s) already exist: {', '.join(sorted(taken)[:shown])}{hint}")
 

@@ -31,6 +31,7 @@ import numpy as np
 from sqlalchemy import select
 
 from app.db.models import Dataset, Feedback
+from app.db.session import scalars_in
 from estimators.ranking import observed_prior
 
 if TYPE_CHECKING:
@@ -56,8 +57,9 @@ def feedback_prior(ctx: Context, target: Dataset, sources: list[str], owner: str
     base: dict[str, Any] = {"applied": False, "min_similarity": MIN_SIMILARITY, "min_per_target": MIN_PER_TARGET,
                             "min_observed": MIN_OBSERVED}
     with ctx.Session() as s:
-        q = select(Feedback).where(Feedback.source.in_(sources)).order_by(Feedback.id)
-        rows = list(s.scalars(q if owner is None else q.where(Feedback.owner == owner)))
+        q = select(Feedback).order_by(Feedback.id)
+        rows = scalars_in(s, q if owner is None else q.where(Feedback.owner == owner), Feedback.source, sources)
+        rows.sort(key=lambda r: r.id)
         if not rows:
             return None, dict(base, reason="no feedback recorded for these candidates", targets=[]), {}
         shas = {r.target_sha256 for r in rows} | {target.sha256}

@@ -71,6 +71,22 @@ def test_results_for_two_candidates_move_the_ranking_and_the_third_is_named(clie
     assert "prior" not in explicit  # explicit estimators: no prior unless use_feedback
 
 
+def test_the_prior_is_the_same_when_the_candidates_are_bound_in_batches(client, monkeypatch):
+    import app.db.session as db
+    from app.db.models import Dataset
+    from app.services.prior import feedback_prior
+
+    target = _npz_target(client, seed=2)
+    for source, value in (("glove-6b-50d", 0.9), ("tfidf-svd", 0.6), ("glove-6b-50d", 0.8)):
+        _feedback(client, source, target, value)
+    ctx = client.app.state.ctx
+    with ctx.Session() as s:
+        ds = s.get(Dataset, target)
+    whole = feedback_prior(ctx, ds, MODELS)
+    monkeypatch.setattr(db, "IN_BATCH", 1)  # a catalogue past the database's parameter limit
+    assert feedback_prior(ctx, ds, MODELS) == whole and whole[0] is not None
+
+
 def test_results_on_a_related_target_count_unrelated_ones_do_not(client, monkeypatch):
     from app.services import prior as prior_svc
 

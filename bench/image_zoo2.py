@@ -490,6 +490,19 @@ def regression_scores(cands, y) -> dict[str, dict[str, float]]:
     return table
 
 
+def write_models_score_tables(name: str, cands, labels, gold_runs, targets, scores_dir: Path, meta=None) -> None:
+    """A models benchmark's two score tables: ``<name>.json`` (the classification targets, every
+    estimator via the library's ranker) and ``<name>_regression.json`` (``regression_scores``);
+    ``targets`` is {target: {"task": ...}}."""
+    cls = [t for t, m in targets.items() if m["task"] == "classification"]
+    reg = [t for t, m in targets.items() if m["task"] == "regression"]
+    table = common.library_score_table({t: cands[t] for t in cls}, labels)
+    common.write_score_table(name, table, {t: gold_runs[t] for t in cls}, kind="models", out_dir=scores_dir, meta=meta)
+    rtable = {t: regression_scores(cands[t], labels[t]) for t in reg}
+    common.write_score_table(f"{name}_regression", rtable, {t: gold_runs[t] for t in reg}, kind="models",
+                             task="regression", out_dir=scores_dir, meta=meta)
+
+
 def rescore(out_dir: Path = common.RESULTS_DIR, data_dir: Path = DATA_DIR, scores_dir: Path = common.SCORES_DIR) -> dict:
     """Committed inputs -> score tables (``bench/data/scores/image_zoo2{,_regression}.json``) ->
     ``bench/results/image_zoo2.{md,json}`` (classification targets)."""
@@ -497,14 +510,8 @@ def rescore(out_dir: Path = common.RESULTS_DIR, data_dir: Path = DATA_DIR, score
 
     t0 = time.time()
     cands, labels, gold_runs, meta = load_inputs(data_dir)
-    cls = [t for t, m in meta["targets"].items() if m["task"] == "classification"]
-    reg = [t for t, m in meta["targets"].items() if m["task"] == "regression"]
-    smeta = {t: {s: c["meta"] for s, c in cands[t].items()} for t in cands}
-    table = common.library_score_table({t: cands[t] for t in cls}, labels)
-    common.write_score_table(NAME, table, {t: gold_runs[t] for t in cls}, kind="models", out_dir=scores_dir, meta=smeta)
-    rtable = {t: regression_scores(cands[t], labels[t]) for t in reg}
-    common.write_score_table(f"{NAME}_regression", rtable, {t: gold_runs[t] for t in reg}, kind="models",
-                             task="regression", out_dir=scores_dir, meta=smeta)
+    write_models_score_tables(NAME, cands, labels, gold_runs, meta["targets"], scores_dir,
+                              meta={t: {s: c["meta"] for s, c in cands[t].items()} for t in cands})
     doc = scoretables.load(NAME, scores_dir)
     notes = (f"Inputs: `bench/data/{NAME}/` (made by `python -m bench.{NAME} run`: {meta.get('seconds', '?')} s on "
              "1 torch thread, shared 2-core machine). Sources: " + ", ".join(

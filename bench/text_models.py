@@ -323,17 +323,11 @@ def load_inputs(data_dir: Path = DATA_DIR):
 
 def rescore(out_dir: Path = common.RESULTS_DIR, data_dir: Path = DATA_DIR, scores_dir: Path = common.SCORES_DIR) -> dict:
     from bench import scoretables
-    from bench.image_zoo2 import regression_scores
+    from bench.image_zoo2 import write_models_score_tables
 
     t0 = time.time()
     cands, labels, gold_runs, meta = load_inputs(data_dir)
-    cls = [t for t, m in meta["targets"].items() if m["task"] == "classification"]
-    reg = [t for t, m in meta["targets"].items() if m["task"] == "regression"]
-    table = common.library_score_table({t: cands[t] for t in cls}, labels)
-    common.write_score_table(NAME, table, {t: gold_runs[t] for t in cls}, kind="models", out_dir=scores_dir)
-    rtable = {t: regression_scores(cands[t], labels[t]) for t in reg}
-    common.write_score_table(f"{NAME}_regression", rtable, {t: gold_runs[t] for t in reg}, kind="models",
-                             task="regression", out_dir=scores_dir)
+    write_models_score_tables(NAME, cands, labels, gold_runs, meta["targets"], scores_dir)
     doc = scoretables.load(NAME, scores_dir)
     notes = (f"Inputs: `bench/data/{NAME}/` (made by `python -m bench.{NAME} run`: {meta.get('seconds', '?')} s on "
              "1 torch thread, shared 2-core machine). Candidates: " + ", ".join(f"`{e}`" for e in meta["sources"])

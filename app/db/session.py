@@ -72,7 +72,8 @@ def scalars_in(session: Session, query: Select[T], column: InstrumentedAttribute
                values: Collection[Any]) -> list[T]:
     """``query.where(column IN values)``'s rows, bound in batches of ``IN_BATCH`` values, so a
     catalogue of any size stays under the database's parameter limit. Over several batches the
-    rows come batch after batch: a caller that needs an order sorts them."""
+    rows come batch after batch: a caller that needs an order sorts them. No values: no query,
+    no rows."""
     items = list(values)
-    return [row for i in range(0, len(items), IN_BATCH) or [0]
+    return [row for i in range(0, len(items), IN_BATCH)
             for row in session.scalars(query.where(column.in_(items[i:i + IN_BATCH])))]

@@ -57,13 +57,12 @@ def feedback_prior(ctx: Context, target: Dataset, sources: list[str], owner: str
     base: dict[str, Any] = {"applied": False, "min_similarity": MIN_SIMILARITY, "min_per_target": MIN_PER_TARGET,
                             "min_observed": MIN_OBSERVED}
     with ctx.Session() as s:
-        q = select(Feedback).order_by(Feedback.id)
-        rows = scalars_in(s, q if owner is None else q.where(Feedback.owner == owner), Feedback.source, sources)
-        rows.sort(key=lambda r: r.id)
+        q = select(Feedback) if owner is None else select(Feedback).where(Feedback.owner == owner)
+        rows = sorted(scalars_in(s, q, Feedback.source, sources), key=lambda r: r.id)  # batches: order here
         if not rows:
             return None, dict(base, reason="no feedback recorded for these candidates", targets=[]), {}
         shas = {r.target_sha256 for r in rows} | {target.sha256}
-        meta = {d.sha256: d for d in s.scalars(select(Dataset).where(Dataset.sha256.in_(shas)))}
+        meta = {d.sha256: d for d in scalars_in(s, select(Dataset), Dataset.sha256, shas)}
         emb_keys = {sha: d.task_embedding_blob for sha, d in meta.items()}
     own: dict[str, dict[str, float]] = {}
     by_target: dict[str, dict[str, dict[str, list[float]]]] = {}

@@ -22,7 +22,7 @@ def test_an_in_over_300000_values_finds_every_row(db_url, monkeypatch):
         with Session() as s:
             assert sorted(scalars_in(s, query, EncoderRow.name, wanted)) == names[:5]
             assert scalars_in(s, query, EncoderRow.name, []) == []
-            monkeypatch.setattr(db, "IN_BATCH", 2)  # one value a batch but the last: rows batch after batch
+            monkeypatch.setattr(db, "IN_BATCH", 2)  # two values a batch: rows batch after batch
             assert scalars_in(s, query, EncoderRow.name, names[4::-1]) == ["enc-3", "enc-4", "enc-1", "enc-2",
                                                                               "enc-0"]
     finally:

@@ -66,8 +66,8 @@ RELEASE_AFTER_BYTES = 16 * 2**20  # a small process: the gc + trim take millisec
 #: Seconds without a call after which a worker process releases what its last calls left.
 IDLE_RELEASE_SECONDS = 0.5
 
-_floor: int | None = None  # the worker's resident size after its last release (or at its first call)
-_idle_floor: int | None = None  # ... after its last idle release (or at its first call)
+_floor: int | None = None  # the worker's resident size after its last release (or at its start)
+_idle_floor: int | None = None  # the least size after an idle release (or at its start)
 _calls = 0  # calls finished in this process
 _running = 0  # calls running now
 _activity = threading.Condition()
@@ -154,11 +154,9 @@ def _run(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) 
     """In the worker process: the call, then ``release()`` if the process has grown by
     ``RELEASE_AFTER_BYTES`` or more since its last release (many small calls add up too); the
     idle watcher (``release_when_idle``) hears of it."""
-    from app.core.memory import release_if_grown, rss_bytes
+    from app.core.memory import release_if_grown
 
-    global _floor, _idle_floor, _calls, _running
-    if _floor is None:
-        _floor = _idle_floor = rss_bytes()
+    global _floor, _calls, _running
     with _activity:
         _running += 1
     try:
@@ -178,7 +176,12 @@ def _run(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) 
 def release_when_idle(idle: float) -> bool:
     """Wait for a call to finish and then for ``idle`` seconds without calls; then release the
     memory if the process has grown by ``RELEASE_AFTER_BYTES`` since its last idle release (the
-    calls' arguments and results are gone by then). True when it released."""
+    calls' arguments and results are gone by then). True when it released.
+
+    The idle floor only goes down: "idle" cannot see a call whose arguments are still arriving
+    (unpickled before the call starts), so a release then measures them too, and taking that
+    size as the floor would keep a large argument resident for good. A process that grew for
+    good (a model it caches) then releases once per idle period: a gc and a trim while idle."""
     from app.core.memory import release_if_grown
 
     global _floor, _idle_floor
@@ -190,7 +193,8 @@ def release_when_idle(idle: float) -> bool:
             _activity.wait_for(lambda: _running == 0)
     sizes = release_if_grown(_idle_floor, RELEASE_AFTER_BYTES)
     if sizes is not None:
-        _floor = _idle_floor = sizes[1] or sizes[0]
+        _floor = sizes[1] or sizes[0]
+        _idle_floor = _floor if _idle_floor is None else min(_idle_floor, _floor)
     return sizes is not None
 
 
@@ -225,7 +229,12 @@ def _exit_with_parent(parent: int, every: float = 0.5) -> None:
 def worker_init(nice: int, threads: int, idle: bool = False) -> None:
     """Initialiser of each worker process: ``threads`` BLAS threads, CPU priority lowered by
     ``nice`` (and the ``SCHED_IDLE`` policy with ``idle``, where the OS has it), a watchdog
-    that ends it with its parent and the idle release (one malloc arena: importing ``app`` set it)."""
+    that ends it with its parent and the idle release (one malloc arena: importing ``app`` set it).
+    The release floors start at the process's size now, before any call's arguments arrive."""
+    from app.core.memory import rss_bytes
+
+    global _floor, _idle_floor
+    _floor = _idle_floor = rss_bytes()
     threading.Thread(target=_exit_with_parent, args=(os.getppid(),), name="transferrank-parent-watch",
                      daemon=True).start()
     threading.Thread(target=_release_when_idle_loop, args=(IDLE_RELEASE_SECONDS,), name="transferrank-idle-release",

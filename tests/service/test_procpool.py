@@ -357,6 +357,44 @@ def test_the_arguments_of_a_call_are_given_back_once_the_worker_is_idle(pool):
     assert after - before < 40 * 2**20, (before, after)
 
 
+def _arrive_slowly(n: int) -> list[bytes]:
+    from app.workers.procpool import IDLE_RELEASE_SECONDS
+
+    junk = [bytes(1000) for _ in range(n)]
+    time.sleep(3 * IDLE_RELEASE_SECONDS)
+    return junk
+
+
+class _SlowToArrive:
+    """An argument that unpickles, in the worker, as ``n`` KB of bytes objects and then takes
+    ``3 * IDLE_RELEASE_SECONDS`` more: the process looks idle with the argument resident."""
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def __reduce__(self):
+        return (_arrive_slowly, (self.n,))
+
+
+def test_arguments_still_arriving_do_not_raise_the_idle_floor():
+    """The idle release can run while a large argument is still arriving (its call has not
+    started): that size must not become the floor, or the argument stays resident for good."""
+    from app.core.memory import rss_bytes
+    from app.workers.procpool import IDLE_RELEASE_SECONDS
+
+    pool = NumericPool(1, nice=5)
+    try:
+        before = pool.submit(rss_bytes).result(timeout=120)  # the watcher waits for quiet from here
+        if before is None:
+            pytest.skip("no /proc/self/statm here")
+        assert pool.submit(_hold, _SlowToArrive(120_000)).result(timeout=120) == 120_000  # ~120 MB
+        time.sleep(4 * IDLE_RELEASE_SECONDS)
+        after = pool.submit(rss_bytes).result(timeout=60)
+        assert after - before < 40 * 2**20, (before, after)
+    finally:
+        pool.shutdown()
+
+
 def test_every_worker_process_starts_with_the_pool():
     p = NumericPool(2, nice=0)
     try:
